@@ -1,0 +1,211 @@
+"""HTTP file API: `/files/{path}` GET, HEAD, PUT, DELETE, and `/files/` listing.
+
+Handlers translate HTTP into `Store` calls and domain errors into JSON `{"error", "detail"}`
+responses (see `app.py`). The GET path of a small local file does no thread hop at all: the
+registry lookup, `open` and `fstat` are each a few microseconds on the event loop.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import errno
+import logging
+import os
+import re
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import paths
+from .auth import check_bearer
+from .conditional import Validators, check_preconditions, etag_for, if_range_allows
+from .errors import BadRequest, NotFound, TooLarge
+from .ranges import RangeNotSatisfiable, parse_range
+from .registry import FileRecord
+from .responses import FileBody
+from .store import Store
+
+log = logging.getLogger("filestore")
+
+MAX_LIST_LIMIT = 1000
+_SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+# Bytes a client may name the wrong type for; never let a browser sniff them into HTML.
+_SAFE_HEADERS = {"x-content-type-options": "nosniff", "accept-ranges": "bytes"}
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.store  # type: ignore[no-any-return]
+
+
+def _file_path(request: Request) -> str:
+    return paths.normalize(request.path_params["path"])
+
+
+def _require_token(request: Request) -> None:
+    check_bearer(request.headers.get("authorization"), _store(request).token)
+
+
+def _validators(record: FileRecord) -> Validators:
+    return Validators(etag_for(record.sha256), int(record.modified))
+
+
+def _file_headers(record: FileRecord) -> dict[str, str]:
+    validators = _validators(record)
+    return {
+        "etag": validators.etag,
+        "last-modified": validators.http_date,
+        "content-type": record.content_type,
+        **_SAFE_HEADERS,
+    }
+
+
+def _open_current(store: Store, path: str) -> tuple[FileRecord, int]:
+    """The record and an open fd of the very bytes it describes.
+
+    A PUT may replace the file between the lookup and the open; the inode tells, and the lookup
+    is repeated. (Inodes of a replaced file cannot be reused while the newer one exists.)
+    """
+    for _ in range(3):
+        record = store.lookup(path)
+        try:
+            fd = os.open(store.local.path_of(path), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                continue  # deleted or replaced just now: look again
+            raise
+        if os.fstat(fd).st_ino == record.inode:
+            return record, fd
+        os.close(fd)
+    record = store.lookup(path)
+    log.error("registered file %r has no matching local bytes", path)
+    raise NotFound(f"{path!r} is registered but its bytes are missing; run filestore verify")
+
+
+async def get_file(request: Request) -> Response | FileBody:
+    path = _file_path(request)
+    store = _store(request)
+    if not store.settings.auth.public_read:
+        _require_token(request)
+    record, fd = _open_current(store, path)
+    try:
+        headers = _file_headers(record)
+        status = check_preconditions(request.method, request.headers, _validators(record))
+        if status == 304:
+            os.close(fd)
+            headers.pop("content-type")
+            return Response(status_code=304, headers=headers)
+        ranges = None
+        range_header = request.headers.get("range")
+        if range_header is not None and if_range_allows(request.headers, _validators(record)):
+            try:
+                ranges = parse_range(range_header, record.size)
+            except RangeNotSatisfiable as exc:
+                os.close(fd)
+                return JSONResponse(
+                    {"error": "range_not_satisfiable", "detail": str(exc)},
+                    status_code=416,
+                    headers={"content-range": f"bytes */{record.size}", **_SAFE_HEADERS},
+                )
+    except BaseException:
+        os.close(fd)
+        raise
+    return FileBody(fd, record.size, headers, ranges=ranges,
+                    send_body=request.method != "HEAD")
+
+
+def _expected_md5(request: Request) -> str | None:
+    value = request.headers.get("content-md5")
+    if value is None:
+        return None
+    try:
+        digest = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        digest = b""
+    if len(digest) != 16:
+        raise BadRequest("Content-MD5 must be the base64 of a 16-byte MD5 digest")
+    return digest.hex()
+
+
+def _expected_sha256(request: Request) -> str | None:
+    value = request.headers.get("x-checksum-sha256")
+    if value is None:
+        return None
+    if not _SHA256_RE.match(value.strip()):
+        raise BadRequest("X-Checksum-SHA256 must be 64 hexadecimal digits")
+    return value.strip().lower()
+
+
+def _content_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise BadRequest("Content-Length must be a whole number")
+    return int(value)
+
+
+async def put_file(request: Request) -> Response:
+    store = _store(request)
+    _require_token(request)
+    path = _file_path(request)
+    length = _content_length(request)
+    if length is not None and length > store.settings.storage.max_upload_size:
+        raise TooLarge(
+            f"Content-Length {length} is over storage.max_upload_size "
+            f"({store.settings.storage.max_upload_size})"
+        )
+    expect_md5 = _expected_md5(request)
+    expect_sha256 = _expected_sha256(request)
+    headers = request.headers
+
+    def precondition(current: FileRecord | None) -> None:
+        check_preconditions("PUT", headers, _validators(current) if current else None)
+
+    uses_preconditions = any(h in headers for h in ("if-match", "if-none-match",
+                                                     "if-unmodified-since"))
+    content_type = headers.get("content-type") or None
+    record, created = await store.put(
+        path,
+        request.stream(),
+        content_type=content_type,
+        content_length=length,
+        expect_md5=expect_md5,
+        expect_sha256=expect_sha256,
+        precondition=precondition if uses_preconditions else None,
+    )
+    return JSONResponse(
+        {"path": record.path, "size": record.size, "sha256": record.sha256},
+        status_code=201 if created else 200,
+        headers={"etag": etag_for(record.sha256), "location": f"/files/{record.path}"},
+    )
+
+
+async def delete_file(request: Request) -> Response:
+    _require_token(request)
+    await _store(request).delete(_file_path(request))
+    return Response(status_code=204)
+
+
+async def list_files(request: Request) -> Response:
+    _require_token(request)
+    params = request.query_params
+    prefix = paths.normalize_prefix(params.get("prefix", ""))
+    after = params.get("after", "")
+    raw_limit = params.get("limit", "100")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
+        raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}")
+    limit = int(raw_limit)
+    records = _store(request).list(prefix, after, limit + 1)
+    items = [record.public() for record in records[:limit]]
+    following = records[limit - 1].path if len(records) > limit else None
+    return JSONResponse({"items": items, "next": following})
+
+
+routes = [
+    Route("/files/", list_files, methods=["GET"]),
+    Route("/files/{path:path}", get_file, methods=["GET", "HEAD"]),
+    Route("/files/{path:path}", put_file, methods=["PUT"]),
+    Route("/files/{path:path}", delete_file, methods=["DELETE"]),
+]

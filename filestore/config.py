@@ -1,0 +1,200 @@
+"""Settings: TOML file, then `FILESTORE_SECTION__KEY` environment overrides, validated at start.
+
+Every key has a type, a default and a parser. A bad value is rejected with one line that names the
+key, the value and what was expected, so an operator never has to read a traceback to fix a typo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+ENV_PREFIX = "FILESTORE_"
+CONFIG_ENV = "FILESTORE_CONFIG"
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+def parse_size(value: Any) -> int:
+    """`"10GiB"`, `"512MB"`, `"0"` or a plain integer number of bytes."""
+    if isinstance(value, bool):
+        raise ValueError("a size like \"512MiB\" or \"10GiB\"")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size of 0 or more bytes")
+        return value
+    match = _SIZE_RE.match(str(value))
+    unit = match.group(2).lower() if match else None
+    if not match or unit not in _SIZE_UNITS:
+        raise ValueError("a size like \"512MiB\" or \"10GiB\" (units B, KB, MB, GB, TB, KiB..TiB)")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def parse_duration(value: Any) -> float:
+    """`"10m"`, `"1h30m"`, `"500ms"`, `"0s"` or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration like \"30s\", \"10m\" or \"1h\"")
+    if isinstance(value, int | float):
+        if value < 0 or not math.isfinite(value):
+            raise ValueError("a duration of 0 seconds or more")
+        return float(value)
+    text = str(value).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = _DURATION_PART_RE.findall(text)
+    if not text or "".join(n + u for n, u in parts) != text:
+        raise ValueError("a duration like \"30s\", \"10m\", \"1h30m\" (units ms, s, m, h, d)")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError("true or false")
+
+
+def _int_between(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError(f"a whole number from {low} to {high}")
+        try:
+            number = int(str(value).strip()) if not isinstance(value, int) else value
+        except ValueError:
+            raise ValueError(f"a whole number from {low} to {high}") from None
+        if not low <= number <= high:
+            raise ValueError(f"a whole number from {low} to {high}")
+        return number
+
+    return parse
+
+
+def parse_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("a string")
+    return value
+
+
+def _field(default: Any, parse: Callable[[Any], Any], *, secret: bool = False) -> Any:
+    # Secrets stay out of repr() so they never reach a log line or an error message.
+    return dataclasses.field(default=default, metadata={"parse": parse}, repr=not secret)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+    host: str = _field("127.0.0.1", parse_str)
+    port: int = _field(8080, _int_between(0, 65535))
+    workers: int = _field(1, _int_between(1, 64))
+
+
+@dataclasses.dataclass(frozen=True)
+class StorageSettings:
+    data_dir: str = _field("./filestore-data", parse_str)
+    max_upload_size: int = _field(5 * 1024**3, parse_size)
+    # PUTs are refused with 507 when the data directory's disk has less than this free.
+    min_free: int = _field(1024**3, parse_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthSettings:
+    # Empty: generated on first start and kept (mode 0600) in the data directory.
+    token: str = _field("", parse_str, secret=True)
+    public_read: bool = _field(True, parse_bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = dataclasses.field(default_factory=ServerSettings)
+    storage: StorageSettings = dataclasses.field(default_factory=StorageSettings)
+    auth: AuthSettings = dataclasses.field(default_factory=AuthSettings)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.storage.data_dir).expanduser().absolute()
+
+
+# Section name -> its dataclass; the order is the order of config.example.toml.
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Settings)}  # type: ignore[misc]
+
+
+def _build_section(cls: type, raw: Mapping[str, tuple[Any, str]], section: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, (value, origin) in raw.items():
+        if key not in known:
+            expected = ", ".join(known)
+            raise ConfigError(f"{origin}: unknown key {section}.{key} (known keys: {expected})")
+        try:
+            values[key] = known[key].metadata["parse"](value)
+        except ValueError as exc:
+            raise ConfigError(f"{origin}: {section}.{key} = {value!r}: expected {exc}") from None
+    return cls(**values)
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from `path` (or `$FILESTORE_CONFIG`), overridden by `FILESTORE_SECTION__KEY`.
+
+    No file at all gives the embedded default, which runs on a fresh machine as it is.
+    """
+    environ = os.environ if environ is None else environ
+    path = path or environ.get(CONFIG_ENV) or None
+    raw: dict[str, Any] = {}
+    origin = "config"
+    if path is not None:
+        origin = str(path)
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file is a directory: {path}") from None
+        except PermissionError:
+            raise ConfigError(f"config file not readable: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: invalid TOML: not UTF-8 text") from None
+
+    merged: dict[str, dict[str, tuple[Any, str]]] = {}
+    for name, table in raw.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"{origin}: unknown section [{name}] (known: {', '.join(SECTIONS)})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{origin}: {name} must be a [{name}] table, not a value")
+        merged[name] = {key: (value, origin) for key, value in table.items()}
+
+    for var, value in environ.items():
+        if not var.startswith(ENV_PREFIX) or var == CONFIG_ENV:
+            continue
+        section, sep, key = var[len(ENV_PREFIX):].lower().partition("__")
+        if not sep:
+            continue  # not a FILESTORE_SECTION__KEY override
+        if section not in SECTIONS:
+            raise ConfigError(f"environment {var}: unknown section {section!r}")
+        merged.setdefault(section, {})[key] = (value, f"environment {var}")
+
+    return Settings(
+        **{name: _build_section(cls, merged.get(name, {}), name) for name, cls in SECTIONS.items()}
+    )

@@ -1,0 +1,73 @@
+"""Domain errors, raised inside filestore and translated at the edges.
+
+`api.py` turns a `FilestoreError` into a JSON error response with its `status`; `cli.py` turns it
+into one line on stderr. Nothing below the edges knows about HTTP or terminals.
+"""
+
+from __future__ import annotations
+
+
+class FilestoreError(Exception):
+    """Base class: `status` is the HTTP status the edge answers with, `code` a stable name."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class ConfigError(FilestoreError):
+    """A setting is missing, unknown or malformed; the message names key, value and expectation."""
+
+    status = 500
+    code = "config_error"
+
+
+class BadRequest(FilestoreError):
+    status = 400
+    code = "bad_request"
+
+
+class BadPath(BadRequest):
+    code = "bad_path"
+
+
+class ChecksumMismatch(BadRequest):
+    code = "checksum_mismatch"
+
+
+class Unauthorized(FilestoreError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(FilestoreError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(FilestoreError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(FilestoreError):
+    status = 409
+    code = "conflict"
+
+
+class PreconditionFailed(FilestoreError):
+    status = 412
+    code = "precondition_failed"
+
+
+class TooLarge(FilestoreError):
+    status = 413
+    code = "too_large"
+
+
+class InsufficientStorage(FilestoreError):
+    status = 507
+    code = "insufficient_storage"

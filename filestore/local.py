@@ -1,0 +1,163 @@
+"""The local store: file bytes below `data_dir/files`, written atomically.
+
+A write streams into a temp file in `data_dir/tmp` (same filesystem, so the final step is a rename),
+hashing as it goes; then fsync, rename over the final name and fsync the directory. A reader
+therefore sees the old file or the new one whole, never a torn one, and an acknowledged file
+survives a crash. The disk work for each 1 MiB of body is one thread call (write + hash together).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+
+from .errors import Conflict, InsufficientStorage, TooLarge
+from .paths import resolve_below
+
+CHUNK_SIZE = 1024 * 1024
+TEMP_PREFIX = "put-"
+
+
+@dataclasses.dataclass(frozen=True)
+class Received:
+    """A fully received body, waiting in a temp file to be installed or discarded."""
+
+    tmp: Path
+    size: int
+    sha256: str
+    md5: str
+
+
+class _TempWriter:
+    """Sync half of a streaming write: runs in a worker thread, one call per 1 MiB."""
+
+    def __init__(self, tmp: Path, min_free: int) -> None:
+        self.tmp = tmp
+        self.min_free = min_free
+        self.fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self.sha256 = hashlib.sha256()
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        try:
+            disk = os.fstatvfs(self.fd)
+            if disk.f_bavail * disk.f_frsize < self.min_free + len(data):
+                raise InsufficientStorage("the data directory's disk is below storage.min_free")
+            view = memoryview(data)
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientStorage("the data directory's disk is full") from None
+            raise
+        self.sha256.update(data)
+        self.md5.update(data)
+        self.size += len(data)
+
+    def finish(self) -> None:
+        try:
+            os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+
+    def abort(self) -> None:
+        os.close(self.fd)
+        self.tmp.unlink(missing_ok=True)
+
+
+class LocalStore:
+    def __init__(self, data_dir: Path, *, min_free: int = 0) -> None:
+        self.root = (data_dir / "files").resolve()
+        self.tmp_dir = (data_dir / "tmp").resolve()
+        self.min_free = min_free
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    def path_of(self, path: str) -> Path:
+        """The local file for a normalised path; symlinks may not lead outside the store."""
+        return resolve_below(self.root, path)
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def check_room(self, incoming: int) -> None:
+        """Refuse before writing when `incoming` more bytes would cross `storage.min_free`."""
+        if self.free_bytes() < self.min_free + incoming:
+            raise InsufficientStorage(
+                f"not enough free disk: {incoming} bytes would leave less than "
+                f"storage.min_free ({self.min_free} bytes)"
+            )
+
+    async def receive(self, chunks: AsyncIterator[bytes], max_size: int) -> Received:
+        """Stream `chunks` into a new temp file, hashing; delete it again on any failure.
+
+        Network chunks are gathered into 1 MiB blocks so the thread hop is paid per MiB.
+        """
+        tmp = self.tmp_dir / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+        writer = await anyio.to_thread.run_sync(_TempWriter, tmp, self.min_free)
+        buffer = bytearray()
+        try:
+            async for chunk in chunks:
+                if writer.size + len(buffer) + len(chunk) > max_size:
+                    raise TooLarge(f"the body is larger than storage.max_upload_size ({max_size})")
+                buffer += chunk
+                if len(buffer) >= CHUNK_SIZE:
+                    block, buffer = bytes(buffer), bytearray()
+                    await anyio.to_thread.run_sync(writer.write, block)
+            if buffer:
+                await anyio.to_thread.run_sync(writer.write, bytes(buffer))
+            await anyio.to_thread.run_sync(writer.finish)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(writer.abort)
+            raise
+        return Received(tmp, writer.size, writer.sha256.hexdigest(), writer.md5.hexdigest())
+
+    def discard(self, received: Received) -> None:
+        received.tmp.unlink(missing_ok=True)
+
+    def install(self, tmp: Path, path: str) -> None:
+        """Rename a finished temp file over `path`, durably. Call inside the registry's write
+        transaction, so that concurrent installs and removals of one path are serialised."""
+        final = self.path_of(path)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+        except (NotADirectoryError, FileExistsError):
+            raise Conflict(f"a parent of {path!r} is a file, so it cannot be a directory") from None
+        except IsADirectoryError:
+            raise Conflict(f"{path!r} is a directory of other files") from None
+        _fsync_dir(final.parent)
+
+    def remove(self, path: str) -> None:
+        """Unlink `path` and the directories it leaves empty. Inside the write transaction."""
+        final = self.path_of(path)
+        final.unlink(missing_ok=True)
+        parent = final.parent
+        while parent != self.root:
+            try:
+                parent.rmdir()
+            except OSError:
+                break  # not empty (or already gone): other files live there
+            parent = parent.parent
+
+    def temp_files(self) -> list[Path]:
+        return sorted(self.tmp_dir.glob(f"{TEMP_PREFIX}*"))
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

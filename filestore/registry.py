@@ -1,0 +1,261 @@
+"""The registry: one SQLite database (WAL) that knows every file, where it is and how much there is.
+
+Connections. Each process has one writer connection, guarded by a lock, and every write is one
+`BEGIN IMMEDIATE` transaction on it, so writers queue on SQLite's own lock across processes instead
+of failing with "database is locked". Reads use a second, read-only connection that is only ever
+used from the event loop's thread: a primary-key lookup costs a few microseconds, far less than the
+thread hop that would otherwise carry it, and WAL readers never wait for the writer.
+
+Counters (files and bytes, in all and by location) are kept by triggers, in the same transaction
+as the change they count, so statistics never scan a table and can never drift from it.
+
+Schema changes are numbered migrations (`PRAGMA user_version`), run at open under the data
+directory's start-up lock (see `datadir.py`), so later capabilities add tables without touching
+existing data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+LOCATIONS = ("local", "remote")
+# Above any character a valid UTF-8 path can hold: `prefix + _MAX_CHAR` bounds a prefix range scan.
+_MAX_CHAR = "\U0010ffff"
+
+
+@dataclasses.dataclass(frozen=True)
+class FileRecord:
+    path: str
+    size: int
+    sha256: str
+    content_type: str
+    created: float
+    modified: float
+    location: str = "local"
+    # Bumped by every PUT of the path, so work started for an older version can tell it is stale.
+    version: int = 1
+    # Inode of the local file this row describes: a reader that opened a file with another inode
+    # raced a concurrent replacement and looks the row up again (see api.py).
+    inode: int = 0
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "size": self.size,
+            "sha256": self.sha256,
+            "content_type": self.content_type,
+            "modified": self.modified,
+            "location": self.location,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Intent:
+    """A local file change in flight: recorded before it touches disk, removed when it committed.
+
+    `op` is "put" (temp file `tmp` is about to replace `path`) or "delete".
+    """
+
+    id: int
+    op: str
+    path: str
+    tmp: str
+    size: int
+    sha256: str
+    content_type: str
+
+
+def _migration_1(db: sqlite_utils.Database) -> None:
+    db["files"].create(
+        {
+            "path": str,
+            "size": int,
+            "sha256": str,
+            "content_type": str,
+            "created": float,
+            "modified": float,
+            "location": str,
+            "version": int,
+            "inode": int,
+            # Filled by the upload queue: which remote holds the file, under which key.
+            "remote": str,
+            "remote_key": str,
+            "remote_etag": str,
+            "uploaded_at": float,
+        },
+        pk="path",
+        not_null={"size", "sha256", "content_type", "created", "modified", "location", "version"},
+        defaults={"location": "local", "version": 1},
+        if_not_exists=True,
+    )
+    db["counters"].create({"name": str, "value": int}, pk="name", not_null={"value"},
+                          if_not_exists=True)
+    kinds = ("files", "bytes")
+    names = [*kinds, *(f"{kind}.{loc}" for loc in LOCATIONS for kind in kinds)]
+    db["counters"].insert_all(({"name": n, "value": 0} for n in names), ignore=True)
+    db["intents"].create(
+        {"id": int, "op": str, "path": str, "tmp": str, "size": int, "sha256": str,
+         "content_type": str, "created": float},
+        pk="id",
+        if_not_exists=True,
+    )
+    db["intents"].create_index(["path"], if_not_exists=True)
+    # `bump` adds (files, bytes) for one row to the total and to its location's counters.
+    def bump(sign: str, row: str) -> str:
+        return (
+            f"UPDATE counters SET value = value {sign} 1 "
+            f"WHERE name IN ('files', 'files.' || {row}.location);\n"
+            f"  UPDATE counters SET value = value {sign} {row}.size "
+            f"WHERE name IN ('bytes', 'bytes.' || {row}.location);"
+        )
+
+    db.executescript(
+        f"""
+        CREATE TRIGGER IF NOT EXISTS files_count_insert AFTER INSERT ON files BEGIN
+          {bump('+', 'NEW')}
+        END;
+        CREATE TRIGGER IF NOT EXISTS files_count_delete AFTER DELETE ON files BEGIN
+          {bump('-', 'OLD')}
+        END;
+        CREATE TRIGGER IF NOT EXISTS files_count_update AFTER UPDATE OF size, location ON files
+        BEGIN
+          {bump('-', 'OLD')}
+          {bump('+', 'NEW')}
+        END;
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_FILE_COLUMNS = "path, size, sha256, content_type, created, modified, location, version, inode"
+
+
+def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
+    # isolation_level=None: no implicit transactions; every write names its own BEGIN IMMEDIATE.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    if read_only:
+        conn.execute("PRAGMA query_only = 1")
+    else:
+        # FULL: an acknowledged PUT survives a power cut, not only a killed process.
+        conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+class Registry:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer = _connect(path, read_only=False)
+        sqlite_utils.Database(self._writer).enable_wal()
+        self._write_lock = threading.Lock()
+        self._reader = _connect(path, read_only=True)
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Bring the schema to `SCHEMA_VERSION`. Call only under the data directory's start lock."""
+        db = sqlite_utils.Database(self._writer)
+        version = self._writer.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the registry has schema version {version}, newer than this filestore "
+                f"({SCHEMA_VERSION}); upgrade filestore"
+            )
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            MIGRATIONS[number - 1](db)
+            self._writer.execute(f"PRAGMA user_version = {number}")
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: `BEGIN IMMEDIATE` takes SQLite's write lock up front."""
+        with self._write_lock:
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+            self._writer.execute("COMMIT")
+
+    def add_intent(self, op: str, path: str, tmp: str = "", size: int = 0, sha256: str = "",
+                   content_type: str = "") -> int:
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO intents (op, path, tmp, size, sha256, content_type, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (op, path, tmp, size, sha256, content_type, time.time()),
+            )
+            return int(cursor.lastrowid or 0)
+
+    @staticmethod
+    def remove_intent(conn: sqlite3.Connection, intent_id: int) -> None:
+        conn.execute("DELETE FROM intents WHERE id = ?", (intent_id,))
+
+    @staticmethod
+    def upsert_file(conn: sqlite3.Connection, path: str, size: int, sha256: str,
+                    content_type: str, inode: int, now: float) -> bool:
+        """Record new content for `path`; True if the path is new. Run inside `transaction()`."""
+        row = conn.execute("SELECT created FROM files WHERE path = ?", (path,)).fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO files (path, size, sha256, content_type, created, modified, "
+                "location, version, inode) VALUES (?, ?, ?, ?, ?, ?, 'local', 1, ?)",
+                (path, size, sha256, content_type, now, now, inode),
+            )
+            return True
+        # A replaced file is local again: its new bytes have not been uploaded anywhere.
+        conn.execute(
+            "UPDATE files SET size = ?, sha256 = ?, content_type = ?, modified = ?, inode = ?, "
+            "location = 'local', version = version + 1, remote = NULL, remote_key = NULL, "
+            "remote_etag = NULL, uploaded_at = NULL WHERE path = ?",
+            (size, sha256, content_type, now, inode, path),
+        )
+        return False
+
+    @staticmethod
+    def delete_file(conn: sqlite3.Connection, path: str) -> bool:
+        return conn.execute("DELETE FROM files WHERE path = ?", (path,)).rowcount > 0
+
+    # -- reads (event loop thread, or any thread in a CLI) --------------------------------------
+
+    def get(self, path: str, conn: sqlite3.Connection | None = None) -> FileRecord | None:
+        """The record for `path`; pass the writer's `conn` to read inside a write transaction."""
+        row = (conn or self._reader).execute(
+            f"SELECT {_FILE_COLUMNS} FROM files WHERE path = ?", (path,)
+        ).fetchone()
+        return FileRecord(*row) if row else None
+
+    def list(self, prefix: str = "", after: str = "", limit: int = 100) -> list[FileRecord]:
+        """Files whose path starts with `prefix`, in path order, strictly after `after`."""
+        rows = self._reader.execute(
+            f"SELECT {_FILE_COLUMNS} FROM files WHERE path >= ? AND path < ? AND path > ? "
+            "ORDER BY path LIMIT ?",
+            (prefix, prefix + _MAX_CHAR, after, limit),
+        ).fetchall()
+        return [FileRecord(*row) for row in rows]
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._reader.execute("SELECT name, value FROM counters").fetchall())
+
+    def intents(self) -> list[Intent]:
+        rows = self._reader.execute(
+            "SELECT id, op, path, tmp, size, sha256, content_type FROM intents ORDER BY id"
+        ).fetchall()
+        return [Intent(*row) for row in rows]

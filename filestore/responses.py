@@ -1,0 +1,122 @@
+"""Sending a file's bytes: whole, one range, or several as multipart/byteranges.
+
+Why not Starlette's FileResponse: it stats, opens, reads and closes through a thread each (about a
+millisecond of CPU per request here), reads 64 KiB at a time and knows no 304. This response gets an
+already open file descriptor, reads with `pread` in 1 MiB chunks, and does small reads on the event
+loop itself: a page-cache read of a few hundred KiB takes less time than handing it to a thread.
+Larger reads go to a worker thread so a slow disk cannot stall every other request.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+
+import anyio
+from starlette.types import Receive, Scope, Send
+
+CHUNK_SIZE = 1024 * 1024
+# Reads up to this size run on the event loop; bigger ones in a worker thread.
+INLINE_READ_MAX = 256 * 1024
+
+
+async def pread(fd: int, length: int, offset: int) -> bytes:
+    if length <= INLINE_READ_MAX:
+        return os.pread(fd, length, offset)
+    return await anyio.to_thread.run_sync(os.pread, fd, length, offset)
+
+
+class FileBody:
+    """An ASGI response that owns `fd` and closes it when done, whatever happens."""
+
+    def __init__(
+        self,
+        fd: int,
+        size: int,
+        headers: dict[str, str],
+        *,
+        ranges: list[tuple[int, int]] | None = None,
+        send_body: bool = True,
+    ) -> None:
+        self.fd = fd
+        self.size = size
+        self.headers = headers
+        self.send_body = send_body
+        self.status = 200
+        self.parts: list[tuple[int, int, bytes]] = []  # (first, last, part header)
+        if ranges is None:
+            self.parts = [(0, size - 1, b"")]
+            self.length = size
+        elif len(ranges) == 1:
+            first, last = ranges[0]
+            self.status = 206
+            self.headers["content-range"] = f"bytes {first}-{last}/{size}"
+            self.parts = [(first, last, b"")]
+            self.length = last - first + 1
+        else:
+            self.status = 206
+            boundary = secrets.token_hex(16)
+            content_type = self.headers.get("content-type", "application/octet-stream")
+            self.headers["content-type"] = f"multipart/byteranges; boundary={boundary}"
+            for first, last in ranges:
+                head = (
+                    f"\r\n--{boundary}\r\ncontent-type: {content_type}\r\n"
+                    f"content-range: bytes {first}-{last}/{size}\r\n\r\n"
+                ).encode("latin-1")
+                self.parts.append((first, last, head))
+            self.trailer = f"\r\n--{boundary}--\r\n".encode()
+            self.length = sum(last - first + 1 + len(head) for first, last, head in self.parts)
+            self.length += len(self.trailer)
+        self.headers["content-length"] = str(self.length)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status,
+                    "headers": [(k.encode("latin-1"), v.encode("latin-1"))
+                                for k, v in self.headers.items()],
+                }
+            )
+            if not self.send_body or self.length == 0:
+                await send({"type": "http.response.body", "body": b""})
+            elif self.length <= CHUNK_SIZE and len(self.parts) == 1:
+                first, last, _ = self.parts[0]
+                body = await pread(self.fd, last - first + 1, first)
+                await send({"type": "http.response.body", "body": body})
+            else:
+                await self._stream(receive, send)
+        finally:
+            os.close(self.fd)
+
+    async def _stream(self, receive: Receive, send: Send) -> None:
+        # uvicorn's send() silently drops data for a client that left, so watch for the
+        # disconnect ourselves and stop reading the file instead of reading it to the end.
+        async with anyio.create_task_group() as tg:
+
+            async def watch_disconnect() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch_disconnect)
+            async for block in self._blocks():
+                await send({"type": "http.response.body", "body": block, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            tg.cancel_scope.cancel()
+
+    async def _blocks(self) -> AsyncIterator[bytes]:
+        for first, last, head in self.parts:
+            if head:
+                yield head
+            offset = first
+            while offset <= last:
+                block = await pread(self.fd, min(CHUNK_SIZE, last + 1 - offset), offset)
+                if not block:
+                    raise OSError(f"the file ended at {offset}, before its recorded size")
+                yield block
+                offset += len(block)
+        if len(self.parts) > 1:
+            yield self.trailer

@@ -1,0 +1,191 @@
+"""The store: what a file operation means, across the local disk and the registry.
+
+`api.py` speaks HTTP and calls this; `local.py` moves bytes; `registry.py` records them. A PUT is:
+
+1. receive the body into a temp file, hashing (nothing is recorded yet);
+2. record an intent ("temp file T is about to replace path P") in its own transaction;
+3. in one write transaction: rename T over P, record P's new size and hash, drop the intent.
+
+SQLite's write lock makes step 3 atomic against every other writer in every process, so the
+registry always describes the bytes on disk. A crash inside step 3, after the rename but before the
+commit, leaves the intent with its temp file gone: recovery then records what the rename installed.
+A DELETE removes the row first and unlinks the file in a second transaction if no PUT re-created
+the path in between; a crash between the two leaves an unreferenced file, never a row without one.
+"""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import anyio
+
+from .auth import load_or_create_token
+from .config import Settings
+from .datadir import DataDir
+from .errors import ChecksumMismatch, NotFound
+from .local import LocalStore, Received
+from .registry import FileRecord, Intent, Registry
+
+log = logging.getLogger("filestore")
+
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+# Checks a PUT's preconditions against the current record (None: the path does not exist yet).
+Precondition = Callable[[FileRecord | None], None]
+
+
+def guess_content_type(path: str) -> str:
+    return mimetypes.guess_type(path, strict=False)[0] or DEFAULT_CONTENT_TYPE
+
+
+class Store:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.datadir = DataDir(settings.data_dir)
+        self.datadir.create()
+        start_fd = self.datadir.start_lock()
+        try:
+            self.registry = Registry(self.datadir.registry_path)
+            self.registry.migrate()
+            self.local = LocalStore(self.datadir.root, min_free=settings.storage.min_free)
+            self.token, self.token_created = load_or_create_token(
+                self.datadir.token_path, settings.auth.token
+            )
+            if self.datadir.join():
+                self._recover()
+        finally:
+            os.close(start_fd)
+
+    def close(self) -> None:
+        self.registry.close()
+        self.datadir.leave()
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def lookup(self, path: str) -> FileRecord:
+        record = self.registry.get(path)
+        if record is None:
+            raise NotFound(f"no file at {path!r}")
+        return record
+
+    def list(self, prefix: str, after: str, limit: int) -> list[FileRecord]:
+        return self.registry.list(prefix, after, limit)
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    async def put(
+        self,
+        path: str,
+        body: AsyncIterator[bytes],
+        *,
+        content_type: str | None,
+        content_length: int | None,
+        expect_sha256: str | None = None,
+        expect_md5: str | None = None,
+        precondition: Precondition | None = None,
+    ) -> tuple[FileRecord, bool]:
+        """Store `body` at `path`; the record and whether the path is new."""
+        if precondition is not None:
+            precondition(self.registry.get(path))  # fail fast, before reading the body
+        self.local.path_of(path)  # a symlink leading outside is refused before any byte lands
+        self.local.check_room(content_length or 0)
+        received = await self.local.receive(body, self.settings.storage.max_upload_size)
+        try:
+            if expect_sha256 is not None and expect_sha256 != received.sha256:
+                raise ChecksumMismatch(
+                    f"X-Checksum-SHA256 is {expect_sha256} but the body's is {received.sha256}"
+                )
+            if expect_md5 is not None and expect_md5 != received.md5:
+                raise ChecksumMismatch(
+                    f"Content-MD5 is {expect_md5} but the body's MD5 is {received.md5}"
+                )
+            ctype = content_type or guess_content_type(path)
+            created = await anyio.to_thread.run_sync(
+                self._commit_put, path, received, ctype, precondition
+            )
+        except BaseException:
+            self.local.discard(received)
+            raise
+        return self.lookup(path), created
+
+    def _commit_put(
+        self, path: str, received: Received, ctype: str, precondition: Precondition | None
+    ) -> bool:
+        intent_id = self.registry.add_intent(
+            "put", path, str(received.tmp), received.size, received.sha256, ctype
+        )
+        try:
+            with self.registry.transaction() as conn:
+                if precondition is not None:
+                    precondition(self.registry.get(path, conn))
+                inode = os.stat(received.tmp).st_ino
+                self.local.install(received.tmp, path)
+                created = self.registry.upsert_file(
+                    conn, path, received.size, received.sha256, ctype, inode, time.time()
+                )
+                self._settle_intents(conn, path, keep=intent_id)
+                return created
+        except BaseException:
+            # Nothing was installed (or the rename is undone by recovery): forget the intent.
+            if received.tmp.exists():
+                with self.registry.transaction() as conn:
+                    self.registry.remove_intent(conn, intent_id)
+            raise
+
+    async def delete(self, path: str) -> None:
+        await anyio.to_thread.run_sync(self._delete, path)
+
+    def _delete(self, path: str) -> None:
+        with self.registry.transaction() as conn:
+            if not self.registry.delete_file(conn, path):
+                raise NotFound(f"no file at {path!r}")
+            self._settle_intents(conn, path)
+        # The row is gone, so readers already answer 404; the bytes go unless a PUT came between.
+        with self.registry.transaction() as conn:
+            if self.registry.get(path, conn) is None:
+                self.local.remove(path)
+
+    def _settle_intents(self, conn: sqlite3.Connection, path: str, keep: int = 0) -> None:
+        """Drop intents for `path` whose process died after its rename: what this transaction
+        writes supersedes them. An intent whose temp file still exists may belong to a PUT in
+        flight in another process; it stays."""
+        rows = conn.execute(
+            "SELECT id, tmp FROM intents WHERE path = ? AND id != ?", (path, keep)
+        ).fetchall()
+        for intent_id, tmp in rows:
+            if not Path(tmp).exists():
+                self.registry.remove_intent(conn, intent_id)
+
+    # -- crash recovery (only when no other process uses the data directory) ---------------------
+
+    def _recover(self) -> None:
+        pending = self.registry.intents()
+        for intent in pending:
+            self._recover_intent(intent)
+        referenced = {intent.tmp for intent in pending}
+        for tmp in self.local.temp_files():
+            if str(tmp) not in referenced:
+                tmp.unlink(missing_ok=True)
+                log.info("recovery: removed an unfinished upload body %s", tmp.name)
+
+    def _recover_intent(self, intent: Intent) -> None:
+        with self.registry.transaction() as conn:
+            tmp = Path(intent.tmp)
+            final = self.local.path_of(intent.path)
+            if tmp.exists():
+                tmp.unlink()  # never renamed: the PUT was not acknowledged
+            elif final.exists():
+                # Renamed, not recorded: the bytes on disk are the intent's; record them.
+                self.registry.upsert_file(
+                    conn, intent.path, intent.size, intent.sha256, intent.content_type,
+                    final.stat().st_ino, time.time(),
+                )
+                log.warning("recovery: recorded %r, installed just before a crash", intent.path)
+            self.registry.remove_intent(conn, intent.id)
+

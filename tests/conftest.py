@@ -1,0 +1,119 @@
+"""Fixtures: a real uvicorn server on 127.0.0.1 (port 0) in a thread, over a temp data directory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from filestore.app import build_app
+from filestore.config import load_settings
+
+
+def wait_for(condition: Any, timeout: float = 10.0, interval: float = 0.01) -> Any:
+    """Poll `condition()` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {condition}")
+        time.sleep(interval)
+
+
+class LiveServer:
+    """uvicorn serving `build_app(settings)` in a background thread until `stop()`."""
+
+    def __init__(self, data_dir: Path, **overrides: str) -> None:
+        env = {"FILESTORE_STORAGE__DATA_DIR": str(data_dir), "FILESTORE_STORAGE__MIN_FREE": "0"}
+        env.update({f"FILESTORE_{k.upper()}": v for k, v in overrides.items()})
+        self.settings = load_settings(environ=env)
+        self.app = build_app(self.settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, loop="asyncio",
+                                http="httptools", log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=asyncio.run, args=(self.server.serve(),),
+                                       daemon=True)
+        self.thread.start()
+        wait_for(lambda: self.server.started or not self.thread.is_alive())
+        if not self.server.started:
+            raise RuntimeError("uvicorn did not start")
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.port = port
+
+    @property
+    def store(self) -> Any:
+        return self.app.state.store
+
+    @property
+    def token(self) -> str:
+        return str(self.store.token)
+
+    def client(self, auth: bool = True, **kwargs: Any) -> httpx.Client:
+        headers = {"authorization": f"Bearer {self.token}"} if auth else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Any]:
+    servers: list[LiveServer] = []
+
+    def make(data_dir: Path | None = None, **overrides: str) -> LiveServer:
+        server = LiveServer(data_dir or tmp_path / "data", **overrides)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def server(make_server: Any) -> LiveServer:
+    return make_server()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def client(server: LiveServer) -> Iterator[httpx.Client]:
+    with server.client() as c:
+        yield c
+
+
+@contextlib.contextmanager
+def raw_connection(server: LiveServer) -> Iterator[Any]:
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def raw_request(server: LiveServer, target: str, method: str = "GET",
+                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """Send a request line exactly as given (no client-side URL normalisation); status, body."""
+    lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    with raw_connection(server) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head else 0
+    return status, body
