@@ -65,9 +65,11 @@ def _open_current(store: Store, path: str) -> tuple[FileRecord, int]:
     """The record and an open fd of the very bytes it describes.
 
     A PUT may replace the file between the lookup and the open; the inode tells, and the lookup
-    is repeated. (Inodes of a replaced file cannot be reused while the newer one exists.)
+    is repeated (a replaced file's inode cannot be reused while the newer file exists). A data
+    directory restored from a copy has new inodes throughout: there, after the retries, a file
+    of the recorded size is taken as the recorded one.
     """
-    for _ in range(3):
+    for attempt in range(3):
         record = store.lookup(path)
         try:
             fd = os.open(store.local.path_of(path), os.O_RDONLY | os.O_CLOEXEC)
@@ -75,10 +77,10 @@ def _open_current(store: Store, path: str) -> tuple[FileRecord, int]:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 continue  # deleted or replaced just now: look again
             raise
-        if os.fstat(fd).st_ino == record.inode:
+        stat = os.fstat(fd)
+        if stat.st_ino == record.inode or (attempt == 2 and stat.st_size == record.size):
             return record, fd
         os.close(fd)
-    record = store.lookup(path)
     log.error("registered file %r has no matching local bytes", path)
     raise NotFound(f"{path!r} is registered but its bytes are missing; run filestore verify")
 
