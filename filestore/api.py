@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import re
+from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -71,16 +72,17 @@ def _open_current(store: Store, path: str) -> tuple[FileRecord, int]:
     """
     for attempt in range(3):
         record = store.lookup(path)
-        try:
-            fd = os.open(store.local.path_of(path), os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                continue  # deleted or replaced just now: look again
-            raise
-        stat = os.fstat(fd)
-        if stat.st_ino == record.inode or (attempt == 2 and stat.st_size == record.size):
-            return record, fd
-        os.close(fd)
+        for candidate in store.local.candidates(path):
+            try:
+                fd = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                    continue  # not here; or moved or replaced just now
+                raise
+            stat = os.fstat(fd)
+            if stat.st_ino == record.inode or (attempt == 2 and stat.st_size == record.size):
+                return record, fd
+            os.close(fd)
     log.error("registered file %r has no matching local bytes", path)
     raise NotFound(f"{path!r} is registered but its bytes are missing; run filestore verify")
 
@@ -180,7 +182,7 @@ async def put_file(request: Request) -> Response:
     return JSONResponse(
         {"path": record.path, "size": record.size, "sha256": record.sha256},
         status_code=201 if created else 200,
-        headers={"etag": etag_for(record.sha256), "location": f"/files/{record.path}"},
+        headers={"etag": etag_for(record.sha256), "location": "/files/" + quote(record.path)},
     )
 
 

@@ -6,6 +6,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -14,8 +15,10 @@ from starlette.routing import Route
 
 from . import api
 from .config import Settings, load_settings
-from .errors import FilestoreError
-from .store import Store
+from .errors import FilestoreError, RemoteError
+from .queue.worker import QueueWorkers
+from .remote import Remote, open_remote
+from .store import DEFAULT_REMOTE, Store
 
 log = logging.getLogger("filestore")
 
@@ -50,14 +53,39 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+async def _cleanup_remote(remote: Remote) -> None:
+    """Abort what crashed uploads left on the remote; a failure here only delays that."""
+    try:
+        count = await remote.cleanup()
+    except RemoteError as exc:
+        log.warning("could not clean up unfinished uploads on %s: %s", remote.display_url,
+                    exc.detail)
+        return
+    if count:
+        log.info("aborted %d unfinished upload(s) on %s", count, remote.display_url)
+
+
 def build_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = Store(settings)
-        app.state.store = store
+        remote = open_remote(DEFAULT_REMOTE, settings.remote, settings.data_dir)
         try:
-            yield
+            await remote.open()
+            workers = QueueWorkers(store, {remote.name: remote})
+            store.on_change = workers.wake
+            app.state.store = store
+            app.state.remotes = workers.remotes
+            app.state.workers = workers
+            async with anyio.create_task_group() as tg:
+                if store.alone:
+                    tg.start_soon(_cleanup_remote, remote)
+                tg.start_soon(workers.run)
+                yield
+                tg.cancel_scope.cancel()
         finally:
+            with anyio.CancelScope(shield=True):
+                await remote.close()
             store.close()
 
     return Starlette(

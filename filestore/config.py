@@ -88,6 +88,15 @@ def _int_between(low: int, high: int) -> Callable[[Any], int]:
     return parse
 
 
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ValueError("one of " + ", ".join(f'"{c}"' for c in choices))
+        return str(value)
+
+    return parse
+
+
 def parse_str(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("a string")
@@ -121,11 +130,55 @@ class AuthSettings:
     public_read: bool = _field(True, parse_bool)
 
 
+def parse_duration_or_never(value: Any) -> float | None:
+    """A duration, or "never" (None)."""
+    if isinstance(value, str) and value.strip().lower() == "never":
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ValueError("a duration like \"0s\" or \"1h\", or \"never\"") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadSettings:
+    enabled: bool = _field(True, parse_bool)
+    # Cool-down before a file is uploaded; a re-PUT restarts it. 0 uploads at once.
+    delay: float = _field(600.0, parse_duration)
+    concurrency: int = _field(4, _int_between(1, 256))
+    max_attempts: int = _field(20, _int_between(1, 1000))
+    # Backup mode: the local copy stays after the upload instead of moving to the cache.
+    keep_local: bool = _field(False, parse_bool)
+    # How long after a DELETE the remote copy goes; None ("never") keeps remote copies.
+    delete_delay: float | None = _field(0.0, parse_duration_or_never)
+    # Retry backoff: retry_base doubled per attempt, with jitter, capped at retry_max.
+    retry_base: float = _field(1.0, parse_duration)
+    retry_max: float = _field(300.0, parse_duration)
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteSettings:
+    # Empty: a "remote" folder inside data_dir (the embedded default). Else "file:///srv/cold",
+    # "file://./relative/dir" or "s3://bucket/prefix".
+    url: str = _field("", parse_str)
+    endpoint_url: str = _field("", parse_str)  # S3-compatible endpoint; empty for AWS
+    region: str = _field("", parse_str)
+    access_key_id: str = _field("", parse_str, secret=True)  # empty: the AWS credential chain
+    secret_access_key: str = _field("", parse_str, secret=True)
+    # "auto": path-style for custom endpoints, virtual-hosted for AWS; or "path" / "virtual".
+    addressing_style: str = _field("auto", _one_of("auto", "path", "virtual"))
+    multipart_threshold: int = _field(64 * 1024**2, parse_size)
+    part_size: int = _field(16 * 1024**2, parse_size)
+    max_connections: int = _field(32, _int_between(1, 1024))
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     server: ServerSettings = dataclasses.field(default_factory=ServerSettings)
     storage: StorageSettings = dataclasses.field(default_factory=StorageSettings)
     auth: AuthSettings = dataclasses.field(default_factory=AuthSettings)
+    upload: UploadSettings = dataclasses.field(default_factory=UploadSettings)
+    remote: RemoteSettings = dataclasses.field(default_factory=RemoteSettings)
 
     @property
     def data_dir(self) -> Path:

@@ -71,3 +71,30 @@ class TooLarge(FilestoreError):
 class InsufficientStorage(FilestoreError):
     status = 507
     code = "insufficient_storage"
+
+
+class RemoteError(FilestoreError):
+    """A remote store failed. `retryable`: worth trying again later (network, 5xx, throttling);
+    otherwise permanent until someone fixes something (credentials, bucket, permissions)."""
+
+    status = 502
+    code = "remote_error"
+    retryable = False
+
+
+class RemoteUnavailable(RemoteError):
+    status = 503
+    code = "remote_unavailable"
+    retryable = True
+
+
+class RemoteNotFound(RemoteError):
+    status = 404
+    code = "remote_not_found"
+
+
+class RemoteIntegrityError(RemoteError):
+    """What the remote holds is not what was sent (size or checksum differ)."""
+
+    code = "remote_integrity"
+    retryable = True

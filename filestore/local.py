@@ -16,11 +16,13 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import BinaryIO
 
 import anyio
 
 from .errors import Conflict, InsufficientStorage, TooLarge
 from .paths import resolve_below
+from .registry import FileRecord
 
 CHUNK_SIZE = 1024 * 1024
 TEMP_PREFIX = "put-"
@@ -76,16 +78,45 @@ class _TempWriter:
 
 
 class LocalStore:
+    """`files/`: bytes not yet uploaded (or kept, in backup mode). `cache/`: bytes of uploaded
+    files, handed over by rename after a verified upload; the cache may evict them."""
+
     def __init__(self, data_dir: Path, *, min_free: int = 0) -> None:
         self.root = (data_dir / "files").resolve()
+        self.cache_root = (data_dir / "cache").resolve()
         self.tmp_dir = (data_dir / "tmp").resolve()
         self.min_free = min_free
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        for directory in (self.root, self.cache_root, self.tmp_dir):
+            directory.mkdir(parents=True, exist_ok=True)
 
     def path_of(self, path: str) -> Path:
         """The local file for a normalised path; symlinks may not lead outside the store."""
         return resolve_below(self.root, path)
+
+    def cached_path_of(self, path: str) -> Path:
+        return resolve_below(self.cache_root, path)
+
+    def candidates(self, path: str) -> tuple[Path, Path]:
+        """Where a file's bytes may be, in the order to look: kept local, then cached."""
+        return self.path_of(path), self.cached_path_of(path)
+
+    def open_version(self, path: str, record: FileRecord | None, version: int) -> BinaryIO | None:
+        """The local bytes of `version` of `path` for uploading, or None if it is gone."""
+        if record is None or record.version != version:
+            return None
+        try:
+            return open(self.path_of(path), "rb")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def move_to_cache(self, path: str) -> None:
+        """Hand an uploaded file's bytes to the cache area by rename (same inode, no copy).
+        Inside the write transaction that records the upload."""
+        source = self.path_of(path)
+        target = self.cached_path_of(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+        _prune_empty_dirs(source.parent, self.root)
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
@@ -140,19 +171,23 @@ class LocalStore:
         _fsync_dir(final.parent)
 
     def remove(self, path: str) -> None:
-        """Unlink `path` and the directories it leaves empty. Inside the write transaction."""
-        final = self.path_of(path)
-        final.unlink(missing_ok=True)
-        parent = final.parent
-        while parent != self.root:
-            try:
-                parent.rmdir()
-            except OSError:
-                break  # not empty (or already gone): other files live there
-            parent = parent.parent
+        """Unlink `path`'s bytes (local and cached) and the directories that leaves empty.
+        Inside the write transaction."""
+        for root, final in zip((self.root, self.cache_root), self.candidates(path), strict=True):
+            final.unlink(missing_ok=True)
+            _prune_empty_dirs(final.parent, root)
 
     def temp_files(self) -> list[Path]:
         return sorted(self.tmp_dir.glob(f"{TEMP_PREFIX}*"))
+
+
+def _prune_empty_dirs(directory: Path, root: Path) -> None:
+    while directory != root:
+        try:
+            directory.rmdir()
+        except OSError:
+            return  # not empty (or already gone): other files live there
+        directory = directory.parent
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -46,6 +46,7 @@ class FileRecord:
     # Inode of the local file this row describes: a reader that opened a file with another inode
     # raced a concurrent replacement and looks the row up again (see api.py).
     inode: int = 0
+    remote: str | None = None  # the remote's name, once uploaded
 
     def public(self) -> dict[str, Any]:
         return {
@@ -100,7 +101,9 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     db["counters"].create({"name": str, "value": int}, pk="name", not_null={"value"},
                           if_not_exists=True)
     kinds = ("files", "bytes")
-    names = [*kinds, *(f"{kind}.{loc}" for loc in LOCATIONS for kind in kinds)]
+    # seq.version: the last file version handed out; versions are unique across all paths, so
+    # a version number can never describe both a deleted file and a later one at the same path.
+    names = [*kinds, *(f"{kind}.{loc}" for loc in LOCATIONS for kind in kinds), "seq.version"]
     db["counters"].insert_all(({"name": n, "value": 0} for n in names), ignore=True)
     db["intents"].create(
         {"id": int, "op": str, "path": str, "tmp": str, "size": int, "sha256": str,
@@ -135,10 +138,61 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
+def _migration_2(db: sqlite_utils.Database) -> None:
+    """The remote-work queue: one row per path, an upload or a remote delete (see queue/)."""
+    db["queue"].create(
+        {
+            "path": str,
+            "op": str,  # "upload" | "delete"
+            # files.version the upload is for, or the version whose remote copy goes.
+            "version": int,
+            "remote": str,  # the remote's name
+            "not_before": float,  # due time: the end of the cool-down, or of a retry backoff
+            "attempts": int,
+            "state": str,  # "pending" | "failed"
+            "leased_until": float,  # a worker holds the row until then (NULL: free)
+            "lease_owner": str,
+            "last_error": str,
+            "created": float,
+            "updated": float,
+        },
+        pk="path",
+        not_null={"op", "version", "remote", "not_before", "attempts", "state"},
+        defaults={"attempts": 0, "state": "pending"},
+        if_not_exists=True,
+    )
+    db["queue"].create_index(["state", "not_before"], if_not_exists=True)
+    db["queue"].create_index(["leased_until"], if_not_exists=True)
+    names = [f"queue.{op}.{state}" for op in ("upload", "delete")
+             for state in ("pending", "failed")] + ["uploads.done", "uploads.bytes"]
+    db["counters"].insert_all(({"name": n, "value": 0} for n in names), ignore=True)
+
+    def bump(sign: str, row: str) -> str:
+        return (f"UPDATE counters SET value = value {sign} 1 "
+                f"WHERE name = 'queue.' || {row}.op || '.' || {row}.state;")
+
+    db.executescript(
+        f"""
+        CREATE TRIGGER IF NOT EXISTS queue_count_insert AFTER INSERT ON queue BEGIN
+          {bump('+', 'NEW')}
+        END;
+        CREATE TRIGGER IF NOT EXISTS queue_count_delete AFTER DELETE ON queue BEGIN
+          {bump('-', 'OLD')}
+        END;
+        CREATE TRIGGER IF NOT EXISTS queue_count_update AFTER UPDATE OF op, state ON queue BEGIN
+          {bump('-', 'OLD')}
+          {bump('+', 'NEW')}
+        END;
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_FILE_COLUMNS = "path, size, sha256, content_type, created, modified, location, version, inode"
+_FILE_COLUMNS = (
+    "path, size, sha256, content_type, created, modified, location, version, inode, remote"
+)
 
 
 def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
@@ -159,7 +213,8 @@ class Registry:
         self._writer = _connect(path, read_only=False)
         sqlite_utils.Database(self._writer).enable_wal()
         self._write_lock = threading.Lock()
-        self._reader = _connect(path, read_only=True)
+        # Read-only, for the event loop's thread only (see the module docstring).
+        self.reader = _connect(path, read_only=True)
 
     # -- schema ---------------------------------------------------------------------------------
 
@@ -177,7 +232,7 @@ class Registry:
             self._writer.execute(f"PRAGMA user_version = {number}")
 
     def close(self) -> None:
-        self._reader.close()
+        self.reader.close()
         self._writer.close()
 
     # -- writes ---------------------------------------------------------------------------------
@@ -210,24 +265,40 @@ class Registry:
 
     @staticmethod
     def upsert_file(conn: sqlite3.Connection, path: str, size: int, sha256: str,
-                    content_type: str, inode: int, now: float) -> bool:
-        """Record new content for `path`; True if the path is new. Run inside `transaction()`."""
+                    content_type: str, inode: int, now: float) -> tuple[bool, int]:
+        """Record new content for `path`: (whether the path is new, its new version).
+
+        Run inside `transaction()`."""
+        version = conn.execute(
+            "UPDATE counters SET value = value + 1 WHERE name = 'seq.version' RETURNING value"
+        ).fetchone()[0]
         row = conn.execute("SELECT created FROM files WHERE path = ?", (path,)).fetchone()
         if row is None:
             conn.execute(
                 "INSERT INTO files (path, size, sha256, content_type, created, modified, "
-                "location, version, inode) VALUES (?, ?, ?, ?, ?, ?, 'local', 1, ?)",
-                (path, size, sha256, content_type, now, now, inode),
+                "location, version, inode) VALUES (?, ?, ?, ?, ?, ?, 'local', ?, ?)",
+                (path, size, sha256, content_type, now, now, version, inode),
             )
-            return True
+            return True, version
         # A replaced file is local again: its new bytes have not been uploaded anywhere.
         conn.execute(
             "UPDATE files SET size = ?, sha256 = ?, content_type = ?, modified = ?, inode = ?, "
-            "location = 'local', version = version + 1, remote = NULL, remote_key = NULL, "
+            "location = 'local', version = ?, remote = NULL, remote_key = NULL, "
             "remote_etag = NULL, uploaded_at = NULL WHERE path = ?",
-            (size, sha256, content_type, now, inode, path),
+            (size, sha256, content_type, now, inode, version, path),
         )
-        return False
+        return False, version
+
+    @staticmethod
+    def mark_uploaded(conn: sqlite3.Connection, path: str, remote: str, key: str, etag: str,
+                      size: int, now: float) -> None:
+        conn.execute(
+            "UPDATE files SET location = 'remote', remote = ?, remote_key = ?, remote_etag = ?, "
+            "uploaded_at = ? WHERE path = ?",
+            (remote, key, etag, now, path),
+        )
+        conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'uploads.done'")
+        conn.execute("UPDATE counters SET value = value + ? WHERE name = 'uploads.bytes'", (size,))
 
     @staticmethod
     def delete_file(conn: sqlite3.Connection, path: str) -> bool:
@@ -237,14 +308,14 @@ class Registry:
 
     def get(self, path: str, conn: sqlite3.Connection | None = None) -> FileRecord | None:
         """The record for `path`; pass the writer's `conn` to read inside a write transaction."""
-        row = (conn or self._reader).execute(
+        row = (conn or self.reader).execute(
             f"SELECT {_FILE_COLUMNS} FROM files WHERE path = ?", (path,)
         ).fetchone()
         return FileRecord(*row) if row else None
 
     def list(self, prefix: str = "", after: str = "", limit: int = 100) -> list[FileRecord]:
         """Files whose path starts with `prefix`, in path order, strictly after `after`."""
-        rows = self._reader.execute(
+        rows = self.reader.execute(
             f"SELECT {_FILE_COLUMNS} FROM files WHERE path >= ? AND path < ? AND path > ? "
             "ORDER BY path LIMIT ?",
             (prefix, prefix + _MAX_CHAR, after, limit),
@@ -252,10 +323,10 @@ class Registry:
         return [FileRecord(*row) for row in rows]
 
     def counters(self) -> dict[str, int]:
-        return dict(self._reader.execute("SELECT name, value FROM counters").fetchall())
+        return dict(self.reader.execute("SELECT name, value FROM counters").fetchall())
 
     def intents(self) -> list[Intent]:
-        rows = self._reader.execute(
+        rows = self.reader.execute(
             "SELECT id, op, path, tmp, size, sha256, content_type FROM intents ORDER BY id"
         ).fetchall()
         return [Intent(*row) for row in rows]

@@ -30,11 +30,13 @@ from .config import Settings
 from .datadir import DataDir
 from .errors import ChecksumMismatch, NotFound
 from .local import LocalStore, Received
+from .queue import entries
 from .registry import FileRecord, Intent, Registry
 
 log = logging.getLogger("filestore")
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+DEFAULT_REMOTE = "default"
 
 # Checks a PUT's preconditions against the current record (None: the path does not exist yet).
 Precondition = Callable[[FileRecord | None], None]
@@ -57,7 +59,10 @@ class Store:
             self.token, self.token_created = load_or_create_token(
                 self.datadir.token_path, settings.auth.token
             )
-            if self.datadir.join():
+            # Set by the queue's workers, so new work is seen at once (on the loop's thread).
+            self.on_change: Callable[[], None] = lambda: None
+            self.alone = self.datadir.join()
+            if self.alone:
                 self._recover()
         finally:
             os.close(start_fd)
@@ -112,6 +117,7 @@ class Store:
         except BaseException:
             self.local.discard(received)
             raise
+        self.on_change()
         return self.lookup(path), created
 
     def _commit_put(
@@ -126,9 +132,13 @@ class Store:
                     precondition(self.registry.get(path, conn))
                 inode = os.stat(received.tmp).st_ino
                 self.local.install(received.tmp, path)
-                created = self.registry.upsert_file(
-                    conn, path, received.size, received.sha256, ctype, inode, time.time()
+                now = time.time()
+                created, version = self.registry.upsert_file(
+                    conn, path, received.size, received.sha256, ctype, inode, now
                 )
+                # Queued in the same transaction as the file: acknowledged means queued.
+                entries.schedule(conn, path, "upload", version, DEFAULT_REMOTE,
+                                 now + self.settings.upload.delay, now)
                 self._settle_intents(conn, path, keep=intent_id)
                 return created
         except BaseException:
@@ -140,16 +150,33 @@ class Store:
 
     async def delete(self, path: str) -> None:
         await anyio.to_thread.run_sync(self._delete, path)
+        self.on_change()
 
     def _delete(self, path: str) -> None:
         with self.registry.transaction() as conn:
-            if not self.registry.delete_file(conn, path):
+            record = self.registry.get(path, conn)
+            if record is None:
                 raise NotFound(f"no file at {path!r}")
+            self.registry.delete_file(conn, path)
             self._settle_intents(conn, path)
+            self._schedule_remote_delete(conn, record)
         # The row is gone, so readers already answer 404; the bytes go unless a PUT came between.
         with self.registry.transaction() as conn:
             if self.registry.get(path, conn) is None:
                 self.local.remove(path)
+
+    def _schedule_remote_delete(self, conn: sqlite3.Connection, record: FileRecord) -> None:
+        """After a DELETE: the remote copy goes (after `upload.delete_delay`) if there is one, or
+        if an upload in flight may be making one right now; else the path's queued work goes."""
+        now = time.time()
+        entry = entries.get(conn, record.path)
+        delay = self.settings.upload.delete_delay
+        may_have_copy = record.location == "remote" or entries.in_flight(entry, now)
+        if may_have_copy and delay is not None:
+            remote = record.remote or (entry.remote if entry else DEFAULT_REMOTE)
+            entries.schedule(conn, record.path, "delete", record.version, remote, now + delay, now)
+        elif entry is not None:
+            entries.drop(conn, record.path)
 
     def _settle_intents(self, conn: sqlite3.Connection, path: str, keep: int = 0) -> None:
         """Drop intents for `path` whose process died after its rename: what this transaction
@@ -165,6 +192,8 @@ class Store:
     # -- crash recovery (only when no other process uses the data directory) ---------------------
 
     def _recover(self) -> None:
+        with self.registry.transaction() as conn:
+            entries.clear_leases(conn)  # their holders are gone
         pending = self.registry.intents()
         for intent in pending:
             self._recover_intent(intent)

@@ -1,0 +1,1 @@
+"""The durable remote-work queue: uploads after a cool-down, and remote deletes."""

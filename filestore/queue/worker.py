@@ -1,0 +1,156 @@
+"""The queue's workers: lease due rows, upload or delete remotely, record the outcome.
+
+One dispatcher task per process leases due rows (`upload.concurrency` at a time) and starts a task
+for each. It sleeps until the next row is due, or until `wake()` (a PUT or DELETE in this process,
+or a finished task); never longer than `MAX_IDLE`, so rows of another, crashed process sharing the
+data directory are taken over once their lease expires. A heartbeat renews the leases of work in
+flight, so a long upload keeps its row while a dead process's rows come free.
+
+Nothing is lost between the steps: the row is removed only in the transaction that records the
+verified upload, and local bytes leave `files/` only in that same transaction (renamed into the
+cache area, or kept in backup mode). A crash anywhere before it means the upload runs again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ..errors import RemoteError
+from ..remote import Remote
+from . import entries
+from .entries import Entry
+from .retry import is_retryable, next_delay
+
+if TYPE_CHECKING:
+    from ..store import Store
+
+log = logging.getLogger("filestore.queue")
+
+LEASE_SECONDS = 60.0
+MAX_IDLE = LEASE_SECONDS
+
+
+class QueueWorkers:
+    def __init__(self, store: Store, remotes: dict[str, Remote]) -> None:
+        self.store = store
+        self.registry = store.registry
+        self.remotes = remotes
+        self.settings = store.settings.upload
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._in_flight: dict[str, Entry] = {}
+        self._wakeup = anyio.Event()
+
+    def wake(self) -> None:
+        """Look at the queue now (called on the event loop's thread)."""
+        self._wakeup.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._heartbeat)
+            while True:
+                self._wakeup = anyio.Event()
+                free = self.settings.concurrency - len(self._in_flight)
+                if self.settings.enabled and free > 0:
+                    for entry in await anyio.to_thread.run_sync(self._lease, free):
+                        self._in_flight[entry.path] = entry
+                        tg.start_soon(self._work, entry)
+                delay = MAX_IDLE
+                if self.settings.enabled and len(self._in_flight) < self.settings.concurrency:
+                    now = time.time()
+                    due = entries.next_due(self.registry.reader, now)
+                    if due is not None:
+                        delay = min(max(due - now, 0.0), MAX_IDLE)
+                with anyio.move_on_after(delay):
+                    await self._wakeup.wait()
+
+    def _lease(self, limit: int) -> list[Entry]:
+        now = time.time()
+        with self.registry.transaction() as conn:
+            return entries.lease_due(conn, self.owner, now, now + LEASE_SECONDS, limit)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await anyio.sleep(LEASE_SECONDS / 3)
+            if self._in_flight:
+                paths = list(self._in_flight)
+                until = time.time() + LEASE_SECONDS
+                await anyio.to_thread.run_sync(self._renew, paths, until)
+
+    def _renew(self, paths: list[str], until: float) -> None:
+        with self.registry.transaction() as conn:
+            entries.renew(conn, self.owner, paths, until)
+
+    async def _work(self, entry: Entry) -> None:
+        try:
+            remote = self.remotes.get(entry.remote)
+            if remote is None:
+                raise RemoteError(f"no remote named {entry.remote!r} is configured")
+            if entry.op == "upload":
+                await self._upload(entry, remote)
+            else:
+                await remote.delete(entry.path)
+                await anyio.to_thread.run_sync(self._finish, entry)
+        except Exception as exc:
+            retryable = is_retryable(exc)
+            error = getattr(exc, "detail", "") or f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, RemoteError):
+                log.warning("%s of %r failed: %s", entry.op, entry.path, error)
+            else:
+                log.exception("%s of %r failed unexpectedly", entry.op, entry.path)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._fail, entry, error, retryable)
+        finally:
+            self._in_flight.pop(entry.path, None)
+            self.wake()
+
+    async def _upload(self, entry: Entry, remote: Remote) -> None:
+        record = self.registry.get(entry.path)
+        source = self.store.local.open_version(entry.path, record, entry.version)
+        if source is None:
+            # Replaced or deleted since it was queued: the newer change rewrote the row.
+            await anyio.to_thread.run_sync(self._release, entry)
+            return
+        assert record is not None
+        with source:
+            uploaded = await remote.put(entry.path, source, record.size, record.sha256,
+                                        record.content_type)
+        await anyio.to_thread.run_sync(self._record_upload, entry, remote, uploaded.etag)
+
+    def _record_upload(self, entry: Entry, remote: Remote, etag: str) -> None:
+        now = time.time()
+        with self.registry.transaction() as conn:
+            record = self.registry.get(entry.path, conn)
+            if record is not None and record.version == entry.version:
+                self.registry.mark_uploaded(conn, entry.path, remote.name,
+                                            remote.key_for(entry.path), etag, record.size, now)
+                if not self.settings.keep_local:
+                    self.store.local.move_to_cache(entry.path)
+            entries.finish(conn, entry)
+
+    def _finish(self, entry: Entry) -> None:
+        with self.registry.transaction() as conn:
+            entries.finish(conn, entry)
+
+    def _release(self, entry: Entry) -> None:
+        with self.registry.transaction() as conn:
+            entries.release(conn, entry)
+
+    def _fail(self, entry: Entry, error: str, retryable: bool) -> None:
+        now = time.time()
+        retry_at = None
+        attempt = entry.attempts + 1
+        if retryable and attempt < self.settings.max_attempts:
+            retry_at = now + next_delay(attempt, self.settings.retry_base, self.settings.retry_max)
+        with self.registry.transaction() as conn:
+            entries.fail(conn, entry, error, retry_at, now)

@@ -1,0 +1,58 @@
+"""What filestore needs of a remote store, and nothing more.
+
+A remote stores objects under `{prefix}/{path}`: the key is always derived from a normalised file
+path, so filestore can never read, overwrite or delete a key outside its own prefix, and the
+bucket stays readable as plain files without filestore.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import BinaryIO, Protocol
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteObject:
+    path: str  # the filestore path (key minus the remote's prefix)
+    size: int
+    etag: str = ""
+    # Hex SHA-256 of the whole object when the store reports it (None: not reported).
+    sha256: str | None = None
+
+
+class Remote(Protocol):
+    name: str
+    # Where it points, safe to show: never contains a secret.
+    display_url: str
+
+    def key_for(self, path: str) -> str: ...
+
+    async def open(self) -> None:
+        """Connect (once, in the server's lifespan)."""
+        ...
+
+    async def cleanup(self) -> int:
+        """Remove what a crashed upload left behind (unfinished multipart uploads, temp files);
+        only called when no other process uses the data directory. How many were removed."""
+        ...
+
+    async def put(self, path: str, source: BinaryIO, size: int, sha256: str,
+                  content_type: str) -> RemoteObject:
+        """Upload the open file `source` (`size` bytes with this `sha256`) and verify the stored
+        copy (size and checksum) before returning; raise `RemoteIntegrityError` if it differs."""
+        ...
+
+    def get(self, path: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Stream the object's bytes `start..end` (inclusive; None: to the end)."""
+        ...
+
+    async def head(self, path: str) -> RemoteObject | None: ...
+
+    async def delete(self, path: str) -> None:
+        """Delete the object; deleting a missing object is not an error."""
+        ...
+
+    def list(self, prefix: str = "") -> AsyncIterator[RemoteObject]: ...
+
+    async def close(self) -> None: ...

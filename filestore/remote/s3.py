@@ -1,0 +1,283 @@
+"""`s3://bucket/prefix`: AWS S3 or any S3-compatible store, through aioboto3.
+
+One client per remote, opened in the server's lifespan and reused. Uploads carry a SHA-256
+checksum (whole object, or per part for multipart uploads) and are verified with a HEAD before they
+count: size, and the checksum the store reports (the composite "checksum of part checksums" for a
+multipart upload), or, for stores that report none, the ETag the upload returned.
+
+Multipart above `multipart_threshold`: parts of `part_size`, each read and hashed in one thread
+call, at most `_PARTS_IN_FLIGHT` in memory at once, so a 1 GiB upload costs tens of MiB. A failed
+multipart upload is aborted; one left open by a crash is aborted by `cleanup()` at the next start.
+
+botocore's errors are translated here, once, into `RemoteError` (permanent: credentials, access,
+bucket) or `RemoteUnavailable` (retryable: network, 5xx, throttling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any, BinaryIO
+
+import aioboto3
+import aiohttp
+import anyio
+import botocore.exceptions
+from botocore.config import Config
+
+from ..config import RemoteSettings
+from ..errors import RemoteError, RemoteIntegrityError, RemoteNotFound, RemoteUnavailable
+from .base import RemoteObject
+
+log = logging.getLogger("filestore.remote")
+
+CHUNK_SIZE = 1024 * 1024
+MAX_PARTS = 10_000
+_PARTS_IN_FLIGHT = 2
+_PERMANENT_CODES = {
+    "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+    "NoSuchBucket", "InvalidBucketName", "AccountProblem", "InvalidToken", "ExpiredToken",
+    "AuthorizationHeaderMalformed", "PermanentRedirect", "InvalidRequest", "MethodNotAllowed",
+    "NotImplemented", "EntityTooLarge", "InvalidArgument", "403", "400", "405",
+}
+_NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
+_INTEGRITY_CODES = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"}
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def translate(exc: BaseException, what: str) -> RemoteError:
+    """The one place that decides what a botocore/aiohttp failure means for filestore."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        message = error.get("Message") or code
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in _NOT_FOUND_CODES:
+            return RemoteNotFound(f"{what}: not found")
+        if code in _INTEGRITY_CODES:
+            return RemoteIntegrityError(f"{what}: the store rejected the checksum ({code})")
+        if code in _PERMANENT_CODES or (400 <= status < 500 and status not in (408, 429)):
+            return RemoteError(f"{what}: {code}: {message}")
+        return RemoteUnavailable(f"{what}: {code or status}: {message}")
+    if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.NoRegionError
+                  | botocore.exceptions.ParamValidationError):
+        return RemoteError(f"{what}: {exc}")
+    if isinstance(exc, botocore.exceptions.BotoCoreError | aiohttp.ClientError | OSError
+                  | asyncio.TimeoutError):
+        return RemoteUnavailable(f"{what}: {type(exc).__name__}: {exc}")
+    return RemoteError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Any:
+    try:
+        yield
+    except RemoteError:
+        raise
+    except (TimeoutError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
+            aiohttp.ClientError, OSError) as exc:
+        raise translate(exc, what) from None
+
+
+class S3Remote:
+    def __init__(self, name: str, bucket: str, prefix: str, settings: RemoteSettings) -> None:
+        self.name = name
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.settings = settings
+        where = f" at {settings.endpoint_url}" if settings.endpoint_url else ""
+        self.display_url = f"s3://{bucket}/{self.prefix}{where}"
+        self._client: Any = None
+        self._stack = contextlib.AsyncExitStack()
+
+    def __repr__(self) -> str:
+        return f"S3Remote({self.name!r}, {self.display_url!r})"
+
+    def key_for(self, path: str) -> str:
+        return f"{self.prefix}/{path}" if self.prefix else path
+
+    async def open(self) -> None:
+        settings = self.settings
+        style = settings.addressing_style
+        if style == "auto":
+            style = "path" if settings.endpoint_url else "virtual"
+        config = Config(
+            s3={"addressing_style": style},
+            # Checksums are filestore's own (SHA-256, sent explicitly); botocore's default CRC32
+            # trailers are not understood by every S3-compatible store.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            max_pool_connections=settings.max_connections,
+            connect_timeout=10,
+            read_timeout=60,
+            # filestore's own retry policy (queue/retry.py) decides; botocore retrying inside
+            # it would multiply attempts and hide outages behind its own backoff.
+            retries={"total_max_attempts": 1, "mode": "standard"},
+        )
+        credentials = {}
+        if settings.access_key_id:
+            credentials = {"aws_access_key_id": settings.access_key_id,
+                           "aws_secret_access_key": settings.secret_access_key}
+        session = aioboto3.Session()
+        self._client = await self._stack.enter_async_context(
+            session.client("s3", endpoint_url=settings.endpoint_url or None,
+                           region_name=settings.region or None, config=config, **credentials)
+        )
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+    # -- upload -----------------------------------------------------------------------------------
+
+    async def put(self, path: str, source: BinaryIO, size: int, sha256: str,
+                  content_type: str) -> RemoteObject:
+        key = self.key_for(path)
+        what = f"upload of {path!r} to {self.display_url}"
+        with _translated(what):
+            if size > self.settings.multipart_threshold:
+                etag, expected = await self._put_multipart(key, source, size, content_type)
+            else:
+                source.seek(0)
+                response = await self._client.put_object(
+                    Bucket=self.bucket, Key=key, Body=source, ContentLength=size,
+                    ContentType=content_type, ChecksumAlgorithm="SHA256",
+                    ChecksumSHA256=_b64(bytes.fromhex(sha256)),
+                )
+                etag, expected = response.get("ETag", ""), _b64(bytes.fromhex(sha256))
+            head = await self._client.head_object(Bucket=self.bucket, Key=key,
+                                                  ChecksumMode="ENABLED")
+        stored = head.get("ChecksumSHA256")
+        if head["ContentLength"] != size:
+            raise RemoteIntegrityError(f"{what}: stored {head['ContentLength']} bytes, sent {size}")
+        if stored is not None and stored.split("-")[0] != expected:
+            raise RemoteIntegrityError(f"{what}: stored checksum {stored}, sent {expected}")
+        if stored is None and etag and head.get("ETag") != etag:
+            raise RemoteIntegrityError(f"{what}: stored ETag {head.get('ETag')}, sent {etag}")
+        return RemoteObject(path, size, etag=head.get("ETag", etag), sha256=sha256)
+
+    async def _put_multipart(self, key: str, source: BinaryIO, size: int,
+                             content_type: str) -> tuple[str, str]:
+        """Upload in parts; the ETag and the expected composite checksum (base64)."""
+        part_size = max(self.settings.part_size, -(-size // MAX_PARTS))
+        count = -(-size // part_size)
+        created = await self._client.create_multipart_upload(
+            Bucket=self.bucket, Key=key, ContentType=content_type, ChecksumAlgorithm="SHA256"
+        )
+        upload_id = created["UploadId"]
+        parts: list[dict[str, Any]] = [{} for _ in range(count)]
+        digests: list[bytes] = [b""] * count
+        fd = source.fileno()
+        try:
+            slots = anyio.Semaphore(_PARTS_IN_FLIGHT)
+
+            async def send(number: int) -> None:
+                try:
+                    offset = (number - 1) * part_size
+                    length = min(part_size, size - offset)
+                    data, digest = await anyio.to_thread.run_sync(_read_part, fd, offset, length)
+                    digests[number - 1] = digest
+                    response = await self._client.upload_part(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                        Body=data, ContentLength=length, ChecksumSHA256=_b64(digest),
+                    )
+                    del data
+                    parts[number - 1] = {"PartNumber": number, "ETag": response["ETag"],
+                                         "ChecksumSHA256": _b64(digest)}
+                finally:
+                    slots.release()
+
+            async with anyio.create_task_group() as tg:
+                for number in range(1, count + 1):
+                    await slots.acquire()  # bounds the parts held in memory
+                    tg.start_soon(send, number)
+            done = await self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key,
+                                                          UploadId=upload_id)
+            raise
+        return done.get("ETag", ""), _b64(hashlib.sha256(b"".join(digests)).digest())
+
+    async def cleanup(self) -> int:
+        """Abort multipart uploads under the prefix left open by a crash; how many."""
+        aborted = 0
+        started_before = time.time()
+        with _translated(f"listing unfinished uploads in {self.display_url}"):
+            paginator = self._client.get_paginator("list_multipart_uploads")
+            prefix = f"{self.prefix}/" if self.prefix else ""
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for upload in page.get("Uploads", []):
+                    initiated = upload.get("Initiated")
+                    if initiated is not None and initiated.timestamp() > started_before:
+                        continue
+                    await self._client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+        return aborted
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    async def get(self, path: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        what = f"download of {path!r} from {self.display_url}"
+        extra = {}
+        if start or end is not None:
+            extra["Range"] = f"bytes={start}-{'' if end is None else end}"
+        with _translated(what):
+            response = await self._client.get_object(Bucket=self.bucket,
+                                                     Key=self.key_for(path), **extra)
+            body = response["Body"]
+            try:
+                async for chunk in body.iter_chunks(CHUNK_SIZE):
+                    yield chunk
+            finally:
+                body.close()
+
+    async def head(self, path: str) -> RemoteObject | None:
+        try:
+            with _translated(f"HEAD of {path!r} in {self.display_url}"):
+                head = await self._client.head_object(Bucket=self.bucket, Key=self.key_for(path),
+                                                      ChecksumMode="ENABLED")
+        except RemoteNotFound:
+            return None
+        return RemoteObject(path, head["ContentLength"], etag=head.get("ETag", ""))
+
+    async def delete(self, path: str) -> None:
+        with _translated(f"delete of {path!r} in {self.display_url}"):
+            await self._client.delete_object(Bucket=self.bucket, Key=self.key_for(path))
+
+    async def list(self, prefix: str = "") -> AsyncIterator[RemoteObject]:
+        base = f"{self.prefix}/" if self.prefix else ""
+        with _translated(f"listing {self.display_url}"):
+            paginator = self._client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=base + prefix):
+                for item in page.get("Contents", []):
+                    yield RemoteObject(item["Key"][len(base):], item["Size"],
+                                       etag=item.get("ETag", ""))
+
+
+def _read_part(fd: int, offset: int, length: int) -> tuple[bytearray, bytes]:
+    """Read one part and hash it: one thread call per part, 1 MiB reads."""
+    buffer = bytearray(length)
+    view = memoryview(buffer)
+    digest = hashlib.sha256()
+    done = 0
+    while done < length:
+        n = os.preadv(fd, [view[done:done + CHUNK_SIZE]], offset + done)
+        if n == 0:
+            raise RemoteIntegrityError("the local file is shorter than its recorded size")
+        digest.update(view[done:done + n])
+        done += n
+    return buffer, digest.digest()
