@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import logging
 import os
 import re
+from typing import Any
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -26,7 +26,7 @@ from .errors import BadRequest, NotFound, TooLarge
 from .ranges import RangeNotSatisfiable, parse_range
 from .registry import FileRecord
 from .responses import FileBody
-from .store import Store
+from .store import Precondition, Store
 
 log = logging.getLogger("filestore")
 
@@ -42,6 +42,18 @@ def _store(request: Request) -> Store:
 
 def _file_path(request: Request) -> str:
     return paths.normalize(request.path_params["path"])
+
+
+class FileRoute(Route):
+    """`/files/{path}`, where `{path}` is everything after `/files/`, newlines included.
+
+    Starlette's own pattern stops at a newline and its `$` matches before a final one, so
+    `/files/victim%0A` would reach `victim`; here it reaches the path check and gets a 400.
+    """
+
+    def __init__(self, endpoint: Any, methods: list[str]) -> None:
+        super().__init__("/files/{path:path}", endpoint, methods=methods)
+        self.path_regex = re.compile(r"^/files/(?P<path>.*)\Z", re.DOTALL)
 
 
 def _require_token(request: Request) -> None:
@@ -72,17 +84,13 @@ def _open_current(store: Store, path: str) -> tuple[FileRecord, int]:
     """
     for attempt in range(3):
         record = store.lookup(path)
-        for candidate in store.local.candidates(path):
-            try:
-                fd = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as exc:
-                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                    continue  # not here; or moved or replaced just now
-                raise
-            stat = os.fstat(fd)
-            if stat.st_ino == record.inode or (attempt == 2 and stat.st_size == record.size):
-                return record, fd
-            os.close(fd)
+        fd = store.local.open_bytes(path)
+        if fd is None:
+            continue  # moved to the cache or replaced just now: look again
+        stat = os.fstat(fd)
+        if stat.st_ino == record.inode or (attempt == 2 and stat.st_size == record.size):
+            return record, fd
+        os.close(fd)
     log.error("registered file %r has no matching local bytes", path)
     raise NotFound(f"{path!r} is registered but its bytes are missing; run filestore verify")
 
@@ -150,6 +158,19 @@ def _content_length(request: Request) -> int | None:
     return int(value)
 
 
+def _precondition(request: Request, method: str) -> Precondition | None:
+    """The request's preconditions as a check of the current record, for the store to run
+    inside its write transaction (so nothing changes between the check and the write)."""
+    headers = request.headers
+    if not any(h in headers for h in ("if-match", "if-none-match", "if-unmodified-since")):
+        return None
+
+    def check(current: FileRecord | None) -> None:
+        check_preconditions(method, headers, _validators(current) if current else None)
+
+    return check
+
+
 async def put_file(request: Request) -> Response:
     store = _store(request)
     _require_token(request)
@@ -162,14 +183,7 @@ async def put_file(request: Request) -> Response:
         )
     expect_md5 = _expected_md5(request)
     expect_sha256 = _expected_sha256(request)
-    headers = request.headers
-
-    def precondition(current: FileRecord | None) -> None:
-        check_preconditions("PUT", headers, _validators(current) if current else None)
-
-    uses_preconditions = any(h in headers for h in ("if-match", "if-none-match",
-                                                     "if-unmodified-since"))
-    content_type = headers.get("content-type") or None
+    content_type = request.headers.get("content-type") or None
     record, created = await store.put(
         path,
         request.stream(),
@@ -177,7 +191,7 @@ async def put_file(request: Request) -> Response:
         content_length=length,
         expect_md5=expect_md5,
         expect_sha256=expect_sha256,
-        precondition=precondition if uses_preconditions else None,
+        precondition=_precondition(request, "PUT"),
     )
     return JSONResponse(
         {"path": record.path, "size": record.size, "sha256": record.sha256},
@@ -188,7 +202,8 @@ async def put_file(request: Request) -> Response:
 
 async def delete_file(request: Request) -> Response:
     _require_token(request)
-    await _store(request).delete(_file_path(request))
+    await _store(request).delete(_file_path(request),
+                                 precondition=_precondition(request, "DELETE"))
     return Response(status_code=204)
 
 
@@ -209,7 +224,7 @@ async def list_files(request: Request) -> Response:
 
 routes = [
     Route("/files/", list_files, methods=["GET"]),
-    Route("/files/{path:path}", get_file, methods=["GET", "HEAD"]),
-    Route("/files/{path:path}", put_file, methods=["PUT"]),
-    Route("/files/{path:path}", delete_file, methods=["DELETE"]),
+    FileRoute(get_file, methods=["GET", "HEAD"]),
+    FileRoute(put_file, methods=["PUT"]),
+    FileRoute(delete_file, methods=["DELETE"]),
 ]

@@ -77,7 +77,9 @@ def check_preconditions(
     safe = method in ("GET", "HEAD")
     if_match = headers.get("if-match")
     if if_match is not None:
-        if _matches(if_match, current, weak=False) is False:
+        # Unlike If-None-Match, a malformed If-Match fails: ignoring it would turn a
+        # conditional write into an unconditional one.
+        if _matches(if_match, current, weak=False) is not True:
             raise PreconditionFailed("If-Match does not match the current ETag")
     elif current is not None and "if-unmodified-since" in headers:
         since = _parse_date(headers["if-unmodified-since"])

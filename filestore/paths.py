@@ -8,6 +8,7 @@ prefix, so a path accepted here must be safe in all three roles.
 from __future__ import annotations
 
 import os
+import re
 import unicodedata
 from pathlib import Path
 from urllib.parse import unquote
@@ -20,6 +21,10 @@ MAX_SEGMENT_BYTES = 255  # NAME_MAX on Linux filesystems
 _MAX_DECODE_ROUNDS = 4
 
 
+# Printable ASCII without "%" and "\\": such a path needs no decoding and no Unicode checks.
+_PLAIN_ASCII = re.compile(r"[\x20-\x24\x26-\x5b\x5d-\x7e]+")
+
+
 def normalize(raw: str) -> str:
     """Return the canonical form of `raw`, or raise `BadPath` saying what is wrong with it.
 
@@ -30,6 +35,11 @@ def normalize(raw: str) -> str:
     """
     if not raw:
         raise BadPath("the path is empty")
+    if _PLAIN_ASCII.fullmatch(raw):
+        _check_segments(raw)  # the common case, on every GET: skip the decoding rounds
+        return raw
+    # Limits apply to the stored (NFC) form, which can be longer than what was sent.
+    raw = unicodedata.normalize("NFC", raw)
     seen = raw
     for _ in range(_MAX_DECODE_ROUNDS):
         _check(seen)
@@ -42,7 +52,7 @@ def normalize(raw: str) -> str:
         seen = decoded
     else:
         raise BadPath("the path is percent-encoded too many times")
-    return unicodedata.normalize("NFC", raw)
+    return raw
 
 
 def _check(path: str) -> None:
@@ -55,6 +65,12 @@ def _check(path: str) -> None:
             raise BadPath(f"the path contains the control character {char!r}")
     if "\\" in path:
         raise BadPath("the path contains a backslash")
+    _check_segments(path)
+
+
+def _check_segments(path: str) -> None:
+    if len(path) > MAX_PATH_BYTES:  # (characters <= bytes; the byte count is checked before)
+        raise BadPath(f"the path is longer than {MAX_PATH_BYTES} bytes")
     if path.startswith("/"):
         raise BadPath("the path is absolute")
     for segment in path.split("/"):

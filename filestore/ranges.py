@@ -12,7 +12,9 @@ import itertools
 import re
 
 MAX_RANGES = 32
-_SPEC_RE = re.compile(r"^(?:(\d+)-(\d*)|-(\d+))$")
+_SPEC_RE = re.compile(r"(?:([0-9]+)-([0-9]*)|-([0-9]+))")  # RFC 9110: ASCII digits only
+# Positions longer than this are past any file; int() of thousands of digits would be refused.
+_MAX_DIGITS = 18
 
 
 class RangeNotSatisfiable(Exception):
@@ -32,26 +34,30 @@ def parse_range(header: str, size: int) -> list[tuple[int, int]] | None:
     for part in parts:
         if not part:
             continue  # RFC 9110 allows empty list elements: "bytes=0-1,,2-3"
-        match = _SPEC_RE.match(part)
+        match = _SPEC_RE.fullmatch(part)
         if match is None:
             return None
         first, last, suffix = match.groups()
         valid += 1
         if suffix is not None:
-            length = int(suffix)
+            length = _number(suffix)
             if length > 0 and size > 0:
                 ranges.append((max(size - length, 0), size - 1))
             continue
-        start = int(first)
-        if last and int(last) < start:
+        start = _number(first)
+        if last and _number(last) < start:
             return None  # an invalid int-range makes the whole header invalid
         if start < size:
-            ranges.append((start, min(int(last), size - 1) if last else size - 1))
+            ranges.append((start, min(_number(last), size - 1) if last else size - 1))
     if not valid:
         return None
     if not ranges:
         raise RangeNotSatisfiable("no requested range overlaps the file")
     return _coalesce(ranges)
+
+
+def _number(digits: str) -> int:
+    return int(digits) if len(digits) <= _MAX_DIGITS else 10**_MAX_DIGITS
 
 
 def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -139,7 +139,8 @@ class Store:
                 # Queued in the same transaction as the file: acknowledged means queued.
                 entries.schedule(conn, path, "upload", version, DEFAULT_REMOTE,
                                  now + self.settings.upload.delay, now)
-                self._settle_intents(conn, path, keep=intent_id)
+                self.registry.remove_intent(conn, intent_id)
+                self._settle_intents(conn, path)
                 return created
         except BaseException:
             # Nothing was installed (or the rename is undone by recovery): forget the intent.
@@ -148,15 +149,17 @@ class Store:
                     self.registry.remove_intent(conn, intent_id)
             raise
 
-    async def delete(self, path: str) -> None:
-        await anyio.to_thread.run_sync(self._delete, path)
+    async def delete(self, path: str, precondition: Precondition | None = None) -> None:
+        await anyio.to_thread.run_sync(self._delete, path, precondition)
         self.on_change()
 
-    def _delete(self, path: str) -> None:
+    def _delete(self, path: str, precondition: Precondition | None) -> None:
         with self.registry.transaction() as conn:
             record = self.registry.get(path, conn)
             if record is None:
                 raise NotFound(f"no file at {path!r}")
+            if precondition is not None:
+                precondition(record)
             self.registry.delete_file(conn, path)
             self._settle_intents(conn, path)
             self._schedule_remote_delete(conn, record)
@@ -178,12 +181,12 @@ class Store:
         elif entry is not None:
             entries.drop(conn, record.path)
 
-    def _settle_intents(self, conn: sqlite3.Connection, path: str, keep: int = 0) -> None:
+    def _settle_intents(self, conn: sqlite3.Connection, path: str) -> None:
         """Drop intents for `path` whose process died after its rename: what this transaction
         writes supersedes them. An intent whose temp file still exists may belong to a PUT in
         flight in another process; it stays."""
         rows = conn.execute(
-            "SELECT id, tmp FROM intents WHERE path = ? AND id != ?", (path, keep)
+            "SELECT id, tmp FROM intents WHERE path = ?", (path,)
         ).fetchall()
         for intent_id, tmp in rows:
             if not Path(tmp).exists():

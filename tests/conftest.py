@@ -178,3 +178,89 @@ def s3_overrides(moto: Moto, bucket: str, prefix: str = "fs") -> dict[str, str]:
         "remote__access_key_id": "test",
         "remote__secret_access_key": "test",
     }
+
+
+# -- `filestore serve` as a subprocess, for what only a real process shows (kill -9, RSS, CLI) --
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServeProcess:
+    """`python -m filestore serve` on a free port, with `FILESTORE_*` overrides."""
+
+    def __init__(self, data_dir: Path | None, cwd: Path | None = None, **overrides: str) -> None:
+        import os
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir if data_dir is not None else (cwd or Path()) / "filestore-data"
+        env = {k: v for k, v in os.environ.items() if k != "FILESTORE_CONFIG"}
+        env.update({"FILESTORE_SERVER__PORT": str(self.port), "FILESTORE_STORAGE__MIN_FREE": "0"})
+        if data_dir is not None:
+            env["FILESTORE_STORAGE__DATA_DIR"] = str(data_dir)
+        env.update({f"FILESTORE_{k.upper()}": v for k, v in overrides.items()})
+        self.env, self.cwd = env, cwd
+        self.proc: Any = None
+
+    def start(self, timeout: float = 30) -> ServeProcess:
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "filestore", "serve"], cwd=self.cwd, env=self.env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"filestore serve exited: {self.proc.stdout.read()}")
+            try:
+                return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, timeout=timeout, interval=0.05)
+        return self
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "token").read_text().strip()
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60,
+                            headers={"authorization": f"Bearer {self.token}"})
+
+    def kill(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=20)
+
+    def stop(self, sig: int | None = None) -> tuple[int, str]:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig or signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=30)
+        return self.proc.returncode, out
+
+
+@pytest.fixture
+def serve_process() -> Iterator[Any]:
+    started: list[ServeProcess] = []
+
+    def make(data_dir: Path | None, **kwargs: Any) -> ServeProcess:
+        process = ServeProcess(data_dir, **kwargs)
+        started.append(process)
+        return process
+
+    yield make
+    for process in started:
+        if process.proc is not None and process.proc.poll() is None:
+            process.kill()

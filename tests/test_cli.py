@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
-
-from conftest import wait_for
 
 FILESTORE = [sys.executable, "-m", "filestore"]
 
@@ -20,12 +16,6 @@ FILESTORE = [sys.executable, "-m", "filestore"]
 def run(args, env=None, cwd=None, timeout=30):
     return subprocess.run(FILESTORE + args, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, cwd=cwd)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_help_lists_commands():
@@ -72,33 +62,16 @@ def test_unwritable_data_dir_is_one_line(tmp_path):
     assert "storage.data_dir" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_serve_with_no_config_then_ctrl_c(tmp_path):
+def test_serve_with_no_config_then_ctrl_c(tmp_path, serve_process):
     """The README's first command: no config at all, data in ./filestore-data."""
-    port = free_port()
-    env = {**os.environ, "FILESTORE_SERVER__PORT": str(port), "FILESTORE_STORAGE__MIN_FREE": "0"}
-    env.pop("FILESTORE_CONFIG", None)
-    proc = subprocess.Popen(FILESTORE + ["serve"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"{url}/healthz").status_code == 200
-            except httpx.TransportError:
-                return proc.poll() is not None
-
-        wait_for(up, timeout=20)
-        token = (tmp_path / "filestore-data" / "token").read_text().strip()
-        auth = {"authorization": f"Bearer {token}"}
-        assert httpx.put(f"{url}/files/hello.txt", content=b"hi", headers=auth).status_code == 201
-        assert httpx.get(f"{url}/files/hello.txt").content == b"hi"
-        assert (tmp_path / "filestore-data" / "files" / "hello.txt").read_bytes() == b"hi"
-    finally:
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=20)
-    assert proc.returncode == 0, out
-    assert f"http://127.0.0.1:{port}/files/" in out
+    server = serve_process(None, cwd=tmp_path).start()
+    with server.client() as client:
+        assert client.put("/files/hello.txt", content=b"hi").status_code == 201
+        assert client.get("/files/hello.txt").content == b"hi"
+    assert (tmp_path / "filestore-data" / "files" / "hello.txt").read_bytes() == b"hi"
+    code, out = server.stop(signal.SIGINT)
+    assert code == 0, out
+    assert f"{server.url}/files/" in out
     assert "new API token" in out
     assert "Traceback" not in out
 
@@ -111,37 +84,19 @@ def _peak_rss_kib(pid: int) -> int:
 
 
 @pytest.mark.slow
-def test_streaming_put_keeps_memory_flat(tmp_path):
+def test_streaming_put_keeps_memory_flat(tmp_path, serve_process):
     """A 512 MiB PUT through a real `filestore serve` raises its peak RSS by < 64 MiB."""
-    port = free_port()
-    env = {**os.environ, "FILESTORE_SERVER__PORT": str(port), "FILESTORE_STORAGE__MIN_FREE": "0",
-           "FILESTORE_STORAGE__DATA_DIR": str(tmp_path / "d")}
-    proc = subprocess.Popen(FILESTORE + ["serve"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}"
+    server = serve_process(tmp_path / "d").start()
+    # `filestore serve` runs uvicorn in-process with one worker: measure that process.
+    before = _peak_rss_kib(server.proc.pid)
+    block = os.urandom(1024 * 1024)
 
-        def up() -> bool:
-            try:
-                return httpx.get(f"{url}/healthz").status_code == 200
-            except httpx.TransportError:
-                return False
+    def body():
+        for _ in range(512):
+            yield block
 
-        wait_for(up, timeout=20)
-        # `filestore serve` runs uvicorn in-process with one worker: measure that process.
-        before = _peak_rss_kib(proc.pid)
-        block = os.urandom(1024 * 1024)
-
-        def body():
-            for _ in range(512):
-                yield block
-
-        token = (tmp_path / "d" / "token").read_text().strip()
-        r = httpx.put(f"{url}/files/big.bin", content=body(), timeout=120,
-                      headers={"authorization": f"Bearer {token}"})
-        assert r.status_code == 201 and r.json()["size"] == 512 * 1024 * 1024
-        growth_mib = (_peak_rss_kib(proc.pid) - before) / 1024
-        assert growth_mib < 64, f"peak RSS grew by {growth_mib:.1f} MiB"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    with server.client() as client:
+        r = client.put("/files/big.bin", content=body(), timeout=120)
+    assert r.status_code == 201 and r.json()["size"] == 512 * 1024 * 1024
+    growth_mib = (_peak_rss_kib(server.proc.pid) - before) / 1024
+    assert growth_mib < 64, f"peak RSS grew by {growth_mib:.1f} MiB"

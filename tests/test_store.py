@@ -10,8 +10,8 @@ import threading
 from pathlib import Path
 
 import anyio
-
 from conftest import wait_for
+
 from filestore.config import load_settings
 from filestore.store import Store
 
@@ -94,6 +94,18 @@ def _store(data_dir: Path) -> Store:
 async def _chunks(*parts: bytes):
     for part in parts:
         yield part
+
+
+def test_a_clean_restart_changes_nothing(tmp_path):
+    store = _store(tmp_path)
+    anyio.run(lambda: store.put("a.txt", _chunks(b"kept"), content_type=None,
+                                content_length=None))
+    before = store.lookup("a.txt")
+    assert store.registry.intents() == []  # the commit removed its own intent
+    store.close()
+    store = _store(tmp_path)
+    assert store.lookup("a.txt") == before
+    store.close()
 
 
 def test_recovery_records_a_rename_that_was_not_committed(tmp_path):
