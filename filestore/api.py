@@ -95,31 +95,52 @@ def _open_current(store: Store, path: str) -> tuple[FileRecord, int]:
     raise NotFound(f"{path!r} is registered but its bytes are missing; run filestore verify")
 
 
+# Request headers that make a GET conditional or partial; most GETs carry none of them.
+_CONDITIONAL = frozenset(
+    (b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since", b"range",
+     b"if-range")
+)
+
+
+def _conditional_headers(request: Request) -> dict[str, str]:
+    """The conditional headers, read from the raw scope in one pass (a repeated field's
+    lines are combined with ", ", as RFC 9110 section 5.3 allows)."""
+    found: dict[str, str] = {}
+    for name, value in request.scope["headers"]:
+        if name in _CONDITIONAL:
+            key = name.decode("latin-1")
+            text = value.decode("latin-1")
+            found[key] = f"{found[key]}, {text}" if key in found else text
+    return found
+
+
 async def get_file(request: Request) -> Response | FileBody:
     path = _file_path(request)
     store = _store(request)
     if not store.settings.auth.public_read:
         _require_token(request)
     record, fd = _open_current(store, path)
+    ranges = None
     try:
         headers = _file_headers(record)
-        status = check_preconditions(request.method, request.headers, _validators(record))
-        if status == 304:
-            os.close(fd)
-            headers.pop("content-type")
-            return Response(status_code=304, headers=headers)
-        ranges = None
-        range_header = request.headers.get("range")
-        if range_header is not None and if_range_allows(request.headers, _validators(record)):
-            try:
-                ranges = parse_range(range_header, record.size)
-            except RangeNotSatisfiable as exc:
+        conditions = _conditional_headers(request)
+        if conditions:
+            validators = _validators(record)
+            if check_preconditions(request.method, conditions, validators) == 304:
                 os.close(fd)
-                return JSONResponse(
-                    {"error": "range_not_satisfiable", "detail": str(exc)},
-                    status_code=416,
-                    headers={"content-range": f"bytes */{record.size}", **_SAFE_HEADERS},
-                )
+                headers.pop("content-type")
+                return Response(status_code=304, headers=headers)
+            range_header = conditions.get("range")
+            if range_header is not None and if_range_allows(conditions, validators):
+                try:
+                    ranges = parse_range(range_header, record.size)
+                except RangeNotSatisfiable as exc:
+                    os.close(fd)
+                    return JSONResponse(
+                        {"error": "range_not_satisfiable", "detail": str(exc)},
+                        status_code=416,
+                        headers={"content-range": f"bytes */{record.size}", **_SAFE_HEADERS},
+                    )
     except BaseException:
         os.close(fd)
         raise

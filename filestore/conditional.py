@@ -8,6 +8,7 @@ ignored, as the RFC asks for dates and as is safest for entity-tag lists.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping
 from email.utils import formatdate, mktime_tz, parsedate_tz
@@ -24,7 +25,12 @@ class Validators:
 
     @property
     def http_date(self) -> str:
-        return formatdate(self.last_modified, usegmt=True)
+        return _http_date(self.last_modified)
+
+
+@functools.lru_cache(maxsize=4096)
+def _http_date(seconds: int) -> str:
+    return formatdate(seconds, usegmt=True)
 
 
 def etag_for(sha256: str) -> str:
