@@ -253,3 +253,20 @@ def test_secrets_never_in_errors_or_repr(make_server, moto):
     assert "SUPERSECRETVALUE" not in repr(server.settings)
 
 
+
+
+def test_two_processes_on_one_data_dir_never_upload_twice(make_server, moto, bucket, tmp_path):
+    overrides = {"upload__delay": "0s", "upload__enabled": "false", **s3_overrides(moto, bucket)}
+    data_dir = tmp_path / "shared"
+    first = make_server(data_dir, **overrides)
+    with first.client() as client:
+        for i in range(40):
+            client.put(f"/files/two/{i:02d}.bin", content=os.urandom(2000))
+    first.stop()
+    # Both start draining the same 40 entries at once.
+    overrides["upload__enabled"] = "true"
+    servers = [make_server(data_dir, **overrides) for _ in range(2)]
+    wait_for(lambda: counters(servers[0])["files.remote"] == 40, timeout=60)
+    wait_for(lambda: counters(servers[0])["queue.upload.pending"] == 0)
+    # each entry was recorded uploaded exactly once: no entry was leased by both processes
+    assert counters(servers[0])["uploads.done"] == 40
