@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -78,10 +79,7 @@ class FileRemote:
         return RemoteObject(path, size, etag=sha256, sha256=sha256)
 
     async def get(self, path: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        try:
-            fd = await anyio.to_thread.run_sync(os.open, self.root / path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise RemoteNotFound(f"{path!r} is not in {self.display_url}") from None
+        fd = await anyio.to_thread.run_sync(self._open_object, path)
         try:
             offset = start
             while end is None or offset <= end:
@@ -94,19 +92,37 @@ class FileRemote:
         finally:
             os.close(fd)
 
+    def _open_object(self, path: str) -> int:
+        """An fd of the object at `path`; anything but a regular file is no object."""
+        try:
+            fd = os.open(self.root / path, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise RemoteNotFound(f"{path!r} is not in {self.display_url}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RemoteNotFound(f"{path!r} is not in {self.display_url}")
+        return fd
+
     async def head(self, path: str) -> RemoteObject | None:
         try:
-            stat = await anyio.to_thread.run_sync(os.stat, self.root / path)
+            info = await anyio.to_thread.run_sync(os.stat, self.root / path)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return RemoteObject(path, stat.st_size)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        return RemoteObject(path, info.st_size)
 
     async def delete(self, path: str) -> None:
         await anyio.to_thread.run_sync(self._delete, path)
 
     def _delete(self, path: str) -> None:
         target = self.root / path
-        target.unlink(missing_ok=True)
+        try:
+            if not stat.S_ISREG(os.lstat(target).st_mode):
+                return  # a directory of other objects (or something else): no object here
+            target.unlink()
+        except (FileNotFoundError, NotADirectoryError):
+            return  # deleting a missing object is not an error
         parent = target.parent
         while parent != self.root:
             try:

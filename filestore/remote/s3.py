@@ -47,6 +47,11 @@ _PERMANENT_CODES = {
     "NotImplemented", "EntityTooLarge", "InvalidArgument", "403", "400", "405",
 }
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
+# 4xx codes that are passing conditions, not mistakes: checked before the 4xx-is-permanent rule.
+_TRANSIENT_CODES = {
+    "RequestTimeout", "Throttling", "ThrottlingException", "SlowDown", "RequestLimitExceeded",
+    "TooManyRequests", "TooManyRequestsException", "RequestThrottled", "PriorRequestNotComplete",
+}
 _INTEGRITY_CODES = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"}
 
 
@@ -65,6 +70,8 @@ def translate(exc: BaseException, what: str) -> RemoteError:
             return RemoteNotFound(f"{what}: not found")
         if code in _INTEGRITY_CODES:
             return RemoteIntegrityError(f"{what}: the store rejected the checksum ({code})")
+        if code in _TRANSIENT_CODES:
+            return RemoteUnavailable(f"{what}: {code}: {message}")
         if code in _PERMANENT_CODES or (400 <= status < 500 and status not in (408, 429)):
             return RemoteError(f"{what}: {code}: {message}")
         return RemoteUnavailable(f"{what}: {code or status}: {message}")
@@ -246,11 +253,21 @@ class S3Remote:
                 body.close()
 
     async def head(self, path: str) -> RemoteObject | None:
+        what = f"HEAD of {path!r} in {self.display_url}"
         try:
-            with _translated(f"HEAD of {path!r} in {self.display_url}"):
+            with _translated(what):
                 head = await self._client.head_object(Bucket=self.bucket, Key=self.key_for(path),
                                                       ChecksumMode="ENABLED")
         except RemoteNotFound:
+            # A HEAD answer has no body, so a missing bucket is a bare 404 too: ask the bucket.
+            with _translated(what):
+                try:
+                    await self._client.head_bucket(Bucket=self.bucket)
+                except botocore.exceptions.ClientError as exc:
+                    if translate(exc, what).status == 404:
+                        raise RemoteError(
+                            f"{what}: NoSuchBucket: the bucket does not exist") from None
+                    raise
             return None
         return RemoteObject(path, head["ContentLength"], etag=head.get("ETag", ""))
 
