@@ -132,13 +132,8 @@ class Store:
                     precondition(self.registry.get(path, conn))
                 inode = os.stat(received.tmp).st_ino
                 self.local.install(received.tmp, path)
-                now = time.time()
-                created, version = self.registry.upsert_file(
-                    conn, path, received.size, received.sha256, ctype, inode, now
-                )
-                # Queued in the same transaction as the file: acknowledged means queued.
-                entries.schedule(conn, path, "upload", version, DEFAULT_REMOTE,
-                                 now + self.settings.upload.delay, now)
+                created = self._record_put(conn, path, received.size, received.sha256, ctype,
+                                           inode)
                 self.registry.remove_intent(conn, intent_id)
                 self._settle_intents(conn, path)
                 return created
@@ -148,6 +143,16 @@ class Store:
                 with self.registry.transaction() as conn:
                     self.registry.remove_intent(conn, intent_id)
             raise
+
+    def _record_put(self, conn: sqlite3.Connection, path: str, size: int, sha256: str,
+                    ctype: str, inode: int) -> bool:
+        """Record new bytes for `path` and queue their upload, in the caller's transaction:
+        acknowledged means queued. True if the path is new."""
+        now = time.time()
+        created, version = self.registry.upsert_file(conn, path, size, sha256, ctype, inode, now)
+        entries.schedule(conn, path, "upload", version, DEFAULT_REMOTE,
+                         now + self.settings.upload.delay, now)
+        return created
 
     async def delete(self, path: str, precondition: Precondition | None = None) -> None:
         await anyio.to_thread.run_sync(self._delete, path, precondition)
@@ -214,10 +219,8 @@ class Store:
                 tmp.unlink()  # never renamed: the PUT was not acknowledged
             elif final.exists():
                 # Renamed, not recorded: the bytes on disk are the intent's; record them.
-                self.registry.upsert_file(
-                    conn, intent.path, intent.size, intent.sha256, intent.content_type,
-                    final.stat().st_ino, time.time(),
-                )
+                self._record_put(conn, intent.path, intent.size, intent.sha256,
+                                 intent.content_type, final.stat().st_ino)
                 log.warning("recovery: recorded %r, installed just before a crash", intent.path)
             self.registry.remove_intent(conn, intent.id)
 

@@ -270,3 +270,26 @@ def test_two_processes_on_one_data_dir_never_upload_twice(make_server, moto, buc
     wait_for(lambda: counters(servers[0])["queue.upload.pending"] == 0)
     # each entry was recorded uploaded exactly once: no entry was leased by both processes
     assert counters(servers[0])["uploads.done"] == 40
+
+
+def test_rows_that_ask_for_a_gone_version_are_settled_not_spun(make_server, tmp_path):
+    """A row can outlive what it names (a crash between rename and commit re-records the file
+    under a new version). The worker must settle it, not lease it again and again."""
+    data_dir = tmp_path / "data"
+    paused = {"upload__delay": "0s", "upload__enabled": "false"}
+    server = make_server(data_dir, **paused)
+    with server.client() as client:
+        for name in ("old-version", "no-file", "no-bytes"):
+            client.put(f"/files/{name}", content=name.encode())
+    server.stop()
+    with sqlite3.connect(data_dir / "registry.sqlite3") as conn:
+        conn.execute("UPDATE queue SET version = version - 1000 WHERE path = 'old-version'")
+        conn.execute("DELETE FROM files WHERE path = 'no-file'")
+    (data_dir / "files" / "no-bytes").unlink()
+
+    server = make_server(data_dir, upload__delay="0s")
+    wait_for(lambda: uploaded(server, "old-version"))  # re-aimed at the current version
+    wait_for(lambda: queue_row(server, "no-file") is None)  # nothing left to upload
+    wait_for(lambda: (queue_row(server, "no-bytes") or {"state": ""})["state"] == "failed")
+    assert "local bytes" in queue_row(server, "no-bytes")["last_error"]
+    assert (server.settings.data_dir / "remote" / "old-version").read_bytes() == b"old-version"

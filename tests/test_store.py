@@ -126,6 +126,10 @@ def test_recovery_records_a_rename_that_was_not_committed(tmp_path):
     assert record.sha256 == hashlib.sha256(body).hexdigest() and record.size == len(body)
     assert record.inode == store.local.path_of("x/old.txt").stat().st_ino
     assert store.registry.intents() == []
+    # ...and its upload is queued for the version recovery recorded
+    queued = store.registry.reader.execute(
+        "SELECT op, version FROM queue WHERE path = 'x/old.txt'").fetchone()
+    assert queued == ("upload", record.version)
     store.close()
 
 

@@ -118,8 +118,7 @@ class QueueWorkers:
         record = self.registry.get(entry.path)
         source = self.store.local.open_version(entry.path, record, entry.version)
         if source is None:
-            # Replaced or deleted since it was queued: the newer change rewrote the row.
-            await anyio.to_thread.run_sync(self._release, entry)
+            await anyio.to_thread.run_sync(self._settle_stale, entry)
             return
         assert record is not None
         with source:
@@ -142,9 +141,27 @@ class QueueWorkers:
         with self.registry.transaction() as conn:
             entries.finish(conn, entry)
 
-    def _release(self, entry: Entry) -> None:
+    def _settle_stale(self, entry: Entry) -> None:
+        """The version to upload is gone. Normally a newer PUT or a DELETE rewrote the row, and
+        freeing it lets that work run. If the row still asks for this version, nothing else
+        will fix it: drop it (the file is gone), re-aim it at the file's current version, or
+        fail it (the registered bytes are missing) -- never hand it back unchanged, which
+        would lease it again at once, forever."""
+        now = time.time()
         with self.registry.transaction() as conn:
-            entries.release(conn, entry)
+            if not entries.is_current(conn, entry):
+                entries.release(conn, entry)
+                return
+            record = self.registry.get(entry.path, conn)
+            if record is None:
+                entries.drop(conn, entry.path)
+            elif record.version != entry.version:
+                entries.schedule(conn, entry.path, "upload", record.version, entry.remote,
+                                 now, now)
+                entries.release(conn, entry)
+            else:
+                entries.fail(conn, entry, "the local bytes of this file are missing; "
+                             "run filestore verify", None, now)
 
     def _fail(self, entry: Entry, error: str, retryable: bool) -> None:
         now = time.time()

@@ -19,6 +19,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import io
 import logging
 import os
 import time
@@ -39,7 +40,7 @@ log = logging.getLogger("filestore.remote")
 
 CHUNK_SIZE = 1024 * 1024
 MAX_PARTS = 10_000
-_PARTS_IN_FLIGHT = 2
+_PARTS_IN_FLIGHT = 4
 _PERMANENT_CODES = {
     "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch",
     "NoSuchBucket", "InvalidBucketName", "AccountProblem", "InvalidToken", "ExpiredToken",
@@ -139,6 +140,9 @@ class S3Remote:
             session.client("s3", endpoint_url=settings.endpoint_url or None,
                            region_name=settings.region or None, config=config, **credentials)
         )
+        for operation in ("PutObject", "UploadPart"):
+            self._client.meta.events.register(f"before-sign.s3.{operation}",
+                                              _sign_with_known_sha256)
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -173,7 +177,10 @@ class S3Remote:
 
     async def _put_multipart(self, key: str, source: BinaryIO, size: int,
                              content_type: str) -> tuple[str, str]:
-        """Upload in parts; the ETag and the expected composite checksum (base64)."""
+        """Upload in parts; the ETag and the expected composite checksum (base64).
+
+        Each part streams from the file through a window of its own (nothing is held in
+        memory); its SHA-256 is computed first, in one thread call per part."""
         part_size = max(self.settings.part_size, -(-size // MAX_PARTS))
         count = -(-size // part_size)
         created = await self._client.create_multipart_upload(
@@ -190,13 +197,13 @@ class S3Remote:
                 try:
                     offset = (number - 1) * part_size
                     length = min(part_size, size - offset)
-                    data, digest = await anyio.to_thread.run_sync(_read_part, fd, offset, length)
+                    digest = await anyio.to_thread.run_sync(_hash_range, fd, offset, length)
                     digests[number - 1] = digest
                     response = await self._client.upload_part(
                         Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                        Body=data, ContentLength=length, ChecksumSHA256=_b64(digest),
+                        Body=FileWindow(fd, offset, length), ContentLength=length,
+                        ChecksumSHA256=_b64(digest),
                     )
-                    del data
                     parts[number - 1] = {"PartNumber": number, "ETag": response["ETag"],
                                          "ChecksumSHA256": _b64(digest)}
                 finally:
@@ -204,7 +211,7 @@ class S3Remote:
 
             async with anyio.create_task_group() as tg:
                 for number in range(1, count + 1):
-                    await slots.acquire()  # bounds the parts held in memory
+                    await slots.acquire()  # bounds the parts in flight
                     tg.start_soon(send, number)
             done = await self._client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id,
@@ -285,16 +292,59 @@ class S3Remote:
                                        etag=item.get("ETag", ""))
 
 
-def _read_part(fd: int, offset: int, length: int) -> tuple[bytearray, bytes]:
-    """Read one part and hash it: one thread call per part, 1 MiB reads."""
-    buffer = bytearray(length)
-    view = memoryview(buffer)
+def _hash_range(fd: int, offset: int, length: int) -> bytes:
+    """SHA-256 of `length` bytes of `fd` from `offset`: one thread call, 1 MiB reads."""
     digest = hashlib.sha256()
     done = 0
     while done < length:
-        n = os.preadv(fd, [view[done:done + CHUNK_SIZE]], offset + done)
-        if n == 0:
+        block = os.pread(fd, min(CHUNK_SIZE, length - done), offset + done)
+        if not block:
             raise RemoteIntegrityError("the local file is shorter than its recorded size")
-        digest.update(view[done:done + n])
-        done += n
-    return buffer, digest.digest()
+        digest.update(block)
+        done += len(block)
+    return digest.digest()
+
+
+class FileWindow(io.RawIOBase):
+    """`length` bytes of an open file from `offset`, as a seekable file of their own: one
+    multipart part streamed from disk (botocore seeks it to retry, aiohttp reads it)."""
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        super().__init__()
+        self._fd, self._offset, self._length, self._pos = fd, offset, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._length}[whence]
+        self._pos = min(max(base + pos, 0), self._length)
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        remaining = self._length - self._pos
+        want = remaining if size is None or size < 0 else min(size, remaining)
+        data = os.pread(self._fd, want, self._offset + self._pos) if want else b""
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _sign_with_known_sha256(request: Any, **_: Any) -> None:
+    """SigV4 over plain http signs a hash of the payload, and botocore would compute it by
+    reading the whole body on the event loop. filestore already knows the body's SHA-256 (it
+    sends it as the checksum), so it hands that over: no second hashing pass, no blocked loop,
+    and the store still checks the payload against it."""
+    checksum = request.headers.get("x-amz-checksum-sha256")
+    if checksum and "X-Amz-Content-SHA256" not in request.headers:
+        request.headers["X-Amz-Content-SHA256"] = base64.b64decode(checksum).hex()
