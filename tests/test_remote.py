@@ -387,37 +387,53 @@ async def test_s3_multipart_upload(moto: Any, bucket: str, sources: Sources,
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
-class _LyingHead:
-    """Wraps the S3 client so HEAD reports a stored copy that differs from what was sent: what a
-    real store that corrupted or truncated the upload would answer (moto never does)."""
+class _LyingStore:
+    """Wraps the S3 client so the store's answers describe a stored copy that differs from what
+    was sent: what a real store that corrupted or truncated the upload would answer (moto never
+    does). `put` overrides PutObject's answer (None values remove a field), `head` HEAD's."""
 
-    def __init__(self, client: Any, **override: Any) -> None:
-        self._client = client
-        self._override = override
+    def __init__(self, client: Any, put: dict[str, Any], head: dict[str, Any]) -> None:
+        self._client, self._put, self._head = client, put, head
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
+    @staticmethod
+    def _apply(answer: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+        changed = {**answer, **override}
+        return {k: v for k, v in changed.items() if v is not None}
+
+    async def put_object(self, **kwargs: Any) -> dict[str, Any]:
+        return self._apply(await self._client.put_object(**kwargs), self._put)
+
     async def head_object(self, **kwargs: Any) -> dict[str, Any]:
-        head = await self._client.head_object(**kwargs)
-        return {**head, **self._override}
+        return self._apply(await self._client.head_object(**kwargs), self._head)
 
 
-@pytest.mark.parametrize("override", [
-    pytest.param({"ContentLength": 3}, id="size"),
-    pytest.param({"ChecksumSHA256": base64.b64encode(b"\0" * 32).decode()}, id="checksum"),
+WRONG_SHA256 = base64.b64encode(b"\0" * 32).decode()
+
+
+@pytest.mark.parametrize(("put_answer", "head_answer"), [
+    # the store's answer to the PUT reports another checksum: no HEAD needed to catch it
+    pytest.param({"ChecksumSHA256": WRONG_SHA256}, {}, id="answer-checksum"),
+    # a store that reports no checksum in its answer: the HEAD is the check
+    pytest.param({"ChecksumSHA256": None}, {"ContentLength": 3}, id="head-size"),
+    pytest.param({"ChecksumSHA256": None}, {"ChecksumSHA256": WRONG_SHA256}, id="head-checksum"),
+    pytest.param({"ChecksumSHA256": None}, {"ChecksumSHA256": None, "ETag": '"other"'},
+                 id="head-etag"),
 ])
 async def test_s3_put_verification_catches_a_store_that_differs(
         moto: Any, bucket: str, sources: Sources, tmp_path: Path,
-        override: dict[str, Any]) -> None:
+        put_answer: dict[str, Any], head_answer: dict[str, Any]) -> None:
     remote = await connected(s3_settings(moto.url, bucket), tmp_path)
+    real = remote._client  # type: ignore[attr-defined]
     try:
-        remote._client = _LyingHead(remote._client, **override)  # type: ignore[attr-defined]
+        remote._client = _LyingStore(real, put_answer, head_answer)  # type: ignore[attr-defined]
         with pytest.raises(RemoteIntegrityError) as caught:
             await put(remote, sources, "v.bin", b"twelve bytes")
         assert caught.value.retryable is True
     finally:
-        remote._client = remote._client._client  # type: ignore[attr-defined]
+        remote._client = real  # type: ignore[attr-defined]
         await remote.close()
 
 

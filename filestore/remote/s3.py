@@ -1,9 +1,9 @@
 """`s3://bucket/prefix`: AWS S3 or any S3-compatible store, through aioboto3.
 
 One client per remote, opened in the server's lifespan and reused. Uploads carry a SHA-256
-checksum (whole object, or per part for multipart uploads) and are verified with a HEAD before they
-count: size, and the checksum the store reports (the composite "checksum of part checksums" for a
-multipart upload), or, for stores that report none, the ETag the upload returned.
+checksum (whole object, or per part for multipart uploads) and are verified before they count: by
+the checksum the store reports in its answer (it checks ours before answering), else by a HEAD
+(size, and the checksum or ETag the store reports).
 
 Multipart above `multipart_threshold`: parts of `part_size`, each read and hashed in one thread
 call, at most `_PARTS_IN_FLIGHT` in memory at once, so a 1 GiB upload costs tens of MiB. A failed
@@ -155,15 +155,26 @@ class S3Remote:
         what = f"upload of {path!r} to {self.display_url}"
         with _translated(what):
             if size > self.settings.multipart_threshold:
-                etag, expected = await self._put_multipart(key, source, size, content_type)
+                response = await self._put_multipart(key, source, size, content_type)
+                expected = response["expected"]
             else:
                 source.seek(0)
+                expected = _b64(bytes.fromhex(sha256))
                 response = await self._client.put_object(
                     Bucket=self.bucket, Key=key, Body=source, ContentLength=size,
-                    ContentType=content_type, ChecksumAlgorithm="SHA256",
-                    ChecksumSHA256=_b64(bytes.fromhex(sha256)),
+                    ContentType=content_type, ChecksumAlgorithm="SHA256", ChecksumSHA256=expected,
                 )
-                etag, expected = response.get("ETag", ""), _b64(bytes.fromhex(sha256))
+            etag = response.get("ETag", "")
+            confirmed = response.get("ChecksumSHA256")
+            if confirmed is not None:
+                # The store computed the checksum of what it stored and checked it against
+                # ours before answering (a mismatch is BadDigest): that is the verification,
+                # and a HEAD would add a round trip and no information.
+                if confirmed.split("-")[0] != expected:
+                    raise RemoteIntegrityError(f"{what}: stored checksum {confirmed}, "
+                                               f"sent {expected}")
+                return RemoteObject(path, size, etag=etag, sha256=sha256)
+            # A store that reports no checksum: check what a HEAD says it holds.
             head = await self._client.head_object(Bucket=self.bucket, Key=key,
                                                   ChecksumMode="ENABLED")
         stored = head.get("ChecksumSHA256")
@@ -176,8 +187,9 @@ class S3Remote:
         return RemoteObject(path, size, etag=head.get("ETag", etag), sha256=sha256)
 
     async def _put_multipart(self, key: str, source: BinaryIO, size: int,
-                             content_type: str) -> tuple[str, str]:
-        """Upload in parts; the ETag and the expected composite checksum (base64).
+                             content_type: str) -> dict[str, Any]:
+        """Upload in parts; the completion's answer, plus `expected`: the composite checksum
+        (base64 SHA-256 of the parts' SHA-256s) a store should report.
 
         Each part streams from the file through a window of its own (nothing is held in
         memory); its SHA-256 is computed first, in one thread call per part."""
@@ -222,7 +234,7 @@ class S3Remote:
                 await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key,
                                                           UploadId=upload_id)
             raise
-        return done.get("ETag", ""), _b64(hashlib.sha256(b"".join(digests)).digest())
+        return {**done, "expected": _b64(hashlib.sha256(b"".join(digests)).digest())}
 
     async def cleanup(self) -> int:
         """Abort multipart uploads under the prefix left open by a crash; how many."""
