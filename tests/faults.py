@@ -1,59 +1,72 @@
 """A fault-injecting TCP proxy to put in front of moto's server.
 
 moto is a well-behaved S3; real stores go away, reset connections and stall. The proxy forwards
-connections to its target while `up`, and while `down` resets every new connection at once (as a
-crashed or unreachable store would). It counts the connections it accepted.
+connections to its target while `up`; `down` cuts the connections in progress with a reset and
+stops listening, so new ones are refused (as a crashed or unreachable store would be); `up`
+listens on the same port again. With `latency`, each connection waits before it is forwarded
+(a slow store). It counts the connections it accepted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
+import time
 
 
 class FaultProxy:
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, latency: float = 0.0) -> None:
         self.target = ("127.0.0.1", target_port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.is_up = True
+        self.latency = latency  # seconds each new connection waits before it is forwarded
+        self.port = 0
         self.connections = 0
-        self._closed = False
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._listener: socket.socket | None = None
+        self.up()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    @property
+    def is_up(self) -> bool:
+        return self._listener is not None
+
+    def up(self) -> None:
+        if self._listener is None:
+            self._listener = socket.create_server(("127.0.0.1", self.port))
+            self.port = self._listener.getsockname()[1]
+            threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
 
     def down(self) -> None:
         """Refuse new connections and cut the ones in progress."""
-        self.is_up = False
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            # shutdown() wakes the accept() blocked in the accept thread; close() alone would
+            # leave the socket listening until that accept() returned.
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
         with self._lock:
             for sock in list(self._open):
                 _reset(sock)
             self._open.clear()
 
-    def up(self) -> None:
-        self.is_up = True
-
     def close(self) -> None:
-        self._closed = True
         self.down()
-        self.listener.close()
 
-    def _accept(self) -> None:
-        while not self._closed:
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
             try:
-                client, _ = self.listener.accept()
+                client, _ = listener.accept()
             except OSError:
-                return
+                return  # closed by down()
             self.connections += 1
-            if not self.is_up:
-                _reset(client)
-                continue
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
+        if self.latency:
+            time.sleep(self.latency)  # a slow store (this runs in the connection's own thread)
         try:
             upstream = socket.create_connection(self.target, timeout=30)
         except OSError:
@@ -75,9 +88,11 @@ class FaultProxy:
 
 
 def _reset(sock: socket.socket) -> None:
-    try:
-        # Linger 0: close with a TCP RST, like a store that crashed mid-request.
+    """Cut `sock` with a TCP RST, like a store that crashed mid-request."""
+    with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # close() alone would not wake a pump thread blocked in recv() on this socket (the
+        # kernel keeps it open for that thread): shutting the read side down does.
+        sock.shutdown(socket.SHUT_RD)
+    with contextlib.suppress(OSError):
         sock.close()
-    except OSError:
-        pass

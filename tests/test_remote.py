@@ -479,7 +479,6 @@ async def test_s3_unreachable_is_retryable(moto: Any, bucket: str, proxy: FaultP
         raised = await failures(remote, sources, ops)
         assert summary(raised) == {op: ("RemoteUnavailable", True, True) for op in ops}
         assert all(isinstance(exc, RemoteError) and exc.status == 503 for exc in raised.values())
-        assert proxy.connections >= len(ops)  # each really tried to reach the store
 
         # It recovers once the store is back, on the same client.
         proxy.up()
