@@ -75,6 +75,28 @@ class Intent:
     content_type: str
 
 
+def _counting_triggers(db: sqlite_utils.Database, table: str, columns: str,
+                       bump: Callable[[str, str], str]) -> None:
+    """Keep counters in step with `table`: `bump(sign, row)` is the SQL that adds ("+") or
+    removes ("-") the row `row` ("NEW" or "OLD") from them; it runs on every insert and delete,
+    and on updates of `columns`."""
+    db.executescript(
+        f"""
+        CREATE TRIGGER IF NOT EXISTS {table}_count_insert AFTER INSERT ON {table} BEGIN
+          {bump('+', 'NEW')}
+        END;
+        CREATE TRIGGER IF NOT EXISTS {table}_count_delete AFTER DELETE ON {table} BEGIN
+          {bump('-', 'OLD')}
+        END;
+        CREATE TRIGGER IF NOT EXISTS {table}_count_update AFTER UPDATE OF {columns} ON {table}
+        BEGIN
+          {bump('-', 'OLD')}
+          {bump('+', 'NEW')}
+        END;
+        """
+    )
+
+
 def _migration_1(db: sqlite_utils.Database) -> None:
     db["files"].create(
         {
@@ -121,22 +143,7 @@ def _migration_1(db: sqlite_utils.Database) -> None:
             f"WHERE name IN ('bytes', 'bytes.' || {row}.location);"
         )
 
-    db.executescript(
-        f"""
-        CREATE TRIGGER IF NOT EXISTS files_count_insert AFTER INSERT ON files BEGIN
-          {bump('+', 'NEW')}
-        END;
-        CREATE TRIGGER IF NOT EXISTS files_count_delete AFTER DELETE ON files BEGIN
-          {bump('-', 'OLD')}
-        END;
-        CREATE TRIGGER IF NOT EXISTS files_count_update AFTER UPDATE OF size, location ON files
-        BEGIN
-          {bump('-', 'OLD')}
-          {bump('+', 'NEW')}
-        END;
-        """
-    )
-
+    _counting_triggers(db, "files", "size, location", bump)
 
 def _migration_2(db: sqlite_utils.Database) -> None:
     """The remote-work queue: one row per path, an upload or a remote delete (see queue/)."""
@@ -171,21 +178,7 @@ def _migration_2(db: sqlite_utils.Database) -> None:
         return (f"UPDATE counters SET value = value {sign} 1 "
                 f"WHERE name = 'queue.' || {row}.op || '.' || {row}.state;")
 
-    db.executescript(
-        f"""
-        CREATE TRIGGER IF NOT EXISTS queue_count_insert AFTER INSERT ON queue BEGIN
-          {bump('+', 'NEW')}
-        END;
-        CREATE TRIGGER IF NOT EXISTS queue_count_delete AFTER DELETE ON queue BEGIN
-          {bump('-', 'OLD')}
-        END;
-        CREATE TRIGGER IF NOT EXISTS queue_count_update AFTER UPDATE OF op, state ON queue BEGIN
-          {bump('-', 'OLD')}
-          {bump('+', 'NEW')}
-        END;
-        """
-    )
-
+    _counting_triggers(db, "queue", "op, state", bump)
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +29,39 @@ def wait_for(condition: Any, timeout: float = 10.0, interval: float = 0.01) -> A
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {condition}")
         time.sleep(interval)
+
+
+class TracebackWatch(logging.Handler):
+    """Counts the tracebacks uvicorn has finished writing to its log.
+
+    uvicorn logs a request that ended in a 500 after the response went out. Formatting a
+    traceback runs `ast.parse` in Python 3.11, and doing that in the server thread while pytest
+    formats a failure in the main thread can crash pytest with "SystemError: AST constructor
+    recursion depth mismatch" (seen with CPython 3.11.7). So a test that got a 500 waits
+    for the log line before it asserts anything.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info:
+            self.seen += 1
+
+    def settle(self, status: int) -> None:
+        if status == 500:
+            wait_for(lambda: self.seen)
+
+
+@pytest.fixture
+def tracebacks() -> Iterator[TracebackWatch]:
+    """Request this after any server fixture: starting a server reconfigures uvicorn's loggers."""
+    watch = TracebackWatch()
+    logger = logging.getLogger("uvicorn")  # after uvicorn's own handler, which formats first
+    logger.addHandler(watch)
+    yield watch
+    logger.removeHandler(watch)
 
 
 class LiveServer:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 import pytest
-from conftest import LiveServer, raw_request, wait_for
+from conftest import LiveServer, raw_request
 
 from filestore.errors import BadPath
 from filestore.paths import (
@@ -27,39 +26,6 @@ from filestore.paths import (
 )
 
 SECRET = b"root:x:0:0:the secret outside the data directory\n"
-
-
-class TracebackWatch(logging.Handler):
-    """Counts the tracebacks uvicorn has finished writing to its log.
-
-    uvicorn logs a request that ended in a 500 after the response went out. Formatting a
-    traceback runs `ast.parse` in Python 3.11, and doing that in the server thread while pytest
-    formats a failure in the main thread can crash pytest with "SystemError: AST constructor
-    recursion depth mismatch" (seen with CPython 3.11.7). So a test that got a 500 waits
-    for the log line before it asserts anything.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info:
-            self.seen += 1
-
-    def settle(self, status: int) -> None:
-        if status == 500:
-            wait_for(lambda: self.seen)
-
-
-@pytest.fixture
-def tracebacks() -> Iterator[TracebackWatch]:
-    """Request this after any server fixture: starting a server reconfigures uvicorn's loggers."""
-    watch = TracebackWatch()
-    logger = logging.getLogger("uvicorn")  # after uvicorn's own handler, which formats first
-    logger.addHandler(watch)
-    yield watch
-    logger.removeHandler(watch)
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,14 +5,13 @@ files read in several chunks, and If-Range."""
 from __future__ import annotations
 
 import email.utils
-import logging
 import random
 import re
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import LiveServer, wait_for
+from conftest import LiveServer
 
 from filestore.ranges import MAX_RANGES, RangeNotSatisfiable, parse_range
 
@@ -20,38 +19,6 @@ SIZE = 10_000
 DATA = random.Random(9110).randbytes(SIZE)
 MIB = 1024 * 1024
 BIG = random.Random(14).randbytes(3 * MIB)
-
-
-class TracebackWatch(logging.Handler):
-    """Counts the tracebacks uvicorn has finished writing to its log.
-
-    uvicorn logs a request that ended in a 500 after the response went out; formatting that
-    traceback runs `ast.parse` in Python 3.11, which races pytest formatting a failure in the
-    main thread ("SystemError: AST constructor recursion depth mismatch", seen with CPython
-    3.11.7). A test that got a 500 waits for the log line before asserting.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info:
-            self.seen += 1
-
-    def settle(self, status: int) -> None:
-        if status == 500:
-            wait_for(lambda: self.seen)
-
-
-@pytest.fixture
-def tracebacks() -> Iterator[TracebackWatch]:
-    """Request this after any server fixture: starting a server reconfigures uvicorn's loggers."""
-    watch = TracebackWatch()
-    logger = logging.getLogger("uvicorn")  # after uvicorn's own handler, which formats first
-    logger.addHandler(watch)
-    yield watch
-    logger.removeHandler(watch)
 
 
 # --------------------------------------------------------------------------------------------
