@@ -316,3 +316,41 @@ def test_store_cut_mid_drain_then_back(make_server, moto, bucket):
             assert s3_body(moto, bucket, f"fs/{path}") == body
     finally:
         proxy.close()
+
+
+def test_reput_while_its_upload_runs(make_server, moto, bucket):
+    """The older upload finishes, records nothing, and the newer version goes up after it."""
+    proxy = FaultProxy(moto.port, latency=0.5)  # every S3 request takes half a second
+    try:
+        overrides = {**s3_overrides(moto, bucket), "remote__endpoint_url": proxy.url}
+        server = make_server(upload__delay="0s", **overrides)
+        with server.client() as client:
+            client.put("/files/race.txt", content=b"version one")
+            wait_for(lambda: queue_row(server, "race.txt")["leased_until"] is not None)
+            client.put("/files/race.txt", content=b"version two")  # while v1 is uploading
+            wait_for(lambda: uploaded(server, "race.txt"), timeout=20)
+            assert client.get("/files/race.txt").content == b"version two"
+        assert s3_body(moto, bucket, "fs/race.txt") == b"version two"
+        assert counters(server)["uploads.done"] == 1  # v1's upload was not recorded
+        assert queue_row(server, "race.txt") is None
+    finally:
+        proxy.close()
+
+
+def test_delete_while_its_upload_runs(make_server, moto, bucket):
+    """The upload in flight may create the object: the DELETE queues its removal after it."""
+    proxy = FaultProxy(moto.port, latency=0.5)
+    try:
+        overrides = {**s3_overrides(moto, bucket), "remote__endpoint_url": proxy.url}
+        server = make_server(upload__delay="0s", **overrides)
+        with server.client() as client:
+            client.put("/files/gone.txt", content=b"short-lived")
+            wait_for(lambda: queue_row(server, "gone.txt")["leased_until"] is not None)
+            assert client.delete("/files/gone.txt").status_code == 204
+            assert queue_row(server, "gone.txt")["op"] == "delete"
+        wait_for(lambda: queue_row(server, "gone.txt") is None, timeout=20)
+        assert s3_body(moto, bucket, "fs/gone.txt") is None
+        assert file_row(server, "gone.txt") is None
+        assert counters(server)["uploads.done"] == 0
+    finally:
+        proxy.close()
