@@ -41,44 +41,57 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
-import http.client
-import importlib.metadata
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-HOST = "127.0.0.1"
-KIB = 1024
-MIB = 1024 * KIB
-GIB = 1024 * MIB
-BLOCK = MIB  # generation and upload block size
+from benchlib import (
+    ERROR_MARKS,
+    GIB,
+    HOST,
+    KIB,
+    MIB,
+    BenchError,
+    MemStatus,
+    Process,
+    filestore_command,
+    filestore_env,
+    filestore_settings,
+    filestore_token,
+    free_port,
+    http_request,
+    log,
+    log_problems,
+    mem_status,
+    nproc,
+    package_versions,
+    parse_size,
+    port_open,
+    print_rows,
+    random_blocks,
+    run_main,
+)
+
 PUT_PATH = "bench-put.bin"
 PUT_RSS_TARGET_MIB = 64
 STOP_TIMEOUT = 15.0
-START_TIMEOUT = 30.0
+# Log lines that point at a problem: errors, tracebacks, and crash recovery (every server here is
+# stopped cleanly, so the next start has nothing to recover).
+LOG_MARKS = (*ERROR_MARKS, "recovery:")
 # Files of this size or more are measured with few connections (as in the reference anchors).
 LARGE_FILE = 32 * MIB
 # Targets for --workers 2 (for context; printed, never enforced).
 TARGET_1K_RPS_RATIO = 0.25
 TARGET_32M_MBPS_RATIO = 0.8
 
-_SIZE_UNITS = {
-    "": 1, "b": 1,
-    "k": KIB, "kib": KIB, "m": MIB, "mib": MIB, "g": GIB, "gib": GIB,
-    "kb": 1000, "mb": 1000**2, "gb": 1000**3,
-}
-_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([a-z]*)$")
 _DURATION_RE = re.compile(r"^(\d+)([smh]?)$")
 
 WRK_REPORT_LUA = """\
@@ -140,11 +153,6 @@ http {{
 """
 
 
-def nproc() -> int:
-    """CPUs this process may run on, as `nproc` prints them."""
-    return len(os.sched_getaffinity(0))
-
-
 def cpu_busy(seconds: float = 1.0) -> float:
     """Fraction of all CPUs' time that was not idle (steal included) over `seconds`: what other
     processes and the hypervisor take before this script starts any load of its own."""
@@ -160,23 +168,7 @@ def cpu_busy(seconds: float = 1.0) -> float:
     return (busy1 - busy0) / max(1, total1 - total0)
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-class BenchError(Exception):
-    """A set-up or verification failure: reported as one line, exit status 1."""
-
-
 # -- arguments --------------------------------------------------------------------------------
-
-
-def parse_size(text: str) -> int:
-    """`1k`, `64k`, `1m`, `32m`, `1GiB` (k/m/g are binary, kb/mb/gb decimal) or plain bytes."""
-    match = _SIZE_RE.match(text.strip().lower())
-    if not match or match.group(2) not in _SIZE_UNITS:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 1k, 32m, 1GiB, 0)")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
 
 
 def parse_duration(text: str) -> int:
@@ -239,28 +231,6 @@ def find_tool(name: str) -> str | None:
     return shutil.which(name, path=search)
 
 
-def filestore_command() -> list[str]:
-    script = Path(sys.executable).with_name("filestore")
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    found = shutil.which("filestore")
-    return [found] if found else [sys.executable, "-m", "filestore"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def children_of(pid: int) -> list[int]:
     """Direct children of `pid`, from /proc/<n>/stat (field 4 is the parent pid)."""
     found = []
@@ -294,86 +264,39 @@ def uvicorn_workers(pid: int, workers: int) -> list[int]:
     return [child for child in children_of(pid) if "spawn_main" in cmdline(child)]
 
 
-@dataclasses.dataclass
-class Server:
-    """A server process in its own session, so that it and its workers can be stopped together
-    and a Ctrl-C reaches this script only."""
+@dataclasses.dataclass(kw_only=True)
+class Server(Process):
+    """A server `Process` listening on `port`; under uvicorn, with `workers` worker processes."""
 
-    name: str
-    argv: list[str]
     port: int
     workers: int
-    log_path: Path
-    env: dict[str, str] | None = None
     uvicorn: bool = True  # wait for its `workers` worker processes before measuring
-    proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        with open(self.log_path, "ab") as log_file:
-            self.proc = subprocess.Popen(
-                self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=log_file,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        log(f"{self.name}: started pid {self.proc.pid} on port {self.port}")
+        super().start()
+        log(f"{self.name}: started pid {self.pid} on port {self.port}")
 
     def wait_ready(self) -> None:
         """Until the port accepts connections and (uvicorn) all worker processes exist."""
-        assert self.proc is not None
         expected_workers = self.workers if self.uvicorn and self.workers > 1 else 0
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.proc.poll() is not None:
-                raise BenchError(f"{self.name} exited with status {self.proc.returncode}:\n"
-                                 f"{self.log_tail()}")
-            ready = port_open(self.port)
-            if ready and expected_workers:
-                ready = len(uvicorn_workers(self.proc.pid, self.workers)) >= expected_workers
-            if ready:
-                return
-            if time.monotonic() > deadline:
-                raise BenchError(f"{self.name} did not get ready within {START_TIMEOUT:.0f}s:\n"
-                                 f"{self.log_tail()}")
-            time.sleep(0.05)
+
+        def ready() -> bool:
+            if not port_open(self.port):
+                return False
+            return not expected_workers or len(self.worker_pids()) >= expected_workers
+
+        self.wait_for(ready, "get ready")
 
     def worker_pids(self) -> list[int]:
-        assert self.proc is not None
-        return uvicorn_workers(self.proc.pid, self.workers)
+        return uvicorn_workers(self.pid, self.workers)
 
-    def stop(self) -> None:
-        """SIGTERM, wait, SIGKILL on timeout; then make sure nothing of its group is left."""
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """As `Process.stop`, and log the exit status."""
         if self.proc is None:
-            return
-        proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                log(f"{self.name}: did not stop within {STOP_TIMEOUT:.0f}s; killing it")
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        # Workers orphaned by a parent that died are still in its process group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        log(f"{self.name}: stopped (exit status {proc.returncode})")
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-    def log_problems(self) -> list[str]:
-        """Log lines that point at a problem: errors, tracebacks, and crash recovery (every
-        server here was stopped cleanly, so the next start has nothing to recover)."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return []
-        marks = ("Traceback", "ERROR", "CRITICAL", "Exception", "recovery:")
-        return [line for line in text.splitlines() if any(m in line for m in marks)]
+            return None
+        status = super().stop(timeout)
+        log(f"{self.name}: stopped (exit status {status})")
+        return status
 
 
 @contextlib.contextmanager
@@ -386,22 +309,7 @@ def running(server: Server) -> Iterator[Server]:
         server.stop()
 
 
-# -- HTTP helpers (stdlib only: nothing here may be the bottleneck or need extra packages) ------
-
-
-def http_request(
-    port: int, method: str, path: str, *, body: bytes | Iterator[bytes] | None = None,
-    headers: dict[str, str] | None = None, timeout: float = 60.0,
-) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, response.read()
-    except (OSError, http.client.HTTPException) as exc:
-        raise BenchError(f"{method} http://{HOST}:{port}{path} failed: {exc!r}") from None
-    finally:
-        conn.close()
+# -- HTTP check -----------------------------------------------------------------------------------
 
 
 def check_get(port: int, path: str, expected: bytes, name: str) -> None:
@@ -515,19 +423,11 @@ def measure(
 # -- streaming PUT memory -------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class MemStatus:
-    rss_kib: int
-    hwm_kib: int
-
-
-def mem_status(pid: int) -> MemStatus:
-    fields: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0])  # kB
-    return MemStatus(fields["VmRSS"], fields["VmHWM"])
+def worker_mem(pid: int) -> MemStatus:
+    status = mem_status(pid)
+    if status is None:
+        raise BenchError(f"filestore worker {pid} is gone")
+    return status
 
 
 def reset_hwm(pid: int) -> bool:
@@ -558,11 +458,8 @@ class Digest(Protocol):
 
 def random_body(total: int, digest: Digest) -> Iterator[bytes]:
     """`total` random bytes in 1 MiB blocks, made as they are sent; hashed for the check."""
-    remaining = total
-    while remaining:
-        block = os.urandom(min(BLOCK, remaining))
+    for block in random_blocks(total):
         digest.update(block)
-        remaining -= len(block)
         yield block
 
 
@@ -571,7 +468,7 @@ def measure_put_memory(server: Server, token: str, size: int) -> PutResult:
     if not pids:
         raise BenchError("found no filestore worker processes to watch")
     hwm_reset = all(reset_hwm(pid) for pid in pids)
-    before = {pid: mem_status(pid) for pid in pids}
+    before = {pid: worker_mem(pid) for pid in pids}
     digest = hashlib.sha256()
     headers = {"authorization": f"Bearer {token}", "content-length": str(size),
                "content-type": "application/octet-stream"}
@@ -579,7 +476,7 @@ def measure_put_memory(server: Server, token: str, size: int) -> PutResult:
     status, reply = http_request(server.port, "PUT", f"/files/{PUT_PATH}",
                                  body=random_body(size, digest), headers=headers, timeout=600)
     seconds = time.monotonic() - started
-    after = {pid: mem_status(pid) for pid in pids}
+    after = {pid: worker_mem(pid) for pid in pids}
     if status not in (200, 201):
         raise BenchError(f"filestore: PUT of {size} bytes -> {status}: {reply[:300]!r}")
     answer = json.loads(reply)
@@ -629,7 +526,7 @@ def print_table(results: dict[tuple[str, str], Measurement], sizes: list[tuple[s
         row += [fmt_ratio(fs, results["nginx", label].rps),
                 fmt_ratio(fs, results["starlette", label].rps)]
         rows.append(row)
-    _print_rows(rows)
+    print_rows(rows, right_align=True)
     print()
     lat = ["size"] + [f"{t} p50/p99 ms" for t in TARGETS] + [f"{t} errors" for t in TARGETS]
     rows = [lat]
@@ -637,7 +534,7 @@ def print_table(results: dict[tuple[str, str], Measurement], sizes: list[tuple[s
         ms = [results[t, label] for t in TARGETS]
         rows.append([label, *(f"{m.p50_ms:.2f} / {m.p99_ms:.2f}" for m in ms),
                      *(str(m.errors) for m in ms)])
-    _print_rows(rows)
+    print_rows(rows, right_align=True)
     labels = {label for label, _ in sizes}
     notes = []
     if "1k" in labels:
@@ -655,27 +552,13 @@ def print_table(results: dict[tuple[str, str], Measurement], sizes: list[tuple[s
             print(f"  {note}")
 
 
-def _print_rows(rows: list[list[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for n, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:],
-                                                                        strict=True)]
-        print("  ".join(cells))
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
-
-
 def versions(nginx_path: str, wrk_path: str) -> dict[str, str]:
     found = {"python": sys.version.split()[0], "cpus": str(nproc())}
     nginx = subprocess.run([nginx_path, "-v"], capture_output=True, text=True, check=False)
     found["nginx"] = (nginx.stderr or nginx.stdout).strip().removeprefix("nginx version: ")
     wrk = subprocess.run([wrk_path, "-v"], capture_output=True, text=True, check=False)
     found["wrk"] = (wrk.stdout.splitlines() or ["?"])[0].split(" [")[0].removeprefix("wrk ")
-    for package in ("filestore", "starlette", "uvicorn", "uvloop", "httptools"):
-        try:
-            found[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            found[package] = "?"
+    found.update(package_versions("filestore", "starlette", "uvicorn", "uvloop", "httptools"))
     # The revision measured; "-dirty" when the working tree has uncommitted changes.
     with contextlib.suppress(OSError):
         git = subprocess.run(
@@ -690,15 +573,8 @@ def versions(nginx_path: str, wrk_path: str) -> dict[str, str]:
 # -- main -----------------------------------------------------------------------------------------
 
 
-def filestore_env(data_dir: Path, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FILESTORE_")}
-    env.update({
-        "FILESTORE_STORAGE__DATA_DIR": str(data_dir),
-        "FILESTORE_SERVER__HOST": HOST,
-        "FILESTORE_SERVER__PORT": str(port),
-        "FILESTORE_STORAGE__MIN_FREE": "0",
-    })
-    return env
+def serve_env(data_dir: Path, port: int) -> dict[str, str]:
+    return filestore_env({**filestore_settings(data_dir, port), "FILESTORE_SERVER__HOST": HOST})
 
 
 def make_test_files(source: Path, sizes: list[tuple[str, int]]) -> dict[str, bytes]:
@@ -725,13 +601,10 @@ def run(args: argparse.Namespace, work: Path, found_versions: dict[str, str]) ->
 
     # 1. Token, then PUT every file through filestore itself, so every server serves its bytes.
     fs_port = free_port()
-    env = filestore_env(data_dir, fs_port)
-    got = subprocess.run([*fs_cmd, "token"], env=env, capture_output=True, text=True, check=False)
-    if got.returncode != 0 or not got.stdout.strip():
-        raise BenchError(f"`filestore token` failed ({got.returncode}): {got.stderr.strip()}")
-    token = got.stdout.strip()
+    env = serve_env(data_dir, fs_port)
+    token = filestore_token(env)
     setup = Server("filestore (setup)", [*fs_cmd, "serve", "--workers", str(args.workers)],
-                   fs_port, args.workers, logs / "filestore-setup.log", env)
+                   logs / "filestore-setup.log", env, port=fs_port, workers=args.workers)
     with running(setup):
         for label, data in files.items():
             status, reply = http_request(
@@ -759,8 +632,8 @@ def run(args: argparse.Namespace, work: Path, found_versions: dict[str, str]) ->
         user="user root;\n" if os.geteuid() == 0 else "", workers=nproc(),
         prefix=prefix, host=HOST, port=port, root=files_root))
     nginx = Server("nginx", [args.nginx, "-p", str(prefix), "-e", str(prefix / "logs/error.log"),
-                             "-c", str(conf)], port, nproc(), logs / "nginx.log",
-                   uvicorn=False)
+                             "-c", str(conf)], logs / "nginx.log",
+                   port=port, workers=nproc(), uvicorn=False)
     with running(nginx):
         for label, data in files.items():
             results["nginx", label] = measure("nginx", port, f"/{label}.bin", label, data,
@@ -775,8 +648,8 @@ def run(args: argparse.Namespace, work: Path, found_versions: dict[str, str]) ->
         [sys.executable, "-m", "uvicorn", "bench_starlette_app:app", "--app-dir", str(app_dir),
          "--host", HOST, "--port", str(port), "--workers", str(args.workers),
          "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"],
-        port, args.workers, logs / "starlette.log",
-        {**os.environ, "BENCH_ROOT": str(files_root)},
+        logs / "starlette.log", {**os.environ, "BENCH_ROOT": str(files_root)},
+        port=port, workers=args.workers,
     )
     with running(starlette):
         time.sleep(1)  # let every worker finish importing the app
@@ -785,9 +658,9 @@ def run(args: argparse.Namespace, work: Path, found_versions: dict[str, str]) ->
                                                   data, args, lua)
 
     port = free_port()
-    env = filestore_env(data_dir, port)
+    env = serve_env(data_dir, port)
     filestore = Server("filestore", [*fs_cmd, "serve", "--workers", str(args.workers)],
-                       port, args.workers, logs / "filestore.log", env)
+                       logs / "filestore.log", env, port=port, workers=args.workers)
     with running(filestore):
         time.sleep(1)
         for label, data in files.items():
@@ -801,7 +674,8 @@ def run(args: argparse.Namespace, work: Path, found_versions: dict[str, str]) ->
                 log(f"filestore: streaming PUT of {args.put_size / MIB:,.0f} MiB")
                 put_result = measure_put_memory(filestore, token, args.put_size)
     for server in (setup, filestore):
-        problems += [f"{server.name} log: {line}" for line in server.log_problems()]
+        problems += [f"{server.name} log: {line}"
+                     for line in log_problems(server.log_path, LOG_MARKS)]
 
     # 3. Report.
     print()
@@ -859,12 +733,6 @@ def run(args: argparse.Namespace, work: Path, found_versions: dict[str, str]) ->
     return 0
 
 
-def _terminated(signum: int, frame: object) -> None:
-    # A SIGTERM unwinds like Ctrl-C, so every server started so far is stopped.
-    print("bench/serve.py: terminated", file=sys.stderr)
-    sys.exit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     args.nginx, args.wrk = find_tool("nginx"), find_tool("wrk")
@@ -873,23 +741,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench/serve.py: {' and '.join(missing)} not found; install "
               f"{' '.join(missing)} (Debian: apt-get install -y nginx wrk)", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _terminated)
-    work = Path(tempfile.mkdtemp(prefix="filestore-bench-"))
-    try:
+
+    def body(work: Path) -> int:
         found = versions(args.nginx, args.wrk)
         log("versions: " + ", ".join(f"{k} {v}" for k, v in found.items()))
         return run(args, work, found)
-    except BenchError as exc:
-        print(f"bench/serve.py: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench/serve.py: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+
+    return run_main("bench/serve.py", "filestore-bench-", args.keep, body)
 
 
 if __name__ == "__main__":

@@ -62,19 +62,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import http.client
-import importlib.metadata
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -85,13 +79,34 @@ from typing import Any
 import aioboto3
 import boto3
 from aiobotocore.config import AioConfig
+from benchlib import (
+    ERROR_MARKS,
+    GIB,
+    HOST,
+    KIB,
+    MIB,
+    BenchError,
+    Process,
+    console_script,
+    filestore_command,
+    filestore_env,
+    filestore_settings,
+    filestore_token,
+    free_port,
+    http_request,
+    log,
+    log_problems,
+    mem_status,
+    nproc,
+    package_versions,
+    parse_size,
+    port_open,
+    print_rows,
+    random_blocks,
+    run_main,
+)
 from botocore.config import Config
 
-HOST = "127.0.0.1"
-KIB = 1024
-MIB = 1024 * KIB
-GIB = 1024 * MIB
-BLOCK = MIB  # generation and HTTP send block size
 REGION = "us-east-1"
 ACCESS_KEY = SECRET_KEY = "test"
 PREFIX = "fs"  # filestore's remote is s3://<bucket>/fs; the reference uses the same keys
@@ -104,38 +119,16 @@ MAX_PARTS = 10_000
 MAX_CONNECTIONS = 32
 
 POLL_SECONDS = 0.02
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 20.0
+PORT_TIMEOUT = 0.2  # connect timeout of the checks whether a server's port is open
 TARGET_RATIO = 0.8
 # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal, so -SIGTERM is clean.
 CLEAN_EXIT = (0, -signal.SIGTERM, None)
 TARGET_PEAK_MIB = 100.0
-
-_SIZE_UNITS = {
-    "": 1, "b": 1,
-    "k": KIB, "kib": KIB, "m": MIB, "mib": MIB, "g": GIB, "gib": GIB,
-    "kb": 1000, "mb": 1000**2, "gb": 1000**3,
-}
-_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([a-z]*)$")
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-class BenchError(Exception):
-    """A set-up or verification failure: reported as one line, exit status 1."""
+# Lines of a filestore log that point at a problem (a clean run prints none of these).
+LOG_MARKS = (*ERROR_MARKS, "WARNING", "failed", "error:", "recovery")
 
 
 # -- arguments ------------------------------------------------------------------------------------
-
-
-def parse_size(text: str) -> int:
-    """`1MiB`, `64m`, `1GiB` (k/m/g and KiB/MiB/GiB are binary, kb/mb/gb decimal), bytes, or 0."""
-    match = _SIZE_RE.match(text.strip().lower())
-    if not match or match.group(2) not in _SIZE_UNITS:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 1MiB, 64MiB, 1GiB, 0)")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
 
 
 def size_text(size: int) -> str:
@@ -183,137 +176,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-# -- processes ------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-def venv_tool(name: str) -> str:
-    """A console script next to this interpreter (the venv's), else from PATH."""
-    script = Path(sys.executable).with_name(name)
-    if script.is_file() and os.access(script, os.X_OK):
-        return str(script)
-    found = shutil.which(name)
-    if found is None:
-        raise BenchError(f"{name} not found next to {sys.executable} or on PATH")
-    return found
-
-
-@dataclasses.dataclass
-class Process:
-    """A child in its own session (so a Ctrl-C reaches this script only), output to a log file."""
-
-    name: str
-    argv: list[str]
-    log_path: Path
-    env: dict[str, str] | None = None
-    proc: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0  # time.monotonic() just before the spawn
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log_file:
-            log_file.write(f"--- {self.name}: {' '.join(self.argv)}\n".encode())
-            log_file.flush()
-            self.started_at = time.monotonic()
-            self.proc = subprocess.Popen(
-                self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=log_file,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def check_alive(self) -> None:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise BenchError(f"{self.name} exited with status {self.proc.returncode}:\n"
-                             f"{self.log_tail()}")
-
-    def wait_port(self, port: int) -> float:
-        """Until `port` accepts connections; seconds since the spawn."""
-        deadline = self.started_at + START_TIMEOUT
-        while not port_open(port):
-            self.check_alive()
-            if time.monotonic() > deadline:
-                raise BenchError(f"{self.name} did not open port {port} within "
-                                 f"{START_TIMEOUT:.0f}s:\n{self.log_tail()}")
-            time.sleep(POLL_SECONDS)
-        return time.monotonic() - self.started_at
-
-    def stop(self) -> int | None:
-        """SIGTERM, wait, SIGKILL on timeout; its exit status (None if never started)."""
-        if self.proc is None:
-            return None
-        proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                log(f"{self.name}: did not stop within {STOP_TIMEOUT:.0f}s; killing it")
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        # Anything it left behind is still in its own process group (its id is the child's pid).
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        return proc.returncode
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-
-def log_problems(path: Path) -> list[str]:
-    """Lines of a filestore log that point at a problem (a clean run prints none of these)."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return []
-    marks = ("Traceback", "ERROR", "CRITICAL", "Exception", "WARNING", "failed", "error:",
-             "recovery")
-    return [line for line in text.splitlines()
-            if any(mark in line for mark in marks) and not line.startswith("---")]
-
-
-@dataclasses.dataclass(frozen=True)
-class MemStatus:
-    rss_kib: int
-    hwm_kib: int
-
-
-def mem_status(pid: int) -> MemStatus | None:
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    fields: dict[str, int] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0])  # kB
-    if "VmRSS" not in fields:
-        return None  # a zombie
-    return MemStatus(fields["VmRSS"], fields.get("VmHWM", 0))
-
-
 # -- moto -----------------------------------------------------------------------------------------
 
 
@@ -326,13 +188,16 @@ class Moto:
         tmp = work / "moto-tmp"
         tmp.mkdir()
         env = {**os.environ, "TMPDIR": str(tmp)}
-        self.process = Process("moto_server", [venv_tool("moto_server"), "-H", HOST, "-p",
-                                               str(self.port)], work / "moto.log", env)
+        moto_server = console_script("moto_server")
+        if moto_server is None:
+            raise BenchError(f"moto_server not found next to {sys.executable} or on PATH")
+        self.process = Process("moto_server", [moto_server, "-H", HOST, "-p", str(self.port)],
+                               work / "moto.log", env, log_command=True)
         self.client: Any = None
 
     def start(self) -> None:
         self.process.start()
-        self.process.wait_port(self.port)
+        self.process.wait_port(self.port, POLL_SECONDS, PORT_TIMEOUT)
         self.client = boto3.client(
             "s3", endpoint_url=self.url, region_name=REGION, aws_access_key_id=ACCESS_KEY,
             aws_secret_access_key=SECRET_KEY,
@@ -382,11 +247,7 @@ class BenchFile:
 
 def write_random(path: Path, size: int) -> None:
     with open(path, "wb") as out:
-        remaining = size
-        while remaining:
-            block = os.urandom(min(BLOCK, remaining))
-            out.write(block)
-            remaining -= len(block)
+        out.writelines(random_blocks(size))
 
 
 def make_files(root: Path, label: str, count: int, size: int) -> list[BenchFile]:
@@ -525,14 +386,11 @@ class Filestore:
     token: str = ""
 
     def env(self, port: int, enabled: bool) -> dict[str, str]:
-        base = {k: v for k, v in os.environ.items() if not k.startswith("FILESTORE_")}
-        return {**base, **self.settings(port, enabled)}
+        return filestore_env(self.settings(port, enabled))
 
     def settings(self, port: int, enabled: bool) -> dict[str, str]:
         return {
-            "FILESTORE_STORAGE__DATA_DIR": str(self.data_dir),
-            "FILESTORE_SERVER__PORT": str(port),
-            "FILESTORE_STORAGE__MIN_FREE": "0",
+            **filestore_settings(self.data_dir, port),
             "FILESTORE_UPLOAD__ENABLED": "true" if enabled else "false",
             "FILESTORE_UPLOAD__DELAY": "0s",
             "FILESTORE_UPLOAD__CONCURRENCY": str(self.concurrency),
@@ -548,18 +406,13 @@ class Filestore:
         return self.data_dir / "registry.sqlite3"
 
     def fetch_token(self) -> None:
-        result = subprocess.run([venv_tool("filestore"), "token"], env=self.env(0, False),
-                                capture_output=True, text=True, timeout=60, check=False)
-        if result.returncode != 0 or not result.stdout.strip():
-            raise BenchError(f"filestore token failed ({result.returncode}): "
-                             f"{result.stderr.strip()}")
-        self.token = result.stdout.strip()
+        self.token = filestore_token(self.env(0, False))
 
     def server(self, enabled: bool) -> tuple[Process, int]:
         port = free_port()
         name = f"filestore serve (uploads {'enabled' if enabled else 'paused'})"
-        return Process(name, [venv_tool("filestore"), "serve"], self.log_path,
-                       self.env(port, enabled)), port
+        return Process(name, [*filestore_command(), "serve"], self.log_path,
+                       self.env(port, enabled), log_command=True), port
 
 
 @contextlib.contextmanager
@@ -569,7 +422,7 @@ def serving(fs: Filestore, enabled: bool, wait: bool = True) -> Iterator[tuple[P
     process.start()
     try:
         if wait:
-            process.wait_port(port)
+            process.wait_port(port, POLL_SECONDS, PORT_TIMEOUT)
         yield process, port
     finally:
         status = process.stop()
@@ -578,21 +431,13 @@ def serving(fs: Filestore, enabled: bool, wait: bool = True) -> Iterator[tuple[P
 
 
 def put_file(port: int, token: str, f: BenchFile) -> None:
-    conn = http.client.HTTPConnection(HOST, port, timeout=300, blocksize=BLOCK)
     headers = {"Authorization": f"Bearer {token}", "Content-Length": str(f.size),
                "Content-Type": "application/octet-stream"}
-    try:
-        with open(f.local, "rb") as body:
-            conn.request("PUT", f"/files/{urllib.parse.quote(f.path)}", body=body,
-                         headers=headers)
-            response = conn.getresponse()
-            reply = response.read()
-    except (OSError, http.client.HTTPException) as exc:
-        raise BenchError(f"PUT {f.path} failed: {exc!r}") from None
-    finally:
-        conn.close()
-    if response.status not in (200, 201):
-        raise BenchError(f"PUT {f.path} -> {response.status}: {reply[:300]!r}")
+    with open(f.local, "rb") as body:
+        status, reply = http_request(port, "PUT", f"/files/{urllib.parse.quote(f.path)}",
+                                     body=body, headers=headers, timeout=300)
+    if status not in (200, 201):
+        raise BenchError(f"PUT {f.path} -> {status}: {reply[:300]!r}")
     if json.loads(reply).get("size") != f.size:
         raise BenchError(f"PUT {f.path} stored something else: {reply[:300]!r}")
 
@@ -710,7 +555,7 @@ def drain(fs: Filestore, files: Sequence[BenchFile], timeout: float) -> Drain:
             if status is not None:
                 peak_kib = max(peak_kib, status.rss_kib)
                 samples += 1
-            if port_open_s is None and port_open(port):
+            if port_open_s is None and port_open(port, PORT_TIMEOUT):
                 port_open_s = time.monotonic() - process.started_at
             counters = watch.counters()
             if counters is not None:
@@ -758,7 +603,9 @@ def leftover_intents(registry: Path) -> int:
 def idle_rss_mib(fs: Filestore, settle: float = 1.0) -> float:
     """VmRSS of a freshly started, paused server with nothing to do: where a drain starts from."""
     with serving(fs, enabled=False) as (process, port):
-        http_get(port, "/healthz")
+        code, _ = http_request(port, "GET", "/healthz", timeout=30)
+        if code != 200:
+            raise BenchError(f"GET /healthz -> {code}")
         time.sleep(settle)
         readings = []
         for _ in range(5):
@@ -769,19 +616,6 @@ def idle_rss_mib(fs: Filestore, settle: float = 1.0) -> float:
     if not readings:
         raise BenchError("could not read the idle server's RSS")
     return statistics.median(readings) / KIB
-
-
-def http_get(port: int, path: str) -> bytes:
-    conn = http.client.HTTPConnection(HOST, port, timeout=30)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        body = response.read()
-    finally:
-        conn.close()
-    if response.status != 200:
-        raise BenchError(f"GET {path} -> {response.status}")
-    return body
 
 
 @dataclasses.dataclass
@@ -815,7 +649,7 @@ def run_filestore(moto: Moto, work: Path, label: str, files: Sequence[BenchFile]
         name = size_text(f.size)
         if name not in paths and f.path not in result.failed:
             paths[name] = observed_path(moto.etag(bucket, f.key))
-    problems = [f"{label}: log: {line}" for line in log_problems(fs.log_path)]
+    problems = [f"{label}: log: {line}" for line in log_problems(fs.log_path, LOG_MARKS)]
     if leftover:
         problems.append(f"{label}: {leftover} intent row(s) left in the registry after "
                         f"{len(files)} acknowledged PUTs and a clean stop")
@@ -836,24 +670,10 @@ def fmt_runs(values: Sequence[float], digits: int = 1) -> str:
     return ", ".join(f"{v:,.{digits}f}" for v in values)
 
 
-def print_rows(rows: list[list[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for n, row in enumerate(rows):
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-              .rstrip())
-        if n == 0:
-            print("  ".join("-" * width for width in widths))
-
-
 def versions() -> dict[str, str]:
-    found = {"python": sys.version.split()[0]}
-    for package in ("filestore", "aioboto3", "aiobotocore", "botocore", "aiohttp", "moto",
-                    "uvicorn", "starlette"):
-        try:
-            found[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            found[package] = "?"
-    return found
+    return {"python": sys.version.split()[0],
+            **package_versions("filestore", "aioboto3", "aiobotocore", "botocore", "aiohttp",
+                               "moto", "uvicorn", "starlette")}
 
 
 def report(
@@ -1010,7 +830,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
     shown_env["FILESTORE_UPLOAD__ENABLED"] = "false, then true"
     info = {
         "versions": versions(),
-        "cpus": len(os.sched_getaffinity(0)),
+        "cpus": nproc(),
         "moto_url": moto.url,
         "client_config": ("addressing_style=path, request_checksum_calculation=when_required, "
                           "response_checksum_validation=when_required, max_pool_connections="
@@ -1027,29 +847,10 @@ def run(args: argparse.Namespace, work: Path) -> int:
     return 0
 
 
-def _terminated(signum: int, frame: object) -> None:
-    # A SIGTERM unwinds like Ctrl-C, so every server started so far is stopped.
-    print("bench/upload.py: terminated", file=sys.stderr)
-    sys.exit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminated)
-    work = Path(tempfile.mkdtemp(prefix="filestore-bench-upload-"))
-    try:
-        return run(args, work)
-    except BenchError as exc:
-        print(f"bench/upload.py: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench/upload.py: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    return run_main("bench/upload.py", "filestore-bench-upload-", args.keep,
+                    lambda work: run(args, work))
 
 
 if __name__ == "__main__":
