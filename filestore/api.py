@@ -237,7 +237,7 @@ async def list_files(request: Request) -> Response:
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
         raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}")
     limit = int(raw_limit)
-    records = _store(request).list(prefix, after, limit + 1)
+    records = _store(request).list_files(prefix, after, limit + 1)
     items = [record.public() for record in records[:limit]]
     following = records[limit - 1].path if len(records) > limit else None
     return JSONResponse({"items": items, "next": following})

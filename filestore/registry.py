@@ -98,7 +98,7 @@ def _counting_triggers(db: sqlite_utils.Database, table: str, columns: str,
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
-    db["files"].create(
+    db.table("files").create(
         {
             "path": str,
             "size": int,
@@ -120,20 +120,20 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         defaults={"location": "local", "version": 1},
         if_not_exists=True,
     )
-    db["counters"].create({"name": str, "value": int}, pk="name", not_null={"value"},
+    db.table("counters").create({"name": str, "value": int}, pk="name", not_null={"value"},
                           if_not_exists=True)
     kinds = ("files", "bytes")
     # seq.version: the last file version handed out; versions are unique across all paths, so
     # a version number can never describe both a deleted file and a later one at the same path.
     names = [*kinds, *(f"{kind}.{loc}" for loc in LOCATIONS for kind in kinds), "seq.version"]
-    db["counters"].insert_all(({"name": n, "value": 0} for n in names), ignore=True)
-    db["intents"].create(
+    db.table("counters").insert_all(({"name": n, "value": 0} for n in names), ignore=True)
+    db.table("intents").create(
         {"id": int, "op": str, "path": str, "tmp": str, "size": int, "sha256": str,
          "content_type": str, "created": float},
         pk="id",
         if_not_exists=True,
     )
-    db["intents"].create_index(["path"], if_not_exists=True)
+    db.table("intents").create_index(["path"], if_not_exists=True)
     # `bump` adds (files, bytes) for one row to the total and to its location's counters.
     def bump(sign: str, row: str) -> str:
         return (
@@ -147,7 +147,7 @@ def _migration_1(db: sqlite_utils.Database) -> None:
 
 def _migration_2(db: sqlite_utils.Database) -> None:
     """The remote-work queue: one row per path, an upload or a remote delete (see queue/)."""
-    db["queue"].create(
+    db.table("queue").create(
         {
             "path": str,
             "op": str,  # "upload" | "delete"
@@ -168,11 +168,11 @@ def _migration_2(db: sqlite_utils.Database) -> None:
         defaults={"attempts": 0, "state": "pending"},
         if_not_exists=True,
     )
-    db["queue"].create_index(["state", "not_before"], if_not_exists=True)
-    db["queue"].create_index(["leased_until"], if_not_exists=True)
+    db.table("queue").create_index(["state", "not_before"], if_not_exists=True)
+    db.table("queue").create_index(["leased_until"], if_not_exists=True)
     names = [f"queue.{op}.{state}" for op in ("upload", "delete")
              for state in ("pending", "failed")] + ["uploads.done", "uploads.bytes"]
-    db["counters"].insert_all(({"name": n, "value": 0} for n in names), ignore=True)
+    db.table("counters").insert_all(({"name": n, "value": 0} for n in names), ignore=True)
 
     def bump(sign: str, row: str) -> str:
         return (f"UPDATE counters SET value = value {sign} 1 "
@@ -306,7 +306,8 @@ class Registry:
         ).fetchone()
         return FileRecord(*row) if row else None
 
-    def list(self, prefix: str = "", after: str = "", limit: int = 100) -> list[FileRecord]:
+    def list_files(self, prefix: str = "", after: str = "",
+                   limit: int = 100) -> list[FileRecord]:
         """Files whose path starts with `prefix`, in path order, strictly after `after`."""
         rows = self.reader.execute(
             f"SELECT {_FILE_COLUMNS} FROM files WHERE path >= ? AND path < ? AND path > ? "

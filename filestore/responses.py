@@ -123,7 +123,7 @@ class FileBody:
             await send({"type": "http.response.body", "body": b""})
             tg.cancel_scope.cancel()
 
-    async def _blocks(self) -> AsyncIterator[bytes]:
+    async def _blocks(self) -> AsyncIterator[bytes | bytearray]:
         for first, last, head in self.parts:
             if head:
                 yield head

@@ -79,8 +79,8 @@ class Store:
             raise NotFound(f"no file at {path!r}")
         return record
 
-    def list(self, prefix: str, after: str, limit: int) -> list[FileRecord]:
-        return self.registry.list(prefix, after, limit)
+    def list_files(self, prefix: str, after: str, limit: int) -> list[FileRecord]:
+        return self.registry.list_files(prefix, after, limit)
 
     # -- writes ---------------------------------------------------------------------------------
 

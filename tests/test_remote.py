@@ -140,7 +140,7 @@ async def read(remote: Remote, path: str, start: int = 0, end: int | None = None
 
 
 async def listing(remote: Remote, prefix: str = "") -> list[RemoteObject]:
-    return [item async for item in remote.list(prefix)]
+    return [item async for item in remote.list_objects(prefix)]
 
 
 # -- the shared protocol suite ----------------------------------------------------------------

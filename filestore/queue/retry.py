@@ -19,5 +19,5 @@ def is_retryable(exc: BaseException) -> bool:
 def next_delay(attempt: int, base: float, cap: float) -> float:
     """Backoff before try `attempt + 1`: `base` doubled per attempt, capped, with equal jitter
     (half fixed, half random) so entries that failed together do not retry together."""
-    delay = min(cap, base * 2 ** min(max(attempt - 1, 0), 64))
+    delay = min(cap, base * 2.0 ** min(max(attempt - 1, 0), 64))
     return delay / 2 + random.uniform(0, delay / 2)

@@ -131,7 +131,7 @@ class FileRemote:
                 break
             parent = parent.parent
 
-    async def list(self, prefix: str = "") -> AsyncIterator[RemoteObject]:
+    async def list_objects(self, prefix: str = "") -> AsyncIterator[RemoteObject]:
         found = await anyio.to_thread.run_sync(self._walk, prefix)
         for item in found:
             yield item

@@ -294,7 +294,7 @@ class S3Remote:
         with _translated(f"delete of {path!r} in {self.display_url}"):
             await self._client.delete_object(Bucket=self.bucket, Key=self.key_for(path))
 
-    async def list(self, prefix: str = "") -> AsyncIterator[RemoteObject]:
+    async def list_objects(self, prefix: str = "") -> AsyncIterator[RemoteObject]:
         base = f"{self.prefix}/" if self.prefix else ""
         with _translated(f"listing {self.display_url}"):
             paginator = self._client.get_paginator("list_objects_v2")
