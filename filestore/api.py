@@ -31,7 +31,8 @@ from .store import Precondition, Store
 log = logging.getLogger("filestore")
 
 MAX_LIST_LIMIT = 1000
-_SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
+_DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() also takes "²"
 # Bytes a client may name the wrong type for; never let a browser sniff them into HTML.
 _SAFE_HEADERS = {"x-content-type-options": "nosniff", "accept-ranges": "bytes"}
 
@@ -165,7 +166,7 @@ def _expected_sha256(request: Request) -> str | None:
     value = request.headers.get("x-checksum-sha256")
     if value is None:
         return None
-    if not _SHA256_RE.match(value.strip()):
+    if not _SHA256_RE.fullmatch(value.strip()):
         raise BadRequest("X-Checksum-SHA256 must be 64 hexadecimal digits")
     return value.strip().lower()
 
@@ -174,7 +175,7 @@ def _content_length(request: Request) -> int | None:
     value = request.headers.get("content-length")
     if value is None:
         return None
-    if not value.isdigit():
+    if not _DIGITS.fullmatch(value):
         raise BadRequest("Content-Length must be a whole number")
     return int(value)
 
@@ -234,7 +235,7 @@ async def list_files(request: Request) -> Response:
     prefix = paths.normalize_prefix(params.get("prefix", ""))
     after = params.get("after", "")
     raw_limit = params.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
+    if not _DIGITS.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
         raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}")
     limit = int(raw_limit)
     records = _store(request).list_files(prefix, after, limit + 1)

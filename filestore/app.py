@@ -11,10 +11,11 @@ import anyio
 from starlette.applications import Starlette
 from starlette.datastructures import State
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import api
 from .config import Settings, load_settings
@@ -46,10 +47,43 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, str(exc.detail))
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    # Logged with its traceback for the operator; the client gets no internals.
-    log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return error_response(500, "internal_error", "an unexpected error; see the server log")
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client left mid-body; nothing was stored and nobody is there to answer.
+    log.info("%s %s: the client disconnected mid-request", request.method, request.url.path)
+    return error_response(400, "client_disconnected", "the client disconnected")
+
+
+class CatchUnexpected:
+    """Answer an unexpected error with a JSON 500, logged with its traceback for the operator.
+
+    Starlette's own handler for `Exception` answers too but then re-raises to the server, which
+    closes the connection under the answer. Mid-body nothing can be answered any more: then the
+    error propagates and the server cuts the connection, so a client never sees a clean end.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except Exception:
+            if started:
+                raise
+            log.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            response = error_response(500, "internal_error",
+                                      "an unexpected error; see the server log")
+            await response(scope, receive, send)
 
 
 async def healthz(request: Request) -> Response:
@@ -63,6 +97,9 @@ async def _cleanup_remote(remote: Remote) -> None:
     except RemoteError as exc:
         log.warning("could not clean up unfinished uploads on %s: %s", remote.display_url,
                     exc.detail)
+        return
+    except Exception:
+        log.exception("could not clean up unfinished uploads on %s", remote.display_url)
         return
     if count:
         log.info("aborted %d unfinished upload(s) on %s", count, remote.display_url)
@@ -78,6 +115,7 @@ class FastReads:
 
     def __init__(self, app: Starlette) -> None:
         self.app = app
+        self._guarded = CatchUnexpected(self._serve_file)
 
     @property
     def state(self) -> State:
@@ -88,7 +126,11 @@ class FastReads:
         if (scope["type"] != "http" or scope["method"] not in ("GET", "HEAD")
                 or not path.startswith("/files/") or path == "/files/"):
             await self.app(scope, receive, send)
-            return
+        else:
+            await self._guarded(scope, receive, send)
+
+    async def _serve_file(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
         scope["app"] = self.app
         scope["path_params"] = {"path": path[len("/files/"):]}
         request = Request(scope, receive)
@@ -97,8 +139,6 @@ class FastReads:
             response = await api.get_file(request)
         except FilestoreError as exc:
             response = await _domain_error(request, exc)
-        except Exception as exc:
-            response = await _unexpected_error(request, exc)
         await response(scope, receive, send)
 
 
@@ -127,10 +167,11 @@ def build_app(settings: Settings) -> FastReads:
 
     return FastReads(Starlette(
         routes=[Route("/healthz", healthz), *api.routes],
+        middleware=[Middleware(CatchUnexpected)],
         exception_handlers={
             FilestoreError: _domain_error,
+            ClientDisconnect: _client_gone,
             HTTPException: _http_error,
-            Exception: _unexpected_error,
         },
         lifespan=lifespan,
     ))

@@ -19,19 +19,21 @@ def load_or_create_token(token_path: Path, configured: str) -> tuple[str, bool]:
     if configured:
         return configured, False
     try:
-        return token_path.read_text().strip(), False
+        stored = token_path.read_text().strip()
     except FileNotFoundError:
-        pass
+        stored = ""
+    if stored:
+        return stored, False
+    # Missing, or empty after a crash: write a new one whole (temp file, fsync, rename). The
+    # caller holds the data directory's start lock, so no other process races this.
     token = secrets.token_urlsafe(32)
-    # O_EXCL: two processes starting at once agree on the token the first one wrote.
-    try:
-        fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        return token_path.read_text().strip(), False
+    tmp = token_path.with_name(token_path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(token + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+    os.replace(tmp, token_path)
     return token, True
 
 

@@ -12,11 +12,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import click
 
 from .config import CONFIG_ENV, Settings, load_settings
-from .errors import ConfigError, FilestoreError
-from .store import Store
+from .errors import ConfigError, FilestoreError, RemoteError
+from .remote import open_remote
+from .store import DEFAULT_REMOTE, Store
 
 config_option = click.option(
     "--config",
@@ -75,6 +77,7 @@ def serve(settings: Settings, host: str | None, port: int | None, workers: int |
     store = Store(settings)  # creates the data directory and the token before workers start
     token_created = store.token_created
     store.close()
+    anyio.run(_check_remote, settings)
     host = host or settings.server.host
     port = settings.server.port if port is None else port
     workers = workers or settings.server.workers
@@ -98,6 +101,18 @@ def serve(settings: Settings, host: str | None, port: int | None, workers: int |
         log_level="warning",
         timeout_graceful_shutdown=10,
     )
+
+
+async def _check_remote(settings: Settings) -> None:
+    """Parse and open the remote before serving, so a bad `remote.url` (or an unwritable
+    `file://` directory) is a one-line error and exit 2, not a traceback from a worker."""
+    remote = open_remote(DEFAULT_REMOTE, settings.remote, settings.data_dir)
+    try:
+        await remote.open()
+    except RemoteError as exc:
+        raise ConfigError(f"remote.url: {exc.detail}") from None
+    finally:
+        await remote.close()
 
 
 @main.command()

@@ -21,6 +21,7 @@ from typing import BinaryIO
 import anyio
 
 from .errors import BadPath, Conflict, InsufficientStorage, TooLarge
+from .fsutil import fsync_dir, prune_empty_dirs
 from .paths import resolve_below
 from .registry import FileRecord
 
@@ -125,19 +126,23 @@ class LocalStore:
         """The local bytes of `version` of `path` for uploading, or None if it is gone."""
         if record is None or record.version != version:
             return None
-        try:
-            return open(self.path_of(path), "rb")
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+        for candidate in self.candidates(path):
+            try:
+                return open(candidate, "rb")  # the caller closes it
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                continue
+        return None
 
     def move_to_cache(self, path: str) -> None:
         """Hand an uploaded file's bytes to the cache area by rename (same inode, no copy).
-        Inside the write transaction that records the upload."""
+        Inside a write transaction, so no install of the path can interleave."""
         source = self.path_of(path)
         target = self.cached_path_of(path)
+        if not source.exists():
+            return  # moved already
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(source, target)
-        _prune_empty_dirs(source.parent, self.root)
+        prune_empty_dirs(source.parent, self.root)
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
@@ -182,6 +187,9 @@ class LocalStore:
         """Rename a finished temp file over `path`, durably. Call inside the registry's write
         transaction, so that concurrent installs and removals of one path are serialised."""
         final = self.path_of(path)
+        # Directories created here must be durable too, not only the file's own entry.
+        created = [d for d in final.parents if d != self.root and self.root in d.parents
+                   and not d.exists()]
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
@@ -189,31 +197,15 @@ class LocalStore:
             raise Conflict(f"a parent of {path!r} is a file, so it cannot be a directory") from None
         except IsADirectoryError:
             raise Conflict(f"{path!r} is a directory of other files") from None
-        _fsync_dir(final.parent)
+        for directory in [final.parent, *(d.parent for d in created)]:
+            fsync_dir(directory)
 
     def remove(self, path: str) -> None:
         """Unlink `path`'s bytes (local and cached) and the directories that leaves empty.
         Inside the write transaction."""
         for root, final in zip((self.root, self.cache_root), self.candidates(path), strict=True):
             final.unlink(missing_ok=True)
-            _prune_empty_dirs(final.parent, root)
+            prune_empty_dirs(final.parent, root)
 
     def temp_files(self) -> list[Path]:
         return sorted(self.tmp_dir.glob(f"{TEMP_PREFIX}*"))
-
-
-def _prune_empty_dirs(directory: Path, root: Path) -> None:
-    while directory != root:
-        try:
-            directory.rmdir()
-        except OSError:
-            return  # not empty (or already gone): other files live there
-        directory = directory.parent
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

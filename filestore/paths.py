@@ -63,6 +63,11 @@ def _check(path: str) -> None:
     for char in path:
         if unicodedata.category(char) in ("Cc", "Cs"):
             raise BadPath(f"the path contains the control character {char!r}")
+        code = ord(char)
+        if 0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE:
+            # Unicode noncharacters (U+FFFE, U+10FFFF, ...) are never text; U+10FFFF also
+            # bounds the registry's prefix scans, so no path may contain it.
+            raise BadPath(f"the path contains the noncharacter U+{code:04X}")
     if "\\" in path:
         raise BadPath("the path contains a backslash")
     _check_segments(path)

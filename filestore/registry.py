@@ -237,10 +237,13 @@ class Registry:
             self._writer.execute("BEGIN IMMEDIATE")
             try:
                 yield self._writer
+                self._writer.execute("COMMIT")
             except BaseException:
-                self._writer.execute("ROLLBACK")
+                # Also after a failed COMMIT, which can leave the transaction (and SQLite's
+                # write lock, which every process needs) open.
+                if self._writer.in_transaction:
+                    self._writer.execute("ROLLBACK")
                 raise
-            self._writer.execute("COMMIT")
 
     def add_intent(self, op: str, path: str, tmp: str = "", size: int = 0, sha256: str = "",
                    content_type: str = "") -> int:
@@ -273,11 +276,12 @@ class Registry:
                 (path, size, sha256, content_type, now, now, version, inode),
             )
             return True, version
-        # A replaced file is local again: its new bytes have not been uploaded anywhere.
+        # A replaced file is local again: its new bytes have not been uploaded anywhere. `remote`
+        # and `remote_key` stay: the remote still holds the old copy, which a DELETE must remove.
         conn.execute(
             "UPDATE files SET size = ?, sha256 = ?, content_type = ?, modified = ?, inode = ?, "
-            "location = 'local', version = ?, remote = NULL, remote_key = NULL, "
-            "remote_etag = NULL, uploaded_at = NULL WHERE path = ?",
+            "location = 'local', version = ?, remote_etag = NULL, uploaded_at = NULL "
+            "WHERE path = ?",
             (size, sha256, content_type, now, inode, version, path),
         )
         return False, version
@@ -292,6 +296,33 @@ class Registry:
         )
         conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'uploads.done'")
         conn.execute("UPDATE counters SET value = value + ? WHERE name = 'uploads.bytes'", (size,))
+
+    @staticmethod
+    def note_remote_copy(conn: sqlite3.Connection, path: str, remote: str,
+                         key: str | None) -> None:
+        """The remote holds some copy of `path` (an upload of a version since replaced)."""
+        conn.execute("UPDATE files SET remote = ?, remote_key = ? WHERE path = ?",
+                     (remote, key, path))
+
+    @staticmethod
+    def namespace_conflict(conn: sqlite3.Connection, path: str) -> str | None:
+        """Why `path` cannot be a file next to the registered ones, or None. Local bytes live
+        under their paths in two trees (`files/`, `cache/`), so the registry, which knows them
+        all, is where a file-versus-directory clash is caught."""
+        parts = path.split("/")
+        parents = ["/".join(parts[:i]) for i in range(1, len(parts))]
+        if parents:
+            marks = ", ".join("?" * len(parents))
+            row = conn.execute(f"SELECT path FROM files WHERE path IN ({marks}) LIMIT 1",
+                               parents).fetchone()
+            if row:
+                return f"{row[0]!r} is a file, so it cannot be a directory of {path!r}"
+        # '0' follows '/' in every collation SQLite uses here: the range is "path/..." exactly.
+        row = conn.execute("SELECT path FROM files WHERE path >= ? AND path < ? LIMIT 1",
+                           (path + "/", path + "0")).fetchone()
+        if row:
+            return f"{path!r} is a directory of other files (such as {row[0]!r})"
+        return None
 
     @staticmethod
     def delete_file(conn: sqlite3.Connection, path: str) -> bool:

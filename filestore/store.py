@@ -15,6 +15,7 @@ the path in between; a crash between the two leaves an unreferenced file, never 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mimetypes
 import os
@@ -28,7 +29,7 @@ import anyio
 from .auth import load_or_create_token
 from .config import Settings
 from .datadir import DataDir
-from .errors import ChecksumMismatch, NotFound
+from .errors import ChecksumMismatch, Conflict, NotFound
 from .local import LocalStore, Received
 from .queue import entries
 from .registry import FileRecord, Intent, Registry
@@ -111,18 +112,19 @@ class Store:
                     f"Content-MD5 is {expect_md5} but the body's MD5 is {received.md5}"
                 )
             ctype = content_type or guess_content_type(path)
-            created = await anyio.to_thread.run_sync(
+            record, created = await anyio.to_thread.run_sync(
                 self._commit_put, path, received, ctype, precondition
             )
         except BaseException:
             self.local.discard(received)
             raise
         self.on_change()
-        return self.lookup(path), created
+        return record, created
 
     def _commit_put(
         self, path: str, received: Received, ctype: str, precondition: Precondition | None
-    ) -> bool:
+    ) -> tuple[FileRecord, bool]:
+        """Install and record the body: (what was recorded, whether the path is new)."""
         intent_id = self.registry.add_intent(
             "put", path, str(received.tmp), received.size, received.sha256, ctype
         )
@@ -130,18 +132,31 @@ class Store:
             with self.registry.transaction() as conn:
                 if precondition is not None:
                     precondition(self.registry.get(path, conn))
+                conflict = self.registry.namespace_conflict(conn, path)
+                if conflict:
+                    raise Conflict(conflict)
                 inode = os.stat(received.tmp).st_ino
                 self.local.install(received.tmp, path)
                 created = self._record_put(conn, path, received.size, received.sha256, ctype,
                                            inode)
                 self.registry.remove_intent(conn, intent_id)
                 self._settle_intents(conn, path)
-                return created
+                record = self.registry.get(path, conn)
+                assert record is not None
+                return record, created
         except BaseException:
-            # Nothing was installed (or the rename is undone by recovery): forget the intent.
             if received.tmp.exists():
+                # Nothing was installed: forget the intent.
                 with self.registry.transaction() as conn:
                     self.registry.remove_intent(conn, intent_id)
+            else:
+                # The rename happened but its record did not commit: the new bytes already
+                # replaced the old, so record them now rather than leave the registry
+                # describing bytes that are gone (recovery would, but only at the next start).
+                intent = next((i for i in self.registry.intents() if i.id == intent_id), None)
+                if intent is not None:
+                    with contextlib.suppress(Exception):
+                        self._recover_intent(intent)
             raise
 
     def _record_put(self, conn: sqlite3.Connection, path: str, size: int, sha256: str,
@@ -149,7 +164,12 @@ class Store:
         """Record new bytes for `path` and queue their upload, in the caller's transaction:
         acknowledged means queued. True if the path is new."""
         now = time.time()
+        previous = entries.get(conn, path)
         created, version = self.registry.upsert_file(conn, path, size, sha256, ctype, inode, now)
+        if previous is not None and previous.op == "delete":
+            # The upload below replaces a pending remote delete of an older copy: the row
+            # must remember that copy, or a DELETE before the upload would leave it behind.
+            self.registry.note_remote_copy(conn, path, previous.remote, None)
         entries.schedule(conn, path, "upload", version, DEFAULT_REMOTE,
                          now + self.settings.upload.delay, now)
         return created
@@ -179,7 +199,8 @@ class Store:
         now = time.time()
         entry = entries.get(conn, record.path)
         delay = self.settings.upload.delete_delay
-        may_have_copy = record.location == "remote" or entries.in_flight(entry, now)
+        # `record.remote` survives a re-PUT: the remote may still hold an older copy.
+        may_have_copy = record.remote is not None or entries.in_flight(entry, now)
         if may_have_copy and delay is not None:
             remote = record.remote or (entry.remote if entry else DEFAULT_REMOTE)
             entries.schedule(conn, record.path, "delete", record.version, remote, now + delay, now)

@@ -18,9 +18,11 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import anyio
+from anyio.abc import TaskGroup
 
 from ..errors import RemoteError
 from ..remote import Remote
@@ -57,22 +59,25 @@ class QueueWorkers:
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._heartbeat)
-            while True:
-                self._wakeup = anyio.Event()
-                free = self.settings.concurrency - len(self._in_flight)
-                if self.settings.enabled and free > 0:
-                    for entry in await anyio.to_thread.run_sync(self._lease, free):
-                        self._in_flight[entry.path] = entry
-                        tg.start_soon(self._work, entry)
-                delay = MAX_IDLE
-                if self.settings.enabled and len(self._in_flight) < self.settings.concurrency:
-                    now = time.time()
-                    due = entries.next_due(self.registry.reader, now)
-                    if due is not None:
-                        delay = min(max(due - now, 0.0), MAX_IDLE)
-                with anyio.move_on_after(delay):
-                    await self._wakeup.wait()
+            tg.start_soon(_supervised, "lease heartbeat", self._heartbeat)
+            await _supervised("queue dispatcher", lambda: self._dispatch(tg))
+
+    async def _dispatch(self, tg: TaskGroup) -> None:
+        while True:
+            self._wakeup = anyio.Event()
+            free = self.settings.concurrency - len(self._in_flight)
+            if self.settings.enabled and free > 0:
+                for entry in await anyio.to_thread.run_sync(self._lease, free):
+                    self._in_flight[entry.path] = entry
+                    tg.start_soon(self._work, entry)
+            delay = MAX_IDLE
+            if self.settings.enabled and len(self._in_flight) < self.settings.concurrency:
+                now = time.time()
+                due = entries.next_due(self.registry.reader, now)
+                if due is not None:
+                    delay = min(max(due - now, 0.0), MAX_IDLE)
+            with anyio.move_on_after(delay):
+                await self._wakeup.wait()
 
     def _lease(self, limit: int) -> list[Entry]:
         now = time.time()
@@ -108,8 +113,13 @@ class QueueWorkers:
                 log.warning("%s of %r failed: %s", entry.op, entry.path, error)
             else:
                 log.exception("%s of %r failed unexpectedly", entry.op, entry.path)
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._fail, entry, error, retryable)
+            try:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._fail, entry, error, retryable)
+            except Exception:
+                # Not even the failure could be recorded (the registry is failing too): the
+                # lease runs out and the row is taken again later.
+                log.exception("could not record the failure of %s of %r", entry.op, entry.path)
         finally:
             self._in_flight.pop(entry.path, None)
             self.wake()
@@ -128,14 +138,26 @@ class QueueWorkers:
 
     def _record_upload(self, entry: Entry, remote: Remote, etag: str) -> None:
         now = time.time()
+        key = remote.key_for(entry.path)
         with self.registry.transaction() as conn:
             record = self.registry.get(entry.path, conn)
-            if record is not None and record.version == entry.version:
-                self.registry.mark_uploaded(conn, entry.path, remote.name,
-                                            remote.key_for(entry.path), etag, record.size, now)
-                if not self.settings.keep_local:
-                    self.store.local.move_to_cache(entry.path)
+            current = record is not None and record.version == entry.version
+            if record is not None and current:
+                self.registry.mark_uploaded(conn, entry.path, remote.name, key, etag,
+                                            record.size, now)
+            elif record is not None:
+                # Replaced while it went up: the newer version's upload overwrites this copy,
+                # but until then a DELETE must know the remote holds one.
+                self.registry.note_remote_copy(conn, entry.path, remote.name, key)
             entries.finish(conn, entry)
+        if current and not self.settings.keep_local:
+            # A step of its own, after the commit: a rename cannot be rolled back with a
+            # transaction, and a crash here only leaves the bytes in files/, where reads (and a
+            # later move) still find them.
+            with self.registry.transaction() as conn:
+                again = self.registry.get(entry.path, conn)
+                if again is not None and again.version == entry.version:
+                    self.store.local.move_to_cache(entry.path)
 
     def _finish(self, entry: Entry) -> None:
         with self.registry.transaction() as conn:
@@ -171,3 +193,16 @@ class QueueWorkers:
             retry_at = now + next_delay(attempt, self.settings.retry_base, self.settings.retry_max)
         with self.registry.transaction() as conn:
             entries.fail(conn, entry, error, retry_at, now)
+
+
+async def _supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
+    """Run a background loop forever: an error (a locked or full registry, say) is logged and
+    the loop starts again after a pause, instead of ending the task group that serves requests."""
+    pause = 1.0
+    while True:
+        try:
+            await loop()
+        except Exception:
+            log.exception("%s failed; restarting it in %.0f s", name, pause)
+            await anyio.sleep(pause)
+            pause = min(pause * 2, 60.0)

@@ -16,7 +16,8 @@ from typing import BinaryIO
 
 import anyio
 
-from ..errors import RemoteError, RemoteIntegrityError, RemoteNotFound
+from ..errors import RemoteError, RemoteIntegrityError, RemoteNotFound, RemoteUnavailable
+from ..fsutil import fsync_dir, prune_empty_dirs
 from .base import RemoteObject
 
 CHUNK_SIZE = 1024 * 1024
@@ -57,7 +58,6 @@ class FileRemote:
         digest = hashlib.sha256()
         written = 0
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "xb") as out:
                 source.seek(0)
                 while block := source.read(CHUNK_SIZE):
@@ -71,9 +71,21 @@ class FileRemote:
                     f"{path!r}: copied {written} bytes with sha256 {digest.hexdigest()}, "
                     f"expected {size} bytes with {sha256}"
                 )
-            os.replace(tmp, target)
+            for attempt in range(3):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.replace(tmp, target)
+                    break
+                except FileNotFoundError:
+                    # A delete pruned the empty parent between mkdir and replace: again.
+                    if attempt == 2:
+                        raise
+            fsync_dir(target.parent)
         except OSError as exc:
-            raise RemoteError(f"{self.display_url}: writing {path!r}: {exc.strerror}") from None
+            # Retryable: a full disk, or a path still held by a file whose remote delete is
+            # pending (`a` while `a/b` goes up), clears up; max_attempts bounds the rest.
+            raise RemoteUnavailable(
+                f"{self.display_url}: writing {path!r}: {exc.strerror}") from None
         finally:
             tmp.unlink(missing_ok=True)
         return RemoteObject(path, size, etag=sha256, sha256=sha256)
@@ -123,13 +135,7 @@ class FileRemote:
             target.unlink()
         except (FileNotFoundError, NotADirectoryError):
             return  # deleting a missing object is not an error
-        parent = target.parent
-        while parent != self.root:
-            try:
-                parent.rmdir()
-            except OSError:
-                break
-            parent = parent.parent
+        prune_empty_dirs(target.parent, self.root)
 
     async def list_objects(self, prefix: str = "") -> AsyncIterator[RemoteObject]:
         found = await anyio.to_thread.run_sync(self._walk, prefix)
@@ -150,3 +156,4 @@ class FileRemote:
 
     async def close(self) -> None:
         return None
+

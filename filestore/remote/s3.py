@@ -155,7 +155,7 @@ class S3Remote:
         what = f"upload of {path!r} to {self.display_url}"
         with _translated(what):
             if size > self.settings.multipart_threshold:
-                response = await self._put_multipart(key, source, size, content_type)
+                response = await self._put_multipart(key, source, size, sha256, content_type)
                 expected = response["expected"]
             else:
                 source.seek(0)
@@ -186,13 +186,16 @@ class S3Remote:
             raise RemoteIntegrityError(f"{what}: stored ETag {head.get('ETag')}, sent {etag}")
         return RemoteObject(path, size, etag=head.get("ETag", etag), sha256=sha256)
 
-    async def _put_multipart(self, key: str, source: BinaryIO, size: int,
+    async def _put_multipart(self, key: str, source: BinaryIO, size: int, sha256: str,
                              content_type: str) -> dict[str, Any]:
         """Upload in parts; the completion's answer, plus `expected`: the composite checksum
         (base64 SHA-256 of the parts' SHA-256s) a store should report.
 
         Each part streams from the file through a window of its own (nothing is held in
-        memory); its SHA-256 is computed first, in one thread call per part."""
+        memory); its SHA-256 is computed first, in one thread call per part. Parts are hashed
+        in order, feeding one whole-file hash too, which must equal the recorded `sha256`
+        before the upload is completed: bytes that changed on disk are never reported as a
+        verified copy."""
         part_size = max(self.settings.part_size, -(-size // MAX_PARTS))
         count = -(-size // part_size)
         created = await self._client.create_multipart_upload(
@@ -201,6 +204,9 @@ class S3Remote:
         upload_id = created["UploadId"]
         parts: list[dict[str, Any]] = [{} for _ in range(count)]
         digests: list[bytes] = [b""] * count
+        whole = hashlib.sha256()
+        hashed = [anyio.Event() for _ in range(count + 1)]  # hashed[n]: parts 1..n are hashed
+        hashed[0].set()
         fd = source.fileno()
         try:
             slots = anyio.Semaphore(_PARTS_IN_FLIGHT)
@@ -209,7 +215,10 @@ class S3Remote:
                 try:
                     offset = (number - 1) * part_size
                     length = min(part_size, size - offset)
-                    digest = await anyio.to_thread.run_sync(_hash_range, fd, offset, length)
+                    await hashed[number - 1].wait()
+                    digest = await anyio.to_thread.run_sync(_hash_range, fd, offset, length,
+                                                            whole)
+                    hashed[number].set()
                     digests[number - 1] = digest
                     response = await self._client.upload_part(
                         Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
@@ -221,10 +230,18 @@ class S3Remote:
                 finally:
                     slots.release()
 
-            async with anyio.create_task_group() as tg:
-                for number in range(1, count + 1):
-                    await slots.acquire()  # bounds the parts in flight
-                    tg.start_soon(send, number)
+            try:
+                async with anyio.create_task_group() as tg:
+                    for number in range(1, count + 1):
+                        await slots.acquire()  # bounds the parts in flight
+                        tg.start_soon(send, number)
+            except ExceptionGroup as group:
+                raise _first_error(group) from None  # so it is translated like any other
+            if whole.hexdigest() != sha256:
+                raise RemoteError(
+                    f"the local bytes of {key!r} no longer match their recorded sha256 "
+                    f"({sha256}); run filestore verify"
+                )
             done = await self._client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id,
                 MultipartUpload={"Parts": parts},
@@ -304,17 +321,26 @@ class S3Remote:
                                        etag=item.get("ETag", ""))
 
 
-def _hash_range(fd: int, offset: int, length: int) -> bytes:
-    """SHA-256 of `length` bytes of `fd` from `offset`: one thread call, 1 MiB reads."""
+def _hash_range(fd: int, offset: int, length: int, whole: Any) -> bytes:
+    """SHA-256 of `length` bytes of `fd` from `offset`, also fed to the `whole`-file hash: one
+    thread call, 1 MiB reads."""
     digest = hashlib.sha256()
     done = 0
     while done < length:
         block = os.pread(fd, min(CHUNK_SIZE, length - done), offset + done)
         if not block:
-            raise RemoteIntegrityError("the local file is shorter than its recorded size")
+            raise RemoteError("the local file is shorter than its recorded size; "
+                              "run filestore verify")
         digest.update(block)
+        whole.update(block)
         done += len(block)
     return digest.digest()
+
+
+def _first_error(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The first real failure inside a (possibly nested) task-group error."""
+    first = group.exceptions[0]
+    return _first_error(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 class FileWindow(io.RawIOBase):
