@@ -25,9 +25,13 @@ _SIZE_UNITS = {
     "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
     "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
 }
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_SIZE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*\Z")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_PART_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
+
+
+MAX_SIZE = 2**60  # 1 EiB: beyond any disk, and far from float trouble
+MAX_DURATION = 10 * 365 * 86400.0  # ten years
 
 
 def parse_size(value: Any) -> int:
@@ -35,14 +39,18 @@ def parse_size(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("a size like \"512MiB\" or \"10GiB\"")
     if isinstance(value, int):
-        if value < 0:
-            raise ValueError("a size of 0 or more bytes")
-        return value
-    match = _SIZE_RE.match(str(value))
-    unit = match.group(2).lower() if match else None
-    if not match or unit not in _SIZE_UNITS:
-        raise ValueError("a size like \"512MiB\" or \"10GiB\" (units B, KB, MB, GB, TB, KiB..TiB)")
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+        size = value
+    else:
+        match = _SIZE_RE.match(str(value))
+        unit = match.group(2).lower() if match else None
+        if not match or unit not in _SIZE_UNITS:
+            raise ValueError(
+                "a size like \"512MiB\" or \"10GiB\" (units B, KB, MB, GB, TB, KiB..TiB)")
+        number = float(match.group(1)) * _SIZE_UNITS[unit]
+        size = int(number) if number <= MAX_SIZE else MAX_SIZE + 1
+    if not 0 <= size <= MAX_SIZE:
+        raise ValueError("a size from 0 bytes to 1 EiB")
+    return size
 
 
 def parse_duration(value: Any) -> float:
@@ -50,16 +58,20 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("a duration like \"30s\", \"10m\" or \"1h\"")
     if isinstance(value, int | float):
-        if value < 0 or not math.isfinite(value):
-            raise ValueError("a duration of 0 seconds or more")
-        return float(value)
-    text = str(value).strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    parts = _DURATION_PART_RE.findall(text)
-    if not text or "".join(n + u for n, u in parts) != text:
-        raise ValueError("a duration like \"30s\", \"10m\", \"1h30m\" (units ms, s, m, h, d)")
-    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+        seconds = float(value) if abs(value) < 1e300 else math.inf
+    else:
+        text = str(value).strip().lower()
+        parts = _DURATION_PART_RE.findall(text)
+        if re.fullmatch(r"[0-9]+(\.[0-9]+)?", text):
+            seconds = float(text)
+        elif text and "".join(n + u for n, u in parts) == text:
+            seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+        else:
+            raise ValueError(
+                "a duration like \"30s\", \"10m\", \"1h30m\" (units ms, s, m, h, d)")
+    if not 0 <= seconds <= MAX_DURATION:
+        raise ValueError("a duration from 0 seconds to ten years")
+    return seconds
 
 
 def parse_bool(value: Any) -> bool:
@@ -84,6 +96,16 @@ def _int_between(low: int, high: int) -> Callable[[Any], int]:
         if not low <= number <= high:
             raise ValueError(f"a whole number from {low} to {high}")
         return number
+
+    return parse
+
+
+def _size_at_least(low: int, why: str) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        size = parse_size(value)
+        if size < low:
+            raise ValueError(f"a size of at least {why}")
+        return size
 
     return parse
 
@@ -168,7 +190,7 @@ class RemoteSettings:
     # "auto": path-style for custom endpoints, virtual-hosted for AWS; or "path" / "virtual".
     addressing_style: str = _field("auto", _one_of("auto", "path", "virtual"))
     multipart_threshold: int = _field(64 * 1024**2, parse_size)
-    part_size: int = _field(16 * 1024**2, parse_size)
+    part_size: int = _field(16 * 1024**2, _size_at_least(5 * 1024**2, "5MiB, S3's smallest part"))
     max_connections: int = _field(32, _int_between(1, 1024))
 
 

@@ -199,6 +199,12 @@ class LocalStore:
             raise Conflict(f"{path!r} is a directory of other files") from None
         for directory in [final.parent, *(d.parent for d in created)]:
             fsync_dir(directory)
+        # The replaced version's bytes may sit in the cache area (it was uploaded): they are
+        # stale now, and reads look in files/ first anyway.
+        cached = self.cached_path_of(path)
+        if cached.is_file():
+            cached.unlink()
+            prune_empty_dirs(cached.parent, self.cache_root)
 
     def remove(self, path: str) -> None:
         """Unlink `path`'s bytes (local and cached) and the directories that leaves empty.

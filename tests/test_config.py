@@ -25,7 +25,8 @@ def test_sizes(text, expected):
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "ten", "5XB", "-1", "1.2.3GiB", True, -5])
+@pytest.mark.parametrize("text", ["", "ten", "5XB", "-1", "1.2.3GiB", True, -5, "9" * 400,
+                                  "9" * 400 + "GiB", 2**70, "\u0661\u0660MiB"])
 def test_bad_sizes(text):
     with pytest.raises(ValueError):
         parse_size(text)
@@ -40,7 +41,8 @@ def test_durations(text, expected):
     assert parse_duration(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "soon", "10x", "m10", "1h 30m", "-5s", False])
+@pytest.mark.parametrize("text", ["", "soon", "10x", "m10", "1h 30m", "-5s", False, "9" * 400,
+                                  10**400, "1e5", "\u0661\u0660m", float("nan")])
 def test_bad_durations(text):
     with pytest.raises(ValueError):
         parse_duration(text)
@@ -74,6 +76,9 @@ def test_config_path_from_environment(tmp_path):
         ("", {"FILESTORE_SERVER__WORKERS": "lots"}, "FILESTORE_SERVER__WORKERS: server.workers"),
         ("", {"FILESTORE_BOGUS__KEY": "1"}, "FILESTORE_BOGUS__KEY: unknown section"),
         ("", {"FILESTORE_AUTH__TOKN": "x"}, "unknown key auth.tokn"),
+        ('[remote]\npart_size = "1MiB"\n', {}, "remote.part_size = '1MiB': expected a size of at "
+         "least 5MiB"),
+        ('[upload]\ndelete_delay = "sometimes"\n', {}, "upload.delete_delay"),
     ],
 )
 def test_bad_values_name_key_value_and_expectation(tmp_path, toml, env, message):

@@ -390,3 +390,28 @@ def test_an_empty_token_file_is_not_taken_as_the_token(make_server, tmp_path):
     server = make_server(data_dir)
     assert len(server.token) >= 32
     assert (data_dir / "token").read_text().strip() == server.token
+
+
+def test_credentials_in_the_endpoint_url_are_never_shown(tmp_path):
+    from filestore.config import RemoteSettings
+    from filestore.remote import open_remote
+
+    remote = open_remote("default", RemoteSettings(
+        url="s3://bkt/p", endpoint_url="http://admin:hunter2@minio:9000"), tmp_path)
+    assert "hunter2" not in remote.display_url + repr(remote)
+    assert "minio:9000" in remote.display_url
+
+
+def test_reput_of_an_uploaded_file_drops_its_stale_cached_bytes(make_server, tmp_path):
+    data_dir = tmp_path / "data"
+    cached = data_dir / "cache" / "doc.txt"
+    first = make_server(data_dir, upload__delay="0s")
+    with first.client() as client:
+        client.put("/files/doc.txt", content=b"v1")
+    wait_for(lambda: cached.exists())
+    first.stop()
+    later = make_server(data_dir, upload__delay="1h")  # v2 stays local for now
+    with later.client() as client:
+        client.put("/files/doc.txt", content=b"v2")
+        assert not cached.exists()
+        assert client.get("/files/doc.txt").content == b"v2"

@@ -25,6 +25,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit, urlunsplit
 
 import aioboto3
 import aiohttp
@@ -102,7 +103,7 @@ class S3Remote:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.settings = settings
-        where = f" at {settings.endpoint_url}" if settings.endpoint_url else ""
+        where = f" at {_without_userinfo(settings.endpoint_url)}" if settings.endpoint_url else ""
         self.display_url = f"s3://{bucket}/{self.prefix}{where}"
         self._client: Any = None
         self._stack = contextlib.AsyncExitStack()
@@ -386,3 +387,11 @@ def _sign_with_known_sha256(request: Any, **_: Any) -> None:
     checksum = request.headers.get("x-amz-checksum-sha256")
     if checksum and "X-Amz-Content-SHA256" not in request.headers:
         request.headers["X-Amz-Content-SHA256"] = base64.b64decode(checksum).hex()
+
+
+def _without_userinfo(url: str) -> str:
+    """`url` fit to show: credentials written into it (`http://user:pass@host`) left out."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
