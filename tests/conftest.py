@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -151,6 +152,37 @@ def raw_request(server: LiveServer, target: str, method: str = "GET",
     head, _, body = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1]) if head else 0
     return status, body
+
+
+# -- the registry as a test reads it: a connection of its own (the server's are its threads') --
+
+
+def registry_db(server: Any) -> sqlite3.Connection:
+    """A connection of the test's own (the server's are bound to its threads)."""
+    conn = sqlite3.connect(server.settings.data_dir / "registry.sqlite3", timeout=10)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def file_row(server: Any, path: str) -> sqlite3.Row | None:
+    with registry_db(server) as conn:
+        return conn.execute("SELECT * FROM files WHERE path = ?", (path,)).fetchone()
+
+
+def queue_row(server: Any, path: str) -> sqlite3.Row | None:
+    with registry_db(server) as conn:
+        return conn.execute("SELECT * FROM queue WHERE path = ?", (path,)).fetchone()
+
+
+def counters(server: Any) -> dict[str, int]:
+    with registry_db(server) as conn:
+        return dict(conn.execute("SELECT name, value FROM counters").fetchall())
+
+
+def uploaded(server: Any, path: str) -> bool:
+    row = file_row(server, path)
+    return row is not None and row["location"] == "remote"
+
 
 
 # -- S3: moto's real HTTP server on 127.0.0.1, talked to through aioboto3 -------------------------

@@ -8,37 +8,10 @@ import sqlite3
 from typing import Any
 
 import pytest
-from conftest import s3_overrides, wait_for
+from conftest import counters, file_row, queue_row, s3_overrides, uploaded, wait_for
 from faults import FaultProxy
 
 FAST_RETRY = {"upload__retry_base": "0.05s", "upload__retry_max": "0.2s"}
-
-
-def db(server: Any) -> sqlite3.Connection:
-    """A connection of the test's own (the server's are bound to its threads)."""
-    conn = sqlite3.connect(server.settings.data_dir / "registry.sqlite3", timeout=10)
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
-def file_row(server: Any, path: str) -> sqlite3.Row | None:
-    with db(server) as conn:
-        return conn.execute("SELECT * FROM files WHERE path = ?", (path,)).fetchone()
-
-
-def queue_row(server: Any, path: str) -> sqlite3.Row | None:
-    with db(server) as conn:
-        return conn.execute("SELECT * FROM queue WHERE path = ?", (path,)).fetchone()
-
-
-def counters(server: Any) -> dict[str, int]:
-    with db(server) as conn:
-        return dict(conn.execute("SELECT name, value FROM counters").fetchall())
-
-
-def uploaded(server: Any, path: str) -> bool:
-    row = file_row(server, path)
-    return row is not None and row["location"] == "remote"
 
 
 def s3_body(moto: Any, bucket: str, key: str) -> bytes | None:

@@ -6,28 +6,7 @@ import sqlite3
 import threading
 from typing import Any
 
-from conftest import wait_for
-
-
-def db(server: Any) -> sqlite3.Connection:
-    conn = sqlite3.connect(server.settings.data_dir / "registry.sqlite3", timeout=10)
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
-def file_row(server: Any, path: str) -> Any:
-    with db(server) as conn:
-        return conn.execute("SELECT * FROM files WHERE path = ?", (path,)).fetchone()
-
-
-def queue_row(server: Any, path: str) -> Any:
-    with db(server) as conn:
-        return conn.execute("SELECT * FROM queue WHERE path = ?", (path,)).fetchone()
-
-
-def uploaded(server: Any, path: str) -> bool:
-    row = file_row(server, path)
-    return row is not None and row["location"] == "remote"
+from conftest import file_row, queue_row, uploaded, wait_for
 
 
 def test_dispatcher_survives_a_transient_registry_error(make_server, monkeypatch):
