@@ -165,17 +165,17 @@ def registry_db(server: Any) -> sqlite3.Connection:
 
 
 def file_row(server: Any, path: str) -> sqlite3.Row | None:
-    with registry_db(server) as conn:
+    with contextlib.closing(registry_db(server)) as conn:
         return conn.execute("SELECT * FROM files WHERE path = ?", (path,)).fetchone()
 
 
 def queue_row(server: Any, path: str) -> sqlite3.Row | None:
-    with registry_db(server) as conn:
+    with contextlib.closing(registry_db(server)) as conn:
         return conn.execute("SELECT * FROM queue WHERE path = ?", (path,)).fetchone()
 
 
 def counters(server: Any) -> dict[str, int]:
-    with registry_db(server) as conn:
+    with contextlib.closing(registry_db(server)) as conn:
         return dict(conn.execute("SELECT name, value FROM counters").fetchall())
 
 
