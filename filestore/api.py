@@ -25,7 +25,7 @@ from .conditional import Validators, check_preconditions, etag_for, if_range_all
 from .errors import BadRequest, NotFound, TooLarge
 from .ranges import RangeNotSatisfiable, parse_range
 from .registry import FileRecord
-from .responses import FileBody
+from .responses import ByteSource, FileBody, LocalBytes, NoBytes
 from .store import Precondition, Store
 
 log = logging.getLogger("filestore")
@@ -75,8 +75,9 @@ def _file_headers(record: FileRecord) -> dict[str, str]:
     }
 
 
-def _open_current(store: Store, path: str) -> tuple[FileRecord, int]:
-    """The record and an open fd of the very bytes it describes.
+def _open_current(store: Store, path: str) -> tuple[FileRecord, int | None]:
+    """The record and an open fd of the very bytes it describes (None: only the cloud has
+    them; the read-through cache fetches them).
 
     A PUT may replace the file between the lookup and the open; the inode tells, and the lookup
     is repeated (a replaced file's inode cannot be reused while the newer file exists). A data
@@ -87,7 +88,9 @@ def _open_current(store: Store, path: str) -> tuple[FileRecord, int]:
         record = store.lookup(path)
         fd = store.local.open_bytes(path)
         if fd is None:
-            continue  # moved to the cache or replaced just now: look again
+            if record.location == "remote":
+                return record, None
+            continue  # replaced just now: look again
         stat = os.fstat(fd)
         if stat.st_ino == record.inode or (attempt == 2 and stat.st_size == record.size):
             return record, fd
@@ -122,6 +125,8 @@ async def get_file(request: Request) -> Response | FileBody:
         _require_token(request)
     record, fd = _open_current(store, path)
     ranges = None
+    if fd is None:
+        return await _remote_file(request, record)
     try:
         headers = _file_headers(record)
         conditions = _conditional_headers(request)
@@ -137,16 +142,44 @@ async def get_file(request: Request) -> Response | FileBody:
                     ranges = parse_range(range_header, record.size)
                 except RangeNotSatisfiable as exc:
                     os.close(fd)
-                    return JSONResponse(
-                        {"error": "range_not_satisfiable", "detail": str(exc)},
-                        status_code=416,
-                        headers={"content-range": f"bytes */{record.size}", **_SAFE_HEADERS},
-                    )
+                    return _not_satisfiable(record, exc)
     except BaseException:
         os.close(fd)
         raise
-    return FileBody(fd, record.size, headers, ranges=ranges,
+    return FileBody(LocalBytes(fd), record.size, headers, ranges=ranges,
                     send_body=request.method != "HEAD")
+
+
+async def _remote_file(request: Request, record: FileRecord) -> Response | FileBody:
+    """The same answer for a file whose bytes are only in the cloud, read through the cache."""
+    headers = _file_headers(record)
+    conditions = _conditional_headers(request)
+    ranges = None
+    if conditions:
+        validators = _validators(record)
+        if check_preconditions(request.method, conditions, validators) == 304:
+            headers.pop("content-type")
+            return Response(status_code=304, headers=headers)
+        range_header = conditions.get("range")
+        if range_header is not None and if_range_allows(conditions, validators):
+            try:
+                ranges = parse_range(range_header, record.size)
+            except RangeNotSatisfiable as exc:
+                return _not_satisfiable(record, exc)
+    source: ByteSource = NoBytes()
+    if request.method != "HEAD" and record.size > 0:
+        final = ranges[-1][1] if ranges else record.size - 1
+        source = await request.app.state.cache.open(record, final)
+    return FileBody(source, record.size, headers, ranges=ranges,
+                    send_body=request.method != "HEAD")
+
+
+def _not_satisfiable(record: FileRecord, exc: RangeNotSatisfiable) -> Response:
+    return JSONResponse(
+        {"error": "range_not_satisfiable", "detail": str(exc)},
+        status_code=416,
+        headers={"content-range": f"bytes */{record.size}", **_SAFE_HEADERS},
+    )
 
 
 def _expected_md5(request: Request) -> str | None:

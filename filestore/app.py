@@ -18,13 +18,17 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import api
+from .cache.readthrough import ReadThrough
 from .config import Settings, load_settings
-from .errors import FilestoreError, RemoteError
+from .errors import FilestoreError, RemoteError, RemoteUnavailable
 from .queue.worker import QueueWorkers
 from .remote import Remote, open_remote
 from .store import DEFAULT_REMOTE, Store
 
 log = logging.getLogger("filestore")
+
+# What a 503 tells a client when the cloud is unreachable for a file only the cloud has.
+RETRY_AFTER_SECONDS = 5
 
 
 def error_response(status: int, code: str, detail: str) -> JSONResponse:
@@ -36,6 +40,8 @@ async def _domain_error(request: Request, exc: Exception) -> Response:
     if exc.status >= 500 and exc.status != 507:
         log.error("%s %s: %s", request.method, request.url.path, exc.detail)
     response = error_response(exc.status, exc.code, exc.detail)
+    if isinstance(exc, RemoteUnavailable):
+        response.headers["retry-after"] = str(RETRY_AFTER_SECONDS)
     if exc.status == 401:
         response.headers["www-authenticate"] = 'Bearer realm="filestore"'
     return response
@@ -155,6 +161,7 @@ def build_app(settings: Settings) -> FastReads:
             app.state.remotes = workers.remotes
             app.state.workers = workers
             async with anyio.create_task_group() as tg:
+                app.state.cache = ReadThrough(store, workers.remotes, tg)
                 if store.alone:
                     tg.start_soon(_cleanup_remote, remote)
                 tg.start_soon(workers.run)

@@ -195,12 +195,20 @@ class RemoteSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class CacheSettings:
+    # A download into the cache that delivers nothing for this long fails (503 to a client
+    # still waiting for its headers).
+    fill_timeout: float = _field(60.0, parse_duration)
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     server: ServerSettings = dataclasses.field(default_factory=ServerSettings)
     storage: StorageSettings = dataclasses.field(default_factory=StorageSettings)
     auth: AuthSettings = dataclasses.field(default_factory=AuthSettings)
     upload: UploadSettings = dataclasses.field(default_factory=UploadSettings)
     remote: RemoteSettings = dataclasses.field(default_factory=RemoteSettings)
+    cache: CacheSettings = dataclasses.field(default_factory=CacheSettings)
 
     @property
     def data_dir(self) -> Path:

@@ -214,4 +214,5 @@ class LocalStore:
             prune_empty_dirs(final.parent, root)
 
     def temp_files(self) -> list[Path]:
-        return sorted(self.tmp_dir.glob(f"{TEMP_PREFIX}*"))
+        """Everything in tmp/: bodies being received, cache fills in progress."""
+        return sorted(self.tmp_dir.iterdir())

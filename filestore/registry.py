@@ -298,6 +298,11 @@ class Registry:
         conn.execute("UPDATE counters SET value = value + ? WHERE name = 'uploads.bytes'", (size,))
 
     @staticmethod
+    def set_inode(conn: sqlite3.Connection, path: str, inode: int) -> None:
+        """The row's bytes now live in another file (a cache fill installed them)."""
+        conn.execute("UPDATE files SET inode = ? WHERE path = ?", (inode, path))
+
+    @staticmethod
     def note_remote_copy(conn: sqlite3.Connection, path: str, remote: str,
                          key: str | None) -> None:
         """The remote holds some copy of `path` (an upload of a version since replaced)."""

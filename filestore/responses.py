@@ -14,6 +14,7 @@ import errno
 import os
 import secrets
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 import anyio
 from starlette.types import Receive, Scope, Send
@@ -43,19 +44,52 @@ async def pread(fd: int, length: int, offset: int) -> bytes | bytearray:
     return buffer if done == length else buffer[:done]
 
 
+class ByteSource(Protocol):
+    """Where a response's bytes come from: a local file, or a cache entry still filling."""
+
+    async def read(self, length: int, offset: int) -> bytes | bytearray:
+        """`length` bytes at `offset` (fewer only at the end of the file)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocalBytes:
+    """An open local file; the response owns the fd."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    async def read(self, length: int, offset: int) -> bytes | bytearray:
+        return await pread(self.fd, length, offset)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class NoBytes:
+    """For answers without a body (HEAD, an empty file): nothing to read."""
+
+    async def read(self, length: int, offset: int) -> bytes | bytearray:
+        raise AssertionError("a response without a body read bytes")
+
+    def close(self) -> None:
+        pass
+
+
 class FileBody:
-    """An ASGI response that owns `fd` and closes it when done, whatever happens."""
+    """An ASGI response that owns its `source` and closes it when done, whatever happens."""
 
     def __init__(
         self,
-        fd: int,
+        source: ByteSource,
         size: int,
         headers: dict[str, str],
         *,
         ranges: list[tuple[int, int]] | None = None,
         send_body: bool = True,
     ) -> None:
-        self.fd = fd
+        self.source = source
         self.size = size
         self.headers = headers
         self.send_body = send_body
@@ -100,12 +134,21 @@ class FileBody:
                 await send({"type": "http.response.body", "body": b""})
             elif self.length <= CHUNK_SIZE and len(self.parts) == 1:
                 first, last, _ = self.parts[0]
-                body = await pread(self.fd, last - first + 1, first)
+                body = await self._read_exactly(last - first + 1, first)
                 await send({"type": "http.response.body", "body": body})
             else:
                 await self._stream(receive, send)
         finally:
-            os.close(self.fd)
+            self.source.close()
+
+    async def _read_exactly(self, length: int, offset: int) -> bytes | bytearray:
+        body = await self.source.read(length, offset)
+        while len(body) < length:  # a source still filling hands out what it has so far
+            more = await self.source.read(length - len(body), offset + len(body))
+            if not more:
+                raise OSError(f"the file ended at {offset + len(body)}, before its recorded size")
+            body += more
+        return body
 
     async def _stream(self, receive: Receive, send: Send) -> None:
         # uvicorn's send() silently drops data for a client that left, so watch for the
@@ -129,7 +172,7 @@ class FileBody:
                 yield head
             offset = first
             while offset <= last:
-                block = await pread(self.fd, min(CHUNK_SIZE, last + 1 - offset), offset)
+                block = await self.source.read(min(CHUNK_SIZE, last + 1 - offset), offset)
                 if not block:
                     raise OSError(f"the file ended at {offset}, before its recorded size")
                 yield block

@@ -1,0 +1,125 @@
+"""Reading files whose bytes are only in the cloud: streamed through the cache, once."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import s3_overrides, uploaded, wait_for
+from faults import FaultProxy
+
+
+def evict(server: Any, path: str) -> Path:
+    """Drop the cached bytes of an uploaded file by hand (the GC comes later)."""
+    cached = server.settings.data_dir / "cache" / path
+    cached.unlink()
+    return cached
+
+
+def uploaded_server(make_server: Any, path: str, body: bytes, **overrides: str) -> Any:
+    server = make_server(upload__delay="0s", **overrides)
+    with server.client() as client:
+        assert client.put(f"/files/{path}", content=body).status_code == 201
+    wait_for(lambda: uploaded(server, path))
+    return server
+
+
+def test_a_cold_get_streams_from_the_cloud_and_fills_the_cache(make_server):
+    body = os.urandom(3 * 1024 * 1024 + 5)
+    server = uploaded_server(make_server, "cold/a.bin", body)
+    cached = evict(server, "cold/a.bin")
+    with server.client() as client:
+        r = client.get("/files/cold/a.bin")
+        assert r.status_code == 200 and r.content == body
+        assert r.headers["etag"] == f'"{hashlib.sha256(body).hexdigest()}"'
+        wait_for(cached.exists)
+        assert cached.read_bytes() == body
+        assert client.get("/files/cold/a.bin").content == body  # now a local hit
+    assert list((server.settings.data_dir / "tmp").iterdir()) == []
+
+
+def test_a_range_of_a_cold_file(make_server):
+    body = os.urandom(2 * 1024 * 1024)
+    server = uploaded_server(make_server, "r.bin", body)
+    evict(server, "r.bin")
+    with server.client() as client:
+        r = client.get("/files/r.bin", headers={"range": "bytes=1048570-1048580"})
+        assert r.status_code == 206 and r.content == body[1048570:1048581]
+        r = client.get("/files/r.bin", headers={"range": "bytes=0-9,-10"})
+        assert r.status_code == 206 and body[:10] in r.content and body[-10:] in r.content
+
+
+def test_head_of_a_cold_file_downloads_nothing(make_server):
+    server = uploaded_server(make_server, "h.bin", b"x" * 1000)
+    cached = evict(server, "h.bin")
+    with server.client() as client:
+        r = client.head("/files/h.bin")
+    assert r.status_code == 200 and r.headers["content-length"] == "1000"
+    assert not cached.exists() and list((server.settings.data_dir / "tmp").iterdir()) == []
+
+
+def test_concurrent_cold_gets_share_one_download(make_server, moto, bucket):
+    proxy = FaultProxy(moto.port, latency=0.3)  # slow enough that all requests overlap it
+    try:
+        body = os.urandom(4 * 1024 * 1024)
+        overrides = {**s3_overrides(moto, bucket), "remote__endpoint_url": proxy.url}
+        server = uploaded_server(make_server, "shared.bin", body, **overrides)
+        evict(server, "shared.bin")
+        before = proxy.connections
+
+        def get(_: int) -> bytes:
+            with server.client() as client:
+                return client.get("/files/shared.bin").content
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            bodies = list(pool.map(get, range(8)))
+        assert all(b == body for b in bodies)
+        assert proxy.connections - before == 1  # one remote GET for eight clients
+    finally:
+        proxy.close()
+
+
+def test_a_corrupt_remote_copy_is_never_served_as_a_clean_200(make_server):
+    body = os.urandom(1024 * 1024 + 10)
+    server = uploaded_server(make_server, "bad.bin", body)
+    cached = evict(server, "bad.bin")
+    remote_copy = server.settings.data_dir / "remote" / "bad.bin"
+    flipped = bytearray(body)
+    flipped[-1] ^= 0xFF  # the very last byte differs: only the hash can tell
+    remote_copy.write_bytes(bytes(flipped))
+    with server.client() as client:
+        for _ in range(2):  # and the next GET tries again, with the same result
+            with pytest.raises(httpx.RemoteProtocolError):
+                client.get("/files/bad.bin")
+    assert not cached.exists()
+
+
+def test_a_missing_remote_object_is_404(make_server):
+    server = uploaded_server(make_server, "lost.bin", b"x" * 100)
+    evict(server, "lost.bin")
+    (server.settings.data_dir / "remote" / "lost.bin").unlink()
+    with server.client() as client:
+        r = client.get("/files/lost.bin")
+    assert r.status_code == 404 and r.json()["error"] == "remote_not_found"
+
+
+def test_an_unreachable_cloud_is_503_with_retry_after(make_server, moto, bucket):
+    proxy = FaultProxy(moto.port)
+    try:
+        overrides = {**s3_overrides(moto, bucket), "remote__endpoint_url": proxy.url}
+        server = uploaded_server(make_server, "far.bin", b"y" * 5000, **overrides)
+        evict(server, "far.bin")
+        proxy.down()
+        with server.client() as client:
+            r = client.get("/files/far.bin")
+            assert r.status_code == 503 and r.headers["retry-after"] == "5"
+            assert r.json()["error"] == "remote_unavailable"
+            proxy.up()
+            assert client.get("/files/far.bin").content == b"y" * 5000
+    finally:
+        proxy.close()
