@@ -3,8 +3,9 @@
 moto is a well-behaved S3; real stores go away, reset connections and stall. The proxy forwards
 connections to its target while `up`; `down` cuts the connections in progress with a reset and
 stops listening, so new ones are refused (as a crashed or unreachable store would be); `up`
-listens on the same port again. With `latency`, each connection waits before it is forwarded
-(a slow store). It counts the connections it accepted.
+listens on the same port again. With `latency`, each connection waits before it is forwarded;
+with `rate`, the store's answers trickle at that many bytes per second (a slow store). It counts
+the connections it accepted.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import time
 
 
 class FaultProxy:
-    def __init__(self, target_port: int, latency: float = 0.0) -> None:
+    def __init__(self, target_port: int, latency: float = 0.0, rate: int = 0) -> None:
         self.target = ("127.0.0.1", target_port)
         self.latency = latency  # seconds each new connection waits before it is forwarded
+        self.rate = rate  # bytes per second from the store to its clients (0: no limit)
         self.port = 0
         self.connections = 0
         self._lock = threading.Lock()
@@ -74,13 +76,17 @@ class FaultProxy:
             return
         with self._lock:
             self._open.update((client, upstream))
-        threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+        threading.Thread(target=self._pump, args=(upstream, client, self.rate),
+                         daemon=True).start()
         self._pump(client, upstream)
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, rate: int = 0) -> None:
+        step = max(rate // 10, 1) if rate else 1024 * 1024
         try:
-            while data := source.recv(1024 * 1024):
+            while data := source.recv(step):
                 sink.sendall(data)
+                if rate:
+                    time.sleep(len(data) / rate)  # a slow store: pace what it sends
             sink.shutdown(socket.SHUT_WR)
         except OSError:
             _reset(source)

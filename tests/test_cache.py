@@ -123,3 +123,39 @@ def test_an_unreachable_cloud_is_503_with_retry_after(make_server, moto, bucket)
             assert client.get("/files/far.bin").content == b"y" * 5000
     finally:
         proxy.close()
+
+
+def test_the_first_bytes_go_out_before_the_download_ends(make_server, moto, bucket):
+    """With a slow store, a cold GET's client reads the start of the body while the fill is
+    still running: ordering, not timing."""
+    proxy = FaultProxy(moto.port, rate=2 * 1024 * 1024)  # 4 MiB take about two seconds
+    try:
+        body = os.urandom(4 * 1024 * 1024)
+        overrides = {**s3_overrides(moto, bucket), "remote__endpoint_url": proxy.url}
+        server = uploaded_server(make_server, "slow.bin", body, **overrides)
+        cached = evict(server, "slow.bin")
+        with server.client() as client, client.stream("GET", "/files/slow.bin") as r:
+            chunks = r.iter_raw()
+            first = next(chunks)
+            assert not cached.exists()  # the first bytes arrived while the fill still ran
+            rest = b"".join(chunks)
+        assert first + rest == body
+        wait_for(cached.exists)
+    finally:
+        proxy.close()
+
+
+def test_a_client_that_leaves_does_not_stop_the_fill(make_server, moto, bucket):
+    proxy = FaultProxy(moto.port, rate=2 * 1024 * 1024)
+    try:
+        body = os.urandom(3 * 1024 * 1024)
+        overrides = {**s3_overrides(moto, bucket), "remote__endpoint_url": proxy.url}
+        server = uploaded_server(make_server, "left.bin", body, **overrides)
+        cached = evict(server, "left.bin")
+        with server.client() as client, client.stream("GET", "/files/left.bin") as r:
+            next(r.iter_raw())  # read a little, then hang up
+        assert not cached.exists()
+        wait_for(cached.exists, timeout=20)  # the download went on without its client
+        assert cached.read_bytes() == body
+    finally:
+        proxy.close()
