@@ -22,7 +22,7 @@ def s3_body(moto: Any, bucket: str, key: str) -> bytes | None:
 
 
 def test_upload_after_the_cool_down(make_server, moto, bucket):
-    server = make_server(upload__delay="0.3s", **s3_overrides(moto, bucket))
+    server = make_server(upload__delay="1s", **s3_overrides(moto, bucket))
     with server.client() as client:
         body = os.urandom(100_000)
         assert client.put("/files/rec/a.wav", content=body).status_code == 201
@@ -46,7 +46,7 @@ def test_upload_after_the_cool_down(make_server, moto, bucket):
 
 
 def test_reput_during_cool_down_restarts_it_and_uploads_once(make_server, moto, bucket):
-    server = make_server(upload__delay="0.5s", **s3_overrides(moto, bucket))
+    server = make_server(upload__delay="2s", **s3_overrides(moto, bucket))
     with server.client() as client:
         client.put("/files/x.txt", content=b"first")
         first_due = queue_row(server, "x.txt")["not_before"]
