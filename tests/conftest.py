@@ -179,9 +179,18 @@ def counters(server: Any) -> dict[str, int]:
         return dict(conn.execute("SELECT name, value FROM counters").fetchall())
 
 
-def uploaded(server: Any, path: str) -> bool:
+def recorded_remote(server: Any, path: str) -> bool:
     row = file_row(server, path)
     return row is not None and row["location"] == "remote"
+
+
+def uploaded(server: Any, path: str) -> bool:
+    """Uploaded and settled: recorded remote, and (unless in backup mode) its bytes moved out
+    of files/ into the cache area, the step after the recording commit."""
+    if not recorded_remote(server, path):
+        return False
+    return bool(server.settings.upload.keep_local
+                or not (server.settings.data_dir / "files" / path).exists())
 
 
 

@@ -6,7 +6,7 @@ import sqlite3
 import threading
 from typing import Any
 
-from conftest import file_row, queue_row, uploaded, wait_for
+from conftest import file_row, queue_row, recorded_remote, uploaded, wait_for
 
 
 def test_dispatcher_survives_a_transient_registry_error(make_server, monkeypatch):
@@ -120,7 +120,7 @@ def test_crash_between_the_upload_record_and_the_move_to_cache(make_server, tmp_
                          upload__retry_max="0.1s")
     with server.client() as client:
         client.put("/files/rec.wav", content=b"recording")
-        wait_for(lambda: uploaded(server, "rec.wav"))
+        wait_for(lambda: recorded_remote(server, "rec.wav"))
         wait_for(lambda: queue_row(server, "rec.wav") is None)  # recorded once, not retried
         assert (data_dir / "files" / "rec.wav").read_bytes() == b"recording"
         assert client.get("/files/rec.wav").content == b"recording"
