@@ -26,8 +26,7 @@ What is measured
        <= 1.3 x direct. Every body's SHA-256 is checked, and moto's log must show exactly one
        GET of the object per filestore cold GET.
        For filestore, the "last byte" column is the gap between the arrival of byte n-1 and byte
-       n: filestore holds the last byte back until the whole download is verified, fsynced and
-       installed into the cache.
+       n: filestore holds the last byte back until the whole download's SHA-256 is verified.
     2. --concurrency (default 32) cold GETs of the evicted object at once: all connections are
        opened first, then the requests are sent back to back and read by one selector loop in
        this process (clients still waiting for their first byte are served first). Each client's
@@ -748,7 +747,7 @@ def report(args: argparse.Namespace, results: Results, info: dict[str, Any]) -> 
     print(f"total: {c_total / d_total:.2f}x {verdict(total_ok)} the target <= {TOTAL_FACTOR}x "
           "direct")
     print(f"last byte: the gap between byte n-1 and byte n of filestore's body (held back until "
-          f"the download is verified, fsynced and installed): median {c_gap:.1f} ms, each run "
+          f"the download's SHA-256 is verified): median {c_gap:.1f} ms, each run "
           f"{fmt_runs([t.last_gap_ms or 0.0 for t in results.cold])}")
     print(f"GETs that reached moto per filestore cold GET: {results.cold_moto_gets}")
 

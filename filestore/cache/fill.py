@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..errors import FilestoreError, RemoteError, RemoteIntegrityError, RemoteUnavailable
 from ..registry import FileRecord
@@ -26,6 +27,9 @@ from ..remote import Remote
 from ..responses import CHUNK_SIZE, pread
 
 log = logging.getLogger("filestore.cache")
+
+# Blocks the download may run ahead of the writer: overlap, with memory bounded to a few MiB.
+_BLOCKS_AHEAD = 2
 
 
 class Fill:
@@ -51,53 +55,82 @@ class Fill:
         event.set()
 
     async def run(self, remote: Remote, install: Callable[[Fill], None], stall: float) -> None:
-        """Download, verify, install. Never raises: the outcome is in `verified` / `error`."""
+        """Download, verify, install. Never raises: the outcome is in `verified` / `error`.
+
+        Downloading and writing overlap: the download hands 1 MiB blocks to a writer task
+        through a channel of `_BLOCKS_AHEAD` blocks (so memory stays bounded), and the writer
+        writes and hashes each in one thread call while the next block arrives."""
         digest = hashlib.sha256()
         try:
-            chunks = remote.get(self.record.path).__aiter__()
-            buffer = bytearray()
-            while True:
-                try:
-                    with anyio.fail_after(stall):
-                        chunk = await chunks.__anext__()
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    raise RemoteUnavailable(
-                        f"the download of {self.record.path!r} stalled for {stall:.0f}s") from None
-                buffer += chunk
-                if len(buffer) >= CHUNK_SIZE:
-                    await self._write(bytes(buffer), digest)
-                    buffer = bytearray()
-            if buffer:
-                await self._write(bytes(buffer), digest)
+            send, receive = anyio.create_memory_object_stream[bytes](_BLOCKS_AHEAD)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._writer, receive, digest)
+                async with send:
+                    await self._download(remote, send, stall)
             if self.written != self.record.size or digest.hexdigest() != self.record.sha256:
                 raise RemoteIntegrityError(
                     f"the remote copy of {self.record.path!r} is not the recorded file "
                     f"({self.written} bytes, sha256 {digest.hexdigest()}; recorded "
                     f"{self.record.size} bytes, {self.record.sha256})"
                 )
+            # The body is verified: readers may have their last bytes now. Making the entry
+            # durable and installing it only decides whether it is kept.
+            self.verified = True
+            self._announce()
             await anyio.to_thread.run_sync(os.fsync, self._fd)
             await anyio.to_thread.run_sync(install, self)
-            self.verified = True
         except Exception as exc:
-            self.error = exc if isinstance(exc, FilestoreError) else RemoteError(
-                f"the download of {self.record.path!r} failed: {type(exc).__name__}: {exc}")
-            log.warning("cache fill of %r failed: %s", self.record.path, self.error.detail)
+            if not self.verified:
+                error = exc.exceptions[0] if isinstance(exc, ExceptionGroup) else exc
+                self.error = error if isinstance(error, FilestoreError) else RemoteError(
+                    f"the download of {self.record.path!r} failed: "
+                    f"{type(error).__name__}: {error}")
+                log.warning("cache fill of %r failed: %s", self.record.path, self.error.detail)
+            else:
+                log.warning("a verified cache fill of %r could not be kept: %s",
+                            self.record.path, exc)
         finally:
             os.close(self._fd)
             self._announce()
 
-    async def _write(self, block: bytes, digest: hashlib._Hash) -> None:
-        def write() -> None:
-            view = memoryview(block)
-            while view:
-                view = view[os.write(self._fd, view):]
-            digest.update(block)
+    async def _download(self, remote: Remote, blocks: MemoryObjectSendStream[bytes],
+                        stall: float) -> None:
+        chunks = remote.get(self.record.path).__aiter__()
+        buffer = bytearray()
+        first = True
+        while True:
+            try:
+                with anyio.fail_after(stall):
+                    chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise RemoteUnavailable(
+                    f"the download of {self.record.path!r} stalled for {stall:.0f}s") from None
+            buffer += chunk
+            # 1 MiB blocks, except the first: it goes at once, so the first byte reaches the
+            # clients as soon as the store sends it.
+            if len(buffer) >= CHUNK_SIZE or first:
+                await blocks.send(bytes(buffer))
+                buffer = bytearray()
+                first = False
+        if buffer:
+            await blocks.send(bytes(buffer))
 
-        await anyio.to_thread.run_sync(write)
-        self.written += len(block)
-        self._announce()
+    async def _writer(self, blocks: MemoryObjectReceiveStream[bytes],
+                      digest: hashlib._Hash) -> None:
+        async with blocks:
+            async for block in blocks:
+                await anyio.to_thread.run_sync(self._write_block, block, digest)
+                self.written += len(block)
+                self._announce()
+
+    def _write_block(self, block: bytes, digest: hashlib._Hash) -> None:
+        """One thread call per block: write it, then hash it."""
+        view = memoryview(block)
+        while view:
+            view = view[os.write(self._fd, view):]
+        digest.update(block)
 
 
 class FillBytes:
