@@ -124,54 +124,48 @@ async def get_file(request: Request) -> Response | FileBody:
     if not store.settings.auth.public_read:
         _require_token(request)
     record, fd = _open_current(store, path)
-    ranges = None
-    if fd is None:
-        return await _remote_file(request, record)
     try:
-        headers = _file_headers(record)
-        conditions = _conditional_headers(request)
-        if conditions:
-            validators = _validators(record)
-            if check_preconditions(request.method, conditions, validators) == 304:
-                os.close(fd)
-                headers.pop("content-type")
-                return Response(status_code=304, headers=headers)
-            range_header = conditions.get("range")
-            if range_header is not None and if_range_allows(conditions, validators):
-                try:
-                    ranges = parse_range(range_header, record.size)
-                except RangeNotSatisfiable as exc:
-                    os.close(fd)
-                    return _not_satisfiable(record, exc)
+        answer = _answer_conditions(request, record)
     except BaseException:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
         raise
-    return FileBody(LocalBytes(fd), record.size, headers, ranges=ranges,
-                    send_body=request.method != "HEAD")
-
-
-async def _remote_file(request: Request, record: FileRecord) -> Response | FileBody:
-    """The same answer for a file whose bytes are only in the cloud, read through the cache."""
-    headers = _file_headers(record)
-    conditions = _conditional_headers(request)
-    ranges = None
-    if conditions:
-        validators = _validators(record)
-        if check_preconditions(request.method, conditions, validators) == 304:
-            headers.pop("content-type")
-            return Response(status_code=304, headers=headers)
-        range_header = conditions.get("range")
-        if range_header is not None and if_range_allows(conditions, validators):
-            try:
-                ranges = parse_range(range_header, record.size)
-            except RangeNotSatisfiable as exc:
-                return _not_satisfiable(record, exc)
-    source: ByteSource = NoBytes()
-    if request.method != "HEAD" and record.size > 0:
+    if isinstance(answer, Response):  # 304 or 416: no bytes needed
+        if fd is not None:
+            os.close(fd)
+        return answer
+    headers, ranges = answer
+    source: ByteSource
+    if fd is not None:
+        source = LocalBytes(fd)
+    elif request.method == "HEAD" or record.size == 0:
+        source = NoBytes()
+    else:  # only the cloud has the bytes: read them through the cache
         final = ranges[-1][1] if ranges else record.size - 1
         source = await request.app.state.cache.open(record, final)
     return FileBody(source, record.size, headers, ranges=ranges,
                     send_body=request.method != "HEAD")
+
+
+def _answer_conditions(
+    request: Request, record: FileRecord
+) -> Response | tuple[dict[str, str], list[tuple[int, int]] | None]:
+    """The response headers and the ranges to send, or a finished answer (304, 416)."""
+    headers = _file_headers(record)
+    conditions = _conditional_headers(request)
+    if not conditions:
+        return headers, None
+    validators = _validators(record)
+    if check_preconditions(request.method, conditions, validators) == 304:
+        headers.pop("content-type")
+        return Response(status_code=304, headers=headers)
+    range_header = conditions.get("range")
+    if range_header is None or not if_range_allows(conditions, validators):
+        return headers, None
+    try:
+        return headers, parse_range(range_header, record.size)
+    except RangeNotSatisfiable as exc:
+        return _not_satisfiable(record, exc)
 
 
 def _not_satisfiable(record: FileRecord, exc: RangeNotSatisfiable) -> Response:
