@@ -256,6 +256,14 @@ async def delete_file(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def evict_file(request: Request) -> Response:
+    """`POST /admin/api/files/{path}/evict`: drop the cached bytes of an uploaded file."""
+    _require_token(request)
+    path = paths.normalize(request.path_params["path"])
+    evicted = await _store(request).evict(path)
+    return JSONResponse({"path": path, "evicted": evicted})
+
+
 async def list_files(request: Request) -> Response:
     _require_token(request)
     params = request.query_params
@@ -276,4 +284,5 @@ routes = [
     FileRoute(get_file, methods=["GET", "HEAD"]),
     FileRoute(put_file, methods=["PUT"]),
     FileRoute(delete_file, methods=["DELETE"]),
+    Route("/admin/api/files/{path:path}/evict", evict_file, methods=["POST"]),
 ]

@@ -206,6 +206,17 @@ class LocalStore:
             cached.unlink()
             prune_empty_dirs(cached.parent, self.cache_root)
 
+    def drop_cached(self, path: str) -> bool:
+        """Unlink `path`'s bytes in the cache area, if any. Inside a write transaction. (An open
+        reader keeps its bytes until it closes them.)"""
+        cached = self.cached_path_of(path)
+        try:
+            cached.unlink()
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        prune_empty_dirs(cached.parent, self.cache_root)
+        return True
+
     def remove(self, path: str) -> None:
         """Unlink `path`'s bytes (local and cached) and the directories that leaves empty.
         Inside the write transaction."""

@@ -193,6 +193,21 @@ class Store:
             if self.registry.get(path, conn) is None:
                 self.local.remove(path)
 
+    async def evict(self, path: str) -> bool:
+        """Drop the cached bytes of an uploaded file, so the next GET reads the cloud copy.
+        True if there were cached bytes. Refused (409) for a file the cloud does not hold yet."""
+        return await anyio.to_thread.run_sync(self._evict, path)
+
+    def _evict(self, path: str) -> bool:
+        with self.registry.transaction() as conn:
+            record = self.registry.get(path, conn)
+            if record is None:
+                raise NotFound(f"no file at {path!r}")
+            if record.location != "remote":
+                raise Conflict(f"{path!r} has no verified remote copy yet: its local bytes "
+                               "are the only ones")
+            return self.local.drop_cached(path)
+
     def _schedule_remote_delete(self, conn: sqlite3.Connection, record: FileRecord) -> None:
         """After a DELETE: the remote copy goes (after `upload.delete_delay`) if there is one, or
         if an upload in flight may be making one right now; else the path's queued work goes."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import s3_overrides, uploaded, wait_for
+from conftest import raw_request, s3_overrides, uploaded, wait_for
 from faults import FaultProxy
 
 
@@ -159,3 +159,32 @@ def test_a_client_that_leaves_does_not_stop_the_fill(make_server, moto, bucket):
         assert cached.read_bytes() == body
     finally:
         proxy.close()
+
+
+def test_evict_on_request_makes_the_next_get_read_the_cloud(make_server):
+    body = os.urandom(200_000)
+    server = uploaded_server(make_server, "ev/a.bin", body)
+    cached = server.settings.data_dir / "cache" / "ev" / "a.bin"
+    assert cached.exists()
+    with server.client() as client:
+        r = client.post("/admin/api/files/ev/a.bin/evict")
+        assert r.status_code == 200 and r.json() == {"path": "ev/a.bin", "evicted": True}
+        assert not cached.exists()
+        assert client.post("/admin/api/files/ev/a.bin/evict").json()["evicted"] is False
+        assert client.get("/files/ev/a.bin").content == body  # read through from the cloud
+        wait_for(cached.exists)
+
+
+def test_evict_refuses_what_the_cloud_does_not_hold_yet(make_server):
+    server = make_server(upload__delay="1h")
+    with server.client() as client:
+        client.put("/files/only-here.txt", content=b"x")
+        r = client.post("/admin/api/files/only-here.txt/evict")
+        assert r.status_code == 409 and r.json()["error"] == "conflict"
+        assert client.post("/admin/api/files/nope.txt/evict").status_code == 404
+        status, _ = raw_request(server, "/admin/api/files/a/%2e%2e/b/evict", "POST",
+                                {"authorization": f"Bearer {server.token}"})
+        assert status == 400
+        assert client.get("/files/only-here.txt").content == b"x"
+    with server.client(auth=False) as anon:
+        assert anon.post("/admin/api/files/only-here.txt/evict").status_code == 401
