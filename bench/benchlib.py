@@ -342,3 +342,15 @@ def run_main(prog: str, work_prefix: str, keep: bool, body: Callable[[Path], int
             log(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def fmt_runs(values: Sequence[float], digits: int = 1) -> str:
+    """The figures of every run, for a table's last columns."""
+    return ", ".join(f"{v:,.{digits}f}" for v in values)
+
+
+def size_text(size: int) -> str:
+    for unit, factor in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor} {unit}"
+    return f"{size} B"

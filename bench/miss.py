@@ -62,7 +62,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import selectors
 import signal
 import socket
@@ -76,8 +75,6 @@ from pathlib import Path
 from typing import Any
 
 import aioboto3
-import boto3
-from aiobotocore.config import AioConfig
 from benchlib import (
     ERROR_MARKS,
     GIB,
@@ -86,11 +83,11 @@ from benchlib import (
     MIB,
     BenchError,
     Process,
-    console_script,
     filestore_command,
     filestore_env,
     filestore_settings,
     filestore_token,
+    fmt_runs,
     free_port,
     http_request,
     log,
@@ -101,16 +98,14 @@ from benchlib import (
     print_rows,
     random_blocks,
     run_main,
+    size_text,
 )
-from botocore.config import Config
+from s3lib import ACCESS_KEY, MAX_CONNECTIONS, REGION, SECRET_KEY, Moto, client_config
 
-REGION = "us-east-1"
-ACCESS_KEY = SECRET_KEY = "test"
 BUCKET = "filestore-miss"
 PREFIX = "fs"  # filestore's remote is s3://<bucket>/fs
 COLD_PATH = "bench/miss/cold.bin"  # the object only the cloud has
 LOCAL_PATH = "bench/miss/local.bin"  # a same-size file only local disk has
-MAX_CONNECTIONS = 32  # filestore's remote.max_connections default
 
 POLL_SECONDS = 0.01
 PORT_TIMEOUT = 0.2
@@ -125,13 +120,6 @@ WARM_FACTOR = 1.10
 
 
 # -- arguments ------------------------------------------------------------------------------------
-
-
-def size_text(size: int) -> str:
-    for unit, factor in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
-        if size >= factor and size % factor == 0:
-            return f"{size // factor} {unit}"
-    return f"{size} B"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -167,47 +155,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 # -- moto -----------------------------------------------------------------------------------------
-
-
-class Moto:
-    """`moto_server` on a free port of 127.0.0.1; it logs one line per request, which is how
-    the GETs that reached the store are counted."""
-
-    def __init__(self, work: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://{HOST}:{self.port}"
-        tmp = work / "moto-tmp"
-        tmp.mkdir()
-        moto_server = console_script("moto_server")
-        if moto_server is None:
-            raise BenchError(f"moto_server not found next to {sys.executable} or on PATH")
-        self.process = Process("moto_server", [moto_server, "-H", HOST, "-p", str(self.port)],
-                               work / "moto.log", {**os.environ, "TMPDIR": str(tmp)},
-                               log_command=True)
-        self.client: Any = None
-
-    def start(self) -> None:
-        self.process.start()
-        self.process.wait_port(self.port, POLL_SECONDS, PORT_TIMEOUT)
-        self.client = boto3.client(
-            "s3", endpoint_url=self.url, region_name=REGION, aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY,
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
-        )
-        self.client.create_bucket(Bucket=BUCKET)
-        log(f"moto_server: pid {self.process.pid} at {self.url}")
-
-    def stop(self) -> None:
-        self.process.stop()
-
-    def object_size(self, key: str) -> int:
-        return int(self.client.head_object(Bucket=BUCKET, Key=key)["ContentLength"])
-
-    def gets_of(self, key: str) -> int:
-        """GET requests of `key` that moto has logged so far (a ranged GET counts, too)."""
-        needle = f"GET /{BUCKET}/{urllib.parse.quote(key)} HTTP/"
-        text = self.process.log_path.read_text(errors="replace")
-        return sum(1 for line in text.splitlines() if needle in line)
 
 
 # -- filestore ------------------------------------------------------------------------------------
@@ -506,19 +453,6 @@ def concurrent_get(port: int, path: str, size: int, clients: int,
     return results
 
 
-def client_config() -> AioConfig:
-    """filestore's S3 client configuration (remote/s3.py, `S3Remote.open`)."""
-    return AioConfig(
-        s3={"addressing_style": "path"},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        max_pool_connections=MAX_CONNECTIONS,
-        connect_timeout=10,
-        read_timeout=60,
-        retries={"total_max_attempts": 1, "mode": "standard"},
-    )
-
-
 class DirectS3:
     """The yardstick: one aioboto3 client, opened once, streaming GETs of the object."""
 
@@ -613,7 +547,7 @@ def make_cold(fs: Filestore, moto: Moto, source: Path, size: int, timeout: float
         wait_until(process, lambda: fs.cached(COLD_PATH).is_file()
                    and not fs.local(COLD_PATH).exists(),
                    f"{COLD_PATH} moved to the cache area", timeout)
-    stored = moto.object_size(f"{PREFIX}/{COLD_PATH}")
+    stored = moto.object_size(BUCKET, f"{PREFIX}/{COLD_PATH}")
     if stored != size:
         raise BenchError(f"moto holds {stored} bytes of {COLD_PATH}, expected {size}")
     evict(fs, COLD_PATH)
@@ -636,12 +570,12 @@ def measure(args: argparse.Namespace, fs: Filestore, moto: Moto, sha_cold: str, 
                 raise BenchError(f"{LOCAL_PATH} is not a local-only file after its PUT")
 
             def cold_get(label: str) -> tuple[Timing, int]:
-                before = moto.gets_of(key)
+                before = moto.gets_of(BUCKET, key)
                 timing = raw_get(port, COLD_PATH, size, timeout)
                 check_body(timing, sha_cold, label)
                 wait_until(process, fill_done(fs, COLD_PATH), f"{label}: the fill to finish",
                            timeout)
-                return timing, moto.gets_of(key) - before
+                return timing, moto.gets_of(BUCKET, key) - before
 
             # Warm-up, unmeasured: botocore's first call, filestore's first connection to moto.
             check_body(runner.run(direct.get(key, size)), sha_cold, "direct warm-up GET")
@@ -661,11 +595,11 @@ def measure(args: argparse.Namespace, fs: Filestore, moto: Moto, sha_cold: str, 
                     f"total {cold.total_ms:.1f} ms (last byte +{cold.last_gap_ms or 0:.1f} ms), "
                     f"{gets} GET(s) at moto")
 
-            before = moto.gets_of(key)
+            before = moto.gets_of(BUCKET, key)
             results.crowd = concurrent_get(port, COLD_PATH, size, args.concurrency, timeout)
             wait_until(process, fill_done(fs, COLD_PATH), "concurrent GETs: the fill to finish",
                        timeout)
-            results.crowd_moto_gets = moto.gets_of(key) - before
+            results.crowd_moto_gets = moto.gets_of(BUCKET, key) - before
             for n, client in enumerate(results.crowd):
                 check_body(client, sha_cold, f"concurrent GET, client {n}")
             ttfbs = [c.ttfb_ms for c in results.crowd]
@@ -696,10 +630,6 @@ def measure(args: argparse.Namespace, fs: Filestore, moto: Moto, sha_cold: str, 
 
 def med(values: Sequence[float]) -> float:
     return statistics.median(values)
-
-
-def fmt_runs(values: Sequence[float], digits: int = 1) -> str:
-    return ", ".join(f"{v:,.{digits}f}" for v in values)
 
 
 def mbps(size: int, ms: float) -> float:
@@ -874,7 +804,8 @@ def run(args: argparse.Namespace, work: Path) -> int:
     fs = Filestore(work / "data", moto.url, work / "filestore.log")
     results = Results()
     try:
-        moto.start()
+        moto.start(POLL_SECONDS, PORT_TIMEOUT)
+        moto.client.create_bucket(Bucket=BUCKET)
         make_cold(fs, moto, cold_source, args.size, args.timeout, results)
         measure(args, fs, moto, sha_cold, sha_local, local_source, loop_factory, results)
     finally:

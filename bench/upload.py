@@ -63,7 +63,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import json
-import os
 import re
 import signal
 import sqlite3
@@ -77,21 +76,18 @@ from pathlib import Path
 from typing import Any
 
 import aioboto3
-import boto3
-from aiobotocore.config import AioConfig
 from benchlib import (
     ERROR_MARKS,
     GIB,
-    HOST,
     KIB,
     MIB,
     BenchError,
     Process,
-    console_script,
     filestore_command,
     filestore_env,
     filestore_settings,
     filestore_token,
+    fmt_runs,
     free_port,
     http_request,
     log,
@@ -104,11 +100,10 @@ from benchlib import (
     print_rows,
     random_blocks,
     run_main,
+    size_text,
 )
-from botocore.config import Config
+from s3lib import ACCESS_KEY, MAX_CONNECTIONS, REGION, SECRET_KEY, Moto, client_config
 
-REGION = "us-east-1"
-ACCESS_KEY = SECRET_KEY = "test"
 PREFIX = "fs"  # filestore's remote is s3://<bucket>/fs; the reference uses the same keys
 
 # filestore's defaults (config.example.toml), which this benchmark does not change.
@@ -116,7 +111,6 @@ MULTIPART_THRESHOLD = 64 * MIB
 PART_SIZE = 16 * MIB
 PARTS_IN_FLIGHT = 2
 MAX_PARTS = 10_000
-MAX_CONNECTIONS = 32
 
 POLL_SECONDS = 0.02
 PORT_TIMEOUT = 0.2  # connect timeout of the checks whether a server's port is open
@@ -129,13 +123,6 @@ LOG_MARKS = (*ERROR_MARKS, "WARNING", "failed", "error:", "recovery")
 
 
 # -- arguments ------------------------------------------------------------------------------------
-
-
-def size_text(size: int) -> str:
-    for unit, factor in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
-        if size >= factor and size % factor == 0:
-            return f"{size // factor} {unit}"
-    return f"{size} B"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -177,58 +164,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 # -- moto -----------------------------------------------------------------------------------------
-
-
-class Moto:
-    """`moto_server` on a free port of 127.0.0.1, with its spooled objects under `tmp`."""
-
-    def __init__(self, work: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://{HOST}:{self.port}"
-        tmp = work / "moto-tmp"
-        tmp.mkdir()
-        env = {**os.environ, "TMPDIR": str(tmp)}
-        moto_server = console_script("moto_server")
-        if moto_server is None:
-            raise BenchError(f"moto_server not found next to {sys.executable} or on PATH")
-        self.process = Process("moto_server", [moto_server, "-H", HOST, "-p", str(self.port)],
-                               work / "moto.log", env, log_command=True)
-        self.client: Any = None
-
-    def start(self) -> None:
-        self.process.start()
-        self.process.wait_port(self.port, POLL_SECONDS, PORT_TIMEOUT)
-        self.client = boto3.client(
-            "s3", endpoint_url=self.url, region_name=REGION, aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY,
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
-        )
-        log(f"moto_server: pid {self.process.pid} at {self.url}")
-
-    def stop(self) -> None:
-        self.process.stop()
-
-    def reset(self) -> None:
-        """Drop every bucket and object, so that each measurement starts from an empty store."""
-        request = urllib.request.Request(f"{self.url}/moto-api/reset", data=b"", method="POST")
-        with urllib.request.urlopen(request, timeout=60) as response:
-            response.read()
-
-    def fresh_bucket(self, name: str) -> str:
-        self.reset()
-        self.client.create_bucket(Bucket=name)
-        return name
-
-    def listing(self, bucket: str) -> dict[str, int]:
-        """key -> size of every object in `bucket`."""
-        found: dict[str, int] = {}
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            for item in page.get("Contents", []):
-                found[item["Key"]] = int(item["Size"])
-        return found
-
-    def etag(self, bucket: str, key: str) -> str:
-        return str(self.client.head_object(Bucket=bucket, Key=key)["ETag"])
 
 
 # -- workload -------------------------------------------------------------------------------------
@@ -280,19 +215,6 @@ def observed_path(etag: str) -> str:
 
 
 # -- reference: plain aioboto3 --------------------------------------------------------------------
-
-
-def client_config() -> AioConfig:
-    """filestore's S3 client configuration (remote/s3.py, `S3Remote.open`)."""
-    return AioConfig(
-        s3={"addressing_style": "path"},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        max_pool_connections=MAX_CONNECTIONS,
-        connect_timeout=10,
-        read_timeout=60,
-        retries={"total_max_attempts": 1, "mode": "standard"},
-    )
 
 
 def _read_part(path: Path, offset: int, length: int) -> bytes:
@@ -666,10 +588,6 @@ def run_filestore(moto: Moto, work: Path, label: str, files: Sequence[BenchFile]
 # -- report ---------------------------------------------------------------------------------------
 
 
-def fmt_runs(values: Sequence[float], digits: int = 1) -> str:
-    return ", ".join(f"{v:,.{digits}f}" for v in values)
-
-
 def versions() -> dict[str, str]:
     return {"python": sys.version.split()[0],
             **package_versions("filestore", "aioboto3", "aiobotocore", "botocore", "aiohttp",
@@ -812,7 +730,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
     fs_runs: list[FilestoreRun] = []
     big_runs: list[FilestoreRun] = []
     try:
-        moto.start()
+        moto.start(POLL_SECONDS, PORT_TIMEOUT)
         for run_number in range(1, args.runs + 1):
             refs.append(run_reference(moto, run_number, files, args.concurrency))
             fs_runs.append(run_filestore(moto, work, f"filestore-{run_number}", files,

@@ -259,7 +259,7 @@ async def delete_file(request: Request) -> Response:
 async def evict_file(request: Request) -> Response:
     """`POST /admin/api/files/{path}/evict`: drop the cached bytes of an uploaded file."""
     _require_token(request)
-    path = paths.normalize(request.path_params["path"])
+    path = _file_path(request)
     evicted = await _store(request).evict(path)
     return JSONResponse({"path": path, "evicted": evicted})
 

@@ -61,10 +61,9 @@ class FileRecord:
 
 @dataclasses.dataclass(frozen=True)
 class Intent:
-    """A local file change in flight: recorded before it touches disk, removed when it committed.
-
-    `op` is "put" (temp file `tmp` is about to replace `path`) or "delete".
-    """
+    """A PUT in flight: temp file `tmp` is about to replace `path`. Recorded before the rename,
+    removed in the transaction that records the new bytes (see store.py). `op` is "put"; the
+    column leaves room for other kinds of local change."""
 
     id: int
     op: str

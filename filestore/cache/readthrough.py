@@ -33,11 +33,14 @@ class ReadThrough:
         if fill is None or fill.record.version != record.version or fill.error is not None:
             fill = self._start(record)
         reader = FillBytes(fill, final)
-        while fill.written == 0 and not fill.finished:
-            await fill.changed()
-        if fill.error is not None and fill.written == 0:
+        try:
+            while fill.written == 0 and not fill.finished:
+                await fill.changed()
+            if fill.error is not None and fill.written == 0:
+                raise fill.error
+        except BaseException:  # the error, or a client that left while it waited
             reader.close()
-            raise fill.error
+            raise
         return reader
 
     def _start(self, record: FileRecord) -> Fill:

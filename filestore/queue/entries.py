@@ -31,9 +31,6 @@ class Entry:
     lease_owner: str | None
     last_error: str | None
 
-    def public(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
-
 
 def get(conn: sqlite3.Connection, path: str) -> Entry | None:
     row = conn.execute(f"SELECT {_COLUMNS} FROM queue WHERE path = ?", (path,)).fetchone()
@@ -122,17 +119,6 @@ def fail(conn: sqlite3.Connection, entry: Entry, error: str, retry_at: float | N
     )
 
 
-def retry_failed(conn: sqlite3.Connection, now: float, path: str | None = None) -> int:
-    """Make failed rows (one, or all) due again now; how many."""
-    query = ("UPDATE queue SET state = 'pending', attempts = 0, not_before = ?, updated = ? "
-             "WHERE state = 'failed'")
-    params: tuple[object, ...] = (now, now)
-    if path is not None:
-        query += " AND path = ?"
-        params += (path,)
-    return conn.execute(query, params).rowcount
-
-
 def clear_leases(conn: sqlite3.Connection) -> None:
     """After a crash, when no other process is live: every lease is stale."""
     conn.execute("UPDATE queue SET leased_until = NULL, lease_owner = NULL "
@@ -152,11 +138,3 @@ def next_due(conn: sqlite3.Connection, now: float) -> float | None:
     ).fetchone()
     times = [t for t in (free[0] if free else None, lease[0] if lease else None) if t is not None]
     return min(times) if times else None
-
-
-def listing(conn: sqlite3.Connection, failed_only: bool = False, limit: int = 1000) -> list[Entry]:
-    where = "WHERE state = 'failed'" if failed_only else ""
-    rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM queue {where} ORDER BY not_before LIMIT ?", (limit,)
-    ).fetchall()
-    return [Entry(*row) for row in rows]
