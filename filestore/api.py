@@ -75,9 +75,9 @@ def _file_headers(record: FileRecord) -> dict[str, str]:
     }
 
 
-def _open_current(store: Store, path: str) -> tuple[FileRecord, int | None]:
-    """The record and an open fd of the very bytes it describes (None: only the cloud has
-    them; the read-through cache fetches them).
+def _open_current(store: Store, path: str) -> tuple[FileRecord, int | None, bool]:
+    """The record, an open fd of the very bytes it describes (None: only the cloud has them;
+    the read-through cache fetches them) and whether those bytes are the cache's.
 
     A PUT may replace the file between the lookup and the open; the inode tells, and the lookup
     is repeated (a replaced file's inode cannot be reused while the newer file exists). A data
@@ -86,14 +86,15 @@ def _open_current(store: Store, path: str) -> tuple[FileRecord, int | None]:
     """
     for attempt in range(3):
         record = store.lookup(path)
-        fd = store.local.open_bytes(path)
-        if fd is None:
+        opened = store.local.open_bytes(path)
+        if opened is None:
             if record.location == "remote":
-                return record, None
+                return record, None, False
             continue  # replaced just now: look again
+        fd, cached = opened
         stat = os.fstat(fd)
         if stat.st_ino == record.inode or (attempt == 2 and stat.st_size == record.size):
-            return record, fd
+            return record, fd, cached
         os.close(fd)
     log.error("registered file %r has no matching local bytes", path)
     raise NotFound(f"{path!r} is registered but its bytes are missing; run filestore verify")
@@ -123,7 +124,7 @@ async def get_file(request: Request) -> Response | FileBody:
     store = _store(request)
     if not store.settings.auth.public_read:
         _require_token(request)
-    record, fd = _open_current(store, path)
+    record, fd, cached = _open_current(store, path)
     try:
         answer = _answer_conditions(request, record)
     except BaseException:
@@ -135,16 +136,19 @@ async def get_file(request: Request) -> Response | FileBody:
             os.close(fd)
         return answer
     headers, ranges = answer
+    send_body = request.method != "HEAD"
+    cache = request.app.state.cache
     source: ByteSource
     if fd is not None:
         source = LocalBytes(fd)
-    elif request.method == "HEAD" or record.size == 0:
+    elif not send_body or record.size == 0:
         source = NoBytes()
     else:  # only the cloud has the bytes: read them through the cache
-        final = ranges[-1][1] if ranges else record.size - 1
-        source = await request.app.state.cache.open(record, final)
-    return FileBody(source, record.size, headers, ranges=ranges,
-                    send_body=request.method != "HEAD")
+        source = await cache.open(record, ranges)
+    response = FileBody(source, record.size, headers, ranges=ranges, send_body=send_body)
+    if cached and send_body:
+        cache.usage.hit(path, response.length)
+    return response
 
 
 def _answer_conditions(

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import api
 from .cache.readthrough import ReadThrough
+from .cache.reconcile import reconcile
 from .config import Settings, load_settings
 from .errors import FilestoreError, RemoteError, RemoteUnavailable
 from .queue.worker import QueueWorkers
@@ -161,12 +162,17 @@ def build_app(settings: Settings) -> FastReads:
             app.state.remotes = workers.remotes
             app.state.workers = workers
             async with anyio.create_task_group() as tg:
-                app.state.cache = ReadThrough(store, workers.remotes, tg)
+                cache = app.state.cache = ReadThrough(store, workers.remotes, tg)
                 if store.alone:
                     tg.start_soon(_cleanup_remote, remote)
+                    tg.start_soon(anyio.to_thread.run_sync, reconcile, store.registry,
+                                  store.local)
                 tg.start_soon(workers.run)
+                tg.start_soon(cache.maintain)
                 yield
                 tg.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await cache.usage.flush()  # the last second of statistics
         finally:
             with anyio.CancelScope(shield=True):
                 await remote.close()

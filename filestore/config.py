@@ -196,6 +196,12 @@ class RemoteSettings:
 
 @dataclasses.dataclass(frozen=True)
 class CacheSettings:
+    # The cache area (bytes of uploaded files) is kept below max_size, and evicts before the
+    # data directory's disk falls below min_free.
+    max_size: int = _field(10 * 1024**3, parse_size)
+    min_free: int = _field(2 * 1024**3, parse_size)
+    # Entries drawn per eviction; the least recently read of them goes (sampled LRU).
+    sample: int = _field(5, _int_between(1, 64))
     # A download into the cache that delivers nothing for this long fails (503 to a client
     # still waiting for its headers).
     fill_timeout: float = _field(60.0, parse_duration)

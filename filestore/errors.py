@@ -58,6 +58,10 @@ class Conflict(FilestoreError):
     code = "conflict"
 
 
+class InUse(Conflict):
+    code = "in_use"
+
+
 class PreconditionFailed(FilestoreError):
     status = 412
     code = "precondition_failed"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import fcntl
 import hashlib
 import os
 import shutil
@@ -20,13 +21,24 @@ from typing import BinaryIO
 
 import anyio
 
-from .errors import BadPath, Conflict, InsufficientStorage, TooLarge
+from .errors import BadPath, Conflict, InsufficientStorage, InUse, TooLarge
 from .fsutil import fsync_dir, prune_empty_dirs
 from .paths import resolve_below
 from .registry import FileRecord
 
 CHUNK_SIZE = 1024 * 1024
 TEMP_PREFIX = "put-"
+
+
+def mark_in_use(fd: int) -> bool:
+    """Take a shared lock on a cache file's open fd for as long as it stays open: eviction
+    (`drop_cached`, an exclusive try-lock) then leaves the file alone, in every process. False
+    if an eviction holds the file right now."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,10 +115,11 @@ class LocalStore:
         """Where a file's bytes may be, in the order to look: kept local, then cached."""
         return self.path_of(path), self.cached_path_of(path)
 
-    def open_bytes(self, path: str) -> int | None:
-        """An fd of `path`'s bytes (local, else cached), or None. The hot read path: it opens
-        first and then asks the kernel where the fd really is, one readlink instead of the
-        lstat per component that resolving the path beforehand would cost."""
+    def open_bytes(self, path: str) -> tuple[int, bool] | None:
+        """An fd of `path`'s bytes (local, else cached) and whether they are the cache's, or
+        None. The hot read path: it opens first and then asks the kernel where the fd really
+        is, one readlink instead of the lstat per component that resolving the path beforehand
+        would cost. A cached fd holds a shared lock while open, so eviction passes it by."""
         for root in (self._root_str, self._cache_str):
             try:
                 fd = os.open(root + path, os.O_RDONLY | os.O_CLOEXEC)
@@ -119,7 +132,11 @@ class LocalStore:
             if not real.startswith(root):
                 os.close(fd)
                 raise BadPath("the path leads outside the data directory")
-            return fd
+            cached = root is self._cache_str
+            if cached and not mark_in_use(fd):
+                os.close(fd)  # being evicted this very moment: read it from the cloud
+                return None
+            return fd, cached
         return None
 
     def open_version(self, path: str, record: FileRecord | None, version: int) -> BinaryIO | None:
@@ -207,13 +224,21 @@ class LocalStore:
             prune_empty_dirs(cached.parent, self.cache_root)
 
     def drop_cached(self, path: str) -> bool:
-        """Unlink `path`'s bytes in the cache area, if any. Inside a write transaction. (An open
-        reader keeps its bytes until it closes them.)"""
+        """Unlink `path`'s bytes in the cache area, unless a reader has them open (`InUse`).
+        True if there were bytes. Inside a write transaction, with the index row."""
         cached = self.cached_path_of(path)
         try:
-            cached.unlink()
+            fd = os.open(cached, os.O_RDONLY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             return False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise InUse(f"{path!r} is being read from the cache") from None
+            cached.unlink()
+        finally:
+            os.close(fd)
         prune_empty_dirs(cached.parent, self.cache_root)
         return True
 

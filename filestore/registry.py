@@ -179,7 +179,62 @@ def _migration_2(db: sqlite_utils.Database) -> None:
 
     _counting_triggers(db, "queue", "op, state", bump)
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
+def _migration_3(db: sqlite_utils.Database) -> None:
+    """The cache index (see cache/index.py) and the cache's statistics."""
+    db.table("cache_entries").create(
+        {
+            "path": str,
+            "version": int,  # files.version whose bytes the entry holds
+            "size": int,
+            "sha256": str,
+            "last_access": float,
+        },
+        pk="path",
+        not_null={"version", "size", "sha256", "last_access"},
+        if_not_exists=True,
+    )
+    # Why the last read of a file from the cloud failed (its object is missing, say).
+    db.table("files").add_column("last_error", str)
+    names = ["cache.entries", "cache.bytes", *(f"cache.{name}" for name in CACHE_EVENTS)]
+    db.table("counters").insert_all(({"name": n, "value": 0} for n in names), ignore=True)
+
+    def bump(sign: str, row: str) -> str:
+        return (f"UPDATE counters SET value = value {sign} 1 WHERE name = 'cache.entries';\n"
+                f"  UPDATE counters SET value = value {sign} {row}.size "
+                "WHERE name = 'cache.bytes';")
+
+    _counting_triggers(db, "cache_entries", "size", bump)
+    # An entry holds one version of one file: it goes with the file, or when the file changes,
+    # so the index can never describe bytes of a deleted or replaced file.
+    db.executescript(
+        """
+        CREATE TRIGGER IF NOT EXISTS files_uncache_delete AFTER DELETE ON files BEGIN
+          DELETE FROM cache_entries WHERE path = OLD.path;
+        END;
+        CREATE TRIGGER IF NOT EXISTS files_uncache_update AFTER UPDATE OF version ON files
+        WHEN NEW.version != OLD.version BEGIN
+          DELETE FROM cache_entries WHERE path = NEW.path;
+        END;
+        """
+    )
+
+
+# What the cache counts, each a `cache.<name>` counter (added up in memory, written in batches).
+CACHE_EVENTS = (
+    "hits",  # reads of an uploaded file answered from the cache area
+    "hit_bytes",  # the bytes those responses carried
+    "misses",  # reads that had to go to the cloud
+    "fills",  # downloads into the cache started
+    "remote_bytes",  # bytes downloaded from the cloud, into the cache or straight through
+    "passthrough",  # reads streamed straight from the cloud (too large to keep, far ranges)
+    "evictions",  # entries dropped to stay within cache.max_size and cache.min_free
+    "integrity_failures",  # downloads whose bytes did not match the recorded SHA-256
+    "fill_errors",  # downloads that failed otherwise (missing object, stalled, unreachable)
+)
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _migration_1, _migration_2, _migration_3,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _FILE_COLUMNS = (
@@ -279,7 +334,8 @@ class Registry:
         # and `remote_key` stay: the remote still holds the old copy, which a DELETE must remove.
         conn.execute(
             "UPDATE files SET size = ?, sha256 = ?, content_type = ?, modified = ?, inode = ?, "
-            "location = 'local', version = ?, remote_etag = NULL, uploaded_at = NULL "
+            "location = 'local', version = ?, remote_etag = NULL, uploaded_at = NULL, "
+            "last_error = NULL "
             "WHERE path = ?",
             (size, sha256, content_type, now, inode, version, path),
         )
@@ -327,6 +383,17 @@ class Registry:
         if row:
             return f"{path!r} is a directory of other files (such as {row[0]!r})"
         return None
+
+    @staticmethod
+    def add_to_counters(conn: sqlite3.Connection, deltas: dict[str, int]) -> None:
+        conn.executemany("UPDATE counters SET value = value + ? WHERE name = ?",
+                         [(delta, name) for name, delta in deltas.items() if delta])
+
+    @staticmethod
+    def set_error(conn: sqlite3.Connection, path: str, version: int, error: str | None) -> None:
+        """Record (or clear, with None) why reading this version from the cloud failed."""
+        conn.execute("UPDATE files SET last_error = ? WHERE path = ? AND version = ?",
+                     (error, path, version))
 
     @staticmethod
     def delete_file(conn: sqlite3.Connection, path: str) -> bool:

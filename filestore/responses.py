@@ -51,7 +51,7 @@ class ByteSource(Protocol):
         """`length` bytes at `offset` (fewer only at the end of the file)."""
         ...
 
-    def close(self) -> None: ...
+    async def aclose(self) -> None: ...
 
 
 class LocalBytes:
@@ -63,7 +63,7 @@ class LocalBytes:
     async def read(self, length: int, offset: int) -> bytes | bytearray:
         return await pread(self.fd, length, offset)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         os.close(self.fd)
 
 
@@ -73,7 +73,7 @@ class NoBytes:
     async def read(self, length: int, offset: int) -> bytes | bytearray:
         raise AssertionError("a response without a body read bytes")
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         pass
 
 
@@ -139,7 +139,8 @@ class FileBody:
             else:
                 await self._stream(receive, send)
         finally:
-            self.source.close()
+            with anyio.CancelScope(shield=True):
+                await self.source.aclose()
 
     async def _read_exactly(self, length: int, offset: int) -> bytes | bytearray:
         body = await self.source.read(length, offset)

@@ -27,6 +27,7 @@ from pathlib import Path
 import anyio
 
 from .auth import load_or_create_token
+from .cache import index as cache_index
 from .config import Settings
 from .datadir import DataDir
 from .errors import ChecksumMismatch, Conflict, NotFound
@@ -206,7 +207,9 @@ class Store:
             if record.location != "remote":
                 raise Conflict(f"{path!r} has no verified remote copy yet: its local bytes "
                                "are the only ones")
-            return self.local.drop_cached(path)
+            dropped = self.local.drop_cached(path)  # InUse (409) while a reader has it open
+            cache_index.remove(conn, path)
+            return dropped
 
     def _schedule_remote_delete(self, conn: sqlite3.Connection, record: FileRecord) -> None:
         """After a DELETE: the remote copy goes (after `upload.delete_delay`) if there is one, or

@@ -1,10 +1,13 @@
 """One download of one remote object into a file that readers follow while it grows.
 
-The fill writes to a temp file (1 MiB blocks, write and SHA-256 in one thread call each),
-announcing progress after every block; readers (`FillBytes`) read what is written and wait for
-the rest. The object's last byte is released only once the whole body's SHA-256 matched the
-registry, so a corrupt download never ends cleanly: its readers fail mid-body instead. A verified
-fill is installed into the cache area by its `install` callback; a failed one is deleted.
+The process that holds the object's fill lock (`lock.py`) runs a `Fill`: it writes the download to
+`tmp/fill-<key>` (1 MiB blocks, write and SHA-256 in one thread call each), announcing progress
+after every block. Other processes serving the same object follow that file with a `ForeignFill`,
+which watches its size grow instead of being told. Readers (`FillBytes`) read what is written and
+wait for the rest; a response that ends with the object's last byte gets it only once the whole
+body's SHA-256 matched the registry, so a corrupt download never ends cleanly: its readers fail
+mid-body instead. A verified fill is installed into the cache area by its `install` callback
+(another name for the same inode); the temp name is removed either way.
 
 Everything here runs on the event loop's thread, except the blocks handed to a worker thread;
 `written`, `verified` and `error` change only on the loop, so readers check them without locks.
@@ -15,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,21 +26,27 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..errors import FilestoreError, RemoteError, RemoteIntegrityError, RemoteUnavailable
+from ..local import mark_in_use
 from ..registry import FileRecord
 from ..remote import Remote
 from ..responses import CHUNK_SIZE, pread
+from .lock import FillLock, held_elsewhere
 
 log = logging.getLogger("filestore.cache")
 
 # Blocks the download may run ahead of the writer: overlap, with memory bounded to a few MiB.
 _BLOCKS_AHEAD = 2
+# How often a follower in another process looks at the fill's file. Reading the size is one
+# fstat, so a short interval costs little and keeps those clients close behind.
+_FOLLOW_INTERVAL = 0.005
 
 
-class Fill:
-    def __init__(self, record: FileRecord, tmp: Path, fd: int) -> None:
+class Filling:
+    """What readers see of a fill, wherever it runs: bytes written so far, and the outcome."""
+
+    def __init__(self, record: FileRecord, tmp: Path) -> None:
         self.record = record
         self.tmp = tmp
-        self._fd = fd  # the fill's own write fd; readers open their own
         self.written = 0
         self.verified = False
         self.error: FilestoreError | None = None
@@ -53,6 +63,23 @@ class Fill:
     def _announce(self) -> None:
         event, self._progress = self._progress, anyio.Event()
         event.set()
+
+    def open_reader(self) -> int:
+        """A new fd of the fill's file, for one reader."""
+        raise NotImplementedError
+
+
+class Fill(Filling):
+    """A download this process runs, holding the entry's fill lock."""
+
+    def __init__(self, record: FileRecord, tmp: Path, fd: int, lock: FillLock) -> None:
+        super().__init__(record, tmp)
+        self.lock = lock
+        self._fd = fd  # the fill's own write fd
+
+    def open_reader(self) -> int:
+        # The name exists for as long as the fill is registered as running (see readthrough).
+        return os.open(self.tmp, os.O_RDONLY | os.O_CLOEXEC)
 
     async def run(self, remote: Remote, install: Callable[[Fill], None], stall: float) -> None:
         """Download, verify, install. Never raises: the outcome is in `verified` / `error`.
@@ -133,19 +160,76 @@ class Fill:
         digest.update(block)
 
 
-class FillBytes:
-    """A reader of a `Fill` for one response: serves bytes as they land, waits for the rest,
-    and holds back the response's `final` byte until the whole download is verified."""
+class ForeignFill(Filling):
+    """A download another process runs (it holds the fill lock), followed through its file.
 
-    def __init__(self, fill: Fill, final: int) -> None:
+    Its outcome shows in the file system: when the lock is free again, the fill was verified
+    if and only if the cache area holds this very inode (the owner links a verified file
+    there; a failed or dead owner does not)."""
+
+    def __init__(self, record: FileRecord, tmp: Path, fd: int, lock_path: Path,
+                 cached: Path) -> None:
+        super().__init__(record, tmp)
+        self._fd = fd  # read-only, opened while the owner held the lock
+        self._lock_path = lock_path
+        self._cached = cached
+
+    def open_reader(self) -> int:
+        return os.dup(self._fd)  # the name may go at any moment; the inode stays
+
+    async def run(self, stall: float) -> None:
+        """Follow the file until its owner lets go of the lock. Never raises."""
+        grew = time.monotonic()
+        try:
+            while True:
+                running = held_elsewhere(self._lock_path)
+                stat = os.fstat(self._fd)
+                if stat.st_size > self.written:
+                    self.written, grew = stat.st_size, time.monotonic()
+                    self._announce()
+                if not running:
+                    break
+                if time.monotonic() - grew > stall:
+                    raise RemoteUnavailable(f"the download of {self.record.path!r} by another "
+                                            f"process stalled for {stall:.0f}s")
+                await anyio.sleep(_FOLLOW_INTERVAL)
+            if self.written == self.record.size and self._installed(stat.st_ino):
+                self.verified = True
+            else:
+                raise RemoteError(f"the download of {self.record.path!r} by another process "
+                                  "failed")
+        except FilestoreError as exc:
+            self.error = exc
+        finally:
+            os.close(self._fd)
+            self._announce()
+
+    def _installed(self, inode: int) -> bool:
+        try:
+            return os.stat(self._cached).st_ino == inode
+        except OSError:
+            return False
+
+
+class FillBytes:
+    """A reader of a fill for one response: serves bytes as they land and waits for the rest.
+    A response that ends with the object's last byte is held back on that byte until the whole
+    download is verified; one that ends earlier (a range) cannot be verified on its own and
+    gets its bytes as the store sent them."""
+
+    def __init__(self, fill: Filling, final: int) -> None:
         self.fill = fill
         self.final = final
-        self.fd = os.open(fill.tmp, os.O_RDONLY | os.O_CLOEXEC)
+        self._hold_last = final == fill.record.size - 1
+        self.fd = fill.open_reader()
+        mark_in_use(self.fd)  # once installed, eviction leaves it alone while this reads
 
     def available(self) -> int:
         """How many bytes from the start a reader may have now."""
         fill = self.fill
-        return fill.written if fill.verified else min(fill.written, self.final)
+        if fill.verified or not self._hold_last:
+            return fill.written
+        return min(fill.written, self.final)
 
     async def read(self, length: int, offset: int) -> bytes | bytearray:
         while self.available() <= offset:
@@ -156,5 +240,5 @@ class FillBytes:
             await self.fill.changed()
         return await pread(self.fd, min(length, self.available() - offset), offset)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         os.close(self.fd)

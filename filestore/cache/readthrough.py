@@ -1,20 +1,50 @@
-"""Serving files whose bytes are only in the cloud: one fill per object, many readers."""
+"""Serving files whose bytes are only in the cloud: one fill per object, many readers.
+
+`open` decides where a response's bytes come from:
+- a fill of the object already running in this process: follow it (single flight);
+- else a new fill, if the cache can make room for the object: this process downloads it when it
+  takes the object's fill lock, or follows the process that holds it;
+- straight from the cloud (`RemoteBytes`), kept nowhere: for an object larger than the whole
+  cache or than the room eviction can make, and for a range that starts more than `FAR_AHEAD`
+  bytes beyond what the fill has written (a player seeking to the end of a video should not wait
+  for the whole download; the fill goes on and the next read hits the cache).
+
+A fill that loses all its readers runs to the end: the bytes are on their way, and the next
+reader finds them in the cache.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
-import uuid
+import time
 
+import anyio
 from anyio.abc import TaskGroup
 
-from ..errors import RemoteError
+from ..errors import RemoteError, RemoteIntegrityError, RemoteNotFound
 from ..fsutil import fsync_dir
 from ..registry import FileRecord
 from ..remote import Remote
+from ..responses import ByteSource
 from ..store import DEFAULT_REMOTE, Store
-from .fill import Fill, FillBytes
+from . import index
+from .fill import Fill, FillBytes, Filling, ForeignFill
+from .gc import CacheGC
+from .lock import FillLock, fill_name
+from .passthrough import RemoteBytes
+from .usage import Usage
 
-FILL_PREFIX = "fill-"
+log = logging.getLogger("filestore.cache")
+
+# A range starting this far beyond the fill's progress is fetched on its own (see above). At a
+# few hundred MB/s from the store the fill covers this in well under a ranged GET's round trip.
+FAR_AHEAD = 16 * 1024 * 1024
+# Usage is written and the budget checked this often, and after every fill.
+MAINTAIN_INTERVAL = 1.0
+# Tries to join another process's fill whose file is not there yet (just starting or ending).
+_JOIN_TRIES = 5
+_JOIN_WAIT = 0.005
 
 
 class ReadThrough:
@@ -23,15 +53,26 @@ class ReadThrough:
         self.remotes = remotes
         self.task_group = task_group  # fills outlive the request that started them
         self.stall = store.settings.cache.fill_timeout
-        self._fills: dict[str, Fill] = {}
+        self.usage = Usage(store.registry)
+        self.gc = CacheGC(store.registry, store.local, store.settings.cache)
+        self._fills: dict[str, Filling] = {}  # by path, on the event loop's thread only
+        self._reserved = 0  # bytes of this process's running fills, not yet in the index
+        self._wake = anyio.Event()
 
-    async def open(self, record: FileRecord, final: int) -> FillBytes:
-        """A reader of `record`'s bytes, up to the response's `final` byte, once the download
-        has delivered its first block; raises the download's error if it failed before that
-        (so the client gets a status, not a broken body)."""
+    async def open(self, record: FileRecord, ranges: list[tuple[int, int]] | None) -> ByteSource:
+        """The bytes for one response of `record` (whole, or `ranges`). Waits for the first
+        block of a fill, and raises the download's error if it failed before that, so the
+        client gets a status, not a broken body."""
+        first = ranges[0][0] if ranges else 0
+        final = ranges[-1][1] if ranges else record.size - 1
+        remote = self._remote_for(record)
+        self.usage.count("misses")
         fill = self._fills.get(record.path)
         if fill is None or fill.record.version != record.version or fill.error is not None:
-            fill = self._start(record)
+            fill = await self._start(record, remote)
+        if fill is None or first > fill.written + FAR_AHEAD:
+            self.usage.count("passthrough")
+            return RemoteBytes(remote, record, final, self.stall, self.usage)
         reader = FillBytes(fill, final)
         try:
             while fill.written == 0 and not fill.finished:
@@ -39,21 +80,74 @@ class ReadThrough:
             if fill.error is not None and fill.written == 0:
                 raise fill.error
         except BaseException:  # the error, or a client that left while it waited
-            reader.close()
+            await reader.aclose()
             raise
         return reader
 
-    def _start(self, record: FileRecord) -> Fill:
+    def _remote_for(self, record: FileRecord) -> Remote:
         remote = self.remotes.get(record.remote or DEFAULT_REMOTE)
         if remote is None:
             raise RemoteError(f"{record.path!r} is in the remote {record.remote!r}, "
                               "which is not configured")
-        tmp = self.store.local.tmp_dir / f"{FILL_PREFIX}{uuid.uuid4().hex}"
+        return remote
+
+    # -- starting or joining a fill --------------------------------------------------------------
+
+    async def _start(self, record: FileRecord, remote: Remote) -> Filling | None:
+        """A fill of `record`, run here or followed in another process; None if the cache
+        cannot hold it."""
+        if record.size > self.gc.settings.max_size:
+            return None
+        incoming = record.size + self._reserved
+        if self.gc.over_budget(incoming):
+            if not await anyio.to_thread.run_sync(self.gc.collect, incoming):
+                return None
+            fill = self._fills.get(record.path)  # started by another request meanwhile?
+            if fill is not None and fill.record.version == record.version and not fill.error:
+                return fill
+        name = fill_name(record.path, record.version)
+        lock_path = self.store.local.tmp_dir / f"{name}.lock"
+        for _ in range(_JOIN_TRIES):
+            lock = FillLock.take(lock_path)
+            if lock is not None:
+                return self._run_here(record, remote, name, lock)
+            foreign = self._join_foreign(record, name)
+            if foreign is not None:
+                return foreign
+            await anyio.sleep(_JOIN_WAIT)
+        return None
+
+    def _run_here(self, record: FileRecord, remote: Remote, name: str, lock: FillLock) -> Fill:
+        tmp = self.store.local.tmp_dir / name
+        tmp.unlink(missing_ok=True)  # left by a process that died filling it
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        fill = Fill(record, tmp, fd)
+        fill = Fill(record, tmp, fd, lock)
         self._fills[record.path] = fill
+        self._reserved += record.size
+        self.usage.count("fills")
         self.task_group.start_soon(self._run, fill, remote)
         return fill
+
+    def _join_foreign(self, record: FileRecord, name: str) -> ForeignFill | None:
+        tmp = self.store.local.tmp_dir / name
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None  # its owner is just starting, or just finished: look again
+        fill = ForeignFill(record, tmp, fd, tmp.with_name(f"{name}.lock"),
+                           self.store.local.cached_path_of(record.path))
+        self._fills[record.path] = fill
+        self.task_group.start_soon(self._follow, fill)
+        return fill
+
+    async def _follow(self, fill: ForeignFill) -> None:
+        try:
+            await fill.run(self.stall)
+        finally:
+            if self._fills.get(fill.record.path) is fill:
+                del self._fills[fill.record.path]
+
+    # -- running a fill --------------------------------------------------------------------------
 
     async def _run(self, fill: Fill, remote: Remote) -> None:
         try:
@@ -63,19 +157,58 @@ class ReadThrough:
                 del self._fills[fill.record.path]
             # Only now: until the fill left the dict, a new reader could still open the name.
             fill.tmp.unlink(missing_ok=True)
+            fill.lock.release()  # after the unlink: followers then see the outcome
+            self._reserved -= fill.record.size
+            self.usage.count("remote_bytes", fill.written)
+            self._wake.set()  # the budget is checked after every fill
+        await self._note_outcome(fill)
+
+    async def _note_outcome(self, fill: Fill) -> None:
+        error = fill.error
+        if isinstance(error, RemoteIntegrityError):
+            self.usage.count("integrity_failures")
+        elif error is not None:
+            self.usage.count("fill_errors")
+        if isinstance(error, RemoteNotFound):
+            log.error("%r is recorded as uploaded, but its remote object is missing",
+                      fill.record.path)
+            await anyio.to_thread.run_sync(self._record_error, fill.record, error.detail)
+
+    def _record_error(self, record: FileRecord, detail: str) -> None:
+        with self.store.registry.transaction() as conn:
+            self.store.registry.set_error(conn, record.path, record.version, detail)
 
     def _install(self, fill: Fill) -> None:
-        """Rename a verified fill into the cache area, if it still is the current version and
-        no bytes arrived meanwhile; else drop it. In a worker thread."""
+        """Link a verified fill into the cache area and index it, if it still is the current
+        version and no bytes arrived meanwhile; else drop it. In a worker thread."""
         registry, local = self.store.registry, self.store.local
-        path = fill.record.path
+        record = fill.record
         with registry.transaction() as conn:
-            current = registry.get(path, conn)
-            has_bytes = any(p.exists() for p in local.candidates(path))
-            if current is None or current.version != fill.record.version or has_bytes:
+            current = registry.get(record.path, conn)
+            has_bytes = any(p.exists() for p in local.candidates(record.path))
+            if current is None or current.version != record.version or has_bytes:
                 return
-            target = local.cached_path_of(path)
+            target = local.cached_path_of(record.path)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.link(fill.tmp, target)  # a second name: the temp one stays for joining readers
             fsync_dir(target.parent)
-            registry.set_inode(conn, path, os.stat(target).st_ino)
+            registry.set_inode(conn, record.path, os.stat(target).st_ino)
+            registry.set_error(conn, record.path, record.version, None)
+            index.add(conn, record.path, record.version, record.size, record.sha256,
+                      time.time())
+
+    # -- upkeep ----------------------------------------------------------------------------------
+
+    async def maintain(self) -> None:
+        """Every `MAINTAIN_INTERVAL`, and after each fill: write the batched usage, then evict
+        if the cache is over its budget. Runs for the server's lifetime."""
+        while True:
+            with anyio.move_on_after(MAINTAIN_INTERVAL):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            try:
+                await self.usage.flush()
+                if self.gc.over_budget(self._reserved):
+                    await anyio.to_thread.run_sync(self.gc.collect, self._reserved)
+            except Exception as exc:  # the disk or the registry: try again next round
+                log.warning("cache upkeep failed: %s: %s", type(exc).__name__, exc)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import TaskGroup
 
+from ..cache import index as cache_index
 from ..errors import RemoteError
 from ..remote import Remote
 from . import entries
@@ -158,6 +159,8 @@ class QueueWorkers:
                 again = self.registry.get(entry.path, conn)
                 if again is not None and again.version == entry.version:
                     self.store.local.move_to_cache(entry.path)
+                    cache_index.add(conn, entry.path, again.version, again.size, again.sha256,
+                                    time.time())
 
     def _finish(self, entry: Entry) -> None:
         with self.registry.transaction() as conn:

@@ -1,0 +1,82 @@
+"""The cache index: one `cache_entries` row per file whose bytes sit in the cache area.
+
+A row is written in the same transaction that puts the bytes there (a fill's install, an uploaded
+file's move from `files/`), so the index and the cache area agree except across a crash, which
+start-up reconciliation (`reconcile.py`) repairs. Triggers (registry migration 3) drop a row when
+its file is deleted or replaced and keep `cache.entries` / `cache.bytes` counted.
+
+`last_access` is written in batches (`usage.py`), never by a read itself. Eviction draws random
+rows by rowid (`sample`): a few index lookups, whatever the number of entries.
+
+Every function takes the writer connection inside `Registry.transaction()`, except the reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import sqlite3
+from collections.abc import Iterable, Iterator
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheEntry:
+    path: str
+    version: int
+    size: int
+    last_access: float
+
+
+_COLUMNS = "path, version, size, last_access"
+
+
+def add(conn: sqlite3.Connection, path: str, version: int, size: int, sha256: str,
+        now: float) -> None:
+    conn.execute(
+        "INSERT INTO cache_entries (path, version, size, sha256, last_access) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET version = excluded.version, "
+        "size = excluded.size, sha256 = excluded.sha256, last_access = excluded.last_access",
+        (path, version, size, sha256, now),
+    )
+
+
+def remove(conn: sqlite3.Connection, path: str) -> bool:
+    return conn.execute("DELETE FROM cache_entries WHERE path = ?", (path,)).rowcount > 0
+
+
+def get(conn: sqlite3.Connection, path: str) -> CacheEntry | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM cache_entries WHERE path = ?",
+                       (path,)).fetchone()
+    return CacheEntry(*row) if row else None
+
+
+def touch(conn: sqlite3.Connection, accesses: Iterable[tuple[float, str]]) -> None:
+    """Record reads: (when, path) pairs; an older time never overwrites a newer one."""
+    conn.executemany(
+        "UPDATE cache_entries SET last_access = ?1 WHERE path = ?2 AND last_access < ?1",
+        accesses,
+    )
+
+
+def sample(conn: sqlite3.Connection, count: int, rng: random.Random) -> list[CacheEntry]:
+    """Up to `count` distinct entries drawn at random: each draw is a random rowid in the
+    table's range and the first row at or after it, an index seek. Rows after a gap in the
+    rowids are drawn a little more often, which sampled LRU does not mind."""
+    low, high = conn.execute("SELECT min(rowid), max(rowid) FROM cache_entries").fetchone()
+    if low is None:
+        return []
+    found: dict[str, CacheEntry] = {}
+    for _ in range(count):
+        row = conn.execute(
+            f"SELECT {_COLUMNS} FROM cache_entries WHERE rowid >= ? ORDER BY rowid LIMIT 1",
+            (rng.randint(low, high),),
+        ).fetchone()
+        if row is not None:
+            found[row[0]] = CacheEntry(*row)
+    return list(found.values())
+
+
+def every(conn: sqlite3.Connection) -> Iterator[CacheEntry]:
+    """All entries (start-up reconciliation only: it scans the table)."""
+    for row in conn.execute(f"SELECT {_COLUMNS} FROM cache_entries"):
+        yield CacheEntry(*row)
