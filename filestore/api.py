@@ -26,6 +26,7 @@ from .errors import BadRequest, NotFound, TooLarge
 from .ranges import RangeNotSatisfiable, parse_range
 from .registry import FileRecord
 from .responses import ByteSource, FileBody, LocalBytes, NoBytes
+from .stats import snapshot
 from .store import Precondition, Store
 
 log = logging.getLogger("filestore")
@@ -260,6 +261,13 @@ async def delete_file(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def stats(request: Request) -> Response:
+    """`GET /admin/api/stats`: where the files are, the cache, the queue (from counters)."""
+    _require_token(request)
+    store = _store(request)
+    return JSONResponse(snapshot(store.registry.counters(), store.settings))
+
+
 async def evict_file(request: Request) -> Response:
     """`POST /admin/api/files/{path}/evict`: drop the cached bytes of an uploaded file."""
     _require_token(request)
@@ -288,5 +296,6 @@ routes = [
     FileRoute(get_file, methods=["GET", "HEAD"]),
     FileRoute(put_file, methods=["PUT"]),
     FileRoute(delete_file, methods=["DELETE"]),
+    Route("/admin/api/stats", stats, methods=["GET"]),
     Route("/admin/api/files/{path:path}/evict", evict_file, methods=["POST"]),
 ]
