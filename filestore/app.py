@@ -149,6 +149,15 @@ class FastReads:
         await response(scope, receive, send)
 
 
+async def _repair_cache(store: Store) -> None:
+    """The cache area's start-up repair, in the background; a failure is logged, not fatal
+    (the cache then runs unrepaired until the next start)."""
+    try:
+        await anyio.to_thread.run_sync(reconcile, store.registry, store.local)
+    except Exception as exc:
+        log.error("cache: start-up repair failed: %s: %s", type(exc).__name__, exc)
+
+
 def build_app(settings: Settings) -> FastReads:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -165,8 +174,7 @@ def build_app(settings: Settings) -> FastReads:
                 cache = app.state.cache = ReadThrough(store, workers.remotes, tg)
                 if store.alone:
                     tg.start_soon(_cleanup_remote, remote)
-                    tg.start_soon(anyio.to_thread.run_sync, reconcile, store.registry,
-                                  store.local)
+                    tg.start_soon(_repair_cache, store)
                 tg.start_soon(workers.run)
                 tg.start_soon(cache.maintain)
                 yield

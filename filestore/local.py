@@ -150,16 +150,18 @@ class LocalStore:
                 continue
         return None
 
-    def move_to_cache(self, path: str) -> None:
-        """Hand an uploaded file's bytes to the cache area by rename (same inode, no copy).
-        Inside a write transaction, so no install of the path can interleave."""
+    def move_to_cache(self, path: str) -> bool:
+        """Hand an uploaded file's bytes to the cache area by rename (same inode, no copy);
+        whether the cache area holds them now. Inside a write transaction, so no install of
+        the path can interleave."""
         source = self.path_of(path)
         target = self.cached_path_of(path)
         if not source.exists():
-            return  # moved already
+            return target.is_file()  # moved already
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(source, target)
         prune_empty_dirs(source.parent, self.root)
+        return True
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free

@@ -69,7 +69,9 @@ class LiveServer:
     """uvicorn serving `build_app(settings)` in a background thread until `stop()`."""
 
     def __init__(self, data_dir: Path, **overrides: str) -> None:
-        env = {"FILESTORE_STORAGE__DATA_DIR": str(data_dir), "FILESTORE_STORAGE__MIN_FREE": "0"}
+        # No free-disk floors: a test must not depend on how full the machine's disk is.
+        env = {"FILESTORE_STORAGE__DATA_DIR": str(data_dir), "FILESTORE_STORAGE__MIN_FREE": "0",
+               "FILESTORE_CACHE__MIN_FREE": "0"}
         env.update({f"FILESTORE_{k.upper()}": v for k, v in overrides.items()})
         self.settings = load_settings(environ=env)
         self.app = build_app(self.settings)

@@ -24,12 +24,23 @@ def index_rows(server: Any) -> dict[str, int]:
 
 
 def cache_files(server: Any) -> dict[str, int]:
+    """What the cache area holds (the GC may unlink a file while this walks)."""
     root = server.settings.data_dir / "cache"
-    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+    found = {}
+    for path in root.rglob("*"):
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_file():
+                found[str(path.relative_to(root))] = path.stat().st_size
+    return found
 
 
 def tmp_files(server: Any) -> list[str]:
     return sorted(p.name for p in (server.settings.data_dir / "tmp").iterdir())
+
+
+def wait_too_large_evicted(server: Any) -> None:
+    """An uploaded file larger than the whole cache enters it, and the GC takes it out."""
+    wait_for(lambda: counters(server)["cache.evictions"] >= 1 and index_rows(server) == {})
 
 
 def put_all(server: Any, bodies: dict[str, bytes]) -> None:
@@ -42,13 +53,12 @@ def put_all(server: Any, bodies: dict[str, bytes]) -> None:
 
 def test_the_index_follows_uploads_replacements_and_deletes(make_server):
     server = uploaded_server(make_server, "i/a.bin", b"a" * 1000)
-    assert index_rows(server) == {"i/a.bin": 1000}  # moved into the cache by the upload
+    wait_for(lambda: index_rows(server) == {"i/a.bin": 1000})  # moved there by the upload
     assert counters(server)["cache.entries"] == 1 and counters(server)["cache.bytes"] == 1000
     with server.client() as client:
         client.put("/files/i/a.bin", content=b"b" * 10)  # local again: not the cache's
         assert index_rows(server) == {}
-        wait_for(lambda: uploaded(server, "i/a.bin"))
-        assert index_rows(server) == {"i/a.bin": 10}
+        wait_for(lambda: index_rows(server) == {"i/a.bin": 10})
         assert client.delete("/files/i/a.bin").status_code == 204
     assert index_rows(server) == {} and cache_files(server) == {}
     assert counters(server)["cache.entries"] == 0 and counters(server)["cache.bytes"] == 0
@@ -114,7 +124,7 @@ def test_an_entry_being_read_is_never_evicted(make_server):
 def test_a_file_larger_than_the_cache_streams_through_unkept(make_server):
     body = os.urandom(3 * MiB + 1)
     server = uploaded_server(make_server, "huge.bin", body, cache__max_size="1MiB")
-    wait_for(lambda: index_rows(server) == {})  # too large even to stay after its upload
+    wait_too_large_evicted(server)
     assert cache_files(server) == {}
     with server.client() as client:
         for _ in range(2):
@@ -133,7 +143,7 @@ def test_a_corrupt_file_larger_than_the_cache_never_ends_cleanly(make_server):
     flipped = bytearray(body)
     flipped[-1] ^= 1
     (server.settings.data_dir / "remote" / "bad-huge.bin").write_bytes(bytes(flipped))
-    wait_for(lambda: index_rows(server) == {})  # its cached (good) bytes went: too large
+    wait_too_large_evicted(server)  # its cached (good) bytes went
     with server.client() as client, pytest.raises(httpx.RemoteProtocolError):
         client.get("/files/bad-huge.bin")
     wait_for(lambda: counters(server)["cache.integrity_failures"] == 1)
@@ -301,6 +311,7 @@ def test_stats_count_hits_misses_fills_and_entries(make_server):
 def test_reads_record_access_times_in_batches(make_server):
     server = make_server(upload__delay="0s")
     put_all(server, {"t.bin": b"t" * 10})
+    wait_for(lambda: index_rows(server))
     with contextlib.closing(registry_db(server)) as conn:
         before = conn.execute("SELECT last_access FROM cache_entries").fetchone()[0]
     with server.client() as client:
@@ -312,3 +323,52 @@ def test_reads_record_access_times_in_batches(make_server):
                         > before)
 
     wait_for(later)
+
+
+@pytest.mark.parametrize("cache_size", ["1MiB", "10GiB"])  # straight from the cloud; filled
+def test_ranges_in_any_order_get_their_own_bytes(make_server, cache_size):
+    body = os.urandom(3 * MiB)
+    server = uploaded_server(make_server, "order.bin", body, cache__max_size=cache_size)
+    if cache_size == "1MiB":
+        wait_too_large_evicted(server)
+    else:
+        wait_for(lambda: index_rows(server))
+        evict(server, "order.bin")
+    with server.client() as client:
+        for spec in ("bytes=2000000-2000009,0-9", "bytes=5-,0-4"):
+            r = client.get("/files/order.bin", headers={"range": spec})
+            assert r.status_code == 206
+            parts = [p for p in r.content.split(b"\r\n\r\n")[1:]]
+            first, second = (p.split(b"\r\n--")[0] for p in parts)
+            if spec.startswith("bytes=2000000"):
+                assert (first, second) == (body[2000000:2000010], body[:10])
+            else:
+                assert (first, second) == (body[5:], body[:5])
+
+
+def test_a_missing_object_too_large_to_keep_is_404_not_a_broken_200(make_server):
+    server = uploaded_server(make_server, "lost-huge.bin", b"h" * (2 * MiB),
+                             cache__max_size="1MiB")
+    wait_too_large_evicted(server)
+    (server.settings.data_dir / "remote" / "lost-huge.bin").unlink()
+    with server.client() as client:
+        r = client.get("/files/lost-huge.bin")
+        assert r.status_code == 404 and r.json()["error"] == "remote_not_found"
+        r = client.get("/files/lost-huge.bin", headers={"range": "bytes=-10"})
+        assert r.status_code == 404
+    wait_for(lambda: file_row(server, "lost-huge.bin")["last_error"])
+
+
+def test_restart_removes_names_no_path_can_have(make_server, tmp_path):
+    data_dir = tmp_path / "data"
+    server = make_server(data_dir, upload__delay="0s")
+    put_all(server, {"fine.bin": b"f" * 100})
+    server.stop()
+    odd = os.path.join(os.fsencode(data_dir / "cache"), b"bad\xff.bin")
+    with open(odd, "wb") as f:
+        f.write(b"not UTF-8")
+    server = make_server(data_dir, upload__delay="0s")
+    wait_for(lambda: not os.path.exists(odd))
+    with server.client() as client:
+        assert client.get("/files/fine.bin").content == b"f" * 100
+    assert index_rows(server) == {"fine.bin": 100}

@@ -117,6 +117,8 @@ class Fill(Filling):
                 log.warning("a verified cache fill of %r could not be kept: %s",
                             self.record.path, exc)
         finally:
+            if not self.finished:  # cancelled (the server stops): its readers must not wait
+                self.error = RemoteError(f"the download of {self.record.path!r} was stopped")
             os.close(self._fd)
             self._announce()
 
@@ -168,10 +170,11 @@ class ForeignFill(Filling):
     there; a failed or dead owner does not)."""
 
     def __init__(self, record: FileRecord, tmp: Path, fd: int, lock_path: Path,
-                 cached: Path) -> None:
+                 lock_inode: int, cached: Path) -> None:
         super().__init__(record, tmp)
         self._fd = fd  # read-only, opened while the owner held the lock
         self._lock_path = lock_path
+        self._lock_inode = lock_inode  # the owner's lock file, not a later fill's
         self._cached = cached
 
     def open_reader(self) -> int:
@@ -182,7 +185,7 @@ class ForeignFill(Filling):
         grew = time.monotonic()
         try:
             while True:
-                running = held_elsewhere(self._lock_path)
+                running = held_elsewhere(self._lock_path, self._lock_inode)
                 stat = os.fstat(self._fd)
                 if stat.st_size > self.written:
                     self.written, grew = stat.st_size, time.monotonic()
@@ -198,9 +201,13 @@ class ForeignFill(Filling):
             else:
                 raise RemoteError(f"the download of {self.record.path!r} by another process "
                                   "failed")
-        except FilestoreError as exc:
-            self.error = exc
+        except Exception as exc:
+            self.error = exc if isinstance(exc, FilestoreError) else RemoteError(
+                f"following the download of {self.record.path!r} failed: "
+                f"{type(exc).__name__}: {exc}")
         finally:
+            if not self.finished:  # cancelled (the server stops): its readers must not wait
+                self.error = RemoteError(f"the download of {self.record.path!r} was stopped")
             os.close(self._fd)
             self._announce()
 

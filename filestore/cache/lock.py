@@ -48,17 +48,22 @@ class FillLock:
             os.close(fd)  # its holder removed it just now: lock the new one
 
     def release(self) -> None:
-        self.path.unlink(missing_ok=True)  # while still held: see the module docstring
-        os.close(self._fd)
+        try:
+            self.path.unlink(missing_ok=True)  # while still held: see the module docstring
+        finally:
+            os.close(self._fd)
 
 
-def held_elsewhere(path: Path) -> bool:
-    """Whether a fill holds the lock at `path` now (a probe: it never keeps the lock)."""
+def held_elsewhere(path: Path, inode: int) -> bool:
+    """Whether the fill whose lock file had `inode` still holds it (a probe: it never keeps
+    the lock). A lock file of another inode at the same name belongs to a later fill."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
     try:
+        if os.fstat(fd).st_ino != inode:
+            return False
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True

@@ -13,6 +13,7 @@ on its own and is served as the store sent it.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import AsyncIterator
 
 import anyio
@@ -22,19 +23,27 @@ from ..registry import FileRecord
 from ..remote import Remote
 from .usage import Usage
 
+log = logging.getLogger("filestore.cache")
+
 
 class RemoteBytes:
-    def __init__(self, remote: Remote, record: FileRecord, final: int, stall: float,
-                 usage: Usage) -> None:
+    def __init__(self, remote: Remote, record: FileRecord, ranges: list[tuple[int, int]],
+                 stall: float, usage: Usage) -> None:
         self.remote = remote
         self.record = record
-        self.final = final  # the last byte the response needs
+        self.ranges = ranges  # the response's parts, in the order they are sent
         self.stall = stall
         self.usage = usage
         self._chunks: AsyncIterator[bytes] | None = None
         self._position = 0  # where the open GET's next byte belongs
         self._pending = b""  # received, not yet handed out
         self._digest: hashlib._Hash | None = None  # only while reading the whole object
+
+    async def start(self) -> None:
+        """Open the first part's GET and wait for its first bytes, so a missing object or an
+        unreachable store is an error status, not a broken body."""
+        await self._open(self.ranges[0][0])
+        self._pending = await self._next_chunk()
 
     async def read(self, length: int, offset: int) -> bytes | bytearray:
         if self._chunks is None or offset != self._position:
@@ -50,11 +59,13 @@ class RemoteBytes:
         return block
 
     async def _open(self, offset: int) -> None:
+        """A GET from `offset` to the end of the part that holds it."""
         await self.aclose()
-        self._chunks = self.remote.get(self.record.path, offset, self.final).__aiter__()
+        last = next(last for first, last in self.ranges if first <= offset <= last)
+        self._chunks = self.remote.get(self.record.path, offset, last).__aiter__()
         self._position = offset
         self._pending = b""
-        whole = offset == 0 and self.final == self.record.size - 1
+        whole = offset == 0 and last == self.record.size - 1
         self._digest = hashlib.sha256() if whole else None
 
     async def _next_chunk(self) -> bytes:
@@ -74,9 +85,12 @@ class RemoteBytes:
         assert self._digest is not None
         if self._digest.hexdigest() != self.record.sha256:
             self.usage.count("integrity_failures")
-            raise RemoteIntegrityError(
+            error = RemoteIntegrityError(
                 f"the remote copy of {self.record.path!r} is not the recorded file "
                 f"(sha256 {self._digest.hexdigest()}, recorded {self.record.sha256})")
+            log.warning("read of %r straight from the cloud failed: %s", self.record.path,
+                        error.detail)
+            raise error
 
     async def aclose(self) -> None:
         chunks, self._chunks = self._chunks, None

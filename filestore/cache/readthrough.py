@@ -18,15 +18,18 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 
-from ..errors import RemoteError, RemoteIntegrityError, RemoteNotFound
+from ..errors import FilestoreError, RemoteError, RemoteIntegrityError, RemoteNotFound
 from ..fsutil import fsync_dir
 from ..registry import FileRecord
 from ..remote import Remote
-from ..responses import ByteSource
+from ..responses import ByteSource, LocalBytes
 from ..store import DEFAULT_REMOTE, Store
 from . import index
 from .fill import Fill, FillBytes, Filling, ForeignFill
@@ -60,20 +63,21 @@ class ReadThrough:
         self._wake = anyio.Event()
 
     async def open(self, record: FileRecord, ranges: list[tuple[int, int]] | None) -> ByteSource:
-        """The bytes for one response of `record` (whole, or `ranges`). Waits for the first
-        block of a fill, and raises the download's error if it failed before that, so the
-        client gets a status, not a broken body."""
-        first = ranges[0][0] if ranges else 0
-        final = ranges[-1][1] if ranges else record.size - 1
+        """The bytes for one response of `record` (whole, or `ranges` in the order they are
+        sent). Waits for the first bytes, and raises the download's error if it failed before
+        them, so the client gets a status, not a broken body."""
+        parts = ranges or [(0, record.size - 1)]
         remote = self._remote_for(record)
         self.usage.count("misses")
         fill = self._fills.get(record.path)
         if fill is None or fill.record.version != record.version or fill.error is not None:
-            fill = await self._start(record, remote)
-        if fill is None or first > fill.written + FAR_AHEAD:
-            self.usage.count("passthrough")
-            return RemoteBytes(remote, record, final, self.stall, self.usage)
-        reader = FillBytes(fill, final)
+            started = await self._start(record, remote)
+            if isinstance(started, LocalBytes):
+                return started
+            fill = started
+        if fill is None or parts[0][0] > fill.written + FAR_AHEAD:
+            return await self._pass_through(record, remote, parts)
+        reader = FillBytes(fill, max(last for _, last in parts))
         try:
             while fill.written == 0 and not fill.finished:
                 await fill.changed()
@@ -91,53 +95,89 @@ class ReadThrough:
                               "which is not configured")
         return remote
 
+    async def _pass_through(self, record: FileRecord, remote: Remote,
+                            parts: list[tuple[int, int]]) -> RemoteBytes:
+        self.usage.count("passthrough")
+        source = RemoteBytes(remote, record, parts, self.stall, self.usage)
+        try:
+            await source.start()
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await source.aclose()
+                if isinstance(exc, FilestoreError):
+                    await self._failed(record, exc)
+            raise
+        return source
+
     # -- starting or joining a fill --------------------------------------------------------------
 
-    async def _start(self, record: FileRecord, remote: Remote) -> Filling | None:
-        """A fill of `record`, run here or followed in another process; None if the cache
-        cannot hold it."""
+    async def _start(self, record: FileRecord, remote: Remote) -> Filling | LocalBytes | None:
+        """A fill of `record`, run here or followed in another process; the cached bytes if
+        another process has just installed them; None if the cache cannot hold it."""
         if record.size > self.gc.settings.max_size:
             return None
         incoming = record.size + self._reserved
-        if self.gc.over_budget(incoming):
-            if not await anyio.to_thread.run_sync(self.gc.collect, incoming):
-                return None
-            fill = self._fills.get(record.path)  # started by another request meanwhile?
-            if fill is not None and fill.record.version == record.version and not fill.error:
-                return fill
+        if self.gc.over_budget(incoming) and not await anyio.to_thread.run_sync(
+                self.gc.collect, incoming):
+            return None
         name = fill_name(record.path, record.version)
         lock_path = self.store.local.tmp_dir / f"{name}.lock"
         for _ in range(_JOIN_TRIES):
+            # Started meanwhile by another request here (while room was made, or this waited)?
+            fill = self._fills.get(record.path)
+            if fill is not None and fill.record.version == record.version and not fill.error:
+                return fill
             lock = FillLock.take(lock_path)
             if lock is not None:
+                installed = self._open_installed(record)
+                if installed is not None:  # another process finished it just now
+                    lock.release()
+                    return installed
                 return self._run_here(record, remote, name, lock)
-            foreign = self._join_foreign(record, name)
+            foreign = self._join_foreign(record, name, lock_path)
             if foreign is not None:
                 return foreign
             await anyio.sleep(_JOIN_WAIT)
         return None
 
+    def _open_installed(self, record: FileRecord) -> LocalBytes | None:
+        opened = self.store.local.open_bytes(record.path)
+        if opened is None:
+            return None
+        fd, _ = opened
+        current = self.store.registry.get(record.path)
+        if (current is not None and current.version == record.version
+                and current.inode == os.fstat(fd).st_ino):
+            return LocalBytes(fd)
+        os.close(fd)
+        return None
+
     def _run_here(self, record: FileRecord, remote: Remote, name: str, lock: FillLock) -> Fill:
         tmp = self.store.local.tmp_dir / name
-        tmp.unlink(missing_ok=True)  # left by a process that died filling it
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            tmp.unlink(missing_ok=True)  # left by a process that died filling it
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except BaseException:
+            lock.release()
+            raise
         fill = Fill(record, tmp, fd, lock)
         self._fills[record.path] = fill
         self._reserved += record.size
         self.usage.count("fills")
-        self.task_group.start_soon(self._run, fill, remote)
+        self._spawn(self._run, fill, remote)
         return fill
 
-    def _join_foreign(self, record: FileRecord, name: str) -> ForeignFill | None:
+    def _join_foreign(self, record: FileRecord, name: str, lock_path: Path) -> ForeignFill | None:
         tmp = self.store.local.tmp_dir / name
         try:
+            lock_inode = os.stat(lock_path).st_ino
             fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None  # its owner is just starting, or just finished: look again
-        fill = ForeignFill(record, tmp, fd, tmp.with_name(f"{name}.lock"),
+        fill = ForeignFill(record, tmp, fd, lock_path, lock_inode,
                            self.store.local.cached_path_of(record.path))
         self._fills[record.path] = fill
-        self.task_group.start_soon(self._follow, fill)
+        self._spawn(self._follow, fill)
         return fill
 
     async def _follow(self, fill: ForeignFill) -> None:
@@ -147,6 +187,16 @@ class ReadThrough:
             if self._fills.get(fill.record.path) is fill:
                 del self._fills[fill.record.path]
 
+    def _spawn(self, func: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run `func` in the server's task group; an error ends it, not the server."""
+        async def guarded() -> None:
+            try:
+                await func(*args)
+            except Exception as exc:
+                log.error("cache: %s failed: %s: %s", func.__name__, type(exc).__name__, exc)
+
+        self.task_group.start_soon(guarded)
+
     # -- running a fill --------------------------------------------------------------------------
 
     async def _run(self, fill: Fill, remote: Remote) -> None:
@@ -155,24 +205,27 @@ class ReadThrough:
         finally:
             if self._fills.get(fill.record.path) is fill:
                 del self._fills[fill.record.path]
-            # Only now: until the fill left the dict, a new reader could still open the name.
-            fill.tmp.unlink(missing_ok=True)
-            fill.lock.release()  # after the unlink: followers then see the outcome
             self._reserved -= fill.record.size
             self.usage.count("remote_bytes", fill.written)
             self._wake.set()  # the budget is checked after every fill
-        await self._note_outcome(fill)
+            try:
+                # Only now: until the fill left the dict, a new reader could still open it.
+                fill.tmp.unlink(missing_ok=True)
+            finally:
+                fill.lock.release()  # after the unlink: followers then see the outcome
+        if fill.error is not None:
+            await self._failed(fill.record, fill.error)
 
-    async def _note_outcome(self, fill: Fill) -> None:
-        error = fill.error
+    async def _failed(self, record: FileRecord, error: FilestoreError) -> None:
+        """Count a failed read from the cloud; a missing object is also recorded on its file."""
         if isinstance(error, RemoteIntegrityError):
             self.usage.count("integrity_failures")
-        elif error is not None:
-            self.usage.count("fill_errors")
+            return
+        self.usage.count("fill_errors")
         if isinstance(error, RemoteNotFound):
             log.error("%r is recorded as uploaded, but its remote object is missing",
-                      fill.record.path)
-            await anyio.to_thread.run_sync(self._record_error, fill.record, error.detail)
+                      record.path)
+            await anyio.to_thread.run_sync(self._record_error, record, error.detail)
 
     def _record_error(self, record: FileRecord, detail: str) -> None:
         with self.store.registry.transaction() as conn:

@@ -54,6 +54,14 @@ def reconcile(registry: Registry, local: LocalStore) -> tuple[int, int, int]:
     return dropped, adopted, removed
 
 
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode()  # os.walk hands back undecodable bytes as lone surrogates
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _cached_size(local: LocalStore, path: str) -> int | None:
     try:
         return _size(local.cached_path_of(path))
@@ -100,10 +108,14 @@ def _settle_files(registry: Registry, local: LocalStore,
     now = time.time()
     with registry.transaction() as conn:
         for path, size in files:
-            if index.get(conn, path) is not None:
-                continue  # installed meanwhile
             # Found by the walk, so this name is below cache/ itself (no symlinked parent).
             cached = local.cache_root / path
+            if not _is_utf8(path):  # never a path filestore stores
+                cached.unlink(missing_ok=True)
+                removed += 1
+                continue
+            if index.get(conn, path) is not None:
+                continue  # installed meanwhile
             record = registry.get(path, conn)
             only_copy = (record is not None and record.size == size
                          and _size(cached) == size and _size(local.root / path) is None)

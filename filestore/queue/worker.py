@@ -157,8 +157,8 @@ class QueueWorkers:
             # later move) still find them.
             with self.registry.transaction() as conn:
                 again = self.registry.get(entry.path, conn)
-                if again is not None and again.version == entry.version:
-                    self.store.local.move_to_cache(entry.path)
+                if (again is not None and again.version == entry.version
+                        and self.store.local.move_to_cache(entry.path)):
                     cache_index.add(conn, entry.path, again.version, again.size, again.sha256,
                                     time.time())
 
