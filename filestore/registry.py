@@ -188,10 +188,23 @@ def _migration_3(db: sqlite_utils.Database) -> None:
             "size": int,
             "sha256": str,
             "last_access": float,
+            # 0..entries-1 with no holes, so eviction can draw entries uniformly at random.
+            "slot": int,
         },
         pk="path",
-        not_null={"version", "size", "sha256", "last_access"},
+        not_null={"version", "size", "sha256", "last_access", "slot"},
         if_not_exists=True,
+    )
+    db.table("cache_entries").create_index(["slot"], unique=True, if_not_exists=True)
+    # Keep the slots dense: the entry in the last slot moves into the one a delete frees.
+    db.executescript(
+        """
+        CREATE TRIGGER IF NOT EXISTS cache_entries_fill_slot AFTER DELETE ON cache_entries
+        BEGIN
+          UPDATE cache_entries SET slot = OLD.slot
+          WHERE slot = (SELECT max(slot) FROM cache_entries) AND slot > OLD.slot;
+        END;
+        """
     )
     # Why the last read of a file from the cloud failed (its object is missing, say).
     db.table("files").add_column("last_error", str)

@@ -184,6 +184,7 @@ def test_restart_repairs_the_cache_area(make_server, tmp_path):
     bodies = {"keep.bin": os.urandom(300_000), "torn.bin": os.urandom(200_000),
               "gone.bin": os.urandom(100_000)}
     put_all(server, bodies)
+    wait_for(lambda: len(index_rows(server)) == 3)
     server.stop()
     cache, tmp = data_dir / "cache", data_dir / "tmp"
     (tmp / "fill-0123456789abcdef").write_bytes(b"half a download")  # a partial entry
@@ -193,9 +194,10 @@ def test_restart_repairs_the_cache_area(make_server, tmp_path):
     os.truncate(cache / "torn.bin", 1000)  # the wrong size
     (cache / "gone.bin").unlink()  # an index row without its file
     server = make_server(data_dir, upload__delay="0s")
-    wait_for(lambda: index_rows(server) == {"keep.bin": 300_000})
-    assert cache_files(server) == {"keep.bin": 300_000} and tmp_files(server) == []
-    assert not (cache / "stray").exists()
+    # The repair runs in the background: rows first, then the walk of the cache area.
+    wait_for(lambda: index_rows(server) == {"keep.bin": 300_000}
+             and cache_files(server) == {"keep.bin": 300_000})
+    assert tmp_files(server) == [] and not (cache / "stray").exists()
     with server.client() as client:  # the dropped entries read through again, whole
         for path, body in bodies.items():
             assert client.get(f"/files/{path}").content == body
@@ -208,6 +210,7 @@ def test_restart_adopts_uploaded_bytes_the_index_missed(make_server, tmp_path):
     data_dir = tmp_path / "data"
     server = make_server(data_dir, upload__delay="0s")
     put_all(server, {"old.bin": b"o" * 5000})
+    wait_for(lambda: index_rows(server))
     server.stop()
     with contextlib.closing(sqlite3.connect(data_dir / "registry.sqlite3")) as conn, conn:
         conn.execute("DELETE FROM cache_entries")
@@ -363,6 +366,7 @@ def test_restart_removes_names_no_path_can_have(make_server, tmp_path):
     data_dir = tmp_path / "data"
     server = make_server(data_dir, upload__delay="0s")
     put_all(server, {"fine.bin": b"f" * 100})
+    wait_for(lambda: index_rows(server))
     server.stop()
     odd = os.path.join(os.fsencode(data_dir / "cache"), b"bad\xff.bin")
     with open(odd, "wb") as f:
@@ -372,3 +376,32 @@ def test_restart_removes_names_no_path_can_have(make_server, tmp_path):
     with server.client() as client:
         assert client.get("/files/fine.bin").content == b"f" * 100
     assert index_rows(server) == {"fine.bin": 100}
+
+
+def test_index_slots_stay_dense_so_sampling_is_uniform(tmp_path):
+    """Eviction draws random slots; a hole would make the entry after it likelier to go."""
+    from filestore.cache import index
+    from filestore.registry import Registry
+
+    registry = Registry(tmp_path / "registry.sqlite3")
+    registry.migrate()
+    rng = random.Random(3)
+    live: set[str] = set()
+    for step in range(2000):
+        with registry.transaction() as conn:
+            if live and rng.random() < 0.45:
+                path = rng.choice(sorted(live))
+                index.remove(conn, path)
+                live.discard(path)
+            else:
+                path = f"p/{rng.randrange(500)}"
+                index.add(conn, path, 1, 10, "x", float(step))
+                live.add(path)
+            slots = sorted(s for (s,) in conn.execute("SELECT slot FROM cache_entries"))
+            assert slots == list(range(len(live)))
+    with registry.transaction() as conn:
+        drawn = [e.path for _ in range(20000) for e in index.sample(conn, 1, rng)]
+    counts = [drawn.count(path) for path in live]
+    expected = len(drawn) / len(live)
+    assert min(counts) > expected / 3 and max(counts) < expected * 3  # no entry favoured
+    registry.close()

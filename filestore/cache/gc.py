@@ -17,6 +17,7 @@ import random
 import shutil
 import sqlite3
 import threading
+from collections.abc import Callable
 
 from ..config import CacheSettings
 from ..errors import InUse
@@ -32,11 +33,15 @@ _FRUITLESS_DRAWS = 8  # samples in a row with nothing evictable: the rest is in 
 
 class CacheGC:
     def __init__(self, registry: Registry, local: LocalStore, settings: CacheSettings,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 last_read: Callable[[str], float | None] = lambda path: None) -> None:
         self.registry = registry
         self.local = local
         self.settings = settings
         self.rng = rng or random.Random()
+        # Reads not yet written to the index (usage.py): without them, an entry read a
+        # hundred times since the last flush would look as cold as one never read.
+        self.last_read = last_read
         self._lock = threading.Lock()  # one collection at a time in this process
 
     def cached_bytes(self) -> int:
@@ -95,7 +100,10 @@ class CacheGC:
         """Evict the least recently read of a random sample: the bytes freed, or None if
         every entry drawn is in use (or the cache is empty)."""
         drawn = index.sample(conn, self.settings.sample, self.rng)
-        for entry in sorted(drawn, key=lambda e: e.last_access):
+        def recency(entry: index.CacheEntry) -> float:
+            return max(entry.last_access, self.last_read(entry.path) or 0.0)
+
+        for entry in sorted(drawn, key=recency):
             try:
                 self.local.drop_cached(entry.path)
             except InUse:

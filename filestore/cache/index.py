@@ -6,7 +6,10 @@ start-up reconciliation (`reconcile.py`) repairs. Triggers (registry migration 3
 its file is deleted or replaced and keep `cache.entries` / `cache.bytes` counted.
 
 `last_access` is written in batches (`usage.py`), never by a read itself. Eviction draws random
-rows by rowid (`sample`): a few index lookups, whatever the number of entries.
+entries (`sample`) by slot: slots number the entries 0..n-1 without holes (a trigger moves the last
+entry into the slot a delete frees), so every entry is equally likely and a draw is an index seek,
+whatever the number of entries. (Drawing random rowids instead favours the entries after a gap,
+and long-lived entries, the popular ones, end up after the largest gaps.)
 
 Every function takes the writer connection inside `Registry.transaction()`, except the reads.
 """
@@ -32,10 +35,12 @@ _COLUMNS = "path, version, size, last_access"
 
 def add(conn: sqlite3.Connection, path: str, version: int, size: int, sha256: str,
         now: float) -> None:
+    """Index an entry (a new one takes the next free slot; a known path keeps its own)."""
     conn.execute(
-        "INSERT INTO cache_entries (path, version, size, sha256, last_access) "
-        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET version = excluded.version, "
-        "size = excluded.size, sha256 = excluded.sha256, last_access = excluded.last_access",
+        "INSERT INTO cache_entries (path, version, size, sha256, last_access, slot) "
+        "VALUES (?, ?, ?, ?, ?, (SELECT coalesce(max(slot) + 1, 0) FROM cache_entries)) "
+        "ON CONFLICT (path) DO UPDATE SET version = excluded.version, size = excluded.size, "
+        "sha256 = excluded.sha256, last_access = excluded.last_access",
         (path, version, size, sha256, now),
     )
 
@@ -59,21 +64,16 @@ def touch(conn: sqlite3.Connection, accesses: Iterable[tuple[float, str]]) -> No
 
 
 def sample(conn: sqlite3.Connection, count: int, rng: random.Random) -> list[CacheEntry]:
-    """Up to `count` distinct entries drawn at random: each draw is a random rowid in the
-    table's range and the first row at or after it, an index seek. Rows after a gap in the
-    rowids are drawn a little more often, which sampled LRU does not mind."""
-    low, high = conn.execute("SELECT min(rowid), max(rowid) FROM cache_entries").fetchone()
-    if low is None:
+    """Up to `count` distinct entries drawn uniformly at random: random slots (dense, see
+    registry migration 3), each an index seek, however many entries there are."""
+    row = conn.execute("SELECT max(slot) FROM cache_entries").fetchone()
+    if row[0] is None:
         return []
-    found: dict[str, CacheEntry] = {}
-    for _ in range(count):
-        row = conn.execute(
-            f"SELECT {_COLUMNS} FROM cache_entries WHERE rowid >= ? ORDER BY rowid LIMIT 1",
-            (rng.randint(low, high),),
-        ).fetchone()
-        if row is not None:
-            found[row[0]] = CacheEntry(*row)
-    return list(found.values())
+    slots = {rng.randrange(row[0] + 1) for _ in range(count)}
+    marks = ", ".join("?" * len(slots))
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM cache_entries WHERE slot IN ({marks})",
+                        list(slots)).fetchall()
+    return [CacheEntry(*r) for r in rows]
 
 
 def every(conn: sqlite3.Connection) -> Iterator[CacheEntry]:

@@ -57,7 +57,8 @@ class ReadThrough:
         self.task_group = task_group  # fills outlive the request that started them
         self.stall = store.settings.cache.fill_timeout
         self.usage = Usage(store.registry)
-        self.gc = CacheGC(store.registry, store.local, store.settings.cache)
+        self.gc = CacheGC(store.registry, store.local, store.settings.cache,
+                          last_read=self.usage.last_read)
         self._fills: dict[str, Filling] = {}  # by path, on the event loop's thread only
         self._reserved = 0  # bytes of this process's running fills, not yet in the index
         self._wake = anyio.Event()

@@ -28,6 +28,11 @@ class Usage:
         self._events["hits"] += 1
         self._events["hit_bytes"] += nbytes
 
+    def last_read(self, path: str) -> float | None:
+        """When `path` was last read, if not written yet. Safe from the GC's thread: one
+        dict lookup, and `flush` replaces the dict rather than clearing it."""
+        return self._accessed.get(path)
+
     def count(self, event: str, amount: int = 1) -> None:
         assert event in CACHE_EVENTS, event
         self._events[event] += amount
