@@ -304,7 +304,7 @@ def run_gc(workload: Workload, budget: int, args: argparse.Namespace, base: Path
                     index.add(conn, paths[obj], 1, size, "x", float(now))
                 # The cheap check first, as filestore's upkeep does: collect() always takes a
                 # write transaction, even when there is nothing to evict.
-                if gc.over_budget() and not gc.collect(0):
+                if gc.over_budget() and not gc.collect(0).fits:
                     raise BenchError(f"gc.collect(0) could not get within {budget} bytes")
                 peak = max(peak, gc.cached_bytes())
             if now % args.flush_every == 0:

@@ -7,17 +7,24 @@ anything else); `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
 import click
 
+from . import paths
+from .cache.gc import CacheGC
 from .config import CONFIG_ENV, Settings, load_settings
 from .errors import ConfigError, FilestoreError, RemoteError
+from .queue import entries
 from .remote import open_remote
+from .stats import report, size_text, snapshot
 from .store import DEFAULT_REMOTE, Store
 
 config_option = click.option(
@@ -122,3 +129,132 @@ def token(settings: Settings) -> None:
     store = Store(settings)
     store.close()
     click.echo(store.token)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@command
+def stats(settings: Settings, as_json: bool) -> None:
+    """Where the files are, the cache and the queue (safe while a server runs)."""
+    store = Store(settings)
+    try:
+        figures = snapshot(store.registry.counters(), settings)
+    finally:
+        store.close()
+    click.echo(json.dumps(figures, indent=2) if as_json else report(figures))
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Only say how much would be evicted.")
+@command
+def gc(settings: Settings, dry_run: bool) -> None:
+    """Evict cache entries now until the cache is within cache.max_size and cache.min_free
+    (safe while a server runs: entries being read are passed over)."""
+    store = Store(settings)
+    try:
+        collector = CacheGC(store.registry, store.local, settings.cache)
+        before, excess = collector.cached_bytes(), collector.excess()
+        limits = (f"cache.max_size {size_text(settings.cache.max_size)}, cache.min_free "
+                  f"{size_text(settings.cache.min_free)}")
+        if not excess:
+            click.echo(f"cache: {size_text(before)}; nothing to evict ({limits})")
+            return
+        if dry_run:
+            plan = (f"would evict at least {size_text(excess)}" if excess <= before else
+                    "would evict everything it holds, and the disk would still be under "
+                    "cache.min_free")
+            click.echo(f"cache: {size_text(before)}; {plan} ({limits})")
+            return
+        done = collector.collect()
+        click.echo(f"cache: evicted {done.evicted:,} entries ({size_text(done.freed)}); now "
+                   f"{size_text(collector.cached_bytes())} ({limits})")
+        if not done.fits:
+            click.echo("filestore: error: the cache is still over its limits: what is left "
+                       "is being read", err=True)
+            sys.exit(1)
+    finally:
+        store.close()
+
+
+@main.group()
+def queue() -> None:
+    """The queue of uploads and remote deletes."""
+
+
+@queue.command("list")
+@click.option("--failed", is_flag=True, help="Only the entries that failed for good.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of entries.")
+@command
+def queue_list(settings: Settings, failed: bool, as_json: bool) -> None:
+    """List queued work in due order (streamed: fine with millions of entries)."""
+    store = Store(settings)
+    try:
+        if as_json:
+            click.echo("[")
+        for n, entry in enumerate(entries.listing(store.registry.reader, failed)):
+            if as_json:
+                item = {"path": entry.path, "op": entry.op, "state": entry.state,
+                        "attempts": entry.attempts, "due": entry.not_before,
+                        "in_flight": entries.in_flight(entry, time.time()),
+                        "last_error": entry.last_error}
+                click.echo(("," if n else "") + json.dumps(item))
+            else:
+                due = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.not_before))
+                error = f"  ({entry.last_error})" if entry.last_error else ""
+                click.echo(f"{entry.state:8} {entry.op:7} {entry.attempts:3} tries  due {due}  "
+                           f"{entry.path}{error}")
+        if as_json:
+            click.echo("]")
+    finally:
+        store.close()
+
+
+@queue.command("retry")
+@click.argument("path", required=False)
+@click.option("--all", "every", is_flag=True, help="Every failed entry.")
+@command
+def queue_retry(settings: Settings, path: str | None, every: bool) -> None:
+    """Give a failed entry (or --all) fresh attempts, due now. A running server takes it up
+    within a minute."""
+    if (path is None) == (not every):
+        raise click.UsageError("give a PATH or --all, not both")
+    store = Store(settings)
+    try:
+        with store.registry.transaction() as conn:
+            count = entries.retry(conn, None if every else paths.normalize(path or ""),
+                                  time.time())
+    finally:
+        store.close()
+    click.echo(f"queue: {count} failed entr{'y' if count == 1 else 'ies'} due again")
+    if path is not None and count == 0:
+        sys.exit(1)
+
+
+@queue.command("drop")
+@click.argument("path")
+@command
+def queue_drop(settings: Settings, path: str) -> None:
+    """Forget a path's queued work. A dropped upload leaves the file local until it is
+    written again or moved to the cloud; a dropped remote delete leaves the remote copy."""
+    store = Store(settings)
+    try:
+        with store.registry.transaction() as conn:
+            dropped = entries.drop(conn, paths.normalize(path))
+    finally:
+        store.close()
+    click.echo(f"queue: {'dropped' if dropped else 'nothing queued for'} {path}")
+    if not dropped:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("target", type=click.Path(dir_okay=False))
+@command
+def backup(settings: Settings, target: str) -> None:
+    """Write a consistent copy of the registry to TARGET (safe while a server runs)."""
+    store = Store(settings)
+    try:
+        store.registry.backup(Path(target).absolute())
+    finally:
+        store.close()
+    click.echo(f"filestore: registry copied to {target}")

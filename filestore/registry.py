@@ -17,6 +17,7 @@ existing data.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sqlite3
 import threading
 import time
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import sqlite_utils
+
+from .fsutil import fsync_dir
 
 LOCATIONS = ("local", "remote")
 # Above any character a valid UTF-8 path can hold: `prefix + _MAX_CHAR` bounds a prefix range scan.
@@ -294,6 +297,23 @@ class Registry:
     def close(self) -> None:
         self.reader.close()
         self._writer.close()
+
+    def backup(self, target: Path) -> None:
+        """A consistent copy of the registry at `target`, safe while servers write to it:
+        SQLite's online backup in one step reads one snapshot (WAL readers never block the
+        writers), into a temp file that is fsynced and renamed into place."""
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.unlink(missing_ok=True)
+        copy = sqlite3.connect(tmp)
+        try:
+            self.reader.backup(copy)
+            copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+        finally:
+            copy.close()
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
 
     # -- writes ---------------------------------------------------------------------------------
 

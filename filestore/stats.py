@@ -34,3 +34,38 @@ def snapshot(counters: dict[str, int], settings: Settings) -> dict[str, Any]:
         "uploads": {"done": counters.get("uploads.done", 0),
                     "bytes": counters.get("uploads.bytes", 0)},
     }
+
+
+def size_text(size: int) -> str:
+    """A byte count as people read it: 1,234 B, 12.3 MiB, 4.0 GiB."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    value, step = float(size), 0
+    while value >= 1024 and step < len(units) - 1:
+        value, step = value / 1024, step + 1
+    return f"{size:,} B" if step == 0 else f"{value:,.1f} {units[step]}"
+
+
+def report(stats: dict[str, Any]) -> str:
+    """The snapshot as a few lines for a terminal (`filestore stats`)."""
+    files, cache, queue = stats["files"], stats["cache"], stats["queue"]
+
+    def pair(counts: dict[str, int]) -> str:
+        return f"{counts['count']:,} ({size_text(counts['bytes'])})"
+
+    ratio = "n/a" if cache["hit_ratio"] is None else f"{cache['hit_ratio']:.1%}"
+    return "\n".join([
+        f"files     {pair(files)}: local only {pair(files['local'])}, "
+        f"in the cloud {pair(files['remote'])}",
+        f"cache     {cache['entries']:,} entries, {size_text(cache['bytes'])} of "
+        f"{size_text(cache['max_size'])}; hit ratio {ratio} ({cache['hits']:,} hits, "
+        f"{cache['misses']:,} misses)",
+        f"          served from the cache {size_text(cache['hit_bytes'])}, downloaded "
+        f"{size_text(cache['remote_bytes'])} in {cache['fills']:,} fills and "
+        f"{cache['passthrough']:,} pass-through reads",
+        f"          evictions {cache['evictions']:,}, integrity failures "
+        f"{cache['integrity_failures']:,}, other download failures {cache['fill_errors']:,}",
+        f"queue     uploads {queue['upload']['pending']:,} pending, "
+        f"{queue['upload']['failed']:,} failed; remote deletes {queue['delete']['pending']:,} "
+        f"pending, {queue['delete']['failed']:,} failed",
+        f"uploaded  {stats['uploads']['done']:,} files, {size_text(stats['uploads']['bytes'])}",
+    ])

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import counters, file_row, queue_row, s3_overrides, wait_for
 
 FILESTORE = [sys.executable, "-m", "filestore"]
 
@@ -100,3 +104,92 @@ def test_streaming_put_keeps_memory_flat(tmp_path, serve_process):
     assert r.status_code == 201 and r.json()["size"] == 512 * 1024 * 1024
     growth_mib = (_peak_rss_kib(server.proc.pid) - before) / 1024
     assert growth_mib < 64, f"peak RSS grew by {growth_mib:.1f} MiB"
+
+
+def _uploaded_files(make_server, count, size):
+    server = make_server(upload__delay="0s")
+    with server.client() as client:
+        for i in range(count):
+            assert client.put(f"/files/c/{i}.bin", content=os.urandom(size)).status_code == 201
+    wait_for(lambda: counters(server)["cache.entries"] == count)
+    return server
+
+
+def test_stats_while_a_server_runs(make_server):
+    server = _uploaded_files(make_server, 3, 1000)
+    env = {"FILESTORE_STORAGE__DATA_DIR": str(server.settings.data_dir)}
+    result = run(["stats", "--json"], env=env)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["files"] == {"count": 3, "bytes": 3000, "local": {"count": 0, "bytes": 0},
+                                "remote": {"count": 3, "bytes": 3000}}
+    assert figures["cache"]["entries"] == 3 and figures["uploads"]["done"] == 3
+    human = run(["stats"], env=env)
+    assert human.returncode == 0
+    assert "files     3 (2.9 KiB)" in human.stdout and "3 entries" in human.stdout
+
+
+def test_gc_evicts_down_to_the_limits_while_a_server_runs(make_server):
+    server = _uploaded_files(make_server, 4, 1024 * 1024)
+    env = {"FILESTORE_STORAGE__DATA_DIR": str(server.settings.data_dir),
+           "FILESTORE_CACHE__MAX_SIZE": "2MiB", "FILESTORE_CACHE__MIN_FREE": "0"}
+    dry = run(["gc", "--dry-run"], env=env)
+    assert dry.returncode == 0 and "would evict at least 2.0 MiB" in dry.stdout
+    assert counters(server)["cache.entries"] == 4  # a dry run changes nothing
+    result = run(["gc"], env=env)
+    assert result.returncode == 0, result.stderr
+    assert "evicted 2 entries (2.0 MiB)" in result.stdout
+    assert counters(server)["cache.bytes"] == 2 * 1024 * 1024
+    again = run(["gc"], env=env)
+    assert again.returncode == 0 and "nothing to evict" in again.stdout
+    with server.client() as client:  # the evicted ones read through from the cloud
+        for i in range(4):
+            assert client.get(f"/files/c/{i}.bin").status_code == 200
+
+
+def test_queue_list_retry_and_drop(make_server, moto, bucket, tmp_path):
+    overrides = {**s3_overrides(moto, "late-bucket"), "upload__retry_base": "0.05s"}
+    data_dir = tmp_path / "data"
+    server = make_server(data_dir, upload__delay="0s", **overrides)
+    with server.client() as client:
+        client.put("/files/a.txt", content=b"x")
+        wait_for(lambda: (queue_row(server, "a.txt") or {"state": ""})["state"] == "failed")
+    server.stop()
+    env = {"FILESTORE_STORAGE__DATA_DIR": str(data_dir)}
+    listed = run(["queue", "list", "--failed", "--json"], env=env)
+    assert listed.returncode == 0, listed.stderr
+    [item] = json.loads(listed.stdout)
+    assert item["path"] == "a.txt" and item["state"] == "failed" and item["op"] == "upload"
+    assert "NoSuchBucket" in item["last_error"]
+    human = run(["queue", "list"], env=env)
+    assert human.stdout.startswith("failed   upload") and "a.txt" in human.stdout
+    assert run(["queue", "retry"], env=env).returncode == 2  # a PATH or --all
+    moto.client().create_bucket(Bucket="late-bucket")  # the operator fixed the cause
+    retried = run(["queue", "retry", "--all"], env=env)
+    assert retried.returncode == 0 and "1 failed entry due again" in retried.stdout
+    assert queue_row(server, "a.txt")["state"] == "pending"
+    server = make_server(data_dir, upload__delay="1h", **overrides)  # a.txt is due now
+    wait_for(lambda: queue_row(server, "a.txt") is None and file_row(server, "a.txt")[
+        "location"] == "remote")
+    with server.client() as client:
+        client.put("/files/b.txt", content=b"y")  # due in an hour
+    dropped = run(["queue", "drop", "b.txt"], env=env)
+    assert dropped.returncode == 0 and "dropped b.txt" in dropped.stdout
+    assert queue_row(server, "b.txt") is None and file_row(server, "b.txt") is not None
+    assert run(["queue", "drop", "b.txt"], env=env).returncode == 1
+    hostile = run(["queue", "drop", "../etc/passwd"], env=env)
+    assert hostile.returncode == 1 and len(hostile.stderr.strip().splitlines()) == 1
+
+
+def test_backup_is_a_consistent_registry_copy_while_serving(make_server, tmp_path):
+    server = _uploaded_files(make_server, 3, 100)
+    target = tmp_path / "backups" / "registry.sqlite3"
+    target.parent.mkdir()
+    env = {"FILESTORE_STORAGE__DATA_DIR": str(server.settings.data_dir)}
+    result = run(["backup", str(target)], env=env)
+    assert result.returncode == 0, result.stderr
+    with contextlib.closing(sqlite3.connect(target)) as copy:
+        assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert copy.execute("SELECT count(*) FROM files").fetchone()[0] == 3
+        assert copy.execute("SELECT value FROM counters WHERE name = 'files'").fetchone()[0] == 3
+    assert sorted(p.name for p in target.parent.iterdir()) == ["registry.sqlite3"]

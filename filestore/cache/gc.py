@@ -12,6 +12,7 @@ Evictions are batched, many to a transaction, so freeing a lot of space costs fe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import shutil
@@ -29,6 +30,13 @@ log = logging.getLogger("filestore.cache")
 
 _BATCH = 64  # evictions per transaction
 _FRUITLESS_DRAWS = 8  # samples in a row with nothing evictable: the rest is in use
+
+
+@dataclasses.dataclass(frozen=True)
+class Collected:
+    evicted: int  # entries
+    freed: int  # bytes
+    fits: bool  # whether what was asked for fits now
 
 
 class CacheGC:
@@ -59,21 +67,28 @@ class CacheGC:
             return True
         return shutil.disk_usage(self.local.cache_root).free - incoming < self.settings.min_free
 
-    def collect(self, incoming: int = 0) -> bool:
-        """Evict until `incoming` more bytes fit; False if they cannot (more than the whole
-        cache, or everything left is in use). In a worker thread."""
-        if incoming > self.settings.max_size:
-            return False
+    def excess(self) -> int:
+        """Bytes that must go to be within both limits now (0: within them)."""
+        over_size = self.cached_bytes() - self.settings.max_size
+        free = shutil.disk_usage(self.local.cache_root).free
+        return max(over_size, self.settings.min_free - free, 0)
+
+    def collect(self, incoming: int = 0) -> Collected:
+        """Evict until `incoming` more bytes fit; `fits` is False if they cannot (more than
+        the whole cache, or everything left is in use). In a worker thread."""
+        done = Collected(0, 0, fits=incoming <= self.settings.max_size)
+        if not done.fits:
+            return done
         with self._lock:
             while True:
-                evicted, fits = self._evict_batch(incoming)
-                if fits:
-                    return True
-                if not evicted:
-                    return False
+                evicted, freed, fits = self._evict_batch(incoming)
+                done = Collected(done.evicted + evicted, done.freed + freed, fits)
+                if fits or not evicted:
+                    return done
 
-    def _evict_batch(self, incoming: int) -> tuple[int, bool]:
-        """Up to `_BATCH` evictions in one transaction: (how many, whether `incoming` fits)."""
+    def _evict_batch(self, incoming: int) -> tuple[int, int, bool]:
+        """Up to `_BATCH` evictions in one transaction: (how many, bytes freed, whether
+        `incoming` fits)."""
         evicted = freed = 0
         with self.registry.transaction() as conn:
             cached = conn.execute(
@@ -94,7 +109,7 @@ class CacheGC:
             self.registry.add_to_counters(conn, {"cache.evictions": evicted})
         if evicted:
             log.info("cache: evicted %d entries (%d bytes)", evicted, freed)
-        return evicted, fits
+        return evicted, freed, fits
 
     def _evict_one(self, conn: sqlite3.Connection) -> int | None:
         """Evict the least recently read of a random sample: the bytes freed, or None if

@@ -118,8 +118,8 @@ class ReadThrough:
         if record.size > self.gc.settings.max_size:
             return None
         incoming = record.size + self._reserved
-        if self.gc.over_budget(incoming) and not await anyio.to_thread.run_sync(
-                self.gc.collect, incoming):
+        if self.gc.over_budget(incoming) and not (
+                await anyio.to_thread.run_sync(self.gc.collect, incoming)).fits:
             return None
         name = fill_name(record.path, record.version)
         lock_path = self.store.local.tmp_dir / f"{name}.lock"

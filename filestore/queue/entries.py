@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+from collections.abc import Iterator
 
 _COLUMNS = ("path, op, version, remote, not_before, attempts, state, leased_until, lease_owner, "
             "last_error")
@@ -51,8 +52,8 @@ def schedule(conn: sqlite3.Connection, path: str, op: str, version: int, remote:
     )
 
 
-def drop(conn: sqlite3.Connection, path: str) -> None:
-    conn.execute("DELETE FROM queue WHERE path = ?", (path,))
+def drop(conn: sqlite3.Connection, path: str) -> bool:
+    return conn.execute("DELETE FROM queue WHERE path = ?", (path,)).rowcount > 0
 
 
 def in_flight(entry: Entry | None, now: float) -> bool:
@@ -138,3 +139,19 @@ def next_due(conn: sqlite3.Connection, now: float) -> float | None:
     ).fetchone()
     times = [t for t in (free[0] if free else None, lease[0] if lease else None) if t is not None]
     return min(times) if times else None
+
+
+def listing(conn: sqlite3.Connection, failed_only: bool = False) -> Iterator[Entry]:
+    """Every row (or every failed one), in due order: streamed, however many there are."""
+    where = "WHERE state = 'failed' " if failed_only else ""
+    for row in conn.execute(f"SELECT {_COLUMNS} FROM queue {where}ORDER BY not_before, path"):
+        yield Entry(*row)
+
+
+def retry(conn: sqlite3.Connection, path: str | None, now: float) -> int:
+    """Make failed rows (one path's, or all with None) due now with fresh attempts; how many."""
+    where, args = ("AND path = ?", (path,)) if path is not None else ("", ())
+    return conn.execute(
+        "UPDATE queue SET state = 'pending', attempts = 0, not_before = ?, updated = ? "
+        f"WHERE state = 'failed' {where}", (now, now, *args)
+    ).rowcount
