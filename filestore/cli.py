@@ -22,6 +22,7 @@ from . import paths
 from .cache.gc import CacheGC
 from .config import CONFIG_ENV, Settings, load_settings
 from .errors import ConfigError, FilestoreError, RemoteError
+from .importer import ImportReport, candidates, import_one
 from .queue import entries
 from .remote import open_remote
 from .stats import report, size_text, snapshot
@@ -258,3 +259,33 @@ def backup(settings: Settings, target: str) -> None:
     finally:
         store.close()
     click.echo(f"filestore: registry copied to {target}")
+
+
+@main.command("import")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--prefix", default="", help="Store DIRECTORY/x/y as PREFIX/x/y.")
+@command
+def import_tree(settings: Settings, directory: str, prefix: str) -> None:
+    """Copy an existing directory tree into the store (registered, hashed, queued for upload).
+    Resumable: files already imported are skipped. The source is only read."""
+    root = Path(directory).resolve()
+    if root == settings.data_dir.resolve() or settings.data_dir.resolve() in root.parents:
+        raise ConfigError(f"{directory} is inside the data directory")
+    prefix = paths.normalize_prefix(prefix).rstrip("/")
+    report = ImportReport()
+    store = Store(settings)
+    try:
+        found = list(candidates(root, report))
+        with click.progressbar(length=sum(c.size for c in found), label="importing",
+                               file=sys.stderr, show_eta=True) as bar:
+            for candidate in found:
+                import_one(store, candidate, f"{prefix}/" if prefix else "", report)
+                bar.update(candidate.size)
+    finally:
+        store.close()
+    click.echo(f"import: {report.imported:,} files ({size_text(report.bytes)}) imported, "
+               f"{report.already:,} already there, {len(report.problems):,} skipped")
+    for problem in report.problems:
+        click.echo(f"  skipped {problem}", err=True)
+    if report.problems:
+        sys.exit(1)

@@ -199,6 +199,23 @@ class LocalStore:
             raise
         return Received(tmp, writer.size, writer.sha256.hexdigest(), writer.md5.hexdigest())
 
+    def copy_in(self, source: Path, max_size: int) -> Received:
+        """Copy a local file into a new temp file, hashing, like `receive` but in the calling
+        thread (for `filestore import`); the temp file goes again on any failure."""
+        tmp = self.tmp_dir / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+        writer = _TempWriter(tmp, self.min_free)
+        try:
+            with open(source, "rb") as f:
+                while block := f.read(CHUNK_SIZE):
+                    if writer.size + len(block) > max_size:
+                        raise TooLarge(f"larger than storage.max_upload_size ({max_size})")
+                    writer.write(block)
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        return Received(tmp, writer.size, writer.sha256.hexdigest(), writer.md5.hexdigest())
+
     def discard(self, received: Received) -> None:
         received.tmp.unlink(missing_ok=True)
 

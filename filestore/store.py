@@ -122,6 +122,16 @@ class Store:
         self.on_change()
         return record, created
 
+    def put_received(self, path: str, received: Received) -> FileRecord:
+        """Store an already received body at `path`, in the calling thread (the CLI's import);
+        the temp file is consumed or discarded."""
+        try:
+            record, _ = self._commit_put(path, received, guess_content_type(path), None)
+        except BaseException:
+            self.local.discard(received)
+            raise
+        return record
+
     def _commit_put(
         self, path: str, received: Received, ctype: str, precondition: Precondition | None
     ) -> tuple[FileRecord, bool]:

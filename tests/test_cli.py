@@ -193,3 +193,31 @@ def test_backup_is_a_consistent_registry_copy_while_serving(make_server, tmp_pat
         assert copy.execute("SELECT count(*) FROM files").fetchone()[0] == 3
         assert copy.execute("SELECT value FROM counters WHERE name = 'files'").fetchone()[0] == 3
     assert sorted(p.name for p in target.parent.iterdir()) == ["registry.sqlite3"]
+
+
+def test_import_a_tree_while_serving_then_resume(make_server, tmp_path):
+    tree = tmp_path / "old-uploads"
+    (tree / "2024" / "05").mkdir(parents=True)
+    big = os.urandom(2 * 1024 * 1024 + 3)
+    (tree / "2024" / "05" / "call.wav").write_bytes(big)
+    (tree / "fax.pdf").write_bytes(b"%PDF fax")
+    (tree / "bad\x01name.txt").write_bytes(b"control character")
+    (tree / "link.txt").symlink_to(tree / "fax.pdf")
+    server = make_server(upload__delay="1h")
+    env = {"FILESTORE_STORAGE__DATA_DIR": str(server.settings.data_dir)}
+    result = run(["import", str(tree), "--prefix", "media"], env=env)
+    assert result.returncode == 1  # two things could not be taken, and it says which
+    assert "2 files (2.0 MiB) imported, 0 already there, 2 skipped" in result.stdout
+    assert "bad\x01name.txt" in result.stderr and "link.txt: not a regular file" in result.stderr
+    assert "Traceback" not in result.stderr
+    with server.client() as client:
+        r = client.get("/files/media/2024/05/call.wav")
+        assert r.status_code == 200 and r.content == big
+        assert r.headers["content-type"] in ("audio/x-wav", "audio/wav")
+        assert client.get("/files/media/fax.pdf").content == b"%PDF fax"
+    assert queue_row(server, "media/fax.pdf")["op"] == "upload"  # queued like any PUT
+    assert (tree / "fax.pdf").read_bytes() == b"%PDF fax"  # the source is only read
+    again = run(["import", str(tree), "--prefix", "media"], env=env)
+    assert "0 files (0 B) imported, 2 already there, 2 skipped" in again.stdout
+    inside = run(["import", str(server.settings.data_dir / "files")], env=env)
+    assert inside.returncode == 2 and "inside the data directory" in inside.stderr

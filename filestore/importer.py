@@ -1,0 +1,78 @@
+"""`filestore import DIR`: adopt an existing directory tree into the store.
+
+Each regular file below DIR becomes the file `PREFIX + its relative path`: copied into a temp file
+and hashed in one pass (1 MiB blocks), then installed and recorded exactly as a PUT is (intent,
+one transaction, its upload queued after the cool-down), so a crash or Ctrl-C at any moment
+leaves every file either imported whole or not at all, and the source tree is only read.
+
+Resumable: a file whose path is already registered with the same size is taken as imported and
+skipped, so running the command again after an interruption continues where it stopped. What
+cannot be taken is reported and skipped: names no path may have, symlinks, unreadable files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from . import paths
+from .errors import FilestoreError, InsufficientStorage
+from .store import Store
+
+
+@dataclasses.dataclass
+class ImportReport:
+    imported: int = 0
+    bytes: int = 0
+    already: int = 0  # registered with the same size: imported by an earlier run
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    source: Path
+    relative: str  # "/"-separated, as found (not yet validated)
+    size: int
+
+
+def candidates(root: Path, report: ImportReport) -> Iterator[Candidate]:
+    """The regular files below `root` in a stable order; anything else is reported."""
+    for directory, dirs, names in os.walk(root):  # does not follow symlinked directories
+        dirs.sort()
+        for name in sorted(names) + [d for d in dirs if os.path.islink(os.path.join(directory, d))]:
+            full = Path(directory, name)
+            relative = full.relative_to(root).as_posix()
+            try:
+                info = full.lstat()
+            except OSError as exc:
+                report.problems.append(f"{relative}: {exc.strerror}")
+                continue
+            if stat.S_ISREG(info.st_mode):
+                yield Candidate(full, relative, info.st_size)
+            else:
+                report.problems.append(f"{relative}: not a regular file (a symlink or device)")
+
+
+def import_one(store: Store, candidate: Candidate, prefix: str, report: ImportReport) -> None:
+    """Import one file as `prefix` + its relative path (`prefix` is "" or ends with "/")."""
+    try:
+        path = paths.normalize(prefix + candidate.relative)
+        existing = store.registry.get(path)
+        if existing is not None and existing.size == candidate.size:
+            report.already += 1
+            return
+        received = store.local.copy_in(candidate.source, store.settings.storage.max_upload_size)
+        store.put_received(path, received)
+    except InsufficientStorage:
+        raise  # every later file would fail the same way: stop here
+    except FilestoreError as exc:
+        report.problems.append(f"{candidate.relative}: {exc.detail}")
+        return
+    except OSError as exc:
+        report.problems.append(f"{candidate.relative}: {exc.strerror or exc}")
+        return
+    report.imported += 1
+    report.bytes += candidate.size
