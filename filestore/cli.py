@@ -6,12 +6,13 @@ anything else); `--debug` shows the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,16 @@ def command(func: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(1)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def opened_store(settings: Settings) -> Iterator[Store]:
+    """The store for one command, left again however the command ends."""
+    store = Store(settings)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -137,11 +148,8 @@ def token(settings: Settings) -> None:
 @command
 def stats(settings: Settings, as_json: bool) -> None:
     """Where the files are, the cache and the queue (safe while a server runs)."""
-    store = Store(settings)
-    try:
+    with opened_store(settings) as store:
         figures = snapshot(store.registry.counters(), settings)
-    finally:
-        store.close()
     click.echo(json.dumps(figures, indent=2) if as_json else report(figures))
 
 
@@ -151,8 +159,7 @@ def stats(settings: Settings, as_json: bool) -> None:
 def gc(settings: Settings, dry_run: bool) -> None:
     """Evict cache entries now until the cache is within cache.max_size and cache.min_free
     (safe while a server runs: entries being read are passed over)."""
-    store = Store(settings)
-    try:
+    with opened_store(settings) as store:
         collector = CacheGC(store.registry, store.local, settings.cache)
         before, excess = collector.cached_bytes(), collector.excess()
         limits = (f"cache.max_size {size_text(settings.cache.max_size)}, cache.min_free "
@@ -173,8 +180,6 @@ def gc(settings: Settings, dry_run: bool) -> None:
             click.echo("filestore: error: the cache is still over its limits: what is left "
                        "is being read", err=True)
             sys.exit(1)
-    finally:
-        store.close()
 
 
 @main.group()
@@ -188,8 +193,7 @@ def queue() -> None:
 @command
 def queue_list(settings: Settings, failed: bool, as_json: bool) -> None:
     """List queued work in due order (streamed: fine with millions of entries)."""
-    store = Store(settings)
-    try:
+    with opened_store(settings) as store:
         if as_json:
             click.echo("[")
         for n, entry in enumerate(entries.listing(store.registry.reader, failed)):
@@ -206,8 +210,6 @@ def queue_list(settings: Settings, failed: bool, as_json: bool) -> None:
                            f"{entry.path}{error}")
         if as_json:
             click.echo("]")
-    finally:
-        store.close()
 
 
 @queue.command("retry")
@@ -219,13 +221,9 @@ def queue_retry(settings: Settings, path: str | None, every: bool) -> None:
     within a minute."""
     if (path is None) == (not every):
         raise click.UsageError("give a PATH or --all, not both")
-    store = Store(settings)
-    try:
-        with store.registry.transaction() as conn:
-            count = entries.retry(conn, None if every else paths.normalize(path or ""),
-                                  time.time())
-    finally:
-        store.close()
+    with opened_store(settings) as store, store.registry.transaction() as conn:
+        count = entries.retry(conn, None if every else paths.normalize(path or ""),
+                              time.time())
     click.echo(f"queue: {count} failed entr{'y' if count == 1 else 'ies'} due again")
     if path is not None and count == 0:
         sys.exit(1)
@@ -237,12 +235,8 @@ def queue_retry(settings: Settings, path: str | None, every: bool) -> None:
 def queue_drop(settings: Settings, path: str) -> None:
     """Forget a path's queued work. A dropped upload leaves the file local until it is
     written again or moved to the cloud; a dropped remote delete leaves the remote copy."""
-    store = Store(settings)
-    try:
-        with store.registry.transaction() as conn:
-            dropped = entries.drop(conn, paths.normalize(path))
-    finally:
-        store.close()
+    with opened_store(settings) as store, store.registry.transaction() as conn:
+        dropped = entries.drop(conn, paths.normalize(path))
     click.echo(f"queue: {'dropped' if dropped else 'nothing queued for'} {path}")
     if not dropped:
         sys.exit(1)
@@ -253,11 +247,8 @@ def queue_drop(settings: Settings, path: str) -> None:
 @command
 def backup(settings: Settings, target: str) -> None:
     """Write a consistent copy of the registry to TARGET (safe while a server runs)."""
-    store = Store(settings)
-    try:
+    with opened_store(settings) as store:
         store.registry.backup(Path(target).absolute())
-    finally:
-        store.close()
     click.echo(f"filestore: registry copied to {target}")
 
 
@@ -273,16 +264,13 @@ def import_tree(settings: Settings, directory: str, prefix: str) -> None:
         raise ConfigError(f"{directory} is inside the data directory")
     prefix = paths.normalize_prefix(prefix).rstrip("/")
     report = ImportReport()
-    store = Store(settings)
-    try:
+    with opened_store(settings) as store:
         found = list(candidates(root, report))
         with click.progressbar(length=sum(c.size for c in found), label="importing",
                                file=sys.stderr, show_eta=True) as bar:
             for candidate in found:
                 import_one(store, candidate, f"{prefix}/" if prefix else "", report)
                 bar.update(candidate.size)
-    finally:
-        store.close()
     click.echo(f"import: {report.imported:,} files ({size_text(report.bytes)}) imported, "
                f"{report.already:,} already there, {len(report.problems):,} skipped")
     for problem in report.problems:
