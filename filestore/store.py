@@ -63,6 +63,8 @@ class Store:
             )
             # Set by the queue's workers, so new work is seen at once (on the loop's thread).
             self.on_change: Callable[[], None] = lambda: None
+            # Set by the cache: bytes entered the cache area, so its budget is checked now.
+            self.on_cached: Callable[[], None] = lambda: None
             self.alone = self.datadir.join()
             if self.alone:
                 self._recover()

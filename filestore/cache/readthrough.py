@@ -62,6 +62,7 @@ class ReadThrough:
         self._fills: dict[str, Filling] = {}  # by path, on the event loop's thread only
         self._reserved = 0  # bytes of this process's running fills, not yet in the index
         self._wake = anyio.Event()
+        store.on_cached = self.wake
 
     async def open(self, record: FileRecord, ranges: list[tuple[int, int]] | None) -> ByteSource:
         """The bytes for one response of `record` (whole, or `ranges` in the order they are
@@ -208,7 +209,7 @@ class ReadThrough:
                 del self._fills[fill.record.path]
             self._reserved -= fill.record.size
             self.usage.count("remote_bytes", fill.written)
-            self._wake.set()  # the budget is checked after every fill
+            self.wake()  # the budget is checked after every fill
             try:
                 # Only now: until the fill left the dict, a new reader could still open it.
                 fill.tmp.unlink(missing_ok=True)
@@ -253,9 +254,13 @@ class ReadThrough:
 
     # -- upkeep ----------------------------------------------------------------------------------
 
+    def wake(self) -> None:
+        """Check the budget now, not at the next round (on the event loop's thread)."""
+        self._wake.set()
+
     async def maintain(self) -> None:
-        """Every `MAINTAIN_INTERVAL`, and after each fill: write the batched usage, then evict
-        if the cache is over its budget. Runs for the server's lifetime."""
+        """Every `MAINTAIN_INTERVAL`, and after each fill or upload: write the batched usage,
+        then evict if the cache is over its budget. Runs for the server's lifetime."""
         while True:
             with anyio.move_on_after(MAINTAIN_INTERVAL):
                 await self._wake.wait()

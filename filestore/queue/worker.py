@@ -136,6 +136,7 @@ class QueueWorkers:
             uploaded = await remote.put(entry.path, source, record.size, record.sha256,
                                         record.content_type)
         await anyio.to_thread.run_sync(self._record_upload, entry, remote, uploaded.etag)
+        self.store.on_cached()  # the uploaded bytes (usually) moved into the cache area
 
     def _record_upload(self, entry: Entry, remote: Remote, etag: str) -> None:
         now = time.time()
