@@ -349,6 +349,17 @@ def fmt_runs(values: Sequence[float], digits: int = 1) -> str:
     return ", ".join(f"{v:,.{digits}f}" for v in values)
 
 
+def add_output_options(parser: argparse.ArgumentParser, temp_holds: str, *,
+                       json_output: bool = True) -> None:
+    """The options every benchmark shares: `--json PATH` for the results, `--keep` for the
+    temp directory (which holds `temp_holds`)."""
+    if json_output:
+        parser.add_argument("--json", type=Path, default=None, metavar="PATH",
+                            help="also write the results as JSON to PATH")
+    parser.add_argument("--keep", action="store_true",
+                        help=f"keep the temp directory ({temp_holds})")
+
+
 def size_text(size: int) -> str:
     for unit, factor in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
         if size >= factor and size % factor == 0:

@@ -77,7 +77,17 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from benchlib import KIB, MIB, BenchError, log, nproc, parse_size, print_rows, size_text
+from benchlib import (
+    KIB,
+    MIB,
+    BenchError,
+    add_output_options,
+    log,
+    nproc,
+    parse_size,
+    print_rows,
+    size_text,
+)
 
 from filestore.cache import index
 from filestore.cache.gc import CacheGC
@@ -157,8 +167,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="seconds of timed evictions per index size, after which timing "
                              "stops at the end of the batch (default 20; --quick 5)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temp directory (data directories, registries)")
+    add_output_options(parser, "data directories, registries", json_output=False)
     args = parser.parse_args(argv)
     profile = QUICK if args.quick else FULL
     for name, value in profile.items():

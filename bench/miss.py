@@ -83,6 +83,7 @@ from benchlib import (
     MIB,
     BenchError,
     Process,
+    add_output_options,
     filestore_command,
     filestore_env,
     filestore_settings,
@@ -138,10 +139,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="warm GETs of each kind (default 20)")
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds any one GET or wait may take (default 60)")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
-                        help="also write the results as JSON to PATH")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temp directory (payloads, data directory, server logs)")
+    add_output_options(parser, "payloads, data directory, server logs")
     args = parser.parse_args(argv)
     if args.size < 2:
         parser.error("--size must be at least 2 bytes")

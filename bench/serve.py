@@ -62,6 +62,7 @@ from benchlib import (
     BenchError,
     MemStatus,
     Process,
+    add_output_options,
     filestore_command,
     filestore_env,
     filestore_settings,
@@ -210,10 +211,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--put-size", type=parse_size, default=GIB,
                         help="size of the streamed PUT for the memory check; 0 skips it "
                              "(default 1GiB)")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
-                        help="also write the results as JSON to PATH")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temp directory (data, configs, server logs)")
+    add_output_options(parser, "data, configs, server logs")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")

@@ -83,6 +83,7 @@ from benchlib import (
     MIB,
     BenchError,
     Process,
+    add_output_options,
     filestore_command,
     filestore_env,
     filestore_settings,
@@ -145,10 +146,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="size of the file for the RSS measurement; 0 skips it (default 1GiB)")
     parser.add_argument("--drain-timeout", type=float, default=120.0,
                         help="give up on a drain after this many seconds (default 120)")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
-                        help="also write the results as JSON to PATH")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temp directory (files, data directories, server logs)")
+    add_output_options(parser, "files, data directories, server logs")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")

@@ -132,7 +132,7 @@ class LocalStore:
             if not real.startswith(root):
                 os.close(fd)
                 raise BadPath("the path leads outside the data directory")
-            cached = root is self._cache_str
+            cached = root == self._cache_str
             if cached and not mark_in_use(fd):
                 os.close(fd)  # being evicted this very moment: read it from the cloud
                 return None

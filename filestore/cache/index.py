@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +76,8 @@ def sample(conn: sqlite3.Connection, count: int, rng: random.Random) -> list[Cac
     return [CacheEntry(*r) for r in rows]
 
 
-def every(conn: sqlite3.Connection) -> Iterator[CacheEntry]:
-    """All entries (start-up reconciliation only: it scans the table)."""
-    for row in conn.execute(f"SELECT {_COLUMNS} FROM cache_entries"):
-        yield CacheEntry(*row)
+def page(conn: sqlite3.Connection, after: str, limit: int) -> list[CacheEntry]:
+    """Up to `limit` entries with paths after `after`, in path order (start-up repair)."""
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM cache_entries WHERE path > ? ORDER BY path "
+                        "LIMIT ?", (after, limit)).fetchall()
+    return [CacheEntry(*row) for row in rows]

@@ -71,8 +71,8 @@ class ReadThrough:
         parts = ranges or [(0, record.size - 1)]
         remote = self._remote_for(record)
         self.usage.count("misses")
-        fill = self._fills.get(record.path)
-        if fill is None or fill.record.version != record.version or fill.error is not None:
+        fill = self._running_fill(record)
+        if fill is None:
             started = await self._start(record, remote)
             if isinstance(started, LocalBytes):
                 return started
@@ -126,8 +126,8 @@ class ReadThrough:
         lock_path = self.store.local.tmp_dir / f"{name}.lock"
         for _ in range(_JOIN_TRIES):
             # Started meanwhile by another request here (while room was made, or this waited)?
-            fill = self._fills.get(record.path)
-            if fill is not None and fill.record.version == record.version and not fill.error:
+            fill = self._running_fill(record)
+            if fill is not None:
                 return fill
             lock = FillLock.take(lock_path)
             if lock is not None:
@@ -141,6 +141,18 @@ class ReadThrough:
                 return foreign
             await anyio.sleep(_JOIN_WAIT)
         return None
+
+    def _running_fill(self, record: FileRecord) -> Filling | None:
+        """This process's fill of `record`'s version, unless it failed (a new one starts)."""
+        fill = self._fills.get(record.path)
+        if fill is None or fill.record.version != record.version or fill.error is not None:
+            return None
+        return fill
+
+    def _forget(self, fill: Filling) -> None:
+        """A fill ended: later requests start or join another."""
+        if self._fills.get(fill.record.path) is fill:
+            del self._fills[fill.record.path]
 
     def _open_installed(self, record: FileRecord) -> LocalBytes | None:
         opened = self.store.local.open_bytes(record.path)
@@ -186,8 +198,7 @@ class ReadThrough:
         try:
             await fill.run(self.stall)
         finally:
-            if self._fills.get(fill.record.path) is fill:
-                del self._fills[fill.record.path]
+            self._forget(fill)
 
     def _spawn(self, func: Callable[..., Awaitable[None]], *args: Any) -> None:
         """Run `func` in the server's task group; an error ends it, not the server."""
@@ -205,8 +216,7 @@ class ReadThrough:
         try:
             await fill.run(remote, self._install, self.stall)
         finally:
-            if self._fills.get(fill.record.path) is fill:
-                del self._fills[fill.record.path]
+            self._forget(fill)
             self._reserved -= fill.record.size
             self.usage.count("remote_bytes", fill.written)
             self.wake()  # the budget is checked after every fill

@@ -31,17 +31,13 @@ _BATCH = 1000
 
 
 def reconcile(registry: Registry, local: LocalStore) -> tuple[int, int, int]:
-    """Repair the cache area: (rows dropped, files adopted, files removed). Blocking."""
-    with registry.transaction() as conn:
-        known = {entry.path: entry.size for entry in index.every(conn)}
-    dropped = _drop_rows(registry, local, [p for p, size in known.items()
-                                          if _cached_size(local, p) != size])
+    """Repair the cache area: (rows dropped, files adopted, files removed). Blocking; memory
+    stays at one batch however many entries there are."""
+    dropped = _drop_rows(registry, local)
     adopted = removed = 0
     batch: list[tuple[str, int]] = []
-    for path, size in _walk(local.cache_root):
-        if known.get(path) == size:
-            continue
-        batch.append((path, size))
+    for found in _walk(local.cache_root):
+        batch.append(found)
         if len(batch) >= _BATCH:
             a, r = _settle_files(registry, local, batch)
             adopted, removed, batch = adopted + a, removed + r, []
@@ -89,17 +85,20 @@ def _walk(root: Path) -> Iterable[tuple[str, int]]:
             yield os.path.relpath(full, root), stat.st_size if S_ISREG(stat.st_mode) else -1
 
 
-def _drop_rows(registry: Registry, local: LocalStore, paths: list[str]) -> int:
-    dropped = 0
-    for start in range(0, len(paths), _BATCH):
+def _drop_rows(registry: Registry, local: LocalStore) -> int:
+    """Drop the rows whose file is missing or of another size, a page of rows a transaction
+    (a file of the wrong size, now unindexed, goes with the walk)."""
+    dropped, after = 0, ""
+    while True:
         with registry.transaction() as conn:
-            for path in paths[start:start + _BATCH]:
-                entry = index.get(conn, path)
-                if entry is None or _cached_size(local, path) == entry.size:
-                    continue  # changed meanwhile: a fill or eviction settled it
-                index.remove(conn, path)  # a file of the wrong size goes with the walk
-                dropped += 1
-    return dropped
+            page = index.page(conn, after, _BATCH)
+            for entry in page:
+                if _cached_size(local, entry.path) != entry.size:
+                    index.remove(conn, entry.path)
+                    dropped += 1
+        if len(page) < _BATCH:
+            return dropped
+        after = page[-1].path
 
 
 def _settle_files(registry: Registry, local: LocalStore,
@@ -115,7 +114,7 @@ def _settle_files(registry: Registry, local: LocalStore,
                 removed += 1
                 continue
             if index.get(conn, path) is not None:
-                continue  # installed meanwhile
+                continue  # indexed (its size was checked above), or installed meanwhile
             record = registry.get(path, conn)
             only_copy = (record is not None and record.size == size
                          and _size(cached) == size and _size(local.root / path) is None)
