@@ -17,11 +17,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import api
+from . import admin, api
 from .cache.readthrough import ReadThrough
 from .cache.reconcile import reconcile
 from .config import Settings, load_settings
 from .errors import FilestoreError, RemoteError, RemoteUnavailable
+from .live_settings import SettingsReloader
+from .queue.moves import MoveRunner
 from .queue.worker import QueueWorkers
 from .remote import Remote, open_remote
 from .store import DEFAULT_REMOTE, Store
@@ -162,32 +164,43 @@ def build_app(settings: Settings) -> FastReads:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = Store(settings)
-        remote = open_remote(DEFAULT_REMOTE, settings.remote, settings.data_dir)
+        remote = open_remote(DEFAULT_REMOTE, store.settings.remote, settings.data_dir)
+        # Shared by the workers, the cache and the settings reloader, which swaps a remote in
+        # when the admin page changes it (the old one is closed at shutdown).
+        remotes: dict[str, Remote] = {remote.name: remote}
+        retired: list[Remote] = [remote]
         try:
             await remote.open()
-            workers = QueueWorkers(store, {remote.name: remote})
+            workers = QueueWorkers(store, remotes)
             store.on_change = workers.wake
+            reloader = SettingsReloader(store, workers, retired)
+            runner = MoveRunner(store, remotes, workers.owner, workers.wake)
             app.state.store = store
-            app.state.remotes = workers.remotes
+            app.state.remotes = remotes
             app.state.workers = workers
+            app.state.reloader = reloader
+            app.state.runner = runner
             async with anyio.create_task_group() as tg:
-                cache = app.state.cache = ReadThrough(store, workers.remotes, tg)
+                cache = app.state.cache = ReadThrough(store, remotes, tg)
                 if store.alone:
                     tg.start_soon(_cleanup_remote, remote)
                     tg.start_soon(_repair_cache, store)
                 tg.start_soon(workers.run)
                 tg.start_soon(cache.maintain)
+                tg.start_soon(reloader.run)
+                tg.start_soon(runner.run)
                 yield
                 tg.cancel_scope.cancel()
             with anyio.CancelScope(shield=True):
                 await cache.usage.flush()  # the last second of statistics
         finally:
             with anyio.CancelScope(shield=True):
-                await remote.close()
+                for opened in retired:
+                    await opened.close()
             store.close()
 
     return FastReads(Starlette(
-        routes=[Route("/healthz", healthz), *api.routes],
+        routes=[Route("/healthz", healthz), *api.routes, *admin.routes],
         middleware=[Middleware(CatchUnexpected)],
         exception_handlers={
             FilestoreError: _domain_error,

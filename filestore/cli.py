@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -19,15 +20,22 @@ from typing import Any
 import anyio
 import click
 
-from . import paths
+from . import overrides, paths
+from .auth import write_new_token
 from .cache.gc import CacheGC
-from .config import CONFIG_ENV, Settings, load_settings
+from .config import CONFIG_ENV, Settings, load_settings, override
+from .datadir import DataDir
 from .errors import ConfigError, FilestoreError, RemoteError
-from .importer import ImportReport, candidates, import_one
-from .queue import entries
+from .importer import ImportReport, candidates, import_one, prune_empty
+from .queue import entries, jobs, moves
+from .queue.jobs import Job
+from .queue.moves import MoveRunner
+from .queue.worker import QueueWorkers
+from .registry import Registry
 from .remote import open_remote
-from .stats import report, size_text, snapshot
+from .stats import figures, report, size_text
 from .store import DEFAULT_REMOTE, Store
+from .verify import Verifier, remote_view, restore_registry
 
 config_option = click.option(
     "--config",
@@ -96,7 +104,8 @@ def serve(settings: Settings, host: str | None, port: int | None, workers: int |
     store = Store(settings)  # creates the data directory and the token before workers start
     token_created = store.token_created
     store.close()
-    anyio.run(_check_remote, settings)
+    anyio.run(_check_remote, store.settings)  # the remote in effect (the admin page may have
+    # changed it)
     host = host or settings.server.host
     port = settings.server.port if port is None else port
     workers = workers or settings.server.workers
@@ -115,7 +124,7 @@ def serve(settings: Settings, host: str | None, port: int | None, workers: int |
         port=port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        http="filestore.httpguard:GuardedHttpToolsProtocol",  # httptools with limits
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=10,
@@ -135,22 +144,80 @@ async def _check_remote(settings: Settings) -> None:
 
 
 @main.command()
+@click.option("--rotate", is_flag=True,
+              help="Replace the token with a new one; running servers take it up within a "
+                   "second and every admin session signs out.")
 @command
-def token(settings: Settings) -> None:
+def token(settings: Settings, rotate: bool) -> None:
     """Print the API token (generating it on first use)."""
-    store = Store(settings)
-    store.close()
-    click.echo(store.token)
+    with opened_store(settings) as store:
+        if not rotate:
+            click.echo(store.token)
+            return
+        if settings.auth.token:
+            raise ConfigError("the token comes from auth.token in the config: change it there")
+        click.echo(write_new_token(store.datadir.token_path))
+
+
+@main.group("settings")
+def settings_group() -> None:
+    """The settings saved from the admin page (they override the config file)."""
+
+
+@settings_group.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print them as JSON.")
+@command
+def settings_show(settings: Settings, as_json: bool) -> None:
+    """The settings the admin page can change, and which of them it saved."""
+    with opened_store(settings) as store:
+        described = overrides.describe(store.settings, overrides.saved(store.registry.reader))
+    if as_json:
+        click.echo(json.dumps(described, indent=2))
+        return
+    for section, keys in described.items():
+        for key, entry in keys.items():
+            value = entry.get("value", "(set)" if entry.get("set") else "(not set)")
+            where = "saved from the admin page" if entry["saved"] else "config"
+            click.echo(f"{section}.{key} = {value}  [{where}]")
+
+
+@settings_group.command("reset")
+@click.option("--force", is_flag=True,
+              help="Reset even if it points the remote elsewhere while files are in the cloud.")
+@command
+def settings_reset(settings: Settings, force: bool) -> None:
+    """Forget what the admin page saved: the config file rules again (servers apply it within
+    a second). Works even when a saved value stops the store from opening."""
+    path = DataDir(settings.data_dir).registry_path
+    if not path.exists():
+        raise ConfigError(f"no registry at {path}: nothing was saved")
+    registry = Registry(path)
+    try:
+        with registry.transaction() as conn:
+            try:
+                saved = overrides.saved(conn)
+            except sqlite3.OperationalError:  # a registry from before the admin page
+                raise ConfigError("nothing was saved from the admin page") from None
+            current = override(settings, saved, overrides.ORIGIN)
+            if overrides.location_changed(current, settings):
+                if not force:
+                    overrides.refuse_stranding(conn, current.remote.url or "the default remote")
+                overrides.forget_old_copies(conn)
+            count = overrides.reset(conn)
+    finally:
+        registry.close()
+    click.echo(f"settings: forgot {count} saved value{'' if count == 1 else 's'}")
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @command
 def stats(settings: Settings, as_json: bool) -> None:
-    """Where the files are, the cache and the queue (safe while a server runs)."""
+    """Where the files are, the cache, the queue and the move job: the admin page's figures
+    (safe while a server runs)."""
     with opened_store(settings) as store:
-        figures = snapshot(store.registry.counters(), settings)
-    click.echo(json.dumps(figures, indent=2) if as_json else report(figures))
+        found = figures(store.registry, store.settings)
+    click.echo(json.dumps(found, indent=2) if as_json else report(found))
 
 
 @main.command()
@@ -180,6 +247,119 @@ def gc(settings: Settings, dry_run: bool) -> None:
             click.echo("filestore: error: the cache is still over its limits: what is left "
                        "is being read", err=True)
             sys.exit(1)
+
+
+@main.command("move-to-cloud")
+@click.option("--wait", is_flag=True, help="Show progress until the job ends.")
+@command
+def move_to_cloud(settings: Settings, wait: bool) -> None:
+    """Upload every local file now, skipping its cool-down (the admin page's job). Run by the
+    server on this data directory; with --wait and no server, run here."""
+    _move(settings, "move-to-cloud", False, wait)
+
+
+@main.command("move-to-local")
+@click.option("--delete-remote", is_flag=True,
+              help="Delete each cloud copy once its local copy is verified.")
+@click.option("--wait", is_flag=True, help="Show progress until the job ends.")
+@command
+def move_to_local(settings: Settings, delete_remote: bool, wait: bool) -> None:
+    """Download every file only the cloud holds into the local store, verified, and keep it
+    local (the admin page's job). Refused when it would not fit above storage.min_free."""
+    _move(settings, "move-to-local", delete_remote, wait)
+
+
+def _move(settings: Settings, kind: str, delete_remote: bool, wait: bool) -> None:
+    with opened_store(settings) as store:
+        job = moves.start(store, kind, delete_remote)
+        served = not store.alone
+        click.echo(f"{kind}: job {job.id} started")
+        if not wait:
+            click.echo("a server on this data directory runs it; `filestore stats` shows its "
+                       "progress" if served else "no server runs on this data directory: the "
+                       "job starts with the next `filestore serve` (or use --wait to run it "
+                       "here)")
+            return
+        try:
+            if served:
+                with JobProgress(job) as progress:
+                    while progress.show(jobs.get(store.registry.reader, job.id)):
+                        time.sleep(0.5)
+            else:
+                anyio.run(_run_job_here, store, job.id)
+        except KeyboardInterrupt:
+            if served:
+                click.echo(f"\n{kind}: stopped watching; job {job.id} goes on in the server")
+            else:
+                moves.cancel(store, job.id)
+                click.echo(f"\n{kind}: job {job.id} cancelled (no server runs to carry it on)")
+            sys.exit(130)
+        final = jobs.get(store.registry.reader, job.id)
+    click.echo(f"{kind}: job {final.id} {final.state}: {final.done:,} files "
+               f"({size_text(final.bytes)}), {final.errors:,} errors"
+               + (f"; last error: {final.last_error}" if final.last_error else ""))
+    if final.state != "done" or final.errors:
+        sys.exit(1)
+
+
+async def _run_job_here(store: Store, job_id: int) -> None:
+    """Run a move job in this process, with the queue's workers (no server is running)."""
+    remote = open_remote(DEFAULT_REMOTE, store.settings.remote, store.settings.data_dir)
+    try:
+        await remote.open()
+        remotes = {remote.name: remote}
+        workers = QueueWorkers(store, remotes)
+        store.on_change = workers.wake
+        runner = MoveRunner(store, remotes, workers.owner, workers.wake)
+        job = await anyio.to_thread.run_sync(runner.lease)
+        if job is None or job.id != job_id:
+            raise FilestoreError(f"job {job_id} is being run by another process")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(workers.run)
+            tg.start_soon(_show_progress, store, job)
+            await runner.run_job(job)
+            tg.cancel_scope.cancel()
+        CacheGC(store.registry, store.local, store.settings.cache).collect()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await remote.close()
+
+
+async def _show_progress(store: Store, job: Job) -> None:
+    with JobProgress(job) as progress:
+        while progress.show(jobs.get(store.registry.reader, job.id)):
+            await anyio.sleep(0.5)
+
+
+class JobProgress:
+    """A progress bar for a move job: bytes, files, rate and time left, on stderr."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.started = time.monotonic()
+        self.bar = click.progressbar(length=max(job.total_bytes, 1), label=job.kind,
+                                     file=sys.stderr, show_eta=True, show_percent=True,
+                                     item_show_func=self._text)
+
+    def __enter__(self) -> JobProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(None, None, None)
+
+    def _text(self, _: object) -> str:
+        job = self.job
+        rate = job.bytes / max(time.monotonic() - self.started, 1e-3)
+        return (f"{job.done:,}/{job.total:,} files, {size_text(job.bytes)}, "
+                f"{size_text(int(rate))}/s" + (f", {job.errors:,} errors" if job.errors else ""))
+
+    def show(self, job: Job) -> bool:
+        """Draw `job`'s progress; whether it is still going."""
+        self.job = job
+        self.bar.length = max(job.total_bytes, job.bytes, 1)
+        self.bar.update(job.bytes - self.bar.pos, job)
+        return job.active
 
 
 @main.group()
@@ -255,10 +435,12 @@ def backup(settings: Settings, target: str) -> None:
 @main.command("import")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--prefix", default="", help="Store DIRECTORY/x/y as PREFIX/x/y.")
+@click.option("--move", is_flag=True,
+              help="Delete each source file once the store holds its bytes.")
 @command
-def import_tree(settings: Settings, directory: str, prefix: str) -> None:
+def import_tree(settings: Settings, directory: str, prefix: str, move: bool) -> None:
     """Copy an existing directory tree into the store (registered, hashed, queued for upload).
-    Resumable: files already imported are skipped. The source is only read."""
+    Resumable: files already imported are skipped. The source is only read, unless --move."""
     root = Path(directory).resolve()
     if root == settings.data_dir.resolve() or settings.data_dir.resolve() in root.parents:
         raise ConfigError(f"{directory} is inside the data directory")
@@ -269,11 +451,62 @@ def import_tree(settings: Settings, directory: str, prefix: str) -> None:
         with click.progressbar(length=sum(c.size for c in found), label="importing",
                                file=sys.stderr, show_eta=True) as bar:
             for candidate in found:
-                import_one(store, candidate, f"{prefix}/" if prefix else "", report)
+                import_one(store, candidate, f"{prefix}/" if prefix else "", report, move)
                 bar.update(candidate.size)
+        if move:
+            prune_empty(root)
     click.echo(f"import: {report.imported:,} files ({size_text(report.bytes)}) imported, "
-               f"{report.already:,} already there, {len(report.problems):,} skipped")
+               f"{report.already:,} already there, {len(report.problems):,} skipped"
+               + (f"; {report.moved:,} source files deleted" if move else ""))
     for problem in report.problems:
         click.echo(f"  skipped {problem}", err=True)
     if report.problems:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--remote", "check_remote", is_flag=True,
+              help="Also compare the remote's objects with the registry (sizes, and SHA-256 "
+                   "where the store reports one).")
+@click.option("--repair", is_flag=True,
+              help="Fix what can be fixed safely, and say what was done.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document: findings and repairs.")
+@command
+def verify(settings: Settings, check_remote: bool, repair: bool, as_json: bool) -> None:
+    """Hash every file and compare it, the cache and (--remote) the cloud with the registry.
+    Exit 1 if anything was wrong, even if repaired. Safe while a server runs."""
+    _verify(settings, check_remote, repair, as_json)
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+@click.option("--remote", "check_remote", is_flag=True,
+              help="Verify against the remote's objects too.")
+@command
+def restore(settings: Settings, source: str, check_remote: bool) -> None:
+    """Install SOURCE (a `filestore backup`) as the registry of a data directory no server is
+    using (the old registry is kept beside it), then verify. Exit 1 while a server runs, 2 if
+    SOURCE is not a registry this filestore knows."""
+    kept = restore_registry(settings, Path(source))
+    click.echo(f"restore: {source} is the registry of {settings.data_dir} now"
+               + (f" (the previous one is kept as {kept.name})" if kept else ""))
+    _verify(settings, check_remote, False, False)
+
+
+def _verify(settings: Settings, check_remote: bool, repair: bool, as_json: bool) -> None:
+    with opened_store(settings) as store, contextlib.ExitStack() as stack:
+        view = stack.enter_context(remote_view(store.settings)) if check_remote else None
+        if as_json:
+            result = Verifier(store, repair=repair, remote=view).run()
+        else:
+            with click.progressbar(length=store.registry.counters().get("files", 0),
+                                   label="verifying", file=sys.stderr) as bar:
+                result = Verifier(store, repair=repair, remote=view, progress=bar.update).run()
+    if as_json:
+        click.echo(json.dumps(result.as_json(), indent=2))
+    else:
+        for finding in result.findings:
+            click.echo(finding.text())
+        click.echo(result.summary())
+    if not result.clean:
         sys.exit(1)

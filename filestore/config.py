@@ -119,6 +119,17 @@ def _one_of(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
+def parse_path(value: Any) -> str:
+    """A directory: '~' and '~user' are expanded now, so one that cannot be is a config error."""
+    text = parse_str(value)
+    if "\0" in text:
+        raise ValueError("a path without NUL characters")
+    try:
+        return str(Path(text).expanduser()) if text.startswith("~") else text
+    except RuntimeError:
+        raise ValueError("a path whose '~user' names a user with a home directory") from None
+
+
 def parse_str(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("a string")
@@ -130,16 +141,33 @@ def _field(default: Any, parse: Callable[[Any], Any], *, secret: bool = False) -
     return dataclasses.field(default=default, metadata={"parse": parse}, repr=not secret)
 
 
+# A URL path of segments of RFC 3986 path characters without "%": it goes into X-Accel-Redirect
+# as it is, so it must need no encoding, and "." / ".." segments would make nginx refuse it.
+_URL_PREFIX_RE = re.compile(r"/(?:[A-Za-z0-9._~!$&'()*+,;=:@-]+/)*")
+
+
+def parse_url_prefix(value: Any) -> str:
+    """Empty, or an absolute URL path that starts and ends with "/" (an nginx location)."""
+    text = parse_str(value)
+    segments = text.strip("/").split("/")
+    if text and (not _URL_PREFIX_RE.fullmatch(text) or "." in segments or ".." in segments):
+        raise ValueError('"" or a URL path that starts and ends with "/", like "/_filestore/"')
+    return text
+
+
 @dataclasses.dataclass(frozen=True)
 class ServerSettings:
     host: str = _field("127.0.0.1", parse_str)
     port: int = _field(8080, _int_between(0, 65535))
     workers: int = _field(1, _int_between(1, 64))
+    # Behind nginx: the internal location (e.g. "/_filestore/") that maps files/ and cache/ of
+    # the data directory; local hits are then answered with X-Accel-Redirect. Empty: off.
+    accel_redirect: str = _field("", parse_url_prefix)
 
 
 @dataclasses.dataclass(frozen=True)
 class StorageSettings:
-    data_dir: str = _field("./filestore-data", parse_str)
+    data_dir: str = _field("./filestore-data", parse_path)
     max_upload_size: int = _field(5 * 1024**3, parse_size)
     # PUTs are refused with 507 when the data directory's disk has less than this free.
     min_free: int = _field(1024**3, parse_size)
@@ -261,6 +289,8 @@ def load_settings(
             raise ConfigError(f"config file is a directory: {path}") from None
         except PermissionError:
             raise ConfigError(f"config file not readable: {path}") from None
+        except OSError as exc:  # below a file, too long a name, ...
+            raise ConfigError(f"config file not readable: {path} ({exc.strerror})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
         except UnicodeDecodeError:
@@ -287,3 +317,33 @@ def load_settings(
     return Settings(
         **{name: _build_section(cls, merged.get(name, {}), name) for name, cls in SECTIONS.items()}
     )
+
+
+def override(settings: Settings, changes: Mapping[str, Mapping[str, Any]],
+             origin: str) -> Settings:
+    """`settings` with `changes` ({section: {key: value}}) parsed and laid over it, checked
+    exactly as the config file's own values are."""
+    sections = {}
+    for name, values in changes.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"{origin}: unknown section [{name}] (known: {', '.join(SECTIONS)})")
+        parsed = _build_section(SECTIONS[name], {k: (v, origin) for k, v in values.items()}, name)
+        given = {key: getattr(parsed, key) for key in values}
+        sections[name] = dataclasses.replace(getattr(settings, name), **given)
+    return dataclasses.replace(settings, **sections)
+
+
+def value_text(value: Any, kind: Callable[[Any], Any]) -> str:
+    """A parsed value as a config file would hold it, for a form field: `kind` is the key's
+    parser (a duration prints as "10m", never as "600.0")."""
+    if value is None:
+        return "never"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if kind in (parse_duration, parse_duration_or_never):
+        seconds = float(value)
+        for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+            if seconds >= size and seconds % size == 0:
+                return f"{int(seconds // size)}{unit}"
+        return f"{int(seconds * 1000)}ms" if seconds < 1 and seconds else f"{seconds:g}s"
+    return str(value)

@@ -8,11 +8,19 @@ leaves every file either imported whole or not at all, and the source tree is on
 Resumable: a file whose path is already registered with the same size is taken as imported and
 skipped, so running the command again after an interruption continues where it stopped. What
 cannot be taken is reported and skipped: names no path may have, symlinks, unreadable files.
+
+With `move`, a source file is deleted once the store holds its bytes: after the transaction that
+records them committed (the bytes and the record are durable then), and only if the source did not
+change while it was copied. A crash between the two leaves the source; the next run finds the file
+registered, checks the source's SHA-256 against the record, and deletes it then. So a byte is never
+deleted before the store holds it, and no intent is needed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import os
 import stat
 from collections.abc import Iterator
@@ -20,6 +28,7 @@ from pathlib import Path
 
 from . import paths
 from .errors import FilestoreError, InsufficientStorage
+from .local import CHUNK_SIZE
 from .store import Store
 
 
@@ -28,6 +37,7 @@ class ImportReport:
     imported: int = 0
     bytes: int = 0
     already: int = 0  # registered with the same size: imported by an earlier run
+    moved: int = 0  # sources deleted (with `move`) once the store held their bytes
     problems: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -56,16 +66,34 @@ def candidates(root: Path, report: ImportReport) -> Iterator[Candidate]:
                 report.problems.append(f"{relative}: not a regular file (a symlink or device)")
 
 
-def import_one(store: Store, candidate: Candidate, prefix: str, report: ImportReport) -> None:
-    """Import one file as `prefix` + its relative path (`prefix` is "" or ends with "/")."""
+def import_one(store: Store, candidate: Candidate, prefix: str, report: ImportReport,
+               move: bool = False) -> None:
+    """Import one file as `prefix` + its relative path (`prefix` is "" or ends with "/");
+    with `move`, delete the source once the store holds its bytes."""
     try:
         path = paths.normalize(prefix + candidate.relative)
         existing = store.registry.get(path)
         if existing is not None and existing.size == candidate.size:
             report.already += 1
+            if move:
+                if _sha256(candidate.source) == existing.sha256:
+                    _remove_source(candidate, report)
+                else:
+                    report.problems.append(f"{candidate.relative}: the store holds other bytes "
+                                           f"under {path!r}; the source is kept")
             return
+        before = candidate.source.stat()
         received = store.local.copy_in(candidate.source, store.settings.storage.max_upload_size)
-        store.put_received(path, received)
+        record = store.put_received(path, received)
+        if move:
+            after = candidate.source.stat()
+            unchanged = (before.st_size, before.st_mtime_ns, before.st_ino) == \
+                (after.st_size, after.st_mtime_ns, after.st_ino)
+            if unchanged and record.sha256 == received.sha256:
+                _remove_source(candidate, report)
+            else:
+                report.problems.append(f"{candidate.relative}: changed while it was imported; "
+                                       "the source is kept")
     except InsufficientStorage:
         raise  # every later file would fail the same way: stop here
     except FilestoreError as exc:
@@ -76,3 +104,24 @@ def import_one(store: Store, candidate: Candidate, prefix: str, report: ImportRe
         return
     report.imported += 1
     report.bytes += candidate.size
+
+
+def _sha256(source: Path) -> str:
+    digest = hashlib.sha256()
+    with open(source, "rb") as f:
+        while block := f.read(CHUNK_SIZE):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _remove_source(candidate: Candidate, report: ImportReport) -> None:
+    candidate.source.unlink()
+    report.moved += 1
+
+
+def prune_empty(root: Path) -> None:
+    """Remove the directories below `root` that a move left empty (never `root` itself)."""
+    for directory, _, _ in sorted(os.walk(root), key=lambda entry: -len(entry[0])):
+        if Path(directory) != root:
+            with contextlib.suppress(OSError):  # not empty: something was kept
+                os.rmdir(directory)

@@ -51,12 +51,17 @@ class Received:
     md5: str
 
 
+# Free disk no body may take, whatever storage.min_free says: the registry's commits (WAL pages)
+# must always find room, or a PUT's bytes land without their record and DELETEs fail.
+REGISTRY_HEADROOM = 4 * 1024 * 1024
+
+
 class _TempWriter:
     """Sync half of a streaming write: runs in a worker thread, one call per 1 MiB."""
 
     def __init__(self, tmp: Path, min_free: int) -> None:
         self.tmp = tmp
-        self.min_free = min_free
+        self.min_free = max(min_free, REGISTRY_HEADROOM)
         self.fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self.sha256 = hashlib.sha256()
         self.md5 = hashlib.md5(usedforsecurity=False)
@@ -98,7 +103,7 @@ class LocalStore:
         self.root = (data_dir / "files").resolve()
         self.cache_root = (data_dir / "cache").resolve()
         self.tmp_dir = (data_dir / "tmp").resolve()
-        self.min_free = min_free
+        self.min_free = max(min_free, REGISTRY_HEADROOM)
         for directory in (self.root, self.cache_root, self.tmp_dir):
             directory.mkdir(parents=True, exist_ok=True)
         self._root_str = str(self.root) + os.sep

@@ -7,10 +7,17 @@ cache/usage.py). So a snapshot costs one small query whether there are ten files
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from typing import Any
 
 from .config import Settings
-from .registry import CACHE_EVENTS, LOCATIONS
+from .queue import jobs
+from .registry import CACHE_EVENTS, LOCATIONS, Registry
+
+# Counting due and waiting uploads walks an index range; past this many it says "at least".
+COUNT_CAP = 10_000
+RECENT_ERRORS = 5
 
 
 def snapshot(counters: dict[str, int], settings: Settings) -> dict[str, Any]:
@@ -36,6 +43,48 @@ def snapshot(counters: dict[str, int], settings: Settings) -> dict[str, Any]:
     }
 
 
+def figures(registry: Registry, settings: Settings, now: float | None = None) -> dict[str, Any]:
+    """Everything the admin page and `filestore stats` show: the counters' snapshot, plus the
+    queue's timing, the latest errors and the move job, each a bounded index walk."""
+    now = time.time() if now is None else now
+    conn = registry.reader
+    stats = snapshot(registry.counters(), settings)
+    stats["queue"]["upload"].update(_upload_timing(conn, stats["queue"]["upload"]["pending"], now))
+    stats["recent_errors"] = [
+        {"path": path, "op": op, "error": error, "when": when, "failed": state == "failed"}
+        for path, op, error, when, state in conn.execute(
+            "SELECT path, op, last_error, updated, state FROM queue "
+            "WHERE last_error IS NOT NULL ORDER BY updated DESC LIMIT ?", (RECENT_ERRORS,))
+    ]
+    job = jobs.active(conn) or next(iter(jobs.recent(conn, 1)), None)
+    stats["job"] = None if job is None else job.public()
+    stats["time"] = now
+    return stats
+
+
+def _upload_timing(conn: sqlite3.Connection, pending: int, now: float) -> dict[str, Any]:
+    """Pending uploads split into due now and still cooling down, and those in flight. Each
+    count stops at `COUNT_CAP`; the other side is then the counter's remainder, so both are
+    exact unless both are past the cap (then `exact` is false and both are lower bounds)."""
+
+    def capped(where: str) -> int:
+        return int(conn.execute(
+            f"SELECT COUNT(*) FROM (SELECT 1 FROM queue WHERE state = 'pending' AND {where} "
+            "AND op = 'upload' LIMIT ?)", (now, COUNT_CAP)).fetchone()[0])
+
+    due = capped("not_before <= ?")
+    waiting, exact = pending - due, True
+    if due >= COUNT_CAP:
+        waiting = capped("not_before > ?")
+        if waiting < COUNT_CAP:
+            due = pending - waiting
+        else:
+            exact = False
+    in_flight = conn.execute("SELECT COUNT(*) FROM queue WHERE leased_until > ? AND "
+                             "op = 'upload'", (now,)).fetchone()[0]
+    return {"due": due, "waiting": max(waiting, 0), "in_flight": in_flight, "exact": exact}
+
+
 def size_text(size: int) -> str:
     """A byte count as people read it: 1,234 B, 12.3 MiB, 4.0 GiB."""
     units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
@@ -43,6 +92,14 @@ def size_text(size: int) -> str:
     while value >= 1024 and step < len(units) - 1:
         value, step = value / 1024, step + 1
     return f"{size:,} B" if step == 0 else f"{value:,.1f} {units[step]}"
+
+
+def _timing(upload: dict[str, Any]) -> str:
+    if "due" not in upload:
+        return ""
+    more = "" if upload["exact"] else "+"
+    return (f" ({upload['due']:,}{more} due, {upload['waiting']:,}{more} cooling down, "
+            f"{upload['in_flight']:,} in flight)")
 
 
 def report(stats: dict[str, Any]) -> str:
@@ -64,8 +121,19 @@ def report(stats: dict[str, Any]) -> str:
         f"{cache['passthrough']:,} pass-through reads",
         f"          evictions {cache['evictions']:,}, integrity failures "
         f"{cache['integrity_failures']:,}, other download failures {cache['fill_errors']:,}",
-        f"queue     uploads {queue['upload']['pending']:,} pending, "
+        f"queue     uploads {queue['upload']['pending']:,} pending{_timing(queue['upload'])}, "
         f"{queue['upload']['failed']:,} failed; remote deletes {queue['delete']['pending']:,} "
         f"pending, {queue['delete']['failed']:,} failed",
         f"uploaded  {stats['uploads']['done']:,} files, {size_text(stats['uploads']['bytes'])}",
+        *_job_lines(stats.get("job")),
+        *(f"error     {e['path']}: {e['error']}" for e in stats.get("recent_errors", [])),
     ])
+
+
+def _job_lines(job: dict[str, Any] | None) -> list[str]:
+    if job is None:
+        return []
+    progress = "" if job["progress"] is None else f" {job['progress']:.0%}"
+    return [f"job       {job['id']} {job['kind']}: {job['state']}{progress}, "
+            f"{job['done']:,} of {job['total']:,} files, {size_text(job['bytes'])} of "
+            f"{size_text(job['total_bytes'])}, {job['errors']:,} errors"]

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import anyio
 
-from .auth import load_or_create_token
+from . import overrides
+from .auth import load_or_create_token, read_token
 from .cache import index as cache_index
 from .config import Settings
 from .datadir import DataDir
@@ -50,6 +51,8 @@ def guess_content_type(path: str) -> str:
 
 class Store:
     def __init__(self, settings: Settings) -> None:
+        # The config's settings; `settings` adds what was saved from the admin page.
+        self.base_settings = settings
         self.settings = settings
         self.datadir = DataDir(settings.data_dir)
         self.datadir.create()
@@ -57,6 +60,10 @@ class Store:
         try:
             self.registry = Registry(self.datadir.registry_path)
             self.registry.migrate()
+            # The saved settings and their generation, read together: a save in between
+            # would otherwise never be applied here.
+            self.settings, self.settings_generation = overrides.snapshot(
+                settings, self.registry.reader)
             self.local = LocalStore(self.datadir.root, min_free=settings.storage.min_free)
             self.token, self.token_created = load_or_create_token(
                 self.datadir.token_path, settings.auth.token
@@ -65,11 +72,24 @@ class Store:
             self.on_change: Callable[[], None] = lambda: None
             # Set by the cache: bytes entered the cache area, so its budget is checked now.
             self.on_cached: Callable[[], None] = lambda: None
+            # Set by the cache: evict until this many bytes are free on the disk (if it can).
+            self.make_room: Callable[[int], object] = lambda free: None
             self.alone = self.datadir.join()
             if self.alone:
                 self._recover()
         finally:
             os.close(start_fd)
+
+    def reload_token(self) -> bool:
+        """Take up a token rotated by `filestore token --rotate` (in another process); whether
+        it changed. A configured `auth.token` never changes this way."""
+        if self.settings.auth.token:
+            return False
+        token = read_token(self.datadir.token_path)
+        if not token or token == self.token:
+            return False  # a missing file keeps the token in use: never a surprise new one
+        self.token = token
+        return True
 
     def close(self) -> None:
         self.registry.close()
@@ -103,6 +123,9 @@ class Store:
         if precondition is not None:
             precondition(self.registry.get(path))  # fail fast, before reading the body
         self.local.path_of(path)  # a symlink leading outside is refused before any byte lands
+        wanted = self.local.min_free + (content_length or 0)
+        if self.local.free_bytes() < wanted:
+            await anyio.to_thread.run_sync(self.make_room, wanted)  # evicts cached bytes
         self.local.check_room(content_length or 0)
         received = await self.local.receive(body, self.settings.storage.max_upload_size)
         try:
@@ -201,10 +224,14 @@ class Store:
             self.registry.delete_file(conn, path)
             self._settle_intents(conn, path)
             self._schedule_remote_delete(conn, record)
+            # Until the bytes are gone, say so: bytes with no row are a DELETE finishing (which
+            # `verify` must not adopt back), and recovery finishes it after a crash.
+            intent_id = self.registry.record_intent(conn, "delete", path)
         # The row is gone, so readers already answer 404; the bytes go unless a PUT came between.
         with self.registry.transaction() as conn:
             if self.registry.get(path, conn) is None:
                 self.local.remove(path)
+            self.registry.remove_intent(conn, intent_id)
 
     async def evict(self, path: str) -> bool:
         """Drop the cached bytes of an uploaded file, so the next GET reads the cloud copy.
@@ -238,11 +265,11 @@ class Store:
             entries.drop(conn, record.path)
 
     def _settle_intents(self, conn: sqlite3.Connection, path: str) -> None:
-        """Drop intents for `path` whose process died after its rename: what this transaction
-        writes supersedes them. An intent whose temp file still exists may belong to a PUT in
-        flight in another process; it stays."""
+        """Drop PUT intents for `path` whose process died after its rename: what this
+        transaction writes supersedes them. An intent whose temp file still exists may belong to
+        a PUT in flight in another process; it stays."""
         rows = conn.execute(
-            "SELECT id, tmp FROM intents WHERE path = ?", (path,)
+            "SELECT id, tmp FROM intents WHERE path = ? AND op = 'put'", (path,)
         ).fetchall()
         for intent_id, tmp in rows:
             if not Path(tmp).exists():
@@ -264,6 +291,12 @@ class Store:
 
     def _recover_intent(self, intent: Intent) -> None:
         with self.registry.transaction() as conn:
+            if intent.op == "delete":
+                # The row went, the bytes may not have: finish, unless a PUT made it anew.
+                if self.registry.get(intent.path, conn) is None:
+                    self.local.remove(intent.path)
+                self.registry.remove_intent(conn, intent.id)
+                return
             tmp = Path(intent.tmp)
             final = self.local.path_of(intent.path)
             if tmp.exists():

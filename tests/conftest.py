@@ -293,10 +293,16 @@ class ServeProcess:
             [sys.executable, "-m", "filestore", "serve"], cwd=self.cwd, env=self.env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
+        # Read the output as it comes: a full pipe would block the server's workers in write(2).
+        self.output: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.output.extend(self.proc.stdout),
+                                        daemon=True)
+        self._reader.start()
 
         def up() -> bool:
             if self.proc.poll() is not None:
-                raise AssertionError(f"filestore serve exited: {self.proc.stdout.read()}")
+                self._reader.join(timeout=10)
+                raise AssertionError(f"filestore serve exited: {''.join(self.output)}")
             try:
                 return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
             except httpx.TransportError:
@@ -324,8 +330,9 @@ class ServeProcess:
 
         if self.proc.poll() is None:
             self.proc.send_signal(sig or signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=30)
-        return self.proc.returncode, out
+        self.proc.wait(timeout=30)
+        self._reader.join(timeout=10)
+        return self.proc.returncode, "".join(self.output)
 
 
 @pytest.fixture

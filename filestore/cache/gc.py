@@ -86,6 +86,18 @@ class CacheGC:
                 if fits or not evicted:
                     return done
 
+    def make_free(self, wanted: int) -> bool:
+        """Evict until the disk has `wanted` bytes free (a PUT needs them); False if what is
+        left is in use or gone. In a worker thread."""
+        with self._lock:
+            while shutil.disk_usage(self.local.cache_root).free < wanted:
+                with self.registry.transaction() as conn:
+                    size = self._evict_one(conn)
+                    if size is None:
+                        return False
+                    self.registry.add_to_counters(conn, {"cache.evictions": 1})
+        return True
+
     def _evict_batch(self, incoming: int) -> tuple[int, int, bool]:
         """Up to `_BATCH` evictions in one transaction: (how many, bytes freed, whether
         `incoming` fits)."""

@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import TaskGroup
 
+from .. import overrides
 from ..cache import index as cache_index
-from ..errors import RemoteError
+from ..config import UploadSettings
+from ..errors import RemoteError, RemoteUnavailable
 from ..remote import Remote
 from . import entries
 from .entries import Entry
@@ -45,10 +47,16 @@ class QueueWorkers:
         self.store = store
         self.registry = store.registry
         self.remotes = remotes
-        self.settings = store.settings.upload
+        # The remote settings these remotes were opened with (see overrides.py): an upload
+        # that began under older ones is not recorded, it goes again to the new remote.
+        self.remote_generation = store.settings_generation[1]
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._in_flight: dict[str, Entry] = {}
         self._wakeup = anyio.Event()
+
+    @property
+    def settings(self) -> UploadSettings:
+        return self.store.settings.upload  # changed at run time from the admin page
 
     def wake(self) -> None:
         """Look at the queue now (called on the event loop's thread)."""
@@ -106,7 +114,7 @@ class QueueWorkers:
                 await self._upload(entry, remote)
             else:
                 await remote.delete(entry.path)
-                await anyio.to_thread.run_sync(self._finish, entry)
+                await anyio.to_thread.run_sync(self._finish_delete, entry)
         except Exception as exc:
             retryable = is_retryable(exc)
             error = getattr(exc, "detail", "") or f"{type(exc).__name__}: {exc}"
@@ -132,16 +140,21 @@ class QueueWorkers:
             await anyio.to_thread.run_sync(self._settle_stale, entry)
             return
         assert record is not None
+        generation = self.remote_generation
         with source:
             uploaded = await remote.put(entry.path, source, record.size, record.sha256,
                                         record.content_type)
-        await anyio.to_thread.run_sync(self._record_upload, entry, remote, uploaded.etag)
+        await anyio.to_thread.run_sync(self._record_upload, entry, remote, uploaded.etag,
+                                       generation)
         self.store.on_cached()  # the uploaded bytes (usually) moved into the cache area
 
-    def _record_upload(self, entry: Entry, remote: Remote, etag: str) -> None:
+    def _record_upload(self, entry: Entry, remote: Remote, etag: str, generation: int) -> None:
         now = time.time()
         key = remote.key_for(entry.path)
         with self.registry.transaction() as conn:
+            if overrides.generation(conn)[1] != generation:
+                raise RemoteUnavailable("the remote settings changed during the upload; it "
+                                        "goes again, to the remote they name now")
             record = self.registry.get(entry.path, conn)
             current = record is not None and record.version == entry.version
             if record is not None and current:
@@ -158,13 +171,19 @@ class QueueWorkers:
             # later move) still find them.
             with self.registry.transaction() as conn:
                 again = self.registry.get(entry.path, conn)
+                # Still this version and still in the cloud: a move back to local in between
+                # made these bytes the only copy again, and they stay in files/.
                 if (again is not None and again.version == entry.version
+                        and again.location == "remote"
                         and self.store.local.move_to_cache(entry.path)):
                     cache_index.add(conn, entry.path, again.version, again.size, again.sha256,
                                     time.time())
 
-    def _finish(self, entry: Entry) -> None:
+    def _finish_delete(self, entry: Entry) -> None:
         with self.registry.transaction() as conn:
+            if entries.is_current(conn, entry):
+                # A file moved back to local whose cloud copy went: it is local only now.
+                self.registry.forget_remote_copy(conn, entry.path, entry.version)
             entries.finish(conn, entry)
 
     def _settle_stale(self, entry: Entry) -> None:

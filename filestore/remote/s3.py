@@ -115,6 +115,15 @@ class S3Remote:
         return f"{self.prefix}/{path}" if self.prefix else path
 
     async def open(self) -> None:
+        try:
+            await self._open()
+        except RemoteError:
+            raise
+        except (ValueError, botocore.exceptions.BotoCoreError) as exc:
+            # A malformed endpoint URL or region: botocore says so only when the client opens.
+            raise RemoteError(f"cannot open {self.display_url}: {exc}") from None
+
+    async def _open(self) -> None:
         settings = self.settings
         style = settings.addressing_style
         if style == "auto":

@@ -1,0 +1,172 @@
+"""The admin JSON API under `/admin/api/`: what the page shows and does, for scripts and the page's
+own live updates. Every route takes a bearer token or the page's session; every change made with
+the session also needs its CSRF token (`session.py`)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .. import paths
+from ..errors import BadRequest
+from ..queue import entries, jobs
+from ..stats import figures
+from . import operations
+from .session import CSRF_HEADER, Session, authenticate, check_csrf
+
+MAX_PAGE = 1000
+MAX_BODY = 64 * 1024  # an admin request is a few keys
+_DIGITS = re.compile(r"[0-9]{1,18}")
+
+
+def _session(request: Request) -> Session:
+    return authenticate(request, operations.store_of(request.app.state).token)
+
+
+def _change(request: Request) -> Session:
+    session = _session(request)
+    check_csrf(session, request.headers.get(CSRF_HEADER))
+    return session
+
+
+async def _json_body(request: Request) -> Any:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise BadRequest(f"the body is larger than {MAX_BODY} bytes")
+    if not body:
+        return {}
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BadRequest("the body must be JSON") from None
+
+
+def _int(value: str | None, name: str, default: int, high: int) -> int:
+    if value is None:
+        return default
+    if not _DIGITS.fullmatch(value) or not 1 <= int(value) <= high:
+        raise BadRequest(f"{name} must be a whole number from 1 to {high}")
+    return int(value)
+
+
+async def stats(request: Request) -> Response:
+    _session(request)
+    store = operations.store_of(request.app.state)
+    return JSONResponse(figures(store.registry, store.settings))
+
+
+async def file_info(request: Request) -> Response:
+    _session(request)
+    path = paths.normalize(request.path_params["path"])
+    return JSONResponse(operations.file_state(request.app.state, path).public())
+
+
+async def file_action(request: Request) -> Response:
+    _change(request)
+    path, action = request.path_params["path"], request.path_params["action"]
+    message, changed = await operations.file_action(request.app.state, path, action)
+    return JSONResponse({"path": paths.normalize(path), "action": action, "changed": changed,
+                         "message": message})
+
+
+async def settings(request: Request) -> Response:
+    if request.method == "GET":
+        _session(request)
+        return JSONResponse(operations.settings_view(request.app.state))
+    _change(request)
+    result = await operations.save_settings(request.app.state, await _json_body(request))
+    if not result.ok:
+        return JSONResponse(
+            {"error": "settings_test_failed", "step": result.step,
+             "detail": f"{result.step} failed: {result.detail}", "remote": result.remote},
+            status_code=422,
+        )
+    return JSONResponse({"saved": True, "remote": result.remote,
+                         "settings": operations.settings_view(request.app.state)})
+
+
+async def job_list(request: Request) -> Response:
+    if request.method == "GET":
+        _session(request)
+        store = operations.store_of(request.app.state)
+        return JSONResponse({"items": [j.public() for j in jobs.recent(store.registry.reader)]})
+    _change(request)
+    body = await _json_body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("kind"), str):
+        raise BadRequest('send {"kind": "move-to-cloud"} or {"kind": "move-to-local"}')
+    delete_remote = body.get("delete_remote", False)
+    if not isinstance(delete_remote, bool):
+        raise BadRequest("delete_remote must be true or false")
+    job = await operations.start_job(request.app.state, body["kind"], delete_remote)
+    return JSONResponse(job.public(), status_code=201)
+
+
+def _job_id(request: Request) -> int:
+    raw = request.path_params["id"]
+    if not _DIGITS.fullmatch(raw):
+        raise BadRequest("a job id is a whole number")
+    return int(raw)
+
+
+async def job_info(request: Request) -> Response:
+    _session(request)
+    return JSONResponse(operations.job(request.app.state, _job_id(request)).public())
+
+
+async def job_cancel(request: Request) -> Response:
+    _change(request)
+    job = await operations.cancel_job(request.app.state, _job_id(request))
+    return JSONResponse(job.public())
+
+
+async def failed(request: Request) -> Response:
+    _session(request)
+    params = request.query_params
+    limit = _int(params.get("limit"), "limit", 100, MAX_PAGE)
+    rows = entries.failed_page(operations.store_of(request.app.state).registry.reader,
+                               params.get("after", ""), limit + 1)
+    items = [{"path": e.path, "op": e.op, "attempts": e.attempts, "error": e.last_error}
+             for e in rows[:limit]]
+    return JSONResponse({"items": items, "next": rows[limit - 1].path if len(rows) > limit
+                         else None})
+
+
+async def retry(request: Request) -> Response:
+    _change(request)
+    body = await _json_body(request)
+    every = isinstance(body, dict) and body.get("all") is True
+    path = body.get("path") if isinstance(body, dict) else None
+    if every == isinstance(path, str):
+        raise BadRequest('send {"path": "..."} or {"all": true}')
+    count = await operations.retry_failed(request.app.state, None if every else path)
+    return JSONResponse({"retried": count})
+
+
+async def drop(request: Request) -> Response:
+    _change(request)
+    body = await _json_body(request)
+    path = body.get("path") if isinstance(body, dict) else None
+    if not isinstance(path, str):
+        raise BadRequest('send {"path": "..."}')
+    return JSONResponse({"dropped": await operations.drop_queued(request.app.state, path)})
+
+
+routes = [
+    Route("/admin/api/stats", stats, methods=["GET"]),
+    Route("/admin/api/settings", settings, methods=["GET", "PUT"]),
+    Route("/admin/api/jobs", job_list, methods=["GET", "POST"]),
+    Route("/admin/api/jobs/{id}", job_info, methods=["GET"]),
+    Route("/admin/api/jobs/{id}/cancel", job_cancel, methods=["POST"]),
+    Route("/admin/api/queue/failed", failed, methods=["GET"]),
+    Route("/admin/api/queue/retry", retry, methods=["POST"]),
+    Route("/admin/api/queue/drop", drop, methods=["POST"]),
+    Route("/admin/api/files/{path:path}/{action}", file_action, methods=["POST"]),
+    Route("/admin/api/files/{path:path}", file_info, methods=["GET"]),
+]

@@ -1,0 +1,101 @@
+// filestore admin: refresh the statistics and the move job every few seconds.
+// The page works without this script; it only keeps the figures current.
+"use strict";
+
+const REFRESH_MS = 2000;
+const UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+
+function sizeText(n) {
+  let value = n, step = 0;
+  while (value >= 1024 && step < UNITS.length - 1) { value /= 1024; step++; }
+  return step === 0 ? `${n.toLocaleString("en")} B`
+                    : `${value.toLocaleString("en", {minimumFractionDigits: 1, maximumFractionDigits: 1})} ${UNITS[step]}`;
+}
+
+function format(value, kind) {
+  if (value === null || value === undefined) return "n/a";
+  if (kind === "size") return sizeText(value);
+  if (kind === "ratio") return `${(value * 100).toFixed(1)}%`;
+  return Number(value).toLocaleString("en");
+}
+
+function lookup(data, dotted) {
+  return dotted.split(".").reduce((node, key) => (node == null ? undefined : node[key]), data);
+}
+
+let previous = null;
+
+function showRate(stats) {
+  const rate = document.getElementById("rate");
+  if (!rate) return;
+  if (previous) {
+    const seconds = stats.time - previous.time;
+    const bytes = stats.uploads.bytes - previous.uploads.bytes;
+    const files = stats.uploads.done - previous.uploads.done;
+    if (seconds > 0) rate.textContent = `${sizeText(Math.round(bytes / seconds))}/s, ${(files / seconds).toFixed(1)} files/s`;
+  }
+  previous = stats;
+}
+
+function showJob(job) {
+  const box = document.getElementById("job");
+  if (!box || !job) return;
+  if (String(job.id) !== box.dataset.job) { window.location.reload(); return; }
+  const set = (field, text) => {
+    const node = box.querySelector(`[data-job-field="${field}"]`);
+    if (node) node.textContent = text;
+  };
+  const active = job.state === "queued" || job.state === "running";
+  set("state", job.state);
+  set("scanning", job.scanning && active ? " (scanning)" : "");
+  set("percent", `${Math.round((job.progress || 0) * 100)}%`);
+  set("done", format(job.done));
+  set("total", format(job.total));
+  set("bytes", sizeText(job.bytes));
+  set("total_bytes", sizeText(job.total_bytes));
+  set("errors", format(job.errors));
+  set("last_error", job.last_error || "");
+  const bar = box.querySelector("progress");
+  if (bar) bar.value = job.progress || 0;
+  const cancel = box.querySelector("[data-job-cancel]");
+  if (cancel && !active) cancel.remove();
+}
+
+function showErrors(errors) {
+  const list = document.getElementById("errors");
+  if (!list) return;
+  list.replaceChildren(...(errors.length ? errors.map((e) => {
+    const item = document.createElement("li");
+    const code = document.createElement("code");
+    code.textContent = e.path;
+    item.append(code, ` (${e.op}${e.failed ? ", failed" : ""}): ${e.error}`);
+    return item;
+  }) : [Object.assign(document.createElement("li"), {className: "muted", textContent: "None."})]));
+}
+
+async function refresh(source) {
+  try {
+    const response = await fetch(source, {credentials: "same-origin", cache: "no-store"});
+    if (response.status === 401) { window.location.reload(); return; }
+    if (!response.ok) return;
+    const stats = await response.json();
+    for (const node of document.querySelectorAll("[data-stat]")) {
+      node.textContent = format(lookup(stats, node.dataset.stat), node.dataset.format);
+    }
+    showRate(stats);
+    showJob(stats.job);
+    showErrors(stats.recent_errors || []);
+    const updated = document.getElementById("updated");
+    if (updated) updated.textContent = `Updated ${new Date().toLocaleTimeString("en-GB")}.`;
+  } catch (error) {
+    // The server is restarting or unreachable: try again at the next tick.
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const live = document.querySelector("[data-live]");
+  if (!live) return;
+  const source = live.dataset.live;
+  refresh(source);
+  setInterval(() => refresh(source), REFRESH_MS);
+});

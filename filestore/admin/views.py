@@ -1,0 +1,312 @@
+"""The admin page: server-rendered HTML (Jinja2), plain forms, a little script for live figures.
+
+Every page works without JavaScript: actions are forms that POST and redirect back (with a
+one-shot message in a short-lived cookie), and figures are rendered on the server. The script only
+refreshes the statistics and the running job every few seconds from `/admin/api/stats`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .. import overrides, paths
+from ..errors import BadRequest, FilestoreError
+from ..probe import STEPS
+from ..queue import entries, jobs
+from ..stats import figures, size_text
+from . import operations
+from .files import describe
+from .session import CSRF_FIELD, Session, check_csrf, from_cookie, sign_in, sign_out
+
+HERE = Path(__file__).parent
+PAGE_SIZE = 50
+FLASH_COOKIE = "filestore_flash"
+MAX_FORM = 64 * 1024
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(HERE / "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+_env.filters["size"] = size_text
+_env.filters["count"] = lambda n: f"{n:,}"
+_env.filters["quote"] = lambda s: quote(s, safe="/")
+_env.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _render(request: Request, name: str, session: Session | None, status: int = 200,
+            **context: Any) -> HTMLResponse:
+    flash = request.cookies.get(FLASH_COOKIE)
+    page = _env.get_template(name).render(
+        csrf=session.csrf if session else "", flash=_parse_flash(flash), page=name, **context)
+    response = HTMLResponse(page, status_code=status, headers={
+        "cache-control": "no-store",
+        # Only our own stylesheet and script; no framing (clickjacking).
+        "content-security-policy": "default-src 'self'; frame-ancestors 'none'; "
+                                   "form-action 'self'",
+        "x-frame-options": "DENY",
+        "referrer-policy": "same-origin",
+    })
+    if flash:
+        response.delete_cookie(FLASH_COOKIE, path="/admin")
+    return response
+
+
+def _parse_flash(raw: str | None) -> dict[str, str] | None:
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    return {"level": str(value.get("level", "info")), "text": str(value.get("text", ""))}
+
+
+def _back(where: str, text: str, level: str = "info") -> RedirectResponse:
+    """Redirect after a form, carrying one message for the next page only."""
+    response = RedirectResponse(where, status_code=303)
+    response.set_cookie(FLASH_COOKIE, json.dumps({"level": level, "text": text[:500]}),
+                        max_age=60, path="/admin", httponly=True, samesite="strict")
+    return response
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path of the admin page itself: never an open redirect to another site."""
+    if target and target.startswith("/admin") and "//" not in target and "\\" not in target:
+        return target
+    return "/admin"
+
+
+def _session(request: Request) -> Session | None:
+    return from_cookie(request, operations.store_of(request.app.state).token)
+
+
+def _sign_in_first(request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse("/admin/login?" + urlencode({"next": target}), status_code=303)
+
+
+async def _read_form(request: Request) -> dict[str, str]:
+    """A URL-encoded form (the only kind these pages send), parsed by the standard library:
+    no multipart parser to depend on, and a size cap, since a form here is a few fields."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded":
+        raise BadRequest("send the form as application/x-www-form-urlencoded")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM:
+            raise BadRequest(f"the form is larger than {MAX_FORM} bytes")
+    try:
+        pairs = parse_qsl(body.decode(), keep_blank_values=True, max_num_fields=64,
+                          strict_parsing=False)
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("the form is not valid URL-encoded UTF-8") from None
+    return dict(pairs)
+
+
+async def _form(request: Request, session: Session) -> dict[str, str]:
+    """The posted form, after its CSRF token was checked."""
+    form = await _read_form(request)
+    check_csrf(session, form.get(CSRF_FIELD))
+    return form
+
+
+def _field(form: dict[str, str], name: str) -> str:
+    return form.get(name, "")
+
+
+# -- sign in and out -----------------------------------------------------------------------------
+
+async def login(request: Request) -> Response:
+    if request.method == "GET":
+        return _render(request, "login.html", None, next=_safe_next(request.query_params.get(
+            "next")), error=None)
+    form = await _read_form(request)
+    target = _safe_next(_field(form, "next"))
+    response = RedirectResponse(target, status_code=303)
+    token = operations.store_of(request.app.state).token
+    if not sign_in(response, token, _field(form, "token"), request.url.scheme == "https"):
+        return _render(request, "login.html", None, status=401, next=target,
+                       error="That is not the API token. `filestore token` prints it.")
+    return response
+
+
+async def logout(request: Request) -> Response:
+    session = _session(request)
+    if session is not None:
+        await _form(request, session)
+    response = RedirectResponse("/admin/login", status_code=303)
+    sign_out(response)
+    return response
+
+
+# -- pages ---------------------------------------------------------------------------------------
+
+async def dashboard(request: Request) -> Response:
+    session = _session(request)
+    if session is None:
+        return _sign_in_first(request)
+    store = operations.store_of(request.app.state)
+    stats = figures(store.registry, store.settings)
+    return _render(request, "dashboard.html", session, stats=stats,
+                   jobs=[j.public() for j in jobs.recent(store.registry.reader, 5)])
+
+
+async def files(request: Request) -> Response:
+    session = _session(request)
+    if session is None:
+        return _sign_in_first(request)
+    store = operations.store_of(request.app.state)
+    params = request.query_params
+    try:
+        prefix = paths.normalize_prefix(params.get("prefix", ""))
+    except FilestoreError as exc:
+        return _render(request, "files.html", session, status=400, prefix=params.get(
+            "prefix", ""), rows=[], after="", following=None, error=exc.detail)
+    after = params.get("after", "")
+    records = store.list_files(prefix, after, PAGE_SIZE + 1)
+    following = records[PAGE_SIZE - 1].path if len(records) > PAGE_SIZE else None
+    rows = describe(store.registry.reader, store.local, records[:PAGE_SIZE])
+    return _render(request, "files.html", session, prefix=prefix, rows=rows, after=after,
+                   following=following, error=None)
+
+
+async def file_action(request: Request) -> Response:
+    session = _session(request)
+    if session is None:
+        return _sign_in_first(request)
+    form = await _form(request, session)
+    back = _safe_next(_field(form, "back") or "/admin/files")
+    try:
+        message, _ = await operations.file_action(request.app.state, _field(form, "path"),
+                                                  _field(form, "action"))
+    except FilestoreError as exc:
+        return _back(back, exc.detail, "error")
+    return _back(back, message)
+
+
+async def failed(request: Request) -> Response:
+    session = _session(request)
+    if session is None:
+        return _sign_in_first(request)
+    store = operations.store_of(request.app.state)
+    after = request.query_params.get("after", "")
+    rows = entries.failed_page(store.registry.reader, after, PAGE_SIZE + 1)
+    following = rows[PAGE_SIZE - 1].path if len(rows) > PAGE_SIZE else None
+    return _render(request, "failed.html", session, rows=rows[:PAGE_SIZE], after=after,
+                   following=following)
+
+
+async def failed_action(request: Request) -> Response:
+    session = _session(request)
+    if session is None:
+        return _sign_in_first(request)
+    form = await _form(request, session)
+    action, path = request.path_params["action"], _field(form, "path")
+    if action not in ("retry-all", "retry", "drop"):
+        return _back("/admin/failed", f"no action {action!r}", "error")
+    try:
+        if action == "retry-all":
+            count = await operations.retry_failed(request.app.state, None)
+            return _back("/admin/failed", f"{count:,} failed uploads will be retried now")
+        if action == "retry":
+            count = await operations.retry_failed(request.app.state, path)
+            return _back("/admin/failed", f"{path} will be retried now" if count else
+                         f"{path} had no failed upload", "info" if count else "error")
+        dropped = await operations.drop_queued(request.app.state, path)
+        return _back("/admin/failed", f"dropped the queued work of {path}" if dropped else
+                     f"nothing was queued for {path}", "info" if dropped else "error")
+    except FilestoreError as exc:
+        return _back("/admin/failed", exc.detail, "error")
+
+
+async def settings(request: Request) -> Response:
+    session = _session(request)
+    if session is None:
+        return _sign_in_first(request)
+    state = request.app.state
+    if request.method == "GET":
+        return _render(request, "settings.html", session, settings=operations.settings_view(
+            state), editable=overrides.EDITABLE, steps=STEPS, result=None, error=None, submitted={})
+    form = await _form(request, session)
+    # Only what the operator changed: a field left as shown is not saved, so it keeps
+    # following the config file.
+    shown = operations.settings_view(state)
+    changes: dict[str, dict[str, str]] = {}
+    for section, keys in overrides.EDITABLE.items():
+        for key in keys:
+            name = f"{section}.{key}"
+            if name in form and form[name].strip() != shown[section][key].get("value", ""):
+                changes.setdefault(section, {})[key] = _field(form, name)
+    if not changes:
+        return _back("/admin/settings", "Nothing changed.")
+    result, error, status = None, None, 200
+    try:
+        result = await operations.save_settings(state, changes)
+        status = 200 if result.ok else 422
+    except FilestoreError as exc:
+        error, status = exc.detail, exc.status
+    if result is not None and result.ok:
+        return _back("/admin/settings", f"Saved: the test against {result.remote} passed "
+                     "(put, read, compare, delete)." if result.tested else "Saved.")
+    return _render(request, "settings.html", session, status=status,
+                   settings=operations.settings_view(state), editable=overrides.EDITABLE,
+                   steps=STEPS, result=result, error=error, submitted=changes)
+
+
+async def start_job(request: Request) -> Response:
+    session = _session(request)
+    if session is None:
+        return _sign_in_first(request)
+    form = await _form(request, session)
+    try:
+        job = await operations.start_job(request.app.state, _field(form, "kind"),
+                                         _field(form, "delete_remote") == "true")
+    except FilestoreError as exc:
+        return _back("/admin", exc.detail, "error")
+    return _back("/admin", f"Started job {job.id}: {job.kind}.")
+
+
+async def cancel_job(request: Request) -> Response:
+    session = _session(request)
+    if session is None:
+        return _sign_in_first(request)
+    await _form(request, session)
+    raw = request.path_params["id"]
+    try:
+        if not re.fullmatch(r"[0-9]{1,18}", raw):
+            raise BadRequest("a job id is a whole number")
+        job = await operations.cancel_job(request.app.state, int(raw))
+    except FilestoreError as exc:
+        return _back("/admin", exc.detail, "error")
+    return _back("/admin", f"Cancelled job {job.id}.")
+
+
+routes = [
+    Route("/admin", dashboard, methods=["GET"]),
+    Route("/admin/", dashboard, methods=["GET"]),
+    Route("/admin/login", login, methods=["GET", "POST"]),
+    Route("/admin/logout", logout, methods=["POST"]),
+    Route("/admin/files", files, methods=["GET"]),
+    Route("/admin/files/action", file_action, methods=["POST"]),
+    Route("/admin/failed", failed, methods=["GET"]),
+    Route("/admin/failed/{action:str}", failed_action, methods=["POST"]),
+    Route("/admin/settings", settings, methods=["GET", "POST"]),
+    Route("/admin/jobs", start_job, methods=["POST"]),
+    Route("/admin/jobs/{id}/cancel", cancel_job, methods=["POST"]),
+    Mount("/admin/static", StaticFiles(directory=HERE / "static"), name="admin-static"),
+]

@@ -1,0 +1,85 @@
+"""uvicorn's httptools protocol with the limits it lacks: a request head (request line and
+headers) may be at most `MAX_HEAD_BYTES` and must arrive within `HEAD_TIMEOUT` seconds, and a
+body that stalls for `BODY_IDLE_TIMEOUT` seconds is cut.
+
+uvicorn 0.54 bounds none of these with httptools (`h11_max_incomplete_event_size` is h11's only,
+and h11 halves small-file throughput; `timeout_keep_alive` only runs between requests, and any
+byte cancels it): one client sending an endless header made the server hold 100 MB and more,
+for as long as it liked, and a slow client could hold a connection (and a PUT's temp file) open
+forever. Measured in tests/test_hostile.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+MAX_HEAD_BYTES = 64 * 1024  # nginx's large_client_header_buffers allow 4 x 8 KiB
+HEAD_TIMEOUT = 30.0  # nginx client_header_timeout is 60 s
+BODY_IDLE_TIMEOUT = 60.0  # nginx client_body_timeout: between two reads, not for the whole body
+
+_431 = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\n"
+        b"content-length: 33\r\nconnection: close\r\n\r\nRequest header fields too large.\n")
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_bytes = 0
+        self._in_head = True
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(HEAD_TIMEOUT)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+        elif self.cycle is not None and not self.cycle.response_complete and self.cycle.more_body:
+            self._arm(BODY_IDLE_TIMEOUT)  # the body is still coming: it may pause, not stall
+        super().data_received(data)
+        if self._in_head and self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+            self.logger.warning("Request head over %d bytes: refused.", MAX_HEAD_BYTES)
+            self.transport.write(_431)
+            self.transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        if self._timer is None:
+            self._arm(HEAD_TIMEOUT)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        self._arm(BODY_IDLE_TIMEOUT)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._in_head = True  # the next request's head on a kept-alive connection
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, self._expire)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        if not self.transport.is_closing():
+            self.transport.close()  # a waiting request sees a disconnect, its temp file goes

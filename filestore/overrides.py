@@ -1,0 +1,173 @@
+"""Settings saved from the admin page: kept in the registry, laid over the config file.
+
+The config file (and the `FILESTORE_*` environment) is what an operator deploys; the admin page
+changes a few keys at run time, the remote and the upload policy, without a restart. A saved value
+is stored as the text a config file would hold and parsed by the same parsers, so the page can
+never save a value the config file would refuse. Saving bumps the `settings.generation` counter
+(and `remote.generation` when the remote changed); every process sharing the data directory
+compares it each second and reloads (see `app.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from .config import SECTIONS, Settings, override, value_text
+from .errors import BadRequest, ConfigError, Conflict
+
+# What the page may change: {section: keys}.
+EDITABLE: dict[str, tuple[str, ...]] = {
+    "remote": ("url", "endpoint_url", "region", "access_key_id", "secret_access_key"),
+    "upload": ("enabled", "keep_local", "delay", "delete_delay"),
+}
+# Never sent back to a browser or an API client; an empty value on save keeps the stored one.
+SECRETS = frozenset({("remote", "secret_access_key")})
+# Where a remote's objects are: changing these points reads of uploaded files at another store.
+LOCATION_KEYS = ("url", "endpoint_url")
+ORIGIN = "admin settings"
+
+
+def saved(conn: sqlite3.Connection) -> dict[str, dict[str, str]]:
+    """The values saved from the page, {section: {key: text}}."""
+    found: dict[str, dict[str, str]] = {}
+    for section, key, value in conn.execute("SELECT section, key, value FROM settings"):
+        if key in EDITABLE.get(section, ()):
+            found.setdefault(section, {})[key] = value
+    return found
+
+
+def generation(conn: sqlite3.Connection) -> tuple[int, int]:
+    """(settings.generation, remote.generation): they move whenever a save changes settings."""
+    rows = dict(conn.execute("SELECT name, value FROM counters WHERE name IN "
+                             "('settings.generation', 'remote.generation')").fetchall())
+    return rows.get("settings.generation", 0), rows.get("remote.generation", 0)
+
+
+def effective(base: Settings, conn: sqlite3.Connection) -> Settings:
+    """The config's settings with the saved ones laid over them. A saved value the config
+    would now refuse (the parsers grew stricter) is an error naming it, not a silent default."""
+    try:
+        return override(base, saved(conn), ORIGIN)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc.detail} (saved from the admin page; fix it there or with "
+                          "`filestore settings reset`)") from None
+
+
+def snapshot(base: Settings, conn: sqlite3.Connection) -> tuple[Settings, tuple[int, int]]:
+    """The effective settings and the generation they belong to, from one read transaction."""
+    conn.execute("BEGIN")
+    try:
+        return effective(base, conn), generation(conn)
+    finally:
+        conn.execute("COMMIT")
+
+
+def check_changes(current: Settings, changes: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """The texts to save from a partial update {section: {key: value}}, validated: unknown or
+    read-only keys and bad values are a 400 naming them. An empty secret keeps the stored one."""
+    if not isinstance(changes, Mapping):
+        raise BadRequest("settings must be a JSON object of sections")
+    texts: dict[str, dict[str, str]] = {}
+    for section, values in changes.items():
+        if section not in EDITABLE:
+            raise BadRequest(f"[{section}] cannot be changed here (editable: "
+                             f"{', '.join(EDITABLE)})")
+        if not isinstance(values, Mapping):
+            raise BadRequest(f"{section} must be an object of keys")
+        for key, value in values.items():
+            if key not in EDITABLE[section]:
+                raise BadRequest(f"{section}.{key} cannot be changed here (editable: "
+                                 f"{', '.join(EDITABLE[section])})")
+            if value is None or isinstance(value, dict | list):
+                raise BadRequest(f"{section}.{key} must be a string, number or boolean")
+            text = value_text(value, _parser(section, key)) if not isinstance(value, str) \
+                else value.strip()
+            if (section, key) in SECRETS and not text:
+                continue
+            texts.setdefault(section, {})[key] = text
+    try:
+        override(current, texts, ORIGIN)
+    except ConfigError as exc:
+        raise BadRequest(exc.detail) from None
+    return texts
+
+
+def location_changed(current: Settings, proposed: Settings) -> bool:
+    return any(getattr(current.remote, key) != getattr(proposed.remote, key)
+               for key in LOCATION_KEYS)
+
+
+def refuse_stranding(conn: sqlite3.Connection, where: str) -> None:
+    """Changing where the remote is would make every file only the cloud holds unreadable, and
+    send its pending remote deletes to the wrong store: refused (409) while there are any."""
+    counts = dict(conn.execute(
+        "SELECT name, value FROM counters WHERE name IN "
+        "('files.remote', 'queue.delete.pending', 'queue.delete.failed')").fetchall())
+    files = counts.get("files.remote", 0)
+    deletes = counts.get("queue.delete.pending", 0) + counts.get("queue.delete.failed", 0)
+    if files or deletes:
+        what = f"{files:,} files in the cloud" if files else f"{deletes:,} remote deletes"
+        raise Conflict(f"{what} at {where} would become unreachable: move everything to local "
+                       "first (and let remote deletes finish), then change remote.url or "
+                       "remote.endpoint_url")
+
+
+def forget_old_copies(conn: sqlite3.Connection) -> int:
+    """The remote moved: the older copies local files still have in the old one are out of
+    reach (a DELETE could not remove them), so the rows stop pointing at them."""
+    return conn.execute("UPDATE files SET remote = NULL, remote_key = NULL "
+                        "WHERE remote IS NOT NULL AND location = 'local'").rowcount
+
+
+def save(conn: sqlite3.Connection, texts: Mapping[str, Mapping[str, str]],
+         remote_changed: bool) -> None:
+    """Store the checked texts and announce the change to every process (in the caller's
+    write transaction)."""
+    now = time.time()
+    conn.executemany(
+        "INSERT INTO settings (section, key, value, updated) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (section, key) DO UPDATE SET value = excluded.value, "
+        "updated = excluded.updated",
+        [(section, key, value, now) for section, values in texts.items()
+         for key, value in values.items()],
+    )
+    names = ["settings.generation", *(["remote.generation"] if remote_changed else [])]
+    conn.executemany("UPDATE counters SET value = value + 1 WHERE name = ?",
+                     [(name,) for name in names])
+
+
+def reset(conn: sqlite3.Connection) -> int:
+    """Forget every saved value (the config file rules again); how many there were."""
+    count = conn.execute("DELETE FROM settings").rowcount
+    conn.execute("UPDATE counters SET value = value + 1 WHERE name IN "
+                 "('settings.generation', 'remote.generation')")
+    return count
+
+
+def describe(settings: Settings, saved_texts: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+    """The editable settings for the page and `GET /admin/api/settings`: each key's value as
+    text and whether the page set it (it then overrides the config file). Secrets are only
+    said to be set or not."""
+    described: dict[str, Any] = {}
+    for section, keys in EDITABLE.items():
+        values = getattr(settings, section)
+        entries = {}
+        for key in keys:
+            value = getattr(values, key)
+            entry: dict[str, Any] = {"saved": key in saved_texts.get(section, {})}
+            if (section, key) in SECRETS:
+                entry["set"] = bool(value)
+            else:
+                entry["value"] = value_text(value, _parser(section, key))
+            entries[key] = entry
+        described[section] = entries
+    return described
+
+
+def _parser(section: str, key: str) -> Any:
+    field = {f.name: f for f in dataclasses.fields(SECTIONS[section])}[key]
+    return field.metadata["parse"]

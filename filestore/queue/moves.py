@@ -1,0 +1,399 @@
+"""Move everything to the cloud, or everything back: the jobs behind the admin page's two buttons.
+
+**Move to the cloud** makes the upload of every local file due now. It scans the files in path
+order, a page per transaction, and tags each queue row it makes due with the job; the queue's
+workers do the uploads as usual, and triggers count each tagged row that leaves the queue as done
+(with its bytes when it was uploaded). The job is done when no tagged row is still pending.
+
+**Move to local** downloads every file only the cloud holds into `files/`, verifies its SHA-256,
+and only then marks it local; with `delete_remote` the cloud copy is deleted afterwards, through
+the queue, so the delete happens only once the local copy is recorded. Bytes already on the disk
+(a cache entry, a keep-local copy) are verified and moved by rename instead of downloaded.
+
+A job is leased by the process that runs it (see `jobs.py`), resumes after its cursor when it is
+taken up again, and stops at its next step once cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ..cache import index as cache_index
+from ..errors import (
+    Conflict,
+    FilestoreError,
+    InsufficientStorage,
+    NotFound,
+    RemoteError,
+    RemoteIntegrityError,
+)
+from ..local import Received
+from ..registry import FileRecord
+from ..store import DEFAULT_REMOTE
+from . import entries, jobs
+from .jobs import Job
+
+if TYPE_CHECKING:
+    from ..remote import Remote
+    from ..store import Store
+
+log = logging.getLogger("filestore.jobs")
+
+PAGE = 500
+POLL_SECONDS = 1.0
+
+
+# -- starting a job ------------------------------------------------------------------------------
+
+def start(store: Store, kind: str, delete_remote: bool = False) -> Job:
+    """Create a move job, after the checks that can refuse it at once."""
+    if kind not in jobs.KINDS:
+        raise Conflict(f"unknown job kind {kind!r} (known: {', '.join(jobs.KINDS)})")
+    counters = store.registry.counters()
+    now = time.time()
+    with store.registry.transaction() as conn:
+        if kind == "move-to-cloud":
+            if not store.settings.upload.enabled:
+                raise Conflict("uploads are disabled (upload.enabled = false): enable them "
+                               "first, or nothing would move")
+            return jobs.create(conn, kind, {}, 0, 0, now)
+        _check_room(store, counters)
+        # What there is to move, as the counters say now: the scan downloads as it goes, so
+        # the page shows progress against this from the start.
+        return jobs.create(conn, kind, {"delete_remote": delete_remote},
+                           counters.get("files.remote", 0), counters.get("bytes.remote", 0), now)
+
+
+def _check_room(store: Store, counters: dict[str, int]) -> None:
+    """Refuse a move to local that cannot fit: what the cloud alone holds must fit above
+    `storage.min_free` (cache entries move by rename and need no room)."""
+    needed = max(counters.get("bytes.remote", 0) - counters.get("cache.bytes", 0), 0)
+    free = shutil.disk_usage(store.local.root).free - store.settings.storage.min_free
+    if needed > free:
+        from ..stats import size_text
+
+        raise InsufficientStorage(
+            f"moving everything to local needs {size_text(needed)} of disk; only "
+            f"{size_text(max(free, 0))} is free above storage.min_free "
+            f"({size_text(store.settings.storage.min_free)})"
+        )
+
+
+def cancel(store: Store, job_id: int) -> Job:
+    """Cancel the job, then give back what it queued, a batch per transaction so that other
+    writers are not held up for long (the job's figures no longer move: it ended)."""
+    now = time.time()
+    with store.registry.transaction() as conn:
+        job = jobs.cancel(conn, job_id, now)
+    while True:
+        with store.registry.transaction() as conn:
+            if not entries.release_job(conn, job_id, now):
+                return job
+
+
+# -- one file back to local ----------------------------------------------------------------------
+
+async def bring_local(store: Store, remotes: dict[str, Remote], path: str,
+                      delete_remote: bool = False) -> bool:
+    """Make a file that is in the cloud local again; whether it did (False: it was local).
+
+    The bytes come from the disk when a verified copy is there (cache entry or keep-local copy,
+    re-hashed now), else from the cloud; either way they are checked against the recorded
+    SHA-256 before the row says local. A PUT or DELETE meanwhile wins: nothing is recorded."""
+    record = store.lookup(path)
+    if record.location != "remote":
+        return False
+    received = await anyio.to_thread.run_sync(_copy_on_disk, store, record)
+    if received is None:
+        remote = remotes.get(record.remote or DEFAULT_REMOTE)
+        if remote is None:
+            raise RemoteError(f"{path!r} is in remote {record.remote!r}, which is not "
+                              "configured")
+        store.local.check_room(record.size)
+        received = await store.local.receive(remote.get(path), record.size)
+    try:
+        if received.size != record.size or received.sha256 != record.sha256:
+            raise RemoteIntegrityError(
+                f"{path!r}: the copy read has {received.size} bytes with SHA-256 "
+                f"{received.sha256}, the registry records {record.size} bytes with "
+                f"{record.sha256}"
+            )
+        moved = await anyio.to_thread.run_sync(_install_local, store, record, received,
+                                               delete_remote)
+    except BaseException:
+        store.local.discard(received)
+        raise
+    store.on_change()
+    return moved
+
+
+def _copy_on_disk(store: Store, record: FileRecord) -> Received | None:
+    """A verified temp link to bytes of `record` already on the disk, or None. A hard link
+    keeps the bytes even if the cache evicts its entry meanwhile; hashing them again proves
+    they are still the recorded ones."""
+    for candidate in store.local.candidates(record.path):
+        tmp = store.local.tmp_dir / f"move-{uuid.uuid4().hex}"
+        try:
+            os.link(candidate, tmp)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        size, sha256 = _hash_file(tmp)
+        if size == record.size and sha256 == record.sha256:
+            return Received(tmp, size, sha256, "")
+        tmp.unlink()
+        log.warning("%r: the bytes in %s do not match the registry; reading the cloud copy",
+                    record.path, candidate.parent.name)
+    return None
+
+
+def _hash_file(path: os.PathLike[str]) -> tuple[int, str]:
+    import hashlib
+
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while block := f.read(1024 * 1024):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
+
+
+def _install_local(store: Store, record: FileRecord, received: Received,
+                   delete_remote: bool) -> bool:
+    registry = store.registry
+    with registry.transaction() as conn:
+        current = registry.get(record.path, conn)
+        if current is None or current.version != record.version or current.location != "remote":
+            store.local.discard(received)
+            return False
+        inode = os.stat(received.tmp).st_ino
+        store.local.install(received.tmp, record.path)  # also drops the cache area's copy
+        # A link to the keep-local copy itself: rename(2) between two links of one inode
+        # does nothing, and the temp link would keep the bytes alive.
+        received.tmp.unlink(missing_ok=True)
+        cache_index.remove(conn, record.path)
+        registry.mark_local(conn, record.path, inode)
+        if delete_remote and current.remote is not None:
+            now = time.time()
+            entries.schedule(conn, record.path, "delete", current.version, current.remote,
+                             now, now)
+        return True
+
+
+# -- the runner ----------------------------------------------------------------------------------
+
+class JobLost(Exception):
+    """The job was cancelled, or another process took it over: stop working on it."""
+
+
+class MoveRunner:
+    """Takes up the active move job (from this process, another one or the CLI) and runs it."""
+
+    def __init__(self, store: Store, remotes: dict[str, Remote], owner: str,
+                 wake_queue: Callable[[], None]) -> None:
+        self.store = store
+        self.registry = store.registry
+        self.remotes = remotes
+        self.owner = owner
+        self.wake_queue = wake_queue
+        self._wakeup = anyio.Event()
+        self._thread_reader: sqlite3.Connection | None = None
+        self._full: InsufficientStorage | None = None
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def _reader(self) -> sqlite3.Connection:
+        """A read connection for this worker thread (the registry's own is the loop's)."""
+        if self._thread_reader is None:
+            self._thread_reader = self.registry.open_reader()
+        return self._thread_reader
+
+    async def run(self) -> None:
+        """Forever: look for a job each second (or when woken) and run it."""
+        while True:
+            self._wakeup = anyio.Event()
+            try:
+                # A read first: the write lock is taken only when there is a job to take.
+                waiting = jobs.active(self.registry.reader)
+                free = waiting is not None and (waiting.leased_until or 0) <= time.time()
+                job = await anyio.to_thread.run_sync(self.lease) if free else None
+                if job is not None:
+                    await self.run_job(job)
+                    continue
+            except Exception:
+                log.exception("move jobs: looking for work failed")
+            with anyio.move_on_after(POLL_SECONDS):
+                await self._wakeup.wait()
+
+    def lease(self) -> Job | None:
+        """Take the active job, if no other process holds it."""
+        with self.registry.transaction() as conn:
+            return jobs.lease(conn, self.owner, time.time())
+
+    async def run_job(self, job: Job) -> None:
+        """Run `job` (leased by this runner) until it ends, is cancelled or is taken over."""
+        log.info("job %d (%s) running", job.id, job.kind)
+        try:
+            await self._work_on(job)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._release, job.id)
+            raise
+        log.info("job %d (%s) ended", job.id, job.kind)
+
+    def _release(self, job_id: int) -> None:
+        with self.registry.transaction() as conn:
+            jobs.release(conn, job_id, self.owner)
+
+    async def _work_on(self, job: Job) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._keep_lease, job, tg.cancel_scope)
+            try:
+                if job.kind == "move-to-cloud":
+                    await self._to_cloud(job)
+                else:
+                    await self._to_local(job)
+            except JobLost:
+                pass
+            except Exception as exc:
+                detail = exc.detail if isinstance(exc, FilestoreError) else f"{exc!r}"
+                log.error("job %d (%s) failed: %s", job.id, job.kind, detail)
+                await anyio.to_thread.run_sync(self._finish, job, "failed", detail)
+            tg.cancel_scope.cancel()
+
+    async def _keep_lease(self, job: Job, scope: anyio.CancelScope) -> None:
+        """Renew the lease; stop the job's work when it was cancelled or taken over."""
+        while True:
+            await anyio.sleep(jobs.LEASE_SECONDS / 6)
+            if not await anyio.to_thread.run_sync(self._renew, job.id):
+                scope.cancel()
+                return
+
+    def _renew(self, job_id: int) -> bool:
+        with self.registry.transaction() as conn:
+            if not jobs.holds(conn, job_id, self.owner):
+                return False
+            jobs.renew(conn, job_id, self.owner, time.time())
+            return True
+
+    def _finish(self, job: Job, state: str, error: str | None = None) -> None:
+        with self.registry.transaction() as conn:
+            if jobs.holds(conn, job.id, self.owner):
+                jobs.finish(conn, job.id, state, time.time(), error)
+
+    # -- move to the cloud ---------------------------------------------------------------------
+
+    async def _to_cloud(self, job: Job) -> None:
+        cursor, scanned = job.cursor, bool(job.scanned)
+        while not scanned:
+            cursor, scanned = await anyio.to_thread.run_sync(self._queue_page, job.id, cursor)
+            self.wake_queue()
+        while True:
+            state = await anyio.to_thread.run_sync(self._cloud_state, job.id)
+            if state is not None:
+                return
+            with anyio.move_on_after(POLL_SECONDS):
+                await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+
+    def _queue_page(self, job_id: int, after: str) -> tuple[str, bool]:
+        """Make the next page's local files due now, tagged with the job."""
+        now = time.time()
+        with self.registry.transaction() as conn:
+            if not jobs.holds(conn, job_id, self.owner):
+                raise JobLost
+            page = self.registry.page(after, PAGE, conn)
+            local = [r for r in page if r.location == "local"]
+            for record in local:
+                entries.upload_now(conn, record.path, record.version, DEFAULT_REMOTE, now,
+                                   job_id)
+            last = page[-1].path if page else after
+            jobs.scanned_to(conn, job_id, last, files=len(local),
+                            size=sum(r.size for r in local), finished=len(page) < PAGE, now=now)
+            return last, len(page) < PAGE
+
+    def _cloud_state(self, job_id: int) -> str | None:
+        """Finish the job once none of its uploads is pending; its state then. The reader
+        looks first: the write lock is taken only to finish."""
+        if entries.job_pending(self._reader(), job_id):
+            return None
+        with self.registry.transaction() as conn:
+            if not jobs.holds(conn, job_id, self.owner):
+                return "gone"
+            if entries.job_pending(conn, job_id):
+                return None
+            jobs.finish(conn, job_id, "done", time.time())
+            return "done"
+
+    # -- move to local -------------------------------------------------------------------------
+
+    async def _to_local(self, job: Job) -> None:
+        delete_remote = bool(job.option.get("delete_remote"))
+        cursor = job.cursor
+        limiter = anyio.CapacityLimiter(self.store.settings.upload.concurrency)
+        while True:
+            page = self.registry.page(cursor, PAGE)
+            remote = [r for r in page if r.location == "remote"]
+            async with anyio.create_task_group() as tg:
+                for record in remote:
+                    tg.start_soon(self._one_local, job.id, record, delete_remote, limiter)
+            if self._full is not None:
+                full, self._full = self._full, None
+                raise full
+            cursor = page[-1].path if page else cursor
+            done = len(page) < PAGE
+            await anyio.to_thread.run_sync(self._scanned, job.id, cursor, done)
+            if done:
+                return
+
+    async def _one_local(self, job_id: int, record: FileRecord, delete_remote: bool,
+                         limiter: anyio.CapacityLimiter) -> None:
+        async with limiter:
+            if self._full is not None:
+                return  # the disk filled up: the job stops after this page
+            error = None
+            try:
+                if not await bring_local(self.store, self.remotes, record.path, delete_remote):
+                    return  # local already (a PUT, or before a restart): nothing to count
+            except NotFound:
+                return  # deleted meanwhile: nothing to move
+            except InsufficientStorage as exc:
+                self._full = exc  # every later file would fail the same way
+                error = exc.detail
+            except FilestoreError as exc:
+                error = exc.detail
+            except OSError as exc:
+                error = f"{record.path!r}: {exc.strerror or exc}"
+            if error:
+                log.warning("job %d: %s", job_id, error)
+            await anyio.to_thread.run_sync(self._count, job_id, record.size, error)
+
+    def _count(self, job_id: int, size: int, error: str | None) -> None:
+        with self.registry.transaction() as conn:
+            jobs.progress(conn, job_id, done=0 if error else 1, size=0 if error else size,
+                          errors=1 if error else 0, error=error, now=time.time())
+
+    def _scanned(self, job_id: int, cursor: str, finished: bool) -> None:
+        """Keep the cursor; at the end, the totals become what was found and moved."""
+        with self.registry.transaction() as conn:
+            if not jobs.holds(conn, job_id, self.owner):
+                raise JobLost
+            now = time.time()
+            jobs.scanned_to(conn, job_id, cursor, finished=finished, now=now)
+            if finished:
+                job = jobs.get(conn, job_id)
+                # Without errors everything found was moved: 100%. With errors the estimate
+                # stays, and the progress tells how much of it did not move.
+                jobs.set_totals(conn, job_id, job.done + job.errors,
+                                job.total_bytes if job.errors else job.bytes)
+                jobs.finish(conn, job_id, "done", now)
+
