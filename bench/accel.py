@@ -38,12 +38,10 @@ binds 127.0.0.1, each server on a free port.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchlib import (
@@ -54,29 +52,26 @@ from benchlib import (
     filestore_token,
     free_port,
     http_request,
-    log,
     log_problems,
     nproc,
-    print_rows,
-    run_main,
+    versions_text,
 )
 from serve import (
     LOG_MARKS,
-    WRK_REPORT_LUA,
     Measurement,
     Server,
-    WrkRun,
-    check_get,
-    cpu_busy,
-    find_tool,
-    make_test_files,
-    parse_duration,
-    parse_sizes,
-    run_wrk,
+    add_wrk_options,
+    check_wrk_options,
+    finish,
+    main_with_tools,
+    measure_interleaved,
+    nginx_server,
+    print_commands,
+    print_tables,
+    put_test_files,
     running,
     serve_env,
-    versions,
-    wrk_argv,
+    set_up,
 )
 
 PREFIX = "/_filestore/"
@@ -85,34 +80,14 @@ TARGET_1K_RPS_RATIO = 0.3
 TARGET_32M_MBPS_RATIO = 0.95
 TARGETS = ("nginx", "nginx+filestore", "filestore")
 
-# One nginx: the reference server block, and the shipped one included as it is.
-NGINX_CONF = """\
-{user}worker_processes {workers};
-daemon off;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  # Only the check requests (`?check=1`) are logged: logging is no part of what is measured.
+# One nginx: the reference server block of bench/serve.py, and the shipped one included as it
+# is. Only the check requests (`?check=1`) are logged: logging is no part of what is measured.
+NGINX_HTTP = """\
   map $request_uri $logged {{ default 0; "~[?]check=1$" 1; }}
   log_format accel '$request_uri $uri $status $upstream_status';
   access_log {prefix}/logs/access.log accel if=$logged;
-  sendfile on; tcp_nopush on; tcp_nodelay on;
-  keepalive_timeout 65; keepalive_requests 1000000;
-  default_type application/octet-stream;
-  client_body_temp_path {prefix}/tmp/body; proxy_temp_path {prefix}/tmp/proxy;
-  fastcgi_temp_path {prefix}/tmp/fcgi; uwsgi_temp_path {prefix}/tmp/uwsgi;
-  scgi_temp_path {prefix}/tmp/scgi;
-  server {{
-    listen {host}:{direct_port};
-    access_log off;
-    open_file_cache max=1000 inactive=60s;
-    root {root};
-    location / {{ }}
-  }}
-  include {prefix}/filestore.conf;
-}}
 """
+
 
 
 def deploy_conf(port: int, upstream_port: int, data_dir: Path) -> str:
@@ -132,22 +107,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="bench/accel.py",
         description="GET throughput of nginx + filestore (X-Accel-Redirect) vs nginx alone.",
     )
-    parser.add_argument("--duration", type=parse_duration, default=parse_duration("5s"),
-                        help="wrk duration per measured run (default 5s)")
-    parser.add_argument("--warmup", type=parse_duration, default=parse_duration("2s"),
-                        help="unrecorded wrk run before each target/size (default 2s)")
-    parser.add_argument("--runs", type=int, default=1,
-                        help="measured runs per target/size; the median is reported (default 1)")
-    parser.add_argument("--sizes", type=parse_sizes, default=parse_sizes("1k,32m"),
-                        help="comma-separated file sizes (default 1k,32m)")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="worker processes of filestore (default 2)")
+    add_wrk_options(parser, "1k,32m", "filestore")
     add_output_options(parser, "data, configs, server logs")
     args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
-    if not 1 <= args.workers <= 64:
-        parser.error("--workers must be from 1 to 64")
+    check_wrk_options(parser, args)
     return args
 
 
@@ -163,43 +126,14 @@ def check_offloaded(port: int, access_log: Path, url_path: str, expected: bytes)
     while time.monotonic() < deadline:
         text = access_log.read_text() if access_log.exists() else ""
         for line in text.splitlines():
-            request_uri, uri, status, *upstream = line.split(" ")
+            request_uri, uri, logged_status, *upstream = line.split(" ")
             if request_uri == url_path and uri.startswith(PREFIX):
-                if status == "200" and upstream == ["200"]:
+                if logged_status == "200" and upstream == ["200"]:
                     return
                 raise BenchError(f"nginx: {url_path} was not offloaded cleanly: {line}")
         time.sleep(0.2)
     raise BenchError(f"nginx: no internal redirect for {url_path} in {access_log}; is "
                      "server.accel_redirect set and the location right?")
-
-
-def measure_interleaved(
-    urls: dict[str, tuple[int, str]], label: str, data: bytes, args: argparse.Namespace,
-    lua: Path,
-) -> dict[str, Measurement]:
-    """Each target's runs, taken in turns (run 1 of every target, then run 2, ...): on a
-    machine shared with other work, a ratio then compares figures taken in the same minute."""
-    argvs = {}
-    for target, (port, url_path) in urls.items():
-        check_get(port, url_path, data, target)
-        url = f"http://{HOST}:{port}{url_path}"
-        run_wrk(wrk_argv(url, len(data), args.warmup), args.warmup, args.wrk)
-        argvs[target] = wrk_argv(url, len(data), args.duration, lua)
-    runs: dict[str, list[WrkRun]] = {target: [] for target in urls}
-    for i in range(args.runs):
-        for target, argv in argvs.items():
-            run = run_wrk(argv, args.duration, args.wrk)
-            assert run is not None
-            runs[target].append(run)
-            log(f"{target} {label} run {i + 1}/{args.runs}: {run.rps:,.0f} req/s, "
-                f"{run.rps * len(data) / 1e6:,.1f} MB/s, p50 {run.p50_ms:.2f} ms, "
-                f"p99 {run.p99_ms:.2f} ms, errors {run.errors}")
-    return {
-        target: Measurement(target, label, len(data), " ".join(
-            wrk_argv(f"http://{HOST}:{port}{url_path}", len(data), args.duration,
-                     Path(lua.name))), runs[target])
-        for target, (port, url_path) in urls.items()
-    }
 
 
 def paired_ratio(numerator: Measurement, denominator: Measurement) -> float:
@@ -211,28 +145,11 @@ def paired_ratio(numerator: Measurement, denominator: Measurement) -> float:
 
 def print_table(results: dict[tuple[str, str], Measurement],
                 sizes: list[tuple[str, int]]) -> None:
-    head = ["size"]
-    for target in TARGETS:
-        head += [f"{target} req/s", f"{target} MB/s"]
-    head += ["nginx+fs / nginx", "fs alone / nginx"]
-    rows = [head]
-    for label, _ in sizes:
-        row = [label]
-        for target in TARGETS:
-            m = results[target, label]
-            row += [f"{m.rps:,.0f}", f"{m.mbps:,.1f}"]
-        reference = results["nginx", label]
-        row += [f"{paired_ratio(results[target, label], reference):.2f}x"
-                for target in ("nginx+filestore", "filestore")]
-        rows.append(row)
-    print_rows(rows, right_align=True)
-    print()
-    rows = [["size"] + [f"{t} p50/p99 ms" for t in TARGETS] + [f"{t} errors" for t in TARGETS]]
-    for label, _ in sizes:
-        ms = [results[t, label] for t in TARGETS]
-        rows.append([label, *(f"{m.p50_ms:.2f} / {m.p99_ms:.2f}" for m in ms),
-                     *(str(m.errors) for m in ms)])
-    print_rows(rows, right_align=True)
+    def vs_nginx(target: str) -> Callable[[str], str]:
+        return lambda label: f"{paired_ratio(results[target, label], results['nginx', label]):.2f}x"
+
+    print_tables(results, sizes, TARGETS, {"nginx+fs / nginx": vs_nginx("nginx+filestore"),
+                                           "fs alone / nginx": vs_nginx("filestore")})
     targets = {"1k": TARGET_1K_RPS_RATIO, "32m": TARGET_32M_MBPS_RATIO}
     notes = []
     for label, _ in sizes:
@@ -249,16 +166,8 @@ def print_table(results: dict[tuple[str, str], Measurement],
 
 
 def run(args: argparse.Namespace, work: Path, found_versions: dict[str, str]) -> int:
-    busy_before = cpu_busy()
-    log(f"CPU busy before start (other processes, steal): {busy_before:.0%}")
+    busy_before, lua, logs, data_dir, files = set_up(work, args.sizes)
     fs_cmd = filestore_command()
-    lua = work / "report.lua"
-    lua.write_text(WRK_REPORT_LUA)
-    logs = work / "logs"
-    logs.mkdir()
-    data_dir = work / "filestore-data"
-    files = make_test_files(work / "source", args.sizes)
-    log(f"work directory {work}; test files {', '.join(f'{k}.bin' for k in files)}")
 
     # filestore with the offload on; uploads off, so every file stays in files/ for the run.
     fs_port = free_port()
@@ -269,27 +178,15 @@ def run(args: argparse.Namespace, work: Path, found_versions: dict[str, str]) ->
                        logs / "filestore.log", env, port=fs_port, workers=args.workers)
 
     prefix = work / "nginx"
-    for sub in ("logs", "tmp"):
-        (prefix / sub).mkdir(parents=True)
     direct_port, accel_port = free_port(), free_port()
+    nginx = nginx_server(args.nginx, prefix, logs / "nginx.log", direct_port, data_dir / "files",
+                         http=NGINX_HTTP.format(prefix=prefix),
+                         after=f"  include {prefix}/filestore.conf;\n")
     (prefix / "filestore.conf").write_text(deploy_conf(accel_port, fs_port, data_dir))
-    conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(
-        user="user root;\n" if os.geteuid() == 0 else "", workers=nproc(), prefix=prefix,
-        host=HOST, direct_port=direct_port, root=data_dir / "files"))
-    nginx = Server("nginx", [args.nginx, "-p", str(prefix), "-e", str(prefix / "logs/error.log"),
-                             "-c", str(conf)], logs / "nginx.log",
-                   port=direct_port, workers=nproc(), uvicorn=False)
 
     results: dict[tuple[str, str], Measurement] = {}
     with running(filestore), running(nginx):
-        for label, data in files.items():
-            status, reply = http_request(
-                fs_port, "PUT", f"/files/{label}.bin", body=data,
-                headers={"authorization": f"Bearer {token}",
-                         "content-type": "application/octet-stream"})
-            if status not in (200, 201):
-                raise BenchError(f"filestore: PUT /files/{label}.bin -> {status}: {reply[:300]!r}")
+        put_test_files(fs_port, token, files)
         time.sleep(1)  # let every worker finish importing the app
         urls = {"nginx": (direct_port, "/{}.bin"), "nginx+filestore": (accel_port, "/files/{}.bin"),
                 "filestore": (fs_port, "/files/{}.bin")}
@@ -308,56 +205,16 @@ def run(args: argparse.Namespace, work: Path, found_versions: dict[str, str]) ->
     print(f"GET throughput, filestore {args.workers} worker(s), nginx {nproc()} worker(s); wrk "
           f"{args.duration}s x {args.runs} run(s) after a {args.warmup}s warm-up, median; "
           f"MB/s = payload 10^6 bytes/s; all on {HOST}")
-    print(", ".join(f"{k} {v}" for k, v in found_versions.items()))
+    print(versions_text(found_versions))
     print()
     print_table(results, args.sizes)
     print()
-    print("wrk commands (report.lua: the reporter of bench/serve.py):")
-    for target in TARGETS:
-        for label, _ in args.sizes:
-            print(f"  {target:<15} {results[target, label].command}")
-    busy_after = cpu_busy()
-    for when, busy in (("before", busy_before), ("after", busy_after)):
-        if busy > 0.15:
-            problems.append(f"the CPUs were {busy:.0%} busy with other work {when} the run "
-                            "(incl. hypervisor steal): figures are unreliable, ratios less so")
-    errors = sum(m.errors for m in results.values())
-    if errors:
-        problems.append(f"{errors} wrk errors (socket errors or status >= 400); see table")
-    if problems:
-        print()
-        print("problems:")
-        for problem in problems:
-            print(f"  {problem}")
-    if args.json:
-        args.json.write_text(json.dumps({
-            "versions": found_versions,
-            "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "runs": args.runs,
-                         "workers": args.workers},
-            "results": [m.as_dict() for m in results.values()],
-            "cpu_busy_before": busy_before,
-            "cpu_busy_after": busy_after,
-            "problems": problems,
-        }, indent=2) + "\n")
-        log(f"results written to {args.json}")
-    return 0
+    print_commands(results, args.sizes, TARGETS, "the reporter of bench/serve.py")
+    return finish(args, found_versions, {}, results, busy_before, problems)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    args.nginx, args.wrk = find_tool("nginx"), find_tool("wrk")
-    missing = [tool for tool in ("nginx", "wrk") if getattr(args, tool) is None]
-    if missing:
-        print(f"bench/accel.py: {' and '.join(missing)} not found; install "
-              f"{' '.join(missing)} (Debian: apt-get install -y nginx wrk)", file=sys.stderr)
-        return 2
-
-    def body(work: Path) -> int:
-        found = versions(args.nginx, args.wrk)
-        log("versions: " + ", ".join(f"{k} {v}" for k, v in found.items()))
-        return run(args, work, found)
-
-    return run_main("bench/accel.py", "filestore-bench-accel-", args.keep, body)
+    return main_with_tools("bench/accel.py", "filestore-bench-accel-", parse_args(argv), run)
 
 
 if __name__ == "__main__":

@@ -66,12 +66,9 @@ import json
 import math
 import os
 import random
-import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from http.cookies import SimpleCookie
@@ -87,18 +84,30 @@ from benchlib import (
     BenchError,
     Process,
     add_output_options,
+    apply_profile,
+    busy_problems,
+    count_text,
+    count_value,
+    cpu_busy,
     filestore_command,
     filestore_env,
     filestore_settings,
     free_port,
+    git_revision,
     log,
     log_problems,
     nproc,
     package_versions,
+    print_problems,
     print_rows,
+    ratio_text,
     run_main,
+    temp_directory,
+    verdict,
+    versions_text,
+    write_json,
 )
-from serve import LOG_MARKS, cpu_busy
+from serve import LOG_MARKS
 
 from filestore import stats
 from filestore.admin.files import describe
@@ -111,7 +120,6 @@ from filestore.queue import entries
 from filestore.registry import Registry
 
 TARGET_MS = 50.0  # median of every page with the large store
-SHM = Path("/dev/shm")
 PER_DIR = 1000  # files per directory: photos/0000/0000000.jpg ... photos/0999/0999999.jpg
 MAX_FILES = 10_000_000  # keeps the zero-padded paths in numeric order
 CHUNK = 100_000  # rows per transaction while building
@@ -132,13 +140,11 @@ FULL = {"files": 1_000_000, "requests": 200}
 
 
 def parse_count(text: str) -> int:
-    """`10`, `100k`, `1m`: a decimal count (k = 1,000, m = 1,000,000)."""
-    part = text.strip().lower().replace(",", "").replace("_", "")
-    scale = {"k": 1_000, "m": 1_000_000}.get(part[-1:], 1)
-    digits = part[:-1] if scale > 1 else part
-    if not digits.isdigit():
+    """`10`, `100k`, `1m`, `1,000`: a decimal count (k = 1,000, m = 1,000,000)."""
+    count = count_value(text.replace(",", "").replace("_", ""))
+    if count is None:
         raise argparse.ArgumentTypeError(f"not a count: {text!r} (e.g. 10, 100k, 1m)")
-    return int(digits) * scale
+    return count
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -159,10 +165,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     add_output_options(parser, "data directories, server logs")
     args = parser.parse_args(argv)
-    profile = QUICK if args.quick else FULL
-    for name, value in profile.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    apply_profile(args, QUICK, FULL)
     if not 10 <= args.small <= args.files <= MAX_FILES:
         parser.error(f"need 10 <= --small <= --files <= {MAX_FILES:,}")
     if args.requests < 1 or args.warmup < 1:
@@ -601,32 +604,9 @@ def server_side(store: Store, repeats: int) -> dict[str, Timing]:
 # -- report ---------------------------------------------------------------------------------------
 
 
-def count_text(n: int) -> str:
-    for suffix, scale in (("M", 1_000_000), ("k", 1_000)):
-        if n >= scale and n % scale == 0:
-            return f"{n // scale}{suffix}"
-    return f"{n:,}"
-
-
-def ratio(large: float, small: float) -> str:
-    return f"{large / small:.2f}x" if small else "-"
-
-
-def git_revision() -> str:
-    """The revision measured; "-dirty" when the working tree has uncommitted changes."""
-    with contextlib.suppress(OSError):
-        git = subprocess.run(
-            ["git", "-C", str(Path(__file__).resolve().parent), "describe", "--always", "--dirty"],
-            capture_output=True, text=True, check=False,
-        )
-        if git.returncode == 0:
-            return git.stdout.strip()
-    return "?"
-
-
 def versions() -> dict[str, str]:
     return {"python": sys.version.split()[0], "sqlite": sqlite3.sqlite_version,
-            "cpus": str(nproc()), "git": git_revision(),
+            "cpus": str(nproc()), "git": git_revision() or "?",
             **package_versions("filestore", "starlette", "uvicorn", "jinja2", "httptools",
                                "uvloop")}
 
@@ -646,10 +626,10 @@ def print_report(args: argparse.Namespace, small: Store, large: Store,
         all_ok &= ok
         rows.append([name, f"{lo.first_ms:.1f}", f"{lo.median:.2f}", f"{lo.p95:.2f}",
                      f"{hi.first_ms:.1f}", f"{hi.median:.2f}", f"{hi.p95:.2f}",
-                     ratio(hi.median, lo.median),
+                     ratio_text(hi.median, lo.median),
                      "-" if hi.rows is None else f"{lo.rows}/{hi.rows}",
                      f"{hi.body_bytes / KIB:.1f}",
-                     "meets" if ok else "MISSES"])
+                     verdict(ok)])
     print_rows(rows, right_align=True)
     print(f"target: median < {TARGET_MS:.0f} ms with {large.files:,} files: "
           f"{'met by every page' if all_ok else 'MISSED (see above)'}")
@@ -662,7 +642,7 @@ def print_report(args: argparse.Namespace, small: Store, large: Store,
     rows = [["data of", f"{s} p50", f"{s} p95", f"{b} p50", f"{b} p95", f"{b}/{s} p50"]]
     for name, (lo, hi) in in_process.items():
         rows.append([name, f"{lo.median:.3f}", f"{lo.p95:.3f}", f"{hi.median:.3f}",
-                     f"{hi.p95:.3f}", ratio(hi.median, lo.median)])
+                     f"{hi.p95:.3f}", ratio_text(hi.median, lo.median)])
     print_rows(rows, right_align=True)
     return all_ok
 
@@ -670,19 +650,12 @@ def print_report(args: argparse.Namespace, small: Store, large: Store,
 # -- main -----------------------------------------------------------------------------------------
 
 
-def scratch_base() -> Path:
-    # tmpfs: building the registry (synchronous = FULL on every commit) costs no disk time.
-    if SHM.is_dir() and os.access(SHM, os.W_OK):
-        return SHM
-    return Path(tempfile.gettempdir())
-
-
 def run(args: argparse.Namespace, work: Path, scratch: Path) -> int:
     started = time.perf_counter()
     found = versions()
     busy_before = cpu_busy()
     print(f"Admin page benchmark{' (--quick)' if args.quick else ''}: "
-          + ", ".join(f"{k} {v}" for k, v in found.items()) + f"; data directories in {scratch}")
+          + versions_text(found) + f"; data directories in {scratch}")
     logs = work / "logs"
     logs.mkdir()
     rng = random.Random(args.seed)
@@ -720,32 +693,23 @@ def run(args: argparse.Namespace, work: Path, scratch: Path) -> int:
     process_rows = {name: (in_process["small"][name], in_process["large"][name])
                     for name in in_process["large"]}
     all_ok = print_report(args, small, large, http_rows, process_rows)
-    problems = [f"the CPUs were {busy:.0%} busy with other work {when} the run (incl. "
-                "hypervisor steal): absolute figures are unreliable, ratios less so"
-                for when, busy in (("before", busy_before), ("after", busy_after))
-                if busy > 0.15]
-    if problems:
-        print()
-        print("problems:")
-        for problem in problems:
-            print(f"  {problem}")
+    problems = busy_problems(busy_before, busy_after, "absolute figures")
+    print_problems(problems)
     print()
     print(f"total {time.perf_counter() - started:.1f} s")
-    if args.json:
-        args.json.write_text(json.dumps({
-            "versions": found,
-            "settings": {"files": args.files, "small": args.small, "requests": args.requests,
-                         "warmup": args.warmup, "seed": args.seed, "quick": args.quick},
-            "stores": {store.name: {key: value for key, value in dataclasses.asdict(store).items()
-                                    if key != "data_dir"} for store in stores},
-            "http": {store: {name: timing.as_dict() for name, timing in pages_.items()}
-                     for store, pages_ in results.items()},
-            "in_process": {store: {name: timing.as_dict() for name, timing in calls.items()}
-                           for store, calls in in_process.items()},
-            "target_ms": TARGET_MS, "target_met": all_ok,
-            "cpu_busy_before": busy_before, "cpu_busy_after": busy_after, "problems": problems,
-        }, indent=2) + "\n")
-        log(f"results written to {args.json}")
+    write_json(args.json, {
+        "versions": found,
+        "settings": {"files": args.files, "small": args.small, "requests": args.requests,
+                     "warmup": args.warmup, "seed": args.seed, "quick": args.quick},
+        "stores": {store.name: {key: value for key, value in dataclasses.asdict(store).items()
+                                if key != "data_dir"} for store in stores},
+        "http": {store: {name: timing.as_dict() for name, timing in pages_.items()}
+                 for store, pages_ in results.items()},
+        "in_process": {store: {name: timing.as_dict() for name, timing in calls.items()}
+                       for store, calls in in_process.items()},
+        "target_ms": TARGET_MS, "target_met": all_ok,
+        "cpu_busy_before": busy_before, "cpu_busy_after": busy_after, "problems": problems,
+    })
     return 0
 
 
@@ -753,15 +717,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
 
     def body(work: Path) -> int:
-        # The data directories live apart from `work` (logs), in memory when possible.
-        scratch = Path(tempfile.mkdtemp(prefix="filestore-admin-", dir=scratch_base()))
-        try:
+        # The data directories live apart from `work` (logs), in memory when possible: building
+        # the registry (synchronous = FULL on every commit) then costs no disk time.
+        with temp_directory("filestore-admin-", args.keep, in_memory=True) as scratch:
             return run(args, work, scratch)
-        finally:
-            if args.keep:
-                log(f"kept {scratch}")
-            else:
-                shutil.rmtree(scratch, ignore_errors=True)
 
     return run_main("bench/admin.py", "filestore-admin-", args.keep, body)
 

@@ -1,11 +1,12 @@
-"""Helpers shared by the benchmark scripts `bench/serve.py` and `bench/upload.py`.
+"""Helpers shared by the benchmark scripts in `bench/`.
 
-Logging and the error type, size arguments, ports and child processes in their own sessions,
-/proc readings, stdlib HTTP requests, random payloads, the filestore command and environment,
-table printing, version lookup, and `run_main`: the temp directory, SIGTERM and error handling
-around a benchmark's run.
+Logging and the error type, size and count arguments and the --quick profiles, ports, tools
+and child processes in their own sessions, /proc readings (memory, how busy the CPUs are),
+stdlib HTTP requests, random payloads, the filestore command, environment and PUT, table and
+problem printing, version lookup, the JSON file, and `run_main`: the temp directory, SIGTERM
+and error handling around a benchmark's run.
 
-Both scripts are run as `python bench/<name>.py`, which puts `bench/` first on `sys.path`, so
+The scripts are run as `python bench/<name>.py`, which puts `bench/` first on `sys.path`, so
 they import this module as plain `benchlib`. Stdlib only: nothing here may need extra packages.
 """
 
@@ -16,6 +17,7 @@ import contextlib
 import dataclasses
 import http.client
 import importlib.metadata
+import json
 import os
 import re
 import shutil
@@ -25,9 +27,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 HOST = "127.0.0.1"
 KIB = 1024
@@ -37,6 +40,11 @@ BLOCK = MIB  # block size of generated payloads and of HTTP bodies sent from fil
 START_TIMEOUT = 30.0  # seconds from the spawn until a process must be ready
 # Log lines that point at a problem in any server's output; each script adds its own marks.
 ERROR_MARKS = ("Traceback", "ERROR", "CRITICAL", "Exception")
+# ... and for a filestore with a remote, where a clean run logs no warning or failure either.
+WARNING_MARKS = (*ERROR_MARKS, "WARNING", "failed", "error:", "recovery")
+# uvicorn shuts down gracefully on SIGTERM and then re-raises the signal, so -SIGTERM is clean.
+CLEAN_EXIT = (0, -signal.SIGTERM, None)
+SHM = Path("/dev/shm")
 
 _SIZE_UNITS = {
     "": 1, "b": 1,
@@ -66,6 +74,22 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"not a size: {text!r} (examples: 1k, 32m, 1MiB, 64MiB, 1GiB, 0)")
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+def count_value(text: str) -> int | None:
+    """`10`, `100k`, `1m` as a number (k = 1,000, m = 1,000,000); None if it is not one."""
+    part = text.strip().lower()
+    scale = {"k": 1_000, "m": 1_000_000}.get(part[-1:], 1)
+    digits = part[:-1] if scale > 1 else part
+    return int(digits) * scale if digits.isdigit() else None
+
+
+def apply_profile(args: argparse.Namespace, quick: dict[str, Any], full: dict[str, Any]) -> None:
+    """Every option of the profile (`quick` under --quick, else `full`) left unset (None) takes
+    the profile's value."""
+    for name, value in (quick if args.quick else full).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 # -- machine --------------------------------------------------------------------------------------
@@ -100,6 +124,34 @@ def mem_status(pid: int) -> MemStatus | None:
     return MemStatus(fields["VmRSS"], fields.get("VmHWM", 0))
 
 
+def cpu_busy(seconds: float = 1.0) -> float:
+    """Fraction of all CPUs' time that was not idle (steal included) over `seconds`: what other
+    processes and the hypervisor take before this script starts any load of its own."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields[:8]) - idle, sum(fields[:8])
+
+    busy0, total0 = sample()
+    time.sleep(seconds)
+    busy1, total1 = sample()
+    return (busy1 - busy0) / max(1, total1 - total0)
+
+
+def busy_problems(before: float, after: float, figures: str = "figures") -> list[str]:
+    """A problem line for each `cpu_busy` reading, taken before and after the run, that says
+    the machine was shared with other work (more than 15% busy)."""
+    return [f"the CPUs were {busy:.0%} busy with other work {when} the run (incl. hypervisor "
+            f"steal): {figures} are unreliable, ratios less so"
+            for when, busy in (("before", before), ("after", after)) if busy > 0.15]
+
+
+def versions_text(found: dict[str, str]) -> str:
+    """`name version, name version, ...` for a report's header."""
+    return ", ".join(f"{k} {v}" for k, v in found.items())
+
+
 def package_versions(*packages: str) -> dict[str, str]:
     """Installed version of each distribution, `?` for one that is not installed."""
     found = {}
@@ -111,7 +163,38 @@ def package_versions(*packages: str) -> dict[str, str]:
     return found
 
 
+def git_revision() -> str | None:
+    """The revision measured, "-dirty" when the working tree has uncommitted changes; None
+    outside a git checkout or without git."""
+    with contextlib.suppress(OSError):
+        git = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent), "describe", "--always", "--dirty"],
+            capture_output=True, text=True, check=False,
+        )
+        if git.returncode == 0:
+            return git.stdout.strip()
+    return None
+
+
 # -- processes ------------------------------------------------------------------------------------
+
+
+def find_tool(name: str) -> str | None:
+    # nginx lives in /usr/sbin, which is not on every user's PATH.
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
+    return shutil.which(name, path=search)
+
+
+def find_tools(prog: str, *names: str) -> list[str] | None:
+    """The path of each tool; None, after a one-line message naming the missing ones, if any
+    is not installed."""
+    found = [find_tool(name) for name in names]
+    missing = [name for name, path in zip(names, found, strict=True) if path is None]
+    if missing:
+        print(f"{prog}: {' and '.join(missing)} not found; install {' '.join(missing)} "
+              f"(Debian: apt-get install -y {' '.join(names)})", file=sys.stderr)
+        return None
+    return [path for path in found if path is not None]
 
 
 def free_port() -> int:
@@ -220,6 +303,22 @@ class Process:
         return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
+@contextlib.contextmanager
+def started(process: Process, port: int | None = None, poll: float = 0.05,
+            connect_timeout: float = 0.5) -> Iterator[Process]:
+    """`process` running (and, given `port`, accepting connections on it); stopped on the way
+    out whatever happens, and an unclean exit status logged."""
+    process.start()
+    try:
+        if port is not None:
+            process.wait_port(port, poll, connect_timeout)
+        yield process
+    finally:
+        status = process.stop()
+        if status not in CLEAN_EXIT:
+            log(f"{process.name}: exit status {status}")
+
+
 def log_problems(path: Path, marks: Sequence[str]) -> list[str]:
     """Lines of a server log that contain one of `marks` (a clean run prints none of them);
     the `--- name: argv` lines that `Process` writes are not the server's."""
@@ -265,6 +364,20 @@ def filestore_token(env: dict[str, str]) -> str:
         raise BenchError(f"`filestore token` failed ({result.returncode}): "
                          f"{result.stderr.strip()}")
     return result.stdout.strip()
+
+
+def put_file(port: int, token: str, path: str, source: Path, size: int) -> None:
+    """PUT the file `source` (`size` bytes) to filestore as `path`, streamed from disk; BenchError
+    unless filestore stored it (200/201 and its answer's size)."""
+    headers = {"Authorization": f"Bearer {token}", "Content-Length": str(size),
+               "Content-Type": "application/octet-stream"}
+    with open(source, "rb") as body:
+        status, reply = http_request(port, "PUT", f"/files/{urllib.parse.quote(path)}",
+                                     body=body, headers=headers, timeout=300)
+    if status not in (200, 201):
+        raise BenchError(f"PUT {path} -> {status}: {reply[:300]!r}")
+    if json.loads(reply).get("size") != size:
+        raise BenchError(f"PUT {path} stored something else: {reply[:300]!r}")
 
 
 # -- HTTP (stdlib only: nothing here may be the bottleneck or need extra packages) ---------------
@@ -313,14 +426,81 @@ def print_rows(rows: list[list[str]], right_align: bool = False) -> None:
             print("  ".join("-" * width for width in widths))
 
 
+def print_problems(problems: Sequence[str], heading: str = "problems",
+                   clean: str | None = None) -> None:
+    """After a blank line, `heading:` and the problems, one to a line; with none, nothing, or
+    `heading: none (<clean>)` if `clean` says what a clean run showed."""
+    if problems:
+        print()
+        print(f"{heading}:")
+        for problem in problems:
+            print(f"  {problem}")
+    elif clean is not None:
+        print()
+        print(f"{heading}: none ({clean})")
+
+
+def verdict(ok: bool) -> str:
+    return "meets" if ok else "MISSES"
+
+
+def ratio_text(numerator: float, denominator: float, digits: int = 2) -> str:
+    return f"{numerator / denominator:.{digits}f}x" if denominator else "-"
+
+
+def count_text(n: int) -> str:
+    """`10k`, `1M` for round counts, else the count with thousands separators."""
+    for suffix, scale in (("M", 1_000_000), ("k", 1_000)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale}{suffix}"
+    return f"{n:,}"
+
+
+def args_json(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed options as JSON-ready values (paths as text)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
+def write_json(path: Path | None, results: dict[str, Any], **dumps: Any) -> None:
+    """The results as indented JSON to `path` (the --json option), if one was given."""
+    if path:
+        path.write_text(json.dumps(results, indent=2, **dumps) + "\n")
+        log(f"results written to {path}")
+
+
 # -- main -----------------------------------------------------------------------------------------
 
 
-def run_main(prog: str, work_prefix: str, keep: bool, body: Callable[[Path], int]) -> int:
-    """Run `body(work)` in a fresh temp directory `work`, removed afterwards unless `keep`.
+def scratch_base() -> Path:
+    """/dev/shm when it is writable, else the temp directory: on tmpfs an fsync (SQLite's
+    synchronous = FULL on every commit) costs nothing, so the figures are the code's own work,
+    not the disk's."""
+    if SHM.is_dir() and os.access(SHM, os.W_OK):
+        return SHM
+    return Path(tempfile.gettempdir())
 
-    A SIGTERM unwinds like Ctrl-C, so every server started so far is stopped. A BenchError is
-    reported as one line (`<prog>: <error>`) with exit status 1, an interrupt with 130.
+
+@contextlib.contextmanager
+def temp_directory(prefix: str, keep: bool, in_memory: bool = False) -> Iterator[Path]:
+    """A fresh temp directory (under `scratch_base()` if `in_memory`), removed on the way out
+    unless `keep`."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=scratch_base() if in_memory else None))
+    try:
+        yield path
+    finally:
+        if keep:
+            log(f"kept {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def run_main(prog: str, work_prefix: str, keep: bool, body: Callable[[Path], int],
+             in_memory: bool = False) -> int:
+    """Run `body(work)` in a fresh `temp_directory` `work`, removed afterwards unless `keep`.
+
+    A SIGTERM unwinds like Ctrl-C, so every server started so far is stopped (and the temp
+    directory removed). A BenchError is reported as one line (`<prog>: <error>`) with exit
+    status 1, an interrupt with 130.
     """
 
     def terminated(signum: int, frame: object) -> None:
@@ -328,20 +508,15 @@ def run_main(prog: str, work_prefix: str, keep: bool, body: Callable[[Path], int
         sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, terminated)
-    work = Path(tempfile.mkdtemp(prefix=work_prefix))
-    try:
-        return body(work)
-    except BenchError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        if keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    with temp_directory(work_prefix, keep, in_memory) as work:
+        try:
+            return body(work)
+        except BenchError as exc:
+            print(f"{prog}: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
 
 
 def fmt_runs(values: Sequence[float], digits: int = 1) -> str:

@@ -66,13 +66,9 @@ import itertools
 import math
 import os
 import random
-import shutil
-import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -82,11 +78,18 @@ from benchlib import (
     MIB,
     BenchError,
     add_output_options,
+    apply_profile,
+    count_text,
+    count_value,
+    git_revision,
     log,
     nproc,
     parse_size,
     print_rows,
+    ratio_text,
+    run_main,
     size_text,
+    verdict,
 )
 
 from filestore.cache import index
@@ -99,7 +102,6 @@ HIT_RATIO_TARGET = 0.97  # filestore's request hit ratio / the exact LRU's
 FLAT_TARGET = 1.5  # eviction cost at the largest index / at the smallest, "about 1x"
 EVICT_BATCH = 64  # evictions per transaction: cache/gc.py's _BATCH
 EVICT_WARMUP = 8  # untimed evictions first: statements prepared, the index's pages cached
-SHM = Path("/dev/shm")
 
 QUICK = {"requests": 20_000, "objects": 2_000, "index_sizes": [10_000, 100_000],
          "time_limit": 5.0}
@@ -114,12 +116,10 @@ def parse_counts(text: str) -> list[int]:
     """`10k,100k,1m`: decimal counts (k = 1,000, m = 1,000,000)."""
     counts = []
     for part in text.split(","):
-        part = part.strip().lower()
-        scale = {"k": 1_000, "m": 1_000_000}.get(part[-1:], 1)
-        digits = part[:-1] if scale > 1 else part
-        if not digits.isdigit() or int(digits) * scale < 1:
+        count = count_value(part)
+        if count is None or count < 1:
             raise argparse.ArgumentTypeError(f"not a list of counts: {text!r} (e.g. 10k,100k,1m)")
-        counts.append(int(digits) * scale)
+        counts.append(count)
     return counts
 
 
@@ -169,10 +169,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     add_output_options(parser, "data directories, registries", json_output=False)
     args = parser.parse_args(argv)
-    profile = QUICK if args.quick else FULL
-    for name, value in profile.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    apply_profile(args, QUICK, FULL)
     if args.requests < 1 or args.objects < 1:
         parser.error("--requests and --objects must be at least 1")
     if not 1 <= args.min_size <= args.max_size:
@@ -412,21 +409,6 @@ def measure_eviction(rows: int, args: argparse.Namespace, base: Path) -> EvictCo
 # -- report ---------------------------------------------------------------------------------------
 
 
-def ratio_text(numerator: float, denominator: float) -> str:
-    return f"{numerator / denominator:.3f}x" if denominator else "-"
-
-
-def verdict(ok: bool) -> str:
-    return "meets" if ok else "MISSES"
-
-
-def count_text(rows: int) -> str:
-    for suffix, scale in (("M", 1_000_000), ("k", 1_000)):
-        if rows >= scale and rows % scale == 0:
-            return f"{rows // scale}{suffix}"
-    return f"{rows:,}"
-
-
 def hit_ratio_part(args: argparse.Namespace, base: Path) -> bool:
     """Part 1: print the hit-ratio table; whether every size meets the target."""
     started = time.perf_counter()
@@ -456,7 +438,7 @@ def hit_ratio_part(args: argparse.Namespace, base: Path) -> bool:
         fs_ratio, lru_ratio = fs.hits / args.requests, lru.hits / args.requests
         all_ok &= fs_ratio >= HIT_RATIO_TARGET * lru_ratio
         rows.append([f"{percent:g}%", f"{budget / MIB:,.1f}", f"{fs_ratio:.4f}",
-                     f"{lru_ratio:.4f}", ratio_text(fs_ratio, lru_ratio),
+                     f"{lru_ratio:.4f}", ratio_text(fs_ratio, lru_ratio, 3),
                      f"{fs.evictions:,} / {lru.evictions:,}",
                      f"{fs.peak_bytes / budget:.4f} of budget",
                      f"{fs.rows:,}", f"{fs.seconds:.1f}",
@@ -486,45 +468,25 @@ def eviction_part(args: argparse.Namespace, base: Path) -> bool:
     for cost in results:
         table.append([count_text(cost.rows), f"{cost.build_seconds:.1f}",
                       f"{cost.db_bytes / MIB:,.1f}", f"{cost.evictions:,}", f"{cost.mean_us:,.1f}",
-                      f"{cost.median_us:,.1f}", ratio_text(cost.mean_us, smallest.mean_us)])
+                      f"{cost.median_us:,.1f}", ratio_text(cost.mean_us, smallest.mean_us, 3)])
     print_rows(table, right_align=True)
     largest = results[-1]
     flat = largest.mean_us <= FLAT_TARGET * smallest.mean_us
     print(f"{count_text(largest.rows)} / {count_text(smallest.rows)}: "
-          f"{ratio_text(largest.mean_us, smallest.mean_us)} {verdict(flat)} the target: flat "
+          f"{ratio_text(largest.mean_us, smallest.mean_us, 3)} {verdict(flat)} the target: flat "
           f"(<= {FLAT_TARGET}x)")
     print(f"part 2 took {time.perf_counter() - started:.1f} s")
     return flat
 
 
-def git_revision() -> str:
-    """The revision measured; "-dirty" when the working tree has uncommitted changes."""
-    with contextlib.suppress(OSError):
-        git = subprocess.run(
-            ["git", "-C", str(Path(__file__).resolve().parent), "describe", "--always", "--dirty"],
-            capture_output=True, text=True, check=False,
-        )
-        if git.returncode == 0:
-            return git.stdout.strip()
-    return "?"
-
-
 # -- main -----------------------------------------------------------------------------------------
-
-
-def scratch_base() -> Path:
-    # tmpfs: fsync (synchronous = FULL on every commit) costs nothing there, so the figures
-    # are the GC's own work, not the disk's.
-    if SHM.is_dir() and os.access(SHM, os.W_OK):
-        return SHM
-    return Path(tempfile.gettempdir())
 
 
 def run(args: argparse.Namespace, base: Path) -> int:
     started = time.perf_counter()
     print(f"Cache GC benchmark{' (--quick)' if args.quick else ''}: python "
           f"{sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}, {nproc()} CPUs, git "
-          f"{git_revision()}, data directories in {base}")
+          f"{git_revision() or '?'}, data directories in {base}")
     print()
     hit_ratio_part(args, base)
     print()
@@ -536,27 +498,10 @@ def run(args: argparse.Namespace, base: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-
-    def terminated(signum: int, frame: object) -> None:
-        # Unwind, so that the scratch directory (in /dev/shm: memory) is removed.
-        print("bench/gc.py: terminated", file=sys.stderr)
-        sys.exit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminated)
-    base = Path(tempfile.mkdtemp(prefix="filestore-gc-", dir=scratch_base()))
-    try:
-        return run(args, base)
-    except BenchError as exc:
-        print(f"bench/gc.py: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench/gc.py: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        if args.keep:
-            log(f"kept {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+    # In memory when possible: an fsync (synchronous = FULL on every commit) then costs
+    # nothing, so the figures are the GC's own work, not the disk's.
+    return run_main("bench/gc.py", "filestore-gc-", args.keep, lambda base: run(args, base),
+                    in_memory=True)
 
 
 if __name__ == "__main__":

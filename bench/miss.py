@@ -61,9 +61,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import json
 import selectors
-import signal
 import socket
 import sqlite3
 import statistics
@@ -74,34 +72,39 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import aioboto3
 from benchlib import (
-    ERROR_MARKS,
     GIB,
     HOST,
     KIB,
     MIB,
+    WARNING_MARKS,
     BenchError,
     Process,
     add_output_options,
+    args_json,
     filestore_command,
     filestore_env,
     filestore_settings,
     filestore_token,
     fmt_runs,
     free_port,
-    http_request,
     log,
     log_problems,
     nproc,
     package_versions,
     parse_size,
+    print_problems,
     print_rows,
+    put_file,
     random_blocks,
     run_main,
     size_text,
+    started,
+    verdict,
+    versions_text,
+    write_json,
 )
-from s3lib import ACCESS_KEY, MAX_CONNECTIONS, REGION, SECRET_KEY, Moto, client_config
+from s3lib import CLIENT_CONFIG_TEXT, Moto, aio_client, remote_settings
 
 BUCKET = "filestore-miss"
 PREFIX = "fs"  # filestore's remote is s3://<bucket>/fs
@@ -110,9 +113,6 @@ LOCAL_PATH = "bench/miss/local.bin"  # a same-size file only local disk has
 
 POLL_SECONDS = 0.01
 PORT_TIMEOUT = 0.2
-# uvicorn shuts down gracefully on SIGTERM and then re-raises the signal, so -SIGTERM is clean.
-CLEAN_EXIT = (0, -signal.SIGTERM, None)
-LOG_MARKS = (*ERROR_MARKS, "WARNING", "failed", "error:", "recovery")
 
 TTFB_FACTOR, TTFB_SLACK_MS = 1.2, 5.0
 TOTAL_FACTOR = 1.3
@@ -172,11 +172,7 @@ class Filestore:
             **filestore_settings(self.data_dir, port),
             "FILESTORE_SERVER__WORKERS": "1",
             "FILESTORE_UPLOAD__DELAY": delay,
-            "FILESTORE_REMOTE__URL": f"s3://{BUCKET}/{PREFIX}",
-            "FILESTORE_REMOTE__ENDPOINT_URL": self.moto_url,
-            "FILESTORE_REMOTE__REGION": REGION,
-            "FILESTORE_REMOTE__ACCESS_KEY_ID": ACCESS_KEY,
-            "FILESTORE_REMOTE__SECRET_ACCESS_KEY": SECRET_KEY,
+            **remote_settings(f"s3://{BUCKET}/{PREFIX}", self.moto_url),
         }
 
     def cached(self, path: str) -> Path:
@@ -212,25 +208,8 @@ class Filestore:
         process = Process(f"filestore serve (upload.delay {delay})",
                           [*filestore_command(), "serve", "--workers", "1"], self.log_path, env,
                           log_command=True)
-        process.start()
-        try:
-            process.wait_port(port, POLL_SECONDS, PORT_TIMEOUT)
+        with started(process, port, POLL_SECONDS, PORT_TIMEOUT):
             yield process, port
-        finally:
-            status = process.stop()
-            if status not in CLEAN_EXIT:
-                log(f"{process.name}: exit status {status}")
-
-    def put(self, port: int, path: str, source: Path, size: int) -> None:
-        headers = {"Authorization": f"Bearer {self.token}", "Content-Length": str(size),
-                   "Content-Type": "application/octet-stream"}
-        with open(source, "rb") as body:
-            status, reply = http_request(port, "PUT", f"/files/{urllib.parse.quote(path)}",
-                                         body=body, headers=headers, timeout=300)
-        if status not in (200, 201):
-            raise BenchError(f"PUT {path} -> {status}: {reply[:300]!r}")
-        if json.loads(reply).get("size") != size:
-            raise BenchError(f"PUT {path} stored something else: {reply[:300]!r}")
 
 
 def wait_until(process: Process, ready: Callable[[], bool], what: str, timeout: float) -> float:
@@ -460,10 +439,7 @@ class DirectS3:
         self._client: Any = None
 
     async def open(self) -> None:
-        session = aioboto3.Session()
-        self._client = await self._stack.enter_async_context(session.client(
-            "s3", endpoint_url=self.endpoint, region_name=REGION, config=client_config(),
-            aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY))
+        self._client = await self._stack.enter_async_context(aio_client(self.endpoint))
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -537,7 +513,7 @@ def make_cold(fs: Filestore, moto: Moto, source: Path, size: int, timeout: float
     to the cache area, stop the server, delete the cached copy."""
     with fs.serving("0s") as (process, port):
         started = time.monotonic()
-        fs.put(port, COLD_PATH, source, size)
+        put_file(port, fs.token, COLD_PATH, source, size)
         results.setup["put_s"] = time.monotonic() - started
         results.setup["uploaded_s"] = wait_until(
             process, lambda: fs.location(COLD_PATH) == "remote",
@@ -563,7 +539,7 @@ def measure(args: argparse.Namespace, fs: Filestore, moto: Moto, sha_cold: str, 
             fs.serving("1h") as (process, port):
         runner.run(direct.open())
         try:
-            fs.put(port, LOCAL_PATH, local_source, size)
+            put_file(port, fs.token, LOCAL_PATH, local_source, size)
             if fs.location(LOCAL_PATH) != "local" or not fs.local(LOCAL_PATH).is_file():
                 raise BenchError(f"{LOCAL_PATH} is not a local-only file after its PUT")
 
@@ -634,10 +610,6 @@ def mbps(size: int, ms: float) -> float:
     return size / (ms / 1000) / 1e6
 
 
-def verdict(ok: bool) -> str:
-    return "meets" if ok else "MISSES"
-
-
 def report(args: argparse.Namespace, results: Results, info: dict[str, Any]) -> dict[str, Any]:
     """Print the tables, the configuration and the problems; the same as a JSON-ready dict."""
     size = args.size
@@ -652,7 +624,7 @@ def report(args: argparse.Namespace, results: Results, info: dict[str, Any]) -> 
     print()
     print(f"Cold GET of a {size_text(size)} object only the cloud (moto_server on 127.0.0.1) has, "
           f"median of {args.runs} run(s)")
-    print(", ".join(f"{k} {v}" for k, v in info["versions"].items()) + f"; {info['cpus']} CPUs")
+    print(versions_text(info["versions"]) + f"; {info['cpus']} CPUs")
     print()
     rows = [["", "TTFB ms", "total ms", "MB/s", "last byte ms", "TTFB of each run",
              "total of each run"]]
@@ -750,21 +722,14 @@ def report(args: argparse.Namespace, results: Results, info: dict[str, Any]) -> 
     if results.crowd_moto_gets != 1:
         problems.append(f"{results.crowd_moto_gets} GETs at moto for {len(crowd)} concurrent "
                         "cold GETs (expected 1)")
-    print()
-    if problems:
-        print("problems seen:")
-        for problem in problems:
-            print(f"  {problem}")
-    else:
-        print("problems seen: none (no warnings or errors in filestore's log, one GET at moto per "
-              "miss, every body's SHA-256 right)")
+    print_problems(problems, "problems seen", "no warnings or errors in filestore's log, one GET "
+                   "at moto per miss, every body's SHA-256 right")
 
     def timings(items: Sequence[Timing]) -> list[dict[str, Any]]:
         return [dataclasses.asdict(t) for t in items]
 
     return {
-        "config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                   **{k: v for k, v in info.items() if k != "problems"}},
+        "config": {**args_json(args), **{k: v for k, v in info.items() if k != "problems"}},
         "cold": {
             "direct": {"ttfb_ms": d_ttfb, "total_ms": d_total, "runs": timings(results.direct)},
             "filestore": {"ttfb_ms": c_ttfb, "total_ms": c_total, "last_gap_ms": c_gap,
@@ -819,19 +784,15 @@ def run(args: argparse.Namespace, work: Path) -> int:
         "cpus": nproc(),
         "moto_url": moto.url,
         "loop": loop_name,
-        "client_config": ("addressing_style=path, request_checksum_calculation=when_required, "
-                          "response_checksum_validation=when_required, max_pool_connections="
-                          f"{MAX_CONNECTIONS}, connect_timeout=10, read_timeout=60, "
-                          "retries total_max_attempts=1"),
+        "client_config": CLIENT_CONFIG_TEXT,
         "filestore_env": shown_env,
-        "problems": [f"filestore log: {line}" for line in log_problems(fs.log_path, LOG_MARKS)],
+        "problems": [f"filestore log: {line}"
+                     for line in log_problems(fs.log_path, WARNING_MARKS)],
     }
     output = report(args, results, info)
     output["elapsed_s"] = time.monotonic() - started
     print(f"\n(whole benchmark: {output['elapsed_s']:.0f} s)")
-    if args.json:
-        args.json.write_text(json.dumps(output, indent=2, default=str) + "\n")
-        log(f"results written to {args.json}")
+    write_json(args.json, output, default=str)
     return 0
 
 

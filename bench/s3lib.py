@@ -1,5 +1,6 @@
-"""The S3 side shared by the benchmarks that need a store: moto's server and filestore's client
-settings (kept apart from benchlib, which needs nothing beyond the standard library)."""
+"""The S3 side shared by the benchmarks that need a store: moto's server, filestore's client
+settings (and an aioboto3 client with them) and its remote settings (kept apart from benchlib,
+which needs nothing beyond the standard library)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import aioboto3
 import boto3
 from aiobotocore.config import AioConfig
 from benchlib import HOST, BenchError, Process, console_script, free_port, log
@@ -31,6 +33,33 @@ def client_config() -> AioConfig:
         read_timeout=60,
         retries={"total_max_attempts": 1, "mode": "standard"},
     )
+
+
+def aio_client(endpoint: str) -> Any:
+    """An aioboto3 S3 client of the S3 server `endpoint`, configured as filestore's own
+    (`client_config`); an async context manager."""
+    return aioboto3.Session().client(
+        "s3", endpoint_url=endpoint, region_name=REGION, config=client_config(),
+        aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+
+
+def remote_settings(url: str, endpoint: str) -> dict[str, str]:
+    """filestore's settings for the remote `url` (s3://bucket/prefix) at the S3 server
+    `endpoint` (moto's: any region and keys do)."""
+    return {
+        "FILESTORE_REMOTE__URL": url,
+        "FILESTORE_REMOTE__ENDPOINT_URL": endpoint,
+        "FILESTORE_REMOTE__REGION": REGION,
+        "FILESTORE_REMOTE__ACCESS_KEY_ID": ACCESS_KEY,
+        "FILESTORE_REMOTE__SECRET_ACCESS_KEY": SECRET_KEY,
+    }
+
+
+# `client_config` as the reports describe it.
+CLIENT_CONFIG_TEXT = (
+    "addressing_style=path, request_checksum_calculation=when_required, "
+    "response_checksum_validation=when_required, max_pool_connections="
+    f"{MAX_CONNECTIONS}, connect_timeout=10, read_timeout=60, retries total_max_attempts=1")
 
 
 class Moto:

@@ -49,9 +49,9 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from benchlib import (
     ERROR_MARKS,
@@ -63,11 +63,15 @@ from benchlib import (
     MemStatus,
     Process,
     add_output_options,
+    busy_problems,
+    cpu_busy,
     filestore_command,
     filestore_env,
     filestore_settings,
     filestore_token,
+    find_tools,
     free_port,
+    git_revision,
     http_request,
     log,
     log_problems,
@@ -76,9 +80,13 @@ from benchlib import (
     package_versions,
     parse_size,
     port_open,
+    print_problems,
     print_rows,
     random_blocks,
+    ratio_text,
     run_main,
+    versions_text,
+    write_json,
 )
 
 PUT_PATH = "bench-put.bin"
@@ -130,6 +138,8 @@ async def serve(request):
 app = Starlette(routes=[Route("/{name}", serve)])
 '''
 
+# The reference server block; `http` and `after` are more of the http block before and after it
+# (bench/accel.py adds its access log and the shipped server block).
 NGINX_CONF = """\
 {user}worker_processes {workers};
 daemon off;
@@ -137,36 +147,23 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/logs/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-  access_log off;
+{http}\
   sendfile on; tcp_nopush on; tcp_nodelay on;
   keepalive_timeout 65; keepalive_requests 1000000;
-  open_file_cache max=1000 inactive=60s;
   default_type application/octet-stream;
   client_body_temp_path {prefix}/tmp/body; proxy_temp_path {prefix}/tmp/proxy;
   fastcgi_temp_path {prefix}/tmp/fcgi; uwsgi_temp_path {prefix}/tmp/uwsgi;
   scgi_temp_path {prefix}/tmp/scgi;
   server {{
     listen {host}:{port};
+    access_log off;
+    open_file_cache max=1000 inactive=60s;
     root {root};
     location / {{ }}
   }}
+{after}\
 }}
 """
-
-
-def cpu_busy(seconds: float = 1.0) -> float:
-    """Fraction of all CPUs' time that was not idle (steal included) over `seconds`: what other
-    processes and the hypervisor take before this script starts any load of its own."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = fields[3] + fields[4]  # idle + iowait
-        return sum(fields[:8]) - idle, sum(fields[:8])
-
-    busy0, total0 = sample()
-    time.sleep(seconds)
-    busy1, total1 = sample()
-    return (busy1 - busy0) / max(1, total1 - total0)
 
 
 # -- arguments --------------------------------------------------------------------------------
@@ -193,40 +190,44 @@ def parse_sizes(text: str) -> list[tuple[str, int]]:
     return sizes
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="bench/serve.py",
-        description="GET throughput of filestore vs nginx vs bare Starlette, and PUT memory.",
-    )
+def add_wrk_options(parser: argparse.ArgumentParser, sizes: str, workers_of: str) -> None:
+    """The options of a GET benchmark: wrk's --duration, --warmup and --runs, the test files'
+    --sizes (default `sizes`) and the --workers of `workers_of`."""
     parser.add_argument("--duration", type=parse_duration, default=parse_duration("5s"),
                         help="wrk duration per measured run (default 5s)")
     parser.add_argument("--warmup", type=parse_duration, default=parse_duration("2s"),
                         help="unrecorded wrk run before each target/size (default 2s)")
     parser.add_argument("--runs", type=int, default=1,
                         help="measured runs per target/size; the median is reported (default 1)")
-    parser.add_argument("--sizes", type=parse_sizes, default=parse_sizes("1k,64k,1m,32m"),
-                        help="comma-separated file sizes (default 1k,64k,1m,32m)")
+    parser.add_argument("--sizes", type=parse_sizes, default=parse_sizes(sizes),
+                        help=f"comma-separated file sizes (default {sizes})")
     parser.add_argument("--workers", type=int, default=2,
-                        help="worker processes of the uvicorn servers (default 2)")
+                        help=f"worker processes of {workers_of} (default 2)")
+
+
+def check_wrk_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    if not 1 <= args.workers <= 64:
+        parser.error("--workers must be from 1 to 64")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench/serve.py",
+        description="GET throughput of filestore vs nginx vs bare Starlette, and PUT memory.",
+    )
+    add_wrk_options(parser, "1k,64k,1m,32m", "the uvicorn servers")
     parser.add_argument("--put-size", type=parse_size, default=GIB,
                         help="size of the streamed PUT for the memory check; 0 skips it "
                              "(default 1GiB)")
     add_output_options(parser, "data, configs, server logs")
     args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
-    if not 1 <= args.workers <= 64:
-        parser.error("--workers must be from 1 to 64")
+    check_wrk_options(parser, args)
     return args
 
 
 # -- processes --------------------------------------------------------------------------------
-
-
-def find_tool(name: str) -> str | None:
-    # nginx lives in /usr/sbin, which is not on every user's PATH.
-    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
-    return shutil.which(name, path=search)
 
 
 def children_of(pid: int) -> list[int]:
@@ -305,6 +306,22 @@ def running(server: Server) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+
+
+def nginx_server(nginx: str, prefix: Path, log_path: Path, port: int, root: Path,
+                 http: str = "", after: str = "") -> Server:
+    """nginx (one worker per core) with NGINX_CONF in `prefix`: its server block listens on
+    `port` of HOST and serves `root`; `http` and `after` go into the http block before and
+    after it."""
+    for sub in ("logs", "tmp"):
+        (prefix / sub).mkdir(parents=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(
+        user="user root;\n" if os.geteuid() == 0 else "", workers=nproc(),
+        prefix=prefix, host=HOST, port=port, root=root, http=http, after=after))
+    return Server("nginx", [nginx, "-p", str(prefix), "-e", str(prefix / "logs/error.log"),
+                            "-c", str(conf)], log_path,
+                  port=port, workers=nproc(), uvicorn=False)
 
 
 # -- HTTP check -----------------------------------------------------------------------------------
@@ -398,24 +415,41 @@ def run_wrk(argv: list[str], duration: int, wrk: str) -> WrkRun | None:
     )
 
 
+def measure_interleaved(
+    urls: dict[str, tuple[int, str]], label: str, data: bytes, args: argparse.Namespace,
+    lua: Path,
+) -> dict[str, Measurement]:
+    """Each target's runs (`urls`: target -> port, URL path), after a check of its GET and a
+    warm-up run of each, taken in turns (run 1 of every target, then run 2, ...): on a machine
+    shared with other work, a ratio then compares figures taken in the same minute."""
+    argvs = {}
+    for target, (port, url_path) in urls.items():
+        check_get(port, url_path, data, target)
+        url = f"http://{HOST}:{port}{url_path}"
+        run_wrk(wrk_argv(url, len(data), args.warmup), args.warmup, args.wrk)
+        argvs[target] = wrk_argv(url, len(data), args.duration, lua)
+    runs: dict[str, list[WrkRun]] = {target: [] for target in urls}
+    for i in range(args.runs):
+        for target, argv in argvs.items():
+            run = run_wrk(argv, args.duration, args.wrk)
+            assert run is not None
+            runs[target].append(run)
+            log(f"{target} {label} run {i + 1}/{args.runs}: {run.rps:,.0f} req/s, "
+                f"{run.rps * len(data) / 1e6:,.1f} MB/s, p50 {run.p50_ms:.2f} ms, "
+                f"p99 {run.p99_ms:.2f} ms, errors {run.errors}")
+    return {
+        target: Measurement(target, label, len(data), " ".join(
+            wrk_argv(f"http://{HOST}:{port}{url_path}", len(data), args.duration,
+                     Path(lua.name))), runs[target])
+        for target, (port, url_path) in urls.items()
+    }
+
+
 def measure(
     target: str, port: int, url_path: str, label: str, data: bytes,
     args: argparse.Namespace, lua: Path,
 ) -> Measurement:
-    url = f"http://{HOST}:{port}{url_path}"
-    check_get(port, url_path, data, target)
-    run_wrk(wrk_argv(url, len(data), args.warmup), args.warmup, args.wrk)
-    argv = wrk_argv(url, len(data), args.duration, lua)
-    runs = []
-    for i in range(args.runs):
-        run = run_wrk(argv, args.duration, args.wrk)
-        assert run is not None
-        runs.append(run)
-        log(f"{target} {label} run {i + 1}/{args.runs}: {run.rps:,.0f} req/s, "
-            f"{run.rps * len(data) / 1e6:,.1f} MB/s, p50 {run.p50_ms:.2f} ms, "
-            f"p99 {run.p99_ms:.2f} ms, errors {run.errors}")
-    shown = wrk_argv(url, len(data), args.duration, Path(lua.name))
-    return Measurement(target, label, len(data), " ".join(shown), runs)
+    return measure_interleaved({target: (port, url_path)}, label, data, args, lua)[target]
 
 
 # -- streaming PUT memory -------------------------------------------------------------------------
@@ -504,35 +538,38 @@ def measure_put_memory(server: Server, token: str, size: int) -> PutResult:
 TARGETS = ("nginx", "starlette", "filestore")
 
 
-def fmt_ratio(numerator: float, denominator: float) -> str:
-    return f"{numerator / denominator:.2f}x" if denominator else "-"
+def print_tables(results: dict[tuple[str, str], Measurement], sizes: list[tuple[str, int]],
+                 targets: Sequence[str], ratios: dict[str, Callable[[str], str]]) -> None:
+    """The throughput table (req/s and MB/s of each target, then a column for each of `ratios`:
+    heading -> the cell of a size label) and the latency table."""
+    head = ["size"]
+    for target in targets:
+        head += [f"{target} req/s", f"{target} MB/s"]
+    rows = [head + list(ratios)]
+    for label, _ in sizes:
+        row = [label]
+        for target in targets:
+            m = results[target, label]
+            row += [f"{m.rps:,.0f}", f"{m.mbps:,.1f}"]
+        rows.append(row + [cell(label) for cell in ratios.values()])
+    print_rows(rows, right_align=True)
+    print()
+    rows = [["size"] + [f"{t} p50/p99 ms" for t in targets] + [f"{t} errors" for t in targets]]
+    for label, _ in sizes:
+        ms = [results[t, label] for t in targets]
+        rows.append([label, *(f"{m.p50_ms:.2f} / {m.p99_ms:.2f}" for m in ms),
+                     *(str(m.errors) for m in ms)])
+    print_rows(rows, right_align=True)
 
 
 def print_table(results: dict[tuple[str, str], Measurement], sizes: list[tuple[str, int]],
                 workers: int) -> None:
-    head = ["size"]
-    for target in TARGETS:
-        head += [f"{target} req/s", f"{target} MB/s"]
-    head += ["fs/nginx", "fs/starlette"]
-    rows = [head]
-    for label, _ in sizes:
-        row = [label]
-        for target in TARGETS:
-            m = results[target, label]
-            row += [f"{m.rps:,.0f}", f"{m.mbps:,.1f}"]
-        fs = results["filestore", label].rps
-        row += [fmt_ratio(fs, results["nginx", label].rps),
-                fmt_ratio(fs, results["starlette", label].rps)]
-        rows.append(row)
-    print_rows(rows, right_align=True)
-    print()
-    lat = ["size"] + [f"{t} p50/p99 ms" for t in TARGETS] + [f"{t} errors" for t in TARGETS]
-    rows = [lat]
-    for label, _ in sizes:
-        ms = [results[t, label] for t in TARGETS]
-        rows.append([label, *(f"{m.p50_ms:.2f} / {m.p99_ms:.2f}" for m in ms),
-                     *(str(m.errors) for m in ms)])
-    print_rows(rows, right_align=True)
+    def vs(other: str) -> Callable[[str], str]:
+        return lambda label: ratio_text(results["filestore", label].rps,
+                                        results[other, label].rps)
+
+    print_tables(results, sizes, TARGETS,
+                 {"fs/nginx": vs("nginx"), "fs/starlette": vs("starlette")})
     labels = {label for label, _ in sizes}
     notes = []
     if "1k" in labels:
@@ -557,15 +594,44 @@ def versions(nginx_path: str, wrk_path: str) -> dict[str, str]:
     wrk = subprocess.run([wrk_path, "-v"], capture_output=True, text=True, check=False)
     found["wrk"] = (wrk.stdout.splitlines() or ["?"])[0].split(" [")[0].removeprefix("wrk ")
     found.update(package_versions("filestore", "starlette", "uvicorn", "uvloop", "httptools"))
-    # The revision measured; "-dirty" when the working tree has uncommitted changes.
-    with contextlib.suppress(OSError):
-        git = subprocess.run(
-            ["git", "-C", str(Path(__file__).resolve().parent), "describe", "--always", "--dirty"],
-            capture_output=True, text=True, check=False,
-        )
-        if git.returncode == 0:
-            found["git"] = git.stdout.strip()
+    revision = git_revision()
+    if revision is not None:
+        found["git"] = revision
     return found
+
+
+def print_commands(results: dict[tuple[str, str], Measurement], sizes: list[tuple[str, int]],
+                   targets: Sequence[str], reporter: str) -> None:
+    """The wrk command of every measurement (`reporter` says where report.lua comes from)."""
+    print(f"wrk commands (report.lua: {reporter}):")
+    width = max(len(target) for target in targets)
+    for target in targets:
+        for label, _ in sizes:
+            print(f"  {target:<{width}} {results[target, label].command}")
+
+
+def finish(args: argparse.Namespace, found_versions: dict[str, str], settings: dict[str, Any],
+           results: dict[tuple[str, str], Measurement], busy_before: float, problems: list[str],
+           extra: dict[str, Any] | None = None) -> int:
+    """The end of a GET benchmark's run: how busy the CPUs were after it, the problems (those
+    of the run, the CPUs' and the wrk errors), the JSON file (`extra` after the results)."""
+    busy_after = cpu_busy()
+    problems += busy_problems(busy_before, busy_after)
+    errors = sum(m.errors for m in results.values())
+    if errors:
+        problems.append(f"{errors} wrk errors (socket errors or status >= 400); see table")
+    print_problems(problems)
+    write_json(args.json, {
+        "versions": found_versions,
+        "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "runs": args.runs,
+                     "workers": args.workers, **settings},
+        "results": [m.as_dict() for m in results.values()],
+        **(extra or {}),
+        "cpu_busy_before": busy_before,
+        "cpu_busy_after": busy_after,
+        "problems": problems,
+    })
+    return 0
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -585,17 +651,42 @@ def make_test_files(source: Path, sizes: list[tuple[str, int]]) -> dict[str, byt
     return files
 
 
-def run(args: argparse.Namespace, work: Path, found_versions: dict[str, str]) -> int:
+class Setup(NamedTuple):
+    """What a GET benchmark's run starts from, in its temp directory `work`."""
+
+    busy_before: float  # cpu_busy() before anything started
+    lua: Path  # the wrk reporter
+    logs: Path  # the servers' logs
+    data_dir: Path  # filestore's (empty yet)
+    files: dict[str, bytes]  # size label -> the test file's bytes
+
+
+def set_up(work: Path, sizes: list[tuple[str, int]]) -> Setup:
     busy_before = cpu_busy()
     log(f"CPU busy before start (other processes, steal): {busy_before:.0%}")
-    fs_cmd = filestore_command()
     lua = work / "report.lua"
     lua.write_text(WRK_REPORT_LUA)
     logs = work / "logs"
     logs.mkdir()
-    data_dir = work / "filestore-data"
-    files = make_test_files(work / "source", args.sizes)
+    files = make_test_files(work / "source", sizes)
     log(f"work directory {work}; test files {', '.join(f'{k}.bin' for k in files)}")
+    return Setup(busy_before, lua, logs, work / "filestore-data", files)
+
+
+def put_test_files(port: int, token: str, files: dict[str, bytes]) -> None:
+    """PUT every test file to filestore as `<label>.bin`."""
+    for label, data in files.items():
+        status, reply = http_request(
+            port, "PUT", f"/files/{label}.bin", body=data,
+            headers={"authorization": f"Bearer {token}",
+                     "content-type": "application/octet-stream"})
+        if status not in (200, 201):
+            raise BenchError(f"filestore: PUT /files/{label}.bin -> {status}: {reply[:300]!r}")
+
+
+def run(args: argparse.Namespace, work: Path, found_versions: dict[str, str]) -> int:
+    busy_before, lua, logs, data_dir, files = set_up(work, args.sizes)
+    fs_cmd = filestore_command()
 
     # 1. Token, then PUT every file through filestore itself, so every server serves its bytes.
     fs_port = free_port()
@@ -604,13 +695,7 @@ def run(args: argparse.Namespace, work: Path, found_versions: dict[str, str]) ->
     setup = Server("filestore (setup)", [*fs_cmd, "serve", "--workers", str(args.workers)],
                    logs / "filestore-setup.log", env, port=fs_port, workers=args.workers)
     with running(setup):
-        for label, data in files.items():
-            status, reply = http_request(
-                fs_port, "PUT", f"/files/{label}.bin", body=data,
-                headers={"authorization": f"Bearer {token}",
-                         "content-type": "application/octet-stream"})
-            if status not in (200, 201):
-                raise BenchError(f"filestore: PUT /files/{label}.bin -> {status}: {reply[:300]!r}")
+        put_test_files(fs_port, token, files)
     files_root = data_dir / "files"
     for label, data in files.items():
         if (files_root / f"{label}.bin").read_bytes() != data:
@@ -621,17 +706,8 @@ def run(args: argparse.Namespace, work: Path, found_versions: dict[str, str]) ->
     put_result: PutResult | None = None
     problems: list[str] = []
 
-    prefix = work / "nginx"
-    for sub in ("logs", "tmp"):
-        (prefix / sub).mkdir(parents=True)
     port = free_port()
-    conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(
-        user="user root;\n" if os.geteuid() == 0 else "", workers=nproc(),
-        prefix=prefix, host=HOST, port=port, root=files_root))
-    nginx = Server("nginx", [args.nginx, "-p", str(prefix), "-e", str(prefix / "logs/error.log"),
-                             "-c", str(conf)], logs / "nginx.log",
-                   port=port, workers=nproc(), uvicorn=False)
+    nginx = nginx_server(args.nginx, work / "nginx", logs / "nginx.log", port, files_root)
     with running(nginx):
         for label, data in files.items():
             results["nginx", label] = measure("nginx", port, f"/{label}.bin", label, data,
@@ -680,15 +756,12 @@ def run(args: argparse.Namespace, work: Path, found_versions: dict[str, str]) ->
     print(f"GET throughput, {args.workers} worker(s) for starlette and filestore, nginx "
           f"{nproc()} worker(s); wrk {args.duration}s x {args.runs} run(s) after a "
           f"{args.warmup}s warm-up, median; MB/s = payload 10^6 bytes/s; all on {HOST}")
-    print(", ".join(f"{k} {v}" for k, v in found_versions.items()))
+    print(versions_text(found_versions))
     print()
     print_table(results, args.sizes, args.workers)
     print()
-    print("wrk commands (report.lua: the reporter embedded in this script, written to the "
-          "temp directory):")
-    for target in TARGETS:
-        for label, _ in args.sizes:
-            print(f"  {target:<9} {results[target, label].command}")
+    print_commands(results, args.sizes, TARGETS,
+                   "the reporter embedded in this script, written to the temp directory")
     if put_result is not None:
         size_text = (f"{put_result.size / GIB:g} GiB" if put_result.size % GIB == 0
                      else f"{put_result.size / MIB:,.1f} MiB")
@@ -702,50 +775,29 @@ def run(args: argparse.Namespace, work: Path, found_versions: dict[str, str]) ->
         for pid, mem in put_result.workers.items():
             print(f"  worker {pid}: VmRSS before {mem['rss_before_mib']:.1f} MiB, VmHWM after "
                   f"{mem['hwm_after_mib']:.1f} MiB, VmRSS after {mem['rss_after_mib']:.1f} MiB")
-    busy_after = cpu_busy()
-    for when, busy in (("before", busy_before), ("after", busy_after)):
-        if busy > 0.15:
-            problems.append(f"the CPUs were {busy:.0%} busy with other work {when} the run "
-                            "(incl. hypervisor steal): figures are unreliable, ratios less so")
-    errors = sum(m.errors for m in results.values())
-    if errors:
-        problems.append(f"{errors} wrk errors (socket errors or status >= 400); see table")
-    if problems:
-        print()
-        print("problems:")
-        for problem in problems:
-            print(f"  {problem}")
-
-    if args.json:
-        args.json.write_text(json.dumps({
-            "versions": found_versions,
-            "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "runs": args.runs,
-                         "workers": args.workers, "put_size": args.put_size},
-            "results": [m.as_dict() for m in results.values()],
-            "put": put_result.as_dict() if put_result else None,
-            "cpu_busy_before": busy_before,
-            "cpu_busy_after": busy_after,
-            "problems": problems,
-        }, indent=2) + "\n")
-        log(f"results written to {args.json}")
-    return 0
+    return finish(args, found_versions, {"put_size": args.put_size}, results, busy_before,
+                  problems, {"put": put_result.as_dict() if put_result else None})
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    args.nginx, args.wrk = find_tool("nginx"), find_tool("wrk")
-    missing = [tool for tool in ("nginx", "wrk") if getattr(args, tool) is None]
-    if missing:
-        print(f"bench/serve.py: {' and '.join(missing)} not found; install "
-              f"{' '.join(missing)} (Debian: apt-get install -y nginx wrk)", file=sys.stderr)
+def main_with_tools(prog: str, work_prefix: str, args: argparse.Namespace,
+                    run: Callable[[argparse.Namespace, Path, dict[str, str]], int]) -> int:
+    """`run(args, work, versions)` under `run_main`, with `args.nginx` and `args.wrk` the
+    tools' paths; exit status 2 without them."""
+    tools = find_tools(prog, "nginx", "wrk")
+    if tools is None:
         return 2
+    args.nginx, args.wrk = tools
 
     def body(work: Path) -> int:
         found = versions(args.nginx, args.wrk)
-        log("versions: " + ", ".join(f"{k} {v}" for k, v in found.items()))
+        log("versions: " + versions_text(found))
         return run(args, work, found)
 
-    return run_main("bench/serve.py", "filestore-bench-", args.keep, body)
+    return run_main(prog, work_prefix, args.keep, body)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return main_with_tools("bench/serve.py", "filestore-bench-", parse_args(argv), run)
 
 
 if __name__ == "__main__":

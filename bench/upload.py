@@ -62,28 +62,25 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import json
 import re
-import signal
 import sqlite3
 import statistics
 import sys
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import aioboto3
 from benchlib import (
-    ERROR_MARKS,
+    CLEAN_EXIT,
     GIB,
     KIB,
     MIB,
+    WARNING_MARKS,
     BenchError,
     Process,
     add_output_options,
+    args_json,
     filestore_command,
     filestore_env,
     filestore_settings,
@@ -98,12 +95,18 @@ from benchlib import (
     package_versions,
     parse_size,
     port_open,
+    print_problems,
     print_rows,
+    put_file,
     random_blocks,
     run_main,
     size_text,
+    started,
+    verdict,
+    versions_text,
+    write_json,
 )
-from s3lib import ACCESS_KEY, MAX_CONNECTIONS, REGION, SECRET_KEY, Moto, client_config
+from s3lib import CLIENT_CONFIG_TEXT, MAX_CONNECTIONS, Moto, aio_client, remote_settings
 
 PREFIX = "fs"  # filestore's remote is s3://<bucket>/fs; the reference uses the same keys
 
@@ -116,11 +119,7 @@ MAX_PARTS = 10_000
 POLL_SECONDS = 0.02
 PORT_TIMEOUT = 0.2  # connect timeout of the checks whether a server's port is open
 TARGET_RATIO = 0.8
-# uvicorn shuts down gracefully on SIGTERM and then re-raises the signal, so -SIGTERM is clean.
-CLEAN_EXIT = (0, -signal.SIGTERM, None)
 TARGET_PEAK_MIB = 100.0
-# Lines of a filestore log that point at a problem (a clean run prints none of these).
-LOG_MARKS = (*ERROR_MARKS, "WARNING", "failed", "error:", "recovery")
 
 
 # -- arguments ------------------------------------------------------------------------------------
@@ -247,9 +246,7 @@ async def _reference_multipart(s3: Any, bucket: str, f: BenchFile) -> None:
 async def _reference_upload(endpoint: str, bucket: str, files: Sequence[BenchFile],
                             concurrency: int) -> float:
     started = time.perf_counter()
-    session = aioboto3.Session(aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
-                               region_name=REGION)
-    async with session.client("s3", endpoint_url=endpoint, config=client_config()) as s3:
+    async with aio_client(endpoint) as s3:
         slots = asyncio.Semaphore(concurrency)
 
         async def upload(f: BenchFile) -> None:
@@ -314,11 +311,7 @@ class Filestore:
             "FILESTORE_UPLOAD__ENABLED": "true" if enabled else "false",
             "FILESTORE_UPLOAD__DELAY": "0s",
             "FILESTORE_UPLOAD__CONCURRENCY": str(self.concurrency),
-            "FILESTORE_REMOTE__URL": f"s3://{self.bucket}/{PREFIX}",
-            "FILESTORE_REMOTE__ENDPOINT_URL": self.moto_url,
-            "FILESTORE_REMOTE__REGION": REGION,
-            "FILESTORE_REMOTE__ACCESS_KEY_ID": ACCESS_KEY,
-            "FILESTORE_REMOTE__SECRET_ACCESS_KEY": SECRET_KEY,
+            **remote_settings(f"s3://{self.bucket}/{PREFIX}", self.moto_url),
         }
 
     @property
@@ -339,27 +332,8 @@ class Filestore:
 def serving(fs: Filestore, enabled: bool, wait: bool = True) -> Iterator[tuple[Process, int]]:
     """A running `filestore serve`, stopped on the way out whatever happens."""
     process, port = fs.server(enabled)
-    process.start()
-    try:
-        if wait:
-            process.wait_port(port, POLL_SECONDS, PORT_TIMEOUT)
+    with started(process, port if wait else None, POLL_SECONDS, PORT_TIMEOUT):
         yield process, port
-    finally:
-        status = process.stop()
-        if status not in CLEAN_EXIT:
-            log(f"{process.name}: exit status {status}")
-
-
-def put_file(port: int, token: str, f: BenchFile) -> None:
-    headers = {"Authorization": f"Bearer {token}", "Content-Length": str(f.size),
-               "Content-Type": "application/octet-stream"}
-    with open(f.local, "rb") as body:
-        status, reply = http_request(port, "PUT", f"/files/{urllib.parse.quote(f.path)}",
-                                     body=body, headers=headers, timeout=300)
-    if status not in (200, 201):
-        raise BenchError(f"PUT {f.path} -> {status}: {reply[:300]!r}")
-    if json.loads(reply).get("size") != f.size:
-        raise BenchError(f"PUT {f.path} stored something else: {reply[:300]!r}")
 
 
 def put_all(fs: Filestore, files: Sequence[BenchFile], concurrency: int) -> float:
@@ -367,7 +341,8 @@ def put_all(fs: Filestore, files: Sequence[BenchFile], concurrency: int) -> floa
     with serving(fs, enabled=False) as (_, port):
         started = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-            for future in [pool.submit(put_file, port, fs.token, f) for f in files]:
+            for future in [pool.submit(put_file, port, fs.token, f.path, f.local, f.size)
+                           for f in files]:
                 future.result()
         return time.perf_counter() - started
 
@@ -569,7 +544,7 @@ def run_filestore(moto: Moto, work: Path, label: str, files: Sequence[BenchFile]
         name = size_text(f.size)
         if name not in paths and f.path not in result.failed:
             paths[name] = observed_path(moto.etag(bucket, f.key))
-    problems = [f"{label}: log: {line}" for line in log_problems(fs.log_path, LOG_MARKS)]
+    problems = [f"{label}: log: {line}" for line in log_problems(fs.log_path, WARNING_MARKS)]
     if leftover:
         problems.append(f"{label}: {leftover} intent row(s) left in the registry after "
                         f"{len(files)} acknowledged PUTs and a clean stop")
@@ -608,7 +583,7 @@ def report(
     print()
     print(f"Upload to moto_server on 127.0.0.1: {workload} = {total / 1e6:,.1f} MB "
           f"({len(files)} files), concurrency {args.concurrency}, {args.runs} run(s), median")
-    print(", ".join(f"{k} {v}" for k, v in info["versions"].items()) + f"; {info['cpus']} CPUs")
+    print(versions_text(info["versions"]) + f"; {info['cpus']} CPUs")
     print()
     rows = [["target", "wall s", "MB/s", "files/s", "MB/s of each run", "s of each run"]]
     rows.append(["reference (aioboto3)", f"{statistics.median(r.seconds for r in refs):.2f}",
@@ -620,19 +595,17 @@ def report(
                  f"{len(files) / fs_seconds:,.1f}", fmt_runs([r.drain.mbps for r in fs_runs]),
                  fmt_runs([r.drain.seconds for r in fs_runs], 2)])
     print_rows(rows)
-    verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
     per_run = [f.drain.mbps / r.mbps for f, r in zip(fs_runs, refs, strict=True)]
-    print(f"ratio filestore/reference: {ratio:.2f} ({verdict} the target >= {TARGET_RATIO}); "
-          f"per run: {fmt_runs(per_run, 2)}")
+    print(f"ratio filestore/reference: {ratio:.2f} ({verdict(ratio >= TARGET_RATIO)} the target "
+          f">= {TARGET_RATIO}); per run: {fmt_runs(per_run, 2)}")
     drains = [r.drain for r in fs_runs]
     # The same drain with the interpreter's start (imports, S3 client) left out, as the
     # reference's in-process run leaves it out: the queue's own throughput.
     ready_mbps = statistics.median(
         total / (d.seconds - (d.port_open_s or 0)) / 1e6 for d in drains)
     ready_ratio = ready_mbps / ref_mbps
-    verdict = "meets" if ready_ratio >= TARGET_RATIO else "MISSES"
     print(f"from ready (port open): filestore {ready_mbps:,.1f} MB/s, ratio {ready_ratio:.2f} "
-          f"({verdict} the target >= {TARGET_RATIO})")
+          f"({verdict(ready_ratio >= TARGET_RATIO)} the target >= {TARGET_RATIO})")
     print(f"filestore drain, from the spawn: port open at "
           f"{statistics.median(d.port_open_s or 0 for d in drains):.2f} s, first upload recorded "
           f"at {statistics.median(d.first_upload_s or 0 for d in drains):.2f} s; "
@@ -652,7 +625,6 @@ def report(
         peak = statistics.median(d.rss_peak_mib for d in bd)
         growth = statistics.median(d.rss_growth_mib or 0 for d in bd)
         idle = statistics.median(d.rss_idle_mib or 0 for d in bd)
-        verdict = "meets" if peak < TARGET_PEAK_MIB else "MISSES"
         print()
         print(f"Memory while uploading one {size_text(args.big)} file "
               f"({big_runs[0].paths.get(size_text(args.big), '?')}), VmRSS of the serve "
@@ -666,8 +638,9 @@ def report(
                      f"{statistics.median(d.mbps for d in bd):,.1f}",
                      fmt_runs([d.rss_peak_mib for d in bd])])
         print_rows(rows)
-        print(f"peak {peak:.1f} MiB {verdict} the target < {TARGET_PEAK_MIB:.0f} MiB (idle: a "
-              "fresh paused server with nothing to do; VmHWM includes start-up)")
+        print(f"peak {peak:.1f} MiB {verdict(peak < TARGET_PEAK_MIB)} the target < "
+              f"{TARGET_PEAK_MIB:.0f} MiB (idle: a fresh paused server with nothing to do; VmHWM "
+              "includes start-up)")
         big = {"size": args.big, "idle_rss_mib": idle, "peak_rss_mib": peak,
                "growth_mib": growth, "target_peak_mib": TARGET_PEAK_MIB,
                "path": big_runs[0].paths.get(size_text(args.big)),
@@ -689,18 +662,11 @@ def report(
           f"remote.max_connections {MAX_CONNECTIONS}, upload.keep_local false")
 
     problems = [p for r in [*fs_runs, *big_runs] for p in r.problems]
-    print()
-    if problems:
-        print("problems seen in filestore:")
-        for problem in problems:
-            print(f"  {problem}")
-    else:
-        print("problems seen in filestore: none (no warnings or errors in its output, no retried "
-              "or failed queue rows, queue empty after every drain)")
+    print_problems(problems, "problems seen in filestore", "no warnings or errors in its output, "
+                   "no retried or failed queue rows, queue empty after every drain")
 
     return {
-        "config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                   **info},
+        "config": {**args_json(args), **info},
         "workload": {"files": len(files), "bytes": total, "description": workload},
         "reference": {"mbps": ref_mbps, "runs": [dataclasses.asdict(r) for r in refs]},
         "filestore": {"mbps": fs_mbps, "ratio": ratio, "target_ratio": TARGET_RATIO,
@@ -748,18 +714,13 @@ def run(args: argparse.Namespace, work: Path) -> int:
         "versions": versions(),
         "cpus": nproc(),
         "moto_url": moto.url,
-        "client_config": ("addressing_style=path, request_checksum_calculation=when_required, "
-                          "response_checksum_validation=when_required, max_pool_connections="
-                          f"{MAX_CONNECTIONS}, connect_timeout=10, read_timeout=60, "
-                          "retries total_max_attempts=1"),
+        "client_config": CLIENT_CONFIG_TEXT,
         "filestore_env": shown_env,
     }
     results = report(args, files, refs, fs_runs, big_runs, info)
     results["elapsed_s"] = time.monotonic() - started
     print(f"\n(whole benchmark: {results['elapsed_s']:.0f} s)")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        log(f"results written to {args.json}")
+    write_json(args.json, results, default=str)
     return 0
 
 

@@ -12,6 +12,7 @@ import binascii
 import logging
 import os
 import re
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -32,8 +33,9 @@ from .store import Precondition, Store
 log = logging.getLogger("filestore")
 
 MAX_LIST_LIMIT = 1000
-# Looks again while a PUT of the path commits: 1 ms doubling to 50 ms, about 0.3 s in all.
-_COMMIT_WAITS = 10
+# How long a read waits for a PUT of its path to commit (looking again after 1 ms, doubling to
+# 50 ms): a commit takes milliseconds, but waits for the write lock and an fsync on a busy disk.
+_COMMIT_WAIT_SECONDS = 5.0
 _SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 _DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() also takes "²"
 # Bytes a client may name the wrong type for; never let a browser sniff them into HTML.
@@ -64,6 +66,27 @@ def _require_token(request: Request) -> None:
     check_bearer(request.headers.get("authorization"), _store(request).token)
 
 
+def _authorize(request: Request, path: str, *, public: bool = False) -> None:
+    """A signed URL (`?expires=&sig=`, see signing.py) grants its one method on its one path and
+    a bad one is refused with 403; without a signature, the token unless `public`."""
+    query = request.scope["query_string"]
+    if query and request.app.state.signing.check(query, request.method, path):
+        return
+    if not public:
+        _require_token(request)
+
+
+def _authorized_path(request: Request) -> str:
+    """The path of a write, once authorized (without a query the token is checked first, as
+    ever: a client without it learns nothing, not even whether its path is valid)."""
+    if not request.scope["query_string"]:
+        _require_token(request)
+        return _file_path(request)
+    path = _file_path(request)
+    _authorize(request, path)
+    return path
+
+
 def _validators(record: FileRecord) -> Validators:
     return Validators(etag_for(record.sha256), int(record.modified))
 
@@ -89,6 +112,7 @@ async def _open_current(store: Store, path: str) -> tuple[FileRecord, int | None
     of the recorded size is taken as the recorded one.
     """
     attempt = waits = 0
+    deadline = 0.0
     while True:
         record = store.lookup(path)
         opened = store.local.open_bytes(path)
@@ -105,10 +129,12 @@ async def _open_current(store: Store, path: str) -> tuple[FileRecord, int | None
             if not writing and attempt >= 2 and stat.st_size == record.size:
                 return record, fd, cached
             os.close(fd)
-            if writing and waits < _COMMIT_WAITS:
-                await anyio.sleep(min(0.001 * 2**waits, 0.05))
-                waits += 1
-                continue
+            if writing:
+                deadline = deadline or time.monotonic() + _COMMIT_WAIT_SECONDS
+                if time.monotonic() < deadline:
+                    await anyio.sleep(min(0.001 * 2**waits, 0.05))
+                    waits += 1
+                    continue
         attempt += 1
         if attempt == 3:
             break
@@ -138,8 +164,9 @@ def _conditional_headers(request: Request) -> dict[str, str]:
 async def get_file(request: Request) -> Response | FileBody:
     path = _file_path(request)
     store = _store(request)
-    if not store.settings.auth.public_read:
-        _require_token(request)
+    public = store.settings.auth.public_read
+    if not public or request.scope["query_string"]:  # most GETs: public, no query
+        _authorize(request, path, public=public)
     record, fd, cached = await _open_current(store, path)
     try:
         answer = _answer_conditions(request, record)
@@ -250,8 +277,7 @@ def _precondition(request: Request, method: str) -> Precondition | None:
 
 async def put_file(request: Request) -> Response:
     store = _store(request)
-    _require_token(request)
-    path = _file_path(request)
+    path = _authorized_path(request)
     length = _content_length(request)
     if length is not None and length > store.settings.storage.max_upload_size:
         raise TooLarge(
@@ -278,9 +304,8 @@ async def put_file(request: Request) -> Response:
 
 
 async def delete_file(request: Request) -> Response:
-    _require_token(request)
-    await _store(request).delete(_file_path(request),
-                                 precondition=_precondition(request, "DELETE"))
+    path = _authorized_path(request)
+    await _store(request).delete(path, precondition=_precondition(request, "DELETE"))
     return Response(status_code=204)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -17,15 +18,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import admin, api
+from . import admin, api, metrics
 from .cache.readthrough import ReadThrough
 from .cache.reconcile import reconcile
 from .config import Settings, load_settings
 from .errors import FilestoreError, RemoteError, RemoteUnavailable
+from .health import healthz, readyz
 from .live_settings import SettingsReloader
 from .queue.moves import MoveRunner
 from .queue.worker import QueueWorkers
 from .remote import Remote, open_remote
+from .signing import SigningKey
 from .store import DEFAULT_REMOTE, Store
 
 log = logging.getLogger("filestore")
@@ -95,10 +98,6 @@ class CatchUnexpected:
             await response(scope, receive, send)
 
 
-async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
-
-
 async def _cleanup_remote(remote: Remote) -> None:
     """Abort what crashed uploads left on the remote; a failure here only delays that."""
     try:
@@ -122,15 +121,21 @@ class FastReads:
     The handler, its errors and their JSON are exactly those of the Starlette route it skips.
     """
 
-    def __init__(self, app: Starlette) -> None:
+    def __init__(self, app: Starlette, data_dir: Path, access_log: bool = False) -> None:
         self.app = app
         self._guarded = CatchUnexpected(self._serve_file)
+        # Every request is counted (metrics.py) before it is dispatched.
+        self._counted = metrics.RequestMetrics(self._dispatch, metrics.start(data_dir),
+                                               access_log=access_log)
 
     @property
     def state(self) -> State:
         return self.app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._counted(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if (scope["type"] != "http" or scope["method"] not in ("GET", "HEAD")
                 or not path.startswith("/files/") or path == "/files/"):
@@ -176,6 +181,7 @@ def build_app(settings: Settings) -> FastReads:
             reloader = SettingsReloader(store, workers, retired)
             runner = MoveRunner(store, remotes, workers.owner, workers.wake)
             app.state.store = store
+            app.state.signing = SigningKey(store.datadir.root)
             app.state.remotes = remotes
             app.state.workers = workers
             app.state.reloader = reloader
@@ -189,6 +195,7 @@ def build_app(settings: Settings) -> FastReads:
                 tg.start_soon(cache.maintain)
                 tg.start_soon(reloader.run)
                 tg.start_soon(runner.run)
+                tg.start_soon(metrics.flush_every)
                 yield
                 tg.cancel_scope.cancel()
             with anyio.CancelScope(shield=True):
@@ -200,7 +207,8 @@ def build_app(settings: Settings) -> FastReads:
             store.close()
 
     return FastReads(Starlette(
-        routes=[Route("/healthz", healthz), *api.routes, *admin.routes],
+        routes=[Route("/healthz", healthz), Route("/readyz", readyz),
+                Route("/metrics", metrics.metrics), *api.routes, *admin.routes],
         middleware=[Middleware(CatchUnexpected)],
         exception_handlers={
             FilestoreError: _domain_error,
@@ -208,7 +216,7 @@ def build_app(settings: Settings) -> FastReads:
             HTTPException: _http_error,
         },
         lifespan=lifespan,
-    ))
+    ), settings.data_dir, access_log=settings.server.access_log == "json")
 
 
 def app_from_environment() -> FastReads:

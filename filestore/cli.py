@@ -20,10 +20,10 @@ from typing import Any
 import anyio
 import click
 
-from . import overrides, paths
+from . import overrides, paths, signing
 from .auth import write_new_token
 from .cache.gc import CacheGC
-from .config import CONFIG_ENV, Settings, load_settings, override
+from .config import CONFIG_ENV, Settings, load_settings, override, parse_duration
 from .datadir import DataDir
 from .errors import ConfigError, FilestoreError, RemoteError
 from .importer import ImportReport, candidates, import_one, prune_empty
@@ -157,6 +157,47 @@ def token(settings: Settings, rotate: bool) -> None:
         if settings.auth.token:
             raise ConfigError("the token comes from auth.token in the config: change it there")
         click.echo(write_new_token(store.datadir.token_path))
+
+
+@main.command()
+@click.argument("path", required=False)
+@click.option("--method", type=click.Choice(signing.METHODS), default="GET", show_default=True,
+              help="The one request the URL grants (a GET URL also allows HEAD).")
+@click.option("--expires", "lifetime", default="1h", show_default=True,
+              help='How long the URL works: "15m", "1h", "7d".')
+@click.option("--base-url", default=None,
+              help="Where clients reach the server (default: http://server.host:server.port).")
+@click.option("--rotate-key", is_flag=True,
+              help="Replace the signing key instead: every URL signed before stops working, in "
+                   "running servers within a second. The API token is not changed.")
+@command
+def sign(settings: Settings, path: str | None, method: str, lifetime: str,
+         base_url: str | None, rotate_key: bool) -> None:
+    """Print a URL that grants one request on PATH without the token, until it expires."""
+    if rotate_key:
+        if path is not None:
+            raise click.UsageError("--rotate-key takes no PATH")
+        with opened_store(settings) as store:
+            signing.rotate_key(store.datadir.root)
+        click.echo("filestore: new signing key; URLs signed before no longer work", err=True)
+        return
+    if path is None:
+        raise click.UsageError("give the PATH to sign (or --rotate-key)")
+    try:
+        seconds = parse_duration(lifetime)
+    except ValueError as exc:
+        raise click.BadParameter(f"expected {exc}", param_hint="--expires") from None
+    if seconds < 1:
+        raise click.BadParameter("at least one second", param_hint="--expires")
+    path = paths.normalize(path)
+    if base_url is None:
+        host = settings.server.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        host = f"[{host}]" if ":" in host else host
+        base_url = f"http://{host}:{settings.server.port}"
+    with opened_store(settings) as store:
+        key = signing.SigningKey(store.datadir.root)
+        click.echo(key.sign(method, path, int(time.time() + seconds), base_url))
 
 
 @main.group("settings")

@@ -163,6 +163,9 @@ class ServerSettings:
     # Behind nginx: the internal location (e.g. "/_filestore/") that maps files/ and cache/ of
     # the data directory; local hits are then answered with X-Accel-Redirect. Empty: off.
     accel_redirect: str = _field("", parse_url_prefix)
+    # "json": one JSON line per request on stdout (method, path, status, bytes, duration);
+    # "": none. The query string is never logged: a signed URL's signature is a credential.
+    access_log: str = _field("", _one_of("", "json"))
 
 
 @dataclasses.dataclass(frozen=True)

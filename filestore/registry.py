@@ -499,6 +499,12 @@ class Registry:
                      "AND version = ? AND location = 'local'", (path, version))
 
     @staticmethod
+    def note_possible_copy(conn: sqlite3.Connection, path: str, remote: str) -> None:
+        """An upload of `path` to `remote` is starting: the remote may hold a copy from now on."""
+        conn.execute("UPDATE files SET remote = ? WHERE path = ? AND remote IS NULL",
+                     (remote, path))
+
+    @staticmethod
     def note_remote_copy(conn: sqlite3.Connection, path: str, remote: str,
                          key: str | None) -> None:
         """The remote holds some copy of `path` (an upload of a version since replaced)."""

@@ -277,7 +277,10 @@ class ServeProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir if data_dir is not None else (cwd or Path()) / "filestore-data"
-        env = {k: v for k, v in os.environ.items() if k != "FILESTORE_CONFIG"}
+        # Not this test process's settings: its config, nor the metrics directory the first
+        # in-thread server chose for the whole process (see filestore/metrics.py).
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("FILESTORE_CONFIG", "PROMETHEUS_MULTIPROC_DIR")}
         env.update({"FILESTORE_SERVER__PORT": str(self.port), "FILESTORE_STORAGE__MIN_FREE": "0"})
         if data_dir is not None:
             env["FILESTORE_STORAGE__DATA_DIR"] = str(data_dir)

@@ -68,11 +68,12 @@ def test_uploads_beyond_the_budget_are_evicted_down_to_it(make_server):
     server = make_server(upload__delay="0s", cache__max_size="3MiB")
     bodies = {f"u/{i}.bin": os.urandom(MiB) for i in range(6)}
     put_all(server, bodies)
-    # Uploaded is recorded before the bytes move into the cache area: wait for the moves too.
+    # Uploaded is recorded before the bytes move into the cache area (a rename, then the
+    # index row's commit): wait until every move and eviction has settled.
     files = server.settings.data_dir / "files"
-    wait_for(lambda: not any(files.rglob("*.bin")) and counters(server)["cache.bytes"] <= 3 * MiB)
+    wait_for(lambda: not any(files.rglob("*.bin")) and counters(server)["cache.bytes"] <= 3 * MiB
+             and cache_files(server) == index_rows(server))
     assert sum(cache_files(server).values()) <= 3 * MiB
-    assert cache_files(server) == index_rows(server)
     wait_for(lambda: counters(server)["cache.evictions"] >= 3)
     with server.client() as client:  # every file still reads, from the cache or the cloud
         for path, body in bodies.items():

@@ -65,7 +65,24 @@ def _tree(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
 
 
-def assert_consistent(data_dir: Path, *, keep_local: bool = False) -> None:
+def assert_consistent(data_dir: Path, *, keep_local: bool = False,
+                      settle: float = 10.0) -> None:
+    """`check_consistent`, once the last steps have settled: an upload is recorded before its
+    bytes move into the cache area, in a transaction of its own (a rename, then the index row's
+    commit), so a directory that looks quiet may still be a moment from consistent."""
+    def consistent() -> bool:
+        try:
+            check_consistent(data_dir, keep_local=keep_local)
+        except AssertionError:
+            return False
+        return True
+
+    with contextlib.suppress(AssertionError):
+        wait_for(consistent, timeout=settle)
+    check_consistent(data_dir, keep_local=keep_local)  # fails with the details
+
+
+def check_consistent(data_dir: Path, *, keep_local: bool = False) -> None:
     """Counters equal a recount; files/ holds exactly the bytes of local files (and of uploaded
     ones in backup mode), cache/ exactly the indexed entries, at their recorded sizes; no
     unfinished change is left. Call when the directory is quiet."""

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .. import paths
+from .. import paths, signing
+from ..config import parse_duration
 from ..errors import BadRequest
 from ..queue import entries, jobs
 from ..stats import figures
@@ -158,6 +160,28 @@ async def drop(request: Request) -> Response:
     return JSONResponse({"dropped": await operations.drop_queued(request.app.state, path)})
 
 
+async def sign(request: Request) -> Response:
+    """`{path, method, expires}` -> `{url, expires}`: a signed URL (signing.py) for one request
+    on one path; `expires` is how long it works ("1h", or seconds), `method` GET by default."""
+    _change(request)
+    body = await _json_body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("path"), str):
+        raise BadRequest('send {"path": "...", "method": "GET", "expires": "1h"}')
+    method = body.get("method", "GET")
+    if method not in signing.METHODS:
+        raise BadRequest(f"method must be one of {', '.join(signing.METHODS)}")
+    try:
+        seconds = parse_duration(body.get("expires", "1h"))
+    except ValueError as exc:
+        raise BadRequest(f"expires must be {exc}") from None
+    if seconds < 1:
+        raise BadRequest("expires must be at least one second")
+    path = paths.normalize(body["path"])
+    expires = int(time.time() + seconds)
+    url = request.app.state.signing.sign(method, path, expires, str(request.base_url))
+    return JSONResponse({"url": url, "expires": expires, "method": method, "path": path})
+
+
 routes = [
     Route("/admin/api/stats", stats, methods=["GET"]),
     Route("/admin/api/settings", settings, methods=["GET", "PUT"]),
@@ -167,6 +191,7 @@ routes = [
     Route("/admin/api/queue/failed", failed, methods=["GET"]),
     Route("/admin/api/queue/retry", retry, methods=["POST"]),
     Route("/admin/api/queue/drop", drop, methods=["POST"]),
+    Route("/admin/api/sign", sign, methods=["POST"]),
     Route("/admin/api/files/{path:path}/{action}", file_action, methods=["POST"]),
     Route("/admin/api/files/{path:path}", file_info, methods=["GET"]),
 ]

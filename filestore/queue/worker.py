@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import TaskGroup
 
-from .. import overrides
+from .. import metrics, overrides
 from ..cache import index as cache_index
 from ..config import UploadSettings
 from ..errors import RemoteError, RemoteUnavailable
@@ -91,7 +91,14 @@ class QueueWorkers:
     def _lease(self, limit: int) -> list[Entry]:
         now = time.time()
         with self.registry.transaction() as conn:
-            return entries.lease_due(conn, self.owner, now, now + LEASE_SECONDS, limit)
+            leased = entries.lease_due(conn, self.owner, now, now + LEASE_SECONDS, limit)
+            for entry in leased:
+                if entry.op == "upload":
+                    # Before any byte leaves: from now on the remote may hold a copy even if its
+                    # record never comes (an answer lost, a kill -9), so a DELETE must always
+                    # queue the remote delete. Deleting a key that is not there is harmless.
+                    self.registry.note_possible_copy(conn, entry.path, entry.remote)
+            return leased
 
     async def _heartbeat(self) -> None:
         while True:
@@ -110,11 +117,16 @@ class QueueWorkers:
             remote = self.remotes.get(entry.remote)
             if remote is None:
                 raise RemoteError(f"no remote named {entry.remote!r} is configured")
-            if entry.op == "upload":
-                await self._upload(entry, remote)
-            else:
-                await remote.delete(entry.path)
-                await anyio.to_thread.run_sync(self._finish_delete, entry)
+            try:
+                if entry.op == "upload":
+                    await self._upload(entry, remote)
+                else:
+                    await remote.delete(entry.path)
+                    await anyio.to_thread.run_sync(self._finish_delete, entry)
+            except Exception:
+                metrics.remote_attempt(entry.op, remote.name, ok=False)
+                raise
+            metrics.remote_attempt(entry.op, remote.name, ok=True)
         except Exception as exc:
             retryable = is_retryable(exc)
             error = getattr(exc, "detail", "") or f"{type(exc).__name__}: {exc}"

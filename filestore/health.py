@@ -1,0 +1,96 @@
+"""`/healthz` (the process answers) and `/readyz` (it can do its work now), for load balancers and
+orchestrators.
+
+Readiness checks, each with its result in the JSON, 503 if any fails:
+
+- `registry`: a write transaction can be taken and committed (no stuck lock, not read-only, disk
+  not full for SQLite); it writes nothing.
+- `disk`: the data directory's disk has at least `storage.min_free` free (below it every PUT is
+  a 507). Below `cache.min_free` the cache evicts, which is its normal work: reported, not failed.
+- `remote.NAME`: each remote in use answers a HEAD of a path nobody stores (so a missing bucket
+  or wrong credentials show) within `TIMEOUT` seconds. Nothing is ever written.
+
+Every check runs at once and is bounded by `TIMEOUT`, so a probe answers within it.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .errors import FilestoreError
+from .remote import Remote
+from .store import Store
+
+TIMEOUT = 2.0
+# A path nobody is expected to store; a HEAD only reads, so a file there would change nothing.
+PROBE_PATH = ".filestore-readyz"
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+def _registry_check(store: Store) -> dict[str, Any]:
+    with store.registry.transaction() as conn:
+        conn.execute("SELECT 1").fetchone()
+    return {"ok": True}
+
+
+def _disk_check(store: Store) -> dict[str, Any]:
+    free = store.local.free_bytes()
+    floor = store.settings.storage.min_free
+    return {"ok": free >= floor, "free": free, "min_free": floor,
+            "cache_min_free": store.settings.cache.min_free,
+            **({} if free >= floor else
+               {"detail": f"{free} bytes free, under storage.min_free ({floor}): PUTs get 507"})}
+
+
+async def _remote_check(remote: Remote) -> dict[str, Any]:
+    await remote.head(PROBE_PATH)
+    return {"ok": True, "url": remote.display_url}
+
+
+def _in_thread(check: Callable[[Store], dict[str, Any]],
+               store: Store) -> Callable[[], Awaitable[dict[str, Any]]]:
+    # abandon_on_cancel: a registry stuck on a lock must not hold the answer past TIMEOUT.
+    return functools.partial(anyio.to_thread.run_sync, check, store, abandon_on_cancel=True)
+
+
+async def _timed(name: str, results: dict[str, Any],
+                 check: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+    started = time.perf_counter()
+    try:
+        with anyio.fail_after(TIMEOUT):
+            result = await check()
+    except TimeoutError:
+        result = {"ok": False, "detail": f"no answer within {TIMEOUT:g} s"}
+    except FilestoreError as exc:
+        result = {"ok": False, "detail": exc.detail}
+    except Exception as exc:  # any failure is the answer "not ready", never a 500
+        result = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+    result["seconds"] = round(time.perf_counter() - started, 4)
+    results[name] = result
+
+
+async def readyz(request: Request) -> Response:
+    state = request.app.state
+    store: Store = state.store
+    remotes: dict[str, Remote] = state.remotes
+    checks: dict[str, Any] = {}
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_timed, "registry", checks, _in_thread(_registry_check, store))
+        tg.start_soon(_timed, "disk", checks, _in_thread(_disk_check, store))
+        for name, remote in list(remotes.items()):
+            tg.start_soon(_timed, f"remote.{name}", checks,
+                          functools.partial(_remote_check, remote))
+    ready = all(check["ok"] for check in checks.values())
+    return JSONResponse({"status": "ready" if ready else "not_ready",
+                         "checks": dict(sorted(checks.items()))},
+                        status_code=200 if ready else 503)
