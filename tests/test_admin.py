@@ -476,3 +476,27 @@ def test_hostile_admin_requests_get_4xx(make_server: Any) -> None:
         "content-type": "application/x-www-form-urlencoded"}).status_code == 400
     assert browser.post("/admin/settings", json={"csrf": csrf}).status_code == 400
     assert browser.post("/admin/failed/explode", data={"csrf": csrf}).status_code == 303
+
+
+def test_a_move_to_cloud_waits_while_uploads_are_disabled(make_server: Any, moto: Any,
+                                                          bucket: str) -> None:
+    proxy = FaultProxy(moto.port, rate=64 * 1024)  # slow: the job is still running below
+    try:
+        overrides = {**s3_overrides(moto, bucket), "remote__endpoint_url": proxy.url}
+        server = make_server(upload__concurrency="1", **SLOW_COOL_DOWN, **overrides)
+        client = server.client()
+        for i in range(3):
+            put(client, f"p/{i}.bin", os.urandom(128 * 1024))
+        job_id = client.post("/admin/api/jobs", json={"kind": "move-to-cloud"}).json()["id"]
+        r = client.put("/admin/api/settings", json={"upload": {"enabled": False}})
+        assert r.status_code == 200, r.text
+        paused = wait_for(lambda: (lambda j: j if "uploads are disabled" in (j["last_error"] or "")
+                                   else None)(job_state(client, job_id)), timeout=30)
+        assert paused["state"] == "running" and paused["done"] < 3
+        proxy.rate = 0
+        r = client.put("/admin/api/settings", json={"upload": {"enabled": True}})
+        assert r.status_code == 200, r.text
+        done = wait_job(client, job_id)
+        assert done["state"] == "done" and done["done"] == 3 and done["errors"] == 0
+    finally:
+        proxy.close()

@@ -50,6 +50,8 @@ log = logging.getLogger("filestore.jobs")
 
 PAGE = 500
 POLL_SECONDS = 1.0
+PAUSED = ("uploads are disabled (upload.enabled = false): the job waits until they are "
+          "enabled again, or until it is cancelled")
 
 
 # -- starting a job ------------------------------------------------------------------------------
@@ -297,13 +299,22 @@ class MoveRunner:
         while not scanned:
             cursor, scanned = await anyio.to_thread.run_sync(self._queue_page, job.id, cursor)
             self.wake_queue()
+        said_paused = False
         while True:
             state = await anyio.to_thread.run_sync(self._cloud_state, job.id)
             if state is not None:
                 return
+            if not self.store.settings.upload.enabled and not said_paused:
+                # Turned off while the job runs: it waits, and the page says why.
+                await anyio.to_thread.run_sync(self._note, job.id, PAUSED)
+                said_paused = True
             with anyio.move_on_after(POLL_SECONDS):
                 await self._wakeup.wait()
             self._wakeup = anyio.Event()
+
+    def _note(self, job_id: int, message: str) -> None:
+        with self.registry.transaction() as conn:
+            jobs.progress(conn, job_id, error=message, now=time.time())
 
     def _queue_page(self, job_id: int, after: str) -> tuple[str, bool]:
         """Make the next page's local files due now, tagged with the job."""
