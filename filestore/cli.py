@@ -110,6 +110,7 @@ def serve(settings: Settings, host: str | None, port: int | None, workers: int |
     port = settings.server.port if port is None else port
     workers = workers or settings.server.workers
     click.echo(f"filestore: serving http://{host}:{port}/files/ ({workers} worker(s))")
+    click.echo(f"filestore: admin page http://{host}:{port}/admin (sign in with the API token)")
     click.echo(f"filestore: data directory {settings.data_dir}")
     if settings.auth.token:
         click.echo("filestore: API token from auth.token in the config")
