@@ -360,11 +360,22 @@ async def _run_job_here(store: Store, job_id: int) -> None:
             tg.start_soon(workers.run)
             tg.start_soon(_show_progress, store, job)
             await runner.run_job(job)
+            # The remote deletes a move to local queued (and anything else due) run before
+            # this process goes; what waits for a retry is left to the next server.
+            while workers.in_flight or _work_due(store):
+                await anyio.sleep(0.1)
             tg.cancel_scope.cancel()
         CacheGC(store.registry, store.local, store.settings.cache).collect()
     finally:
         with anyio.CancelScope(shield=True):
             await remote.close()
+
+
+def _work_due(store: Store) -> bool:
+    if not store.settings.upload.enabled:
+        return False  # nothing would take it
+    due = entries.next_due(store.registry.reader, time.time())
+    return due is not None and due <= time.time()
 
 
 async def _show_progress(store: Store, job: Job) -> None:

@@ -284,9 +284,11 @@ def _migration_4(db: sqlite_utils.Database) -> None:
     )
     db.table("jobs").create_index(["state"], if_not_exists=True)
     # A move-to-cloud job tags the queue rows it made due: `job` names it, `job_prior_due` keeps
-    # the cool-down the row had before (NULL: the job created the row), so a cancel can undo it.
+    # the cool-down the row had before (NULL: the job created the row) and `job_prior_op` the
+    # remote delete it replaced, so a cancel can undo it.
     db.table("queue").add_column("job", int)
     db.table("queue").add_column("job_prior_due", float)
+    db.table("queue").add_column("job_prior_op", str)  # "delete": the job replaced one
     db.executescript(
         """
         CREATE INDEX IF NOT EXISTS queue_job ON queue (job) WHERE job IS NOT NULL;

@@ -500,3 +500,31 @@ def test_a_move_to_cloud_waits_while_uploads_are_disabled(make_server: Any, moto
         assert done["state"] == "done" and done["done"] == 3 and done["errors"] == 0
     finally:
         proxy.close()
+
+
+def test_cancel_brings_back_a_remote_delete_the_move_replaced(make_server: Any, moto: Any,
+                                                              bucket: str) -> None:
+    proxy = FaultProxy(moto.port)
+    try:
+        overrides = {**s3_overrides(moto, bucket), "remote__endpoint_url": proxy.url}
+        server = make_server(upload__retry_base="30s", **SLOW_COOL_DOWN, **overrides)
+        client = server.client()
+        put(client, "d.bin", b"d" * 1000)
+        assert client.post("/admin/api/files/d.bin/upload").status_code == 200
+        wait_for(lambda: counters(server)["cache.entries"] == 1)
+        proxy.down()  # the cloud copy's delete cannot happen: it stays queued
+        job = client.post("/admin/api/jobs", json={"kind": "move-to-local",
+                                                   "delete_remote": True}).json()
+        assert wait_job(client, job["id"])["done"] == 1
+        wait_for(lambda: (queue_row(server, "d.bin") or {"attempts": 0})["attempts"] >= 1)
+        assert queue_row(server, "d.bin")["op"] == "delete"
+        # A move back to the cloud replaces the delete with an upload (which fails too)...
+        up = client.post("/admin/api/jobs", json={"kind": "move-to-cloud"}).json()
+        wait_for(lambda: (lambda r: r["op"] == "upload" and r["attempts"] >= 1
+                          and not r["leased_until"])(queue_row(server, "d.bin")))
+        # ...and cancelling it gives the delete back, due when it was.
+        assert client.post(f"/admin/api/jobs/{up['id']}/cancel").status_code == 200
+        row = queue_row(server, "d.bin")
+        assert row["op"] == "delete" and row["job"] is None
+    finally:
+        proxy.close()

@@ -48,7 +48,7 @@ def schedule(conn: sqlite3.Connection, path: str, op: str, version: int, remote:
         "ON CONFLICT (path) DO UPDATE SET op = excluded.op, version = excluded.version, "
         "remote = excluded.remote, not_before = excluded.not_before, attempts = 0, "
         "state = 'pending', last_error = NULL, updated = excluded.updated, job = NULL, "
-        "job_prior_due = NULL",
+        "job_prior_due = NULL, job_prior_op = NULL",
         (path, op, version, remote, not_before, now, now),
     )
 
@@ -70,25 +70,30 @@ def upload_now(conn: sqlite3.Connection, path: str, version: int, remote: str, n
         return
     schedule(conn, path, "upload", version, remote, now, now)
     if job is not None:
-        conn.execute("UPDATE queue SET job = ? WHERE path = ?", (job, path))
+        # A remote delete this upload replaces comes back if the job is cancelled.
+        replaced = current if current is not None and current.op == "delete" else None
+        conn.execute("UPDATE queue SET job = ?, job_prior_due = ?, job_prior_op = ? "
+                     "WHERE path = ?", (job, replaced.not_before if replaced else None,
+                                        "delete" if replaced else None, path))
 
 
 def release_job(conn: sqlite3.Connection, job: int, now: float, limit: int = 1000) -> int:
     """Undo what a cancelled move job queued and not yet started, up to `limit` rows (call it
     again, in a new transaction, until it returns 0): rows it created go, rows it made due get
-    their cool-down back, work in flight finishes. How many rows it untagged."""
-    rows = conn.execute("SELECT path, job_prior_due, state, leased_until FROM queue "
-                        "WHERE job = ? LIMIT ?", (job, limit)).fetchall()
-    for path, prior, state, leased in rows:
+    their cool-down back, a remote delete it replaced comes back; work in flight finishes. How
+    many rows it untagged."""
+    rows = conn.execute("SELECT path, job_prior_due, job_prior_op, state, leased_until "
+                        "FROM queue WHERE job = ? LIMIT ?", (job, limit)).fetchall()
+    for path, prior, prior_op, state, leased in rows:
         free = state == "pending" and (leased is None or leased <= now)
         if free and prior is None:
             conn.execute("DELETE FROM queue WHERE path = ?", (path,))
             continue
         if free:
-            conn.execute("UPDATE queue SET not_before = ?, updated = ? WHERE path = ?",
-                         (prior, now, path))
-        conn.execute("UPDATE queue SET job = NULL, job_prior_due = NULL WHERE path = ?",
-                     (path,))
+            conn.execute("UPDATE queue SET op = COALESCE(?, op), not_before = ?, updated = ?, "
+                         "attempts = 0 WHERE path = ?", (prior_op, prior, now, path))
+        conn.execute("UPDATE queue SET job = NULL, job_prior_due = NULL, job_prior_op = NULL "
+                     "WHERE path = ?", (path,))
     return len(rows)
 
 
