@@ -327,6 +327,9 @@ class ServeProcess:
 
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=20)
+        self._reader.join(timeout=5)  # the pipe ends with the process: the reader is done
+        if not self._reader.is_alive():
+            self.proc.stdout.close()  # no fd left behind across many restarts
 
     def stop(self, sig: int | None = None) -> tuple[int, str]:
         import signal
