@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -23,3 +24,13 @@ def prune_empty_dirs(directory: Path, root: Path) -> None:
         except OSError:
             return  # not empty (or already gone): other files live there
         directory = directory.parent
+
+
+def hash_file(path: os.PathLike[str] | str) -> tuple[int, str]:
+    """A file's size and hex SHA-256, read in 1 MiB blocks (call it in a worker thread)."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while block := f.read(1024 * 1024):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()

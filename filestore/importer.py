@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import os
 import stat
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from . import paths
 from .errors import FilestoreError, InsufficientStorage
-from .local import CHUNK_SIZE
+from .fsutil import hash_file
 from .store import Store
 
 
@@ -76,7 +75,7 @@ def import_one(store: Store, candidate: Candidate, prefix: str, report: ImportRe
         if existing is not None and existing.size == candidate.size:
             report.already += 1
             if move:
-                if _sha256(candidate.source) == existing.sha256:
+                if hash_file(candidate.source)[1] == existing.sha256:
                     _remove_source(candidate, report)
                 else:
                     report.problems.append(f"{candidate.relative}: the store holds other bytes "
@@ -104,14 +103,6 @@ def import_one(store: Store, candidate: Candidate, prefix: str, report: ImportRe
         return
     report.imported += 1
     report.bytes += candidate.size
-
-
-def _sha256(source: Path) -> str:
-    digest = hashlib.sha256()
-    with open(source, "rb") as f:
-        while block := f.read(CHUNK_SIZE):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _remove_source(candidate: Candidate, report: ImportReport) -> None:

@@ -111,10 +111,7 @@ async def job_list(request: Request) -> Response:
 
 
 def _job_id(request: Request) -> int:
-    raw = request.path_params["id"]
-    if not _DIGITS.fullmatch(raw):
-        raise BadRequest("a job id is a whole number")
-    return int(raw)
+    return operations.job_id(request.path_params["id"])
 
 
 async def job_info(request: Request) -> Response:

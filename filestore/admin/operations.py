@@ -6,6 +6,7 @@ domain errors, which the edge turns into a JSON error or a message on the page.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -104,6 +105,13 @@ async def cancel_job(state: State, job_id: int) -> Job:
     job = await anyio.to_thread.run_sync(moves.cancel, store, job_id)
     state.runner.wake()
     return job
+
+
+def job_id(raw: str) -> int:
+    """A job id from a URL: a whole number (400 otherwise, never an overflow)."""
+    if not re.fullmatch(r"[0-9]{1,18}", raw):
+        raise BadRequest("a job id is a whole number")
+    return int(raw)
 
 
 def job(state: State, job_id: int) -> Job:

@@ -8,7 +8,6 @@ refreshes the statistics and the running job every few seconds from `/admin/api/
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -286,11 +285,9 @@ async def cancel_job(request: Request) -> Response:
     if session is None:
         return _sign_in_first(request)
     await _form(request, session)
-    raw = request.path_params["id"]
     try:
-        if not re.fullmatch(r"[0-9]{1,18}", raw):
-            raise BadRequest("a job id is a whole number")
-        job = await operations.cancel_job(request.app.state, int(raw))
+        job = await operations.cancel_job(request.app.state,
+                                          operations.job_id(request.path_params["id"]))
     except FilestoreError as exc:
         return _back("/admin", exc.detail, "error")
     return _back("/admin", f"Cancelled job {job.id}.")

@@ -36,8 +36,10 @@ from ..errors import (
     RemoteError,
     RemoteIntegrityError,
 )
+from ..fsutil import hash_file
 from ..local import Received
 from ..registry import FileRecord
+from ..stats import size_text
 from ..store import DEFAULT_REMOTE
 from . import entries, jobs
 from .jobs import Job
@@ -81,8 +83,6 @@ def _check_room(store: Store, counters: dict[str, int]) -> None:
     needed = max(counters.get("bytes.remote", 0) - counters.get("cache.bytes", 0), 0)
     free = shutil.disk_usage(store.local.root).free - store.settings.storage.min_free
     if needed > free:
-        from ..stats import size_text
-
         raise InsufficientStorage(
             f"moving everything to local needs {size_text(needed)} of disk; only "
             f"{size_text(max(free, 0))} is free above storage.min_free "
@@ -148,24 +148,13 @@ def _copy_on_disk(store: Store, record: FileRecord) -> Received | None:
             os.link(candidate, tmp)
         except (FileNotFoundError, NotADirectoryError):
             continue
-        size, sha256 = _hash_file(tmp)
+        size, sha256 = hash_file(tmp)
         if size == record.size and sha256 == record.sha256:
             return Received(tmp, size, sha256, "")
         tmp.unlink()
         log.warning("%r: the bytes in %s do not match the registry; reading the cloud copy",
                     record.path, candidate.parent.name)
     return None
-
-
-def _hash_file(path: os.PathLike[str]) -> tuple[int, str]:
-    import hashlib
-
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while block := f.read(1024 * 1024):
-            digest.update(block)
-            size += len(block)
-    return size, digest.hexdigest()
 
 
 def _install_local(store: Store, record: FileRecord, received: Received,
