@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import admin, api, metrics
+from . import admin, api, metrics, plan
 from .cache.readthrough import ReadThrough
 from .cache.reconcile import reconcile
 from .config import Settings, load_settings
@@ -27,9 +27,9 @@ from .health import healthz, readyz
 from .live_settings import SettingsReloader
 from .queue.moves import MoveRunner
 from .queue.worker import QueueWorkers
-from .remote import Remote, open_remote
+from .remote import Remote, open_remotes
 from .signing import SigningKey
-from .store import DEFAULT_REMOTE, Store
+from .store import Store
 
 log = logging.getLogger("filestore")
 
@@ -169,13 +169,16 @@ def build_app(settings: Settings) -> FastReads:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = Store(settings)
-        remote = open_remote(DEFAULT_REMOTE, store.settings.remote, settings.data_dir)
         # Shared by the workers, the cache and the settings reloader, which swaps a remote in
         # when the admin page changes it (the old one is closed at shutdown).
-        remotes: dict[str, Remote] = {remote.name: remote}
-        retired: list[Remote] = [remote]
+        remotes: dict[str, Remote] = {}
+        retired: list[Remote] = []
         try:
-            await remote.open()
+            plan.check_recorded(store.settings, store.registry.reader)
+            remotes.update(open_remotes(store.settings))
+            for remote in remotes.values():
+                retired.append(remote)
+                await remote.open()
             workers = QueueWorkers(store, remotes)
             store.on_change = workers.wake
             reloader = SettingsReloader(store, workers, retired)
@@ -189,7 +192,8 @@ def build_app(settings: Settings) -> FastReads:
             async with anyio.create_task_group() as tg:
                 cache = app.state.cache = ReadThrough(store, remotes, tg)
                 if store.alone:
-                    tg.start_soon(_cleanup_remote, remote)
+                    for remote in remotes.values():
+                        tg.start_soon(_cleanup_remote, remote)
                     tg.start_soon(_repair_cache, store)
                 tg.start_soon(workers.run)
                 tg.start_soon(cache.maintain)

@@ -20,22 +20,23 @@ from typing import Any
 import anyio
 import click
 
-from . import overrides, paths, signing
+from . import overrides, paths, plan, signing
 from .auth import write_new_token
 from .cache.gc import CacheGC
-from .config import CONFIG_ENV, Settings, load_settings, override, parse_duration
+from .config import CONFIG_ENV, Settings, load_settings, parse_duration, value_text
 from .datadir import DataDir
-from .errors import ConfigError, FilestoreError, RemoteError
+from .errors import ConfigError, FilestoreError
 from .importer import ImportReport, candidates, import_one, prune_empty
 from .queue import entries, jobs, moves
 from .queue.jobs import Job
 from .queue.moves import MoveRunner
 from .queue.worker import QueueWorkers
 from .registry import Registry
-from .remote import open_remote
+from .remote import connected_remotes, open_remotes
+from .restore import restore_registry
 from .stats import figures, report, size_text
-from .store import DEFAULT_REMOTE, Store
-from .verify import Verifier, remote_view, restore_registry
+from .store import Store, guess_content_type
+from .verify import Verifier, remote_view
 
 config_option = click.option(
     "--config",
@@ -102,10 +103,13 @@ def serve(settings: Settings, host: str | None, port: int | None, workers: int |
     import uvicorn
 
     store = Store(settings)  # creates the data directory and the token before workers start
-    token_created = store.token_created
-    store.close()
-    anyio.run(_check_remote, store.settings)  # the remote in effect (the admin page may have
-    # changed it)
+    try:
+        token_created = store.token_created
+        plan.check_recorded(store.settings, store.registry.reader)
+    finally:
+        store.close()
+    anyio.run(_check_remotes, store.settings)  # the remotes in effect (the admin page may have
+    # changed them)
     host = host or settings.server.host
     port = settings.server.port if port is None else port
     workers = workers or settings.server.workers
@@ -132,16 +136,11 @@ def serve(settings: Settings, host: str | None, port: int | None, workers: int |
     )
 
 
-async def _check_remote(settings: Settings) -> None:
-    """Parse and open the remote before serving, so a bad `remote.url` (or an unwritable
+async def _check_remotes(settings: Settings) -> None:
+    """Parse and open every remote before serving, so a bad `remote.url` (or an unwritable
     `file://` directory) is a one-line error and exit 2, not a traceback from a worker."""
-    remote = open_remote(DEFAULT_REMOTE, settings.remote, settings.data_dir)
-    try:
-        await remote.open()
-    except RemoteError as exc:
-        raise ConfigError(f"remote.url: {exc.detail}") from None
-    finally:
-        await remote.close()
+    async with connected_remotes(settings):
+        pass
 
 
 @main.command()
@@ -201,6 +200,72 @@ def sign(settings: Settings, path: str | None, method: str, lifetime: str,
         click.echo(key.sign(method, path, int(time.time() + seconds), base_url))
 
 
+@main.group("plan")
+def plan_group() -> None:
+    """The storage plan: which remote each file goes to ([remotes.NAME], [[plan]])."""
+
+
+@plan_group.command("check")
+@click.argument("path")
+@click.option("--type", "content_type", default=None,
+              help="The file's content type (default: guessed from PATH, as a PUT would).")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@command
+def plan_check(settings: Settings, path: str, content_type: str | None, as_json: bool) -> None:
+    """Which rule and remote a file at PATH would get, and where it is now."""
+    path = paths.normalize(path)
+    content_type = content_type or guess_content_type(path)
+    with opened_store(settings) as store:
+        remotes = open_remotes(store.settings)  # validated, not connected
+        route = store.route(path, content_type)
+        record = store.registry.get(path)
+    rule = store.settings.plan[route.rule - 1] if route.rule is not None else None
+    answer = {"path": path, "content_type": content_type, **route.public(),
+              "rule_text": plan.describe(rule) if rule is not None else None,
+              "remote_url": remotes[route.remote].display_url,
+              "now": None if record is None else {"location": record.location,
+                                                  "remote": record.remote}}
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return
+    said = f"rule {route.rule}: {answer['rule_text']}" if rule is not None \
+        else "no rule matches: the [upload] section and the default remote"
+    click.echo(f"{path} ({content_type}): {said}")
+    if not route.upload:
+        click.echo("  stays local: never uploaded")
+    else:
+        click.echo(f"  remote {route.remote}: {answer['remote_url']}")
+        click.echo(f"  uploaded {_after(route.delay)}; local copy "
+                   + ("kept (keep_local)" if route.keep_local else "moved to the cache"))
+    if record is not None:
+        where = f"in the cloud at {record.remote}" if record.location == "remote" \
+            else "local"
+        click.echo(f"  now: {where}")
+
+
+def _after(seconds: float) -> str:
+    return "at once" if seconds == 0 else f"after {value_text(seconds, parse_duration)}"
+
+
+@plan_group.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print them as JSON.")
+@command
+def plan_show(settings: Settings, as_json: bool) -> None:
+    """The remotes (with the files and bytes each holds) and the rules, in order."""
+    with opened_store(settings) as store:
+        described = plan.overview(store.settings, store.registry.reader)
+    if as_json:
+        click.echo(json.dumps(described, indent=2))
+        return
+    for name, remote in described["remotes"].items():
+        click.echo(f"remote {name}: {remote['url']} ({remote['files']:,} files, "
+                   f"{size_text(remote['bytes'])} in the cloud there)")
+    for rule in described["rules"]:
+        click.echo(f"rule {rule['number']}: {rule['text']}")
+    if not described["rules"]:
+        click.echo("no rules: every file goes to the default remote")
+
+
 @main.group("settings")
 def settings_group() -> None:
     """The settings saved from the admin page (they override the config file)."""
@@ -214,7 +279,7 @@ def settings_show(settings: Settings, as_json: bool) -> None:
     with opened_store(settings) as store:
         described = overrides.describe(store.settings, overrides.saved(store.registry.reader))
     if as_json:
-        click.echo(json.dumps(described, indent=2))
+        click.echo(json.dumps(overrides.nest(described), indent=2))
         return
     for section, keys in described.items():
         for key, entry in keys.items():
@@ -237,14 +302,18 @@ def settings_reset(settings: Settings, force: bool) -> None:
     try:
         with registry.transaction() as conn:
             try:
-                saved = overrides.saved(conn)
+                current = overrides.effective(settings, conn)
             except sqlite3.OperationalError:  # a registry from before the admin page
                 raise ConfigError("nothing was saved from the admin page") from None
-            current = override(settings, saved, overrides.ORIGIN)
-            if overrides.location_changed(current, settings):
+            except ConfigError:
                 if not force:
-                    overrides.refuse_stranding(conn, current.remote.url or "the default remote")
-                overrides.forget_old_copies(conn)
+                    raise
+                current = settings  # a saved value no parser takes: forget it regardless
+            for name in overrides.moved_remotes(current, settings):
+                if not force:
+                    where = current.named_remotes()[name].url or "the default remote"
+                    overrides.refuse_stranding(conn, name, where)
+                overrides.forget_old_copies(conn, name)
             count = overrides.reset(conn)
     finally:
         registry.close()
@@ -346,10 +415,7 @@ def _move(settings: Settings, kind: str, delete_remote: bool, wait: bool) -> Non
 
 async def _run_job_here(store: Store, job_id: int) -> None:
     """Run a move job in this process, with the queue's workers (no server is running)."""
-    remote = open_remote(DEFAULT_REMOTE, store.settings.remote, store.settings.data_dir)
-    try:
-        await remote.open()
-        remotes = {remote.name: remote}
+    async with connected_remotes(store.settings) as remotes:
         workers = QueueWorkers(store, remotes)
         store.on_change = workers.wake
         runner = MoveRunner(store, remotes, workers.owner, workers.wake)
@@ -366,9 +432,6 @@ async def _run_job_here(store: Store, job_id: int) -> None:
                 await anyio.sleep(0.1)
             tg.cancel_scope.cancel()
         CacheGC(store.registry, store.local, store.settings.cache).collect()
-    finally:
-        with anyio.CancelScope(shield=True):
-            await remote.close()
 
 
 def _work_due(store: Store) -> bool:

@@ -238,22 +238,86 @@ class CacheSettings:
     fill_timeout: float = _field(60.0, parse_duration)
 
 
+# The remote `[remote]` describes; files no plan rule routes elsewhere go there.
+DEFAULT_REMOTE = "default"
+# Remote names are recorded per file and appear in env names (FILESTORE_REMOTES__NAME__KEY),
+# metric labels and URLs: lower case, digits, and single "-" or "_" between them.
+_REMOTE_NAME_RE = re.compile(r"[a-z0-9]+(?:[-_][a-z0-9]+)*")
+MAX_REMOTE_NAME = 32
+
+
+def parse_remote_name(value: Any) -> str:
+    text = parse_str(value)
+    if len(text) > MAX_REMOTE_NAME or not _REMOTE_NAME_RE.fullmatch(text):
+        raise ValueError(f"a remote name of at most {MAX_REMOTE_NAME} characters: lower-case "
+                         "letters and digits, with single - or _ between them")
+    return text
+
+
+def parse_path_prefix(value: Any) -> str:
+    """A plan rule's path prefix, compared with a file's normalised path as text: so it never
+    starts with "/" and has no "." or ".." segments, or it could never match."""
+    text = parse_str(value)
+    segments = text.split("/")
+    if text.startswith("/") or "\0" in text or any(s in (".", "..") for s in segments) \
+            or "//" in text:
+        raise ValueError('a path prefix like "recordings/" (no leading "/", no "." or ".." '
+                         "segments)")
+    return text
+
+
+def parse_type_glob(value: Any) -> str:
+    """A content-type glob like "audio/*" (fnmatch, case-insensitive; parameters ignored)."""
+    text = parse_str(value).strip().lower()
+    if text and not re.fullmatch(r"[a-z0-9*?!.+\[\]_-]+/[a-z0-9*?!.+\[\]_-]+", text):
+        raise ValueError('a content-type glob like "audio/*" or "application/pdf"')
+    return text
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanRule:
+    """A `[[plan]]` rule: files whose path starts with `prefix` and whose content type matches
+    `content_type` (either may be empty: any) go to `remote`; the first matching rule wins."""
+    prefix: str = _field("", parse_path_prefix)
+    content_type: str = _field("", parse_type_glob)
+    remote: str = _field(DEFAULT_REMOTE, parse_remote_name)
+    # False: matching files stay local, never uploaded.
+    upload: bool = _field(True, parse_bool)
+    # None: the [upload] section's value.
+    upload_delay: float | None = _field(None, parse_duration)
+    keep_local: bool | None = _field(None, parse_bool)
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     server: ServerSettings = dataclasses.field(default_factory=ServerSettings)
     storage: StorageSettings = dataclasses.field(default_factory=StorageSettings)
     auth: AuthSettings = dataclasses.field(default_factory=AuthSettings)
     upload: UploadSettings = dataclasses.field(default_factory=UploadSettings)
+    # The remote named "default" ([remote], or [remotes.default]).
     remote: RemoteSettings = dataclasses.field(default_factory=RemoteSettings)
     cache: CacheSettings = dataclasses.field(default_factory=CacheSettings)
+    # The other named remotes ([remotes.NAME]) and the plan's rules ([[plan]]), in file order.
+    remotes: dict[str, RemoteSettings] = dataclasses.field(default_factory=dict)
+    plan: tuple[PlanRule, ...] = ()
 
     @property
     def data_dir(self) -> Path:
         return Path(self.storage.data_dir).expanduser().absolute()
 
+    def named_remotes(self) -> dict[str, RemoteSettings]:
+        """Every configured remote by name, "default" first."""
+        return {DEFAULT_REMOTE: self.remote, **self.remotes}
 
-# Section name -> its dataclass; the order is the order of config.example.toml.
-SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Settings)}  # type: ignore[misc]
+
+# Section name -> its dataclass; the order is the order of config.example.toml. The named
+# remotes and the plan are tables of their own kind (see `_named_remotes`, `_plan`).
+SECTIONS: dict[str, type] = {
+    f.name: f.default_factory  # type: ignore[misc]
+    for f in dataclasses.fields(Settings) if f.name not in ("remotes", "plan")
+}
+REMOTES_SECTION = "remotes"
+PLAN_SECTION = "plan"
 
 
 def _build_section(cls: type, raw: Mapping[str, tuple[Any, str]], section: str) -> Any:
@@ -300,12 +364,28 @@ def load_settings(
             raise ConfigError(f"{path}: invalid TOML: not UTF-8 text") from None
 
     merged: dict[str, dict[str, tuple[Any, str]]] = {}
+    named: dict[str, dict[str, tuple[Any, str]]] = {}
+    rules: list[dict[str, tuple[Any, str]]] = []
     for name, table in raw.items():
-        if name not in SECTIONS:
-            raise ConfigError(f"{origin}: unknown section [{name}] (known: {', '.join(SECTIONS)})")
-        if not isinstance(table, dict):
+        if name == REMOTES_SECTION:
+            for remote, values in _tables(table, origin, "[remotes.NAME]").items():
+                named[_remote_name(remote, origin)] = {k: (v, origin) for k, v in values.items()}
+        elif name == PLAN_SECTION:
+            if not isinstance(table, list) or not all(isinstance(t, dict) for t in table):
+                raise ConfigError(f"{origin}: plan must be [[plan]] tables (an array of them)")
+            rules = [{k: (v, origin) for k, v in rule.items()} for rule in table]
+        elif name not in SECTIONS:
+            raise ConfigError(f"{origin}: unknown section [{name}] (known: "
+                              f"{', '.join([*SECTIONS, REMOTES_SECTION, PLAN_SECTION])})")
+        elif not isinstance(table, dict):
             raise ConfigError(f"{origin}: {name} must be a [{name}] table, not a value")
-        merged[name] = {key: (value, origin) for key, value in table.items()}
+        else:
+            merged[name] = {key: (value, origin) for key, value in table.items()}
+    if DEFAULT_REMOTE in named:
+        if "remote" in merged:
+            raise ConfigError(f"{origin}: the remote named {DEFAULT_REMOTE!r} is given twice, "
+                              f"as [remote] and as [remotes.{DEFAULT_REMOTE}]: keep one")
+        merged["remote"] = named.pop(DEFAULT_REMOTE)
 
     for var, value in environ.items():
         if not var.startswith(ENV_PREFIX) or var == CONFIG_ENV:
@@ -313,27 +393,77 @@ def load_settings(
         section, sep, key = var[len(ENV_PREFIX):].lower().partition("__")
         if not sep:
             continue  # not a FILESTORE_SECTION__KEY override
+        if section == REMOTES_SECTION:  # FILESTORE_REMOTES__NAME__KEY
+            remote, sep, key = key.partition("__")
+            if not sep:
+                raise ConfigError(f"environment {var}: expected FILESTORE_REMOTES__NAME__KEY")
+            remote = _remote_name(remote, f"environment {var}")
+            target = merged.setdefault("remote", {}) if remote == DEFAULT_REMOTE \
+                else named.setdefault(remote, {})
+            target[key] = (value, f"environment {var}")
+            continue
         if section not in SECTIONS:
             raise ConfigError(f"environment {var}: unknown section {section!r}")
         merged.setdefault(section, {})[key] = (value, f"environment {var}")
 
-    return Settings(
-        **{name: _build_section(cls, merged.get(name, {}), name) for name, cls in SECTIONS.items()}
+    settings = Settings(
+        **{name: _build_section(cls, merged.get(name, {}), name) for name, cls in SECTIONS.items()},
+        remotes={name: _build_section(RemoteSettings, values, f"remotes.{name}")
+                 for name, values in named.items()},
+        plan=tuple(_build_section(PlanRule, rule, f"plan[{number}]")
+                   for number, rule in enumerate(rules, 1)),
     )
+    check_plan(settings, origin)
+    return settings
+
+
+def _tables(value: Any, origin: str, shape: str) -> dict[str, dict[str, Any]]:
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ConfigError(f"{origin}: expected {shape} tables")
+    return value
+
+
+def _remote_name(name: str, origin: str) -> str:
+    try:
+        return parse_remote_name(name)
+    except ValueError as exc:
+        raise ConfigError(f"{origin}: remote name {name!r}: expected {exc}") from None
+
+
+def check_plan(settings: Settings, origin: str) -> None:
+    """Every rule names a configured remote."""
+    names = settings.named_remotes()
+    for number, rule in enumerate(settings.plan, 1):
+        if rule.remote not in names:
+            raise ConfigError(f"{origin}: plan[{number}].remote = {rule.remote!r} is not a "
+                              f"configured remote (configured: {', '.join(names)})")
 
 
 def override(settings: Settings, changes: Mapping[str, Mapping[str, Any]],
              origin: str) -> Settings:
     """`settings` with `changes` ({section: {key: value}}) parsed and laid over it, checked
     exactly as the config file's own values are."""
-    sections = {}
+    sections: dict[str, Any] = {}
+    remotes = dict(settings.remotes)
     for name, values in changes.items():
-        if name not in SECTIONS:
+        remote = name.removeprefix(REMOTES_SECTION + ".") if name != REMOTES_SECTION else name
+        if remote != name and remote not in remotes:
+            raise ConfigError(f"{origin}: no remote named {remote!r} is configured")
+        if remote == name and name not in SECTIONS:
             raise ConfigError(f"{origin}: unknown section [{name}] (known: {', '.join(SECTIONS)})")
-        parsed = _build_section(SECTIONS[name], {k: (v, origin) for k, v in values.items()}, name)
+        cls = RemoteSettings if remote != name else SECTIONS[name]
+        parsed = _build_section(cls, {k: (v, origin) for k, v in values.items()}, name)
         given = {key: getattr(parsed, key) for key in values}
-        sections[name] = dataclasses.replace(getattr(settings, name), **given)
-    return dataclasses.replace(settings, **sections)
+        if remote != name:
+            remotes[remote] = dataclasses.replace(remotes[remote], **given)
+        else:
+            sections[name] = dataclasses.replace(getattr(settings, name), **given)
+    return dataclasses.replace(settings, **sections, remotes=remotes)
+
+
+def section_class(name: str) -> type:
+    """The dataclass of a section name as `override` takes it ("upload", "remotes.archive")."""
+    return RemoteSettings if name.startswith(REMOTES_SECTION + ".") else SECTIONS[name]
 
 
 def value_text(value: Any, kind: Callable[[Any], Any]) -> str:

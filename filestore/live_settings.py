@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from . import overrides
-from .config import Settings, override
+from .config import DEFAULT_REMOTE, RemoteSettings, Settings, override
 from .errors import FilestoreError
 from .probe import ProbeResult, probe
 from .remote import Remote, open_remote
-from .store import DEFAULT_REMOTE, Store
+from .store import Store
 
 if TYPE_CHECKING:
     from .queue.worker import QueueWorkers
@@ -45,6 +45,8 @@ class SettingsReloader:
         self.workers = workers
         self.remotes = workers.remotes
         self.seen = store.settings_generation
+        # The settings each remote client in `remotes` was opened with.
+        self.opened_with = dict(store.settings.named_remotes())
         # Every remote client opened, for the owner to close at shutdown: a replaced one may
         # still be serving a read or an upload.
         self.opened = opened
@@ -83,18 +85,26 @@ class SettingsReloader:
                 return
             settings = overrides.effective(self.store.base_settings, self.store.registry.reader)
             if current[1] != self.seen[1]:
-                remote = open_remote(DEFAULT_REMOTE, settings.remote, settings.data_dir)
-                await remote.open()
-                self.opened.append(remote)
-                replaced = self.remotes.get(DEFAULT_REMOTE)
-                if replaced is not None:
-                    self._retired.append((replaced, time.monotonic()))
-                self.remotes[DEFAULT_REMOTE] = remote
+                for name, remote_settings in settings.named_remotes().items():
+                    if self.opened_with.get(name) != remote_settings:
+                        await self._swap(name, remote_settings, settings)
                 self.workers.remote_generation = current[1]
-                log.warning("settings: the remote is now %s", remote.display_url)
             self.store.settings = settings
             self.seen = current
         self.workers.wake()
+
+
+    async def _swap(self, name: str, remote_settings: RemoteSettings, settings: Settings) -> None:
+        """Open a client for the remote's new settings and put it in the old one's place."""
+        remote = open_remote(name, remote_settings, settings.data_dir)
+        await remote.open()
+        self.opened.append(remote)
+        replaced = self.remotes.get(name)
+        if replaced is not None:
+            self._retired.append((replaced, time.monotonic()))
+        self.remotes[name] = remote
+        self.opened_with[name] = remote_settings
+        log.warning("settings: the remote %r is now %s", name, remote.display_url)
 
 
 async def save(store: Store, reloader: SettingsReloader | None,
@@ -107,23 +117,25 @@ async def save(store: Store, reloader: SettingsReloader | None,
     texts = overrides.check_changes(store.settings, changes)
     current = overrides.effective(base, reader)  # the registry's, not this process's copy
     proposed = override(base, _merge(overrides.saved(reader), texts), overrides.ORIGIN)
-    if overrides.location_changed(current, proposed):
-        overrides.refuse_stranding(reader, _where(current))
-    result = ProbeResult(True, remote=_where(proposed), tested=False)
-    if proposed.remote != current.remote:
-        result = await probe(proposed.remote, proposed.data_dir)
-        if not result.ok:
-            return result
+    for name in overrides.moved_remotes(current, proposed):
+        overrides.refuse_stranding(reader, name, _where(current, name))
+    changed = overrides.changed_remotes(current, proposed)
+    result = ProbeResult(True, remote=", ".join(_where(proposed, name) for name in changed)
+                         or _where(proposed, DEFAULT_REMOTE), tested=bool(changed))
+    for name in changed:
+        tested = await probe(proposed.named_remotes()[name], proposed.data_dir)
+        if not tested.ok:
+            return tested
 
     def write() -> None:
         with store.registry.transaction() as conn:
             # Decided again under the write lock: another process may have saved meanwhile.
             now = overrides.effective(base, conn)
             after = override(base, _merge(overrides.saved(conn), texts), overrides.ORIGIN)
-            if overrides.location_changed(now, after):
-                overrides.refuse_stranding(conn, _where(now))
-                overrides.forget_old_copies(conn)
-            overrides.save(conn, texts, after.remote != now.remote)
+            for name in overrides.moved_remotes(now, after):
+                overrides.refuse_stranding(conn, name, _where(now, name))
+                overrides.forget_old_copies(conn, name)
+            overrides.save(conn, texts, bool(overrides.changed_remotes(now, after)))
 
     await anyio.to_thread.run_sync(write)
     if reloader is not None:
@@ -133,12 +145,14 @@ async def save(store: Store, reloader: SettingsReloader | None,
     return result
 
 
-def _where(settings: Settings) -> str:
-    """Where the settings point, safe to show (settings the probe will refuse show as given)."""
+def _where(settings: Settings, name: str) -> str:
+    """Where a remote of the settings points, safe to show (settings the probe will refuse
+    show as given)."""
+    remote_settings = settings.named_remotes()[name]
     try:
-        return open_remote(DEFAULT_REMOTE, settings.remote, settings.data_dir).display_url
+        return open_remote(name, remote_settings, settings.data_dir).display_url
     except FilestoreError:
-        return settings.remote.url
+        return remote_settings.url
 
 
 def _merge(saved: dict[str, dict[str, str]],

@@ -38,7 +38,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .datadir import DataDir
-from .registry import CACHE_EVENTS, LOCATIONS
+from .registry import CACHE_EVENTS, LOCATIONS, remote_counter_names
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -320,6 +320,7 @@ class RegistryCollector:
                                   value=counters.get("uploads.done", 0))
         yield CounterMetricFamily("filestore_uploaded_bytes", "Bytes uploaded (verified)",
                                   value=counters.get("uploads.bytes", 0))
+        yield from self._by_remote(counters)
         oldest = GaugeMetricFamily(
             "filestore_queue_oldest_due_seconds",
             "How long the longest-waiting pending entry has been due (0: none is overdue)",
@@ -328,6 +329,30 @@ class RegistryCollector:
         for op, due in self._oldest_due():
             oldest.add_metric((op,), max(0.0, now - due) if due is not None else 0.0)
         yield oldest
+
+    def _by_remote(self, counters: dict[str, int]) -> Iterator[Metric]:
+        """Per configured remote (storage plans): what it holds, and what went up to it."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            "files": GaugeMetricFamily("filestore_remote_files",
+                                       "Files in the cloud, by the remote holding them",
+                                       labels=("remote",)),
+            "bytes": GaugeMetricFamily("filestore_remote_files_bytes",
+                                       "Bytes of files in the cloud, by remote",
+                                       labels=("remote",)),
+            "uploads": CounterMetricFamily("filestore_remote_uploads",
+                                           "Uploads done (verified), by remote",
+                                           labels=("remote",)),
+            "uploaded_bytes": CounterMetricFamily("filestore_remote_uploaded_bytes",
+                                                  "Bytes uploaded (verified), by remote",
+                                                  labels=("remote",)),
+        }
+        for remote in self.store.settings.named_remotes():
+            names = remote_counter_names(remote)._asdict()
+            for field, family in families.items():
+                family.add_metric((remote,), counters.get(names[field], 0))
+        yield from families.values()
 
     def _oldest_due(self) -> Iterable[tuple[str, float | None]]:
         conn = self.store.registry.reader

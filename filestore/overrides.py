@@ -16,26 +16,51 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .config import SECTIONS, Settings, override, value_text
+from .config import (
+    DEFAULT_REMOTE,
+    REMOTES_SECTION,
+    Settings,
+    override,
+    section_class,
+    value_text,
+)
 from .errors import BadRequest, ConfigError, Conflict
+from .registry import remote_counter_names
 
-# What the page may change: {section: keys}.
+# What the page may change: {section: keys}. Each named remote of the config ([remotes.NAME]) is
+# editable too, as the section "remotes.NAME" (see `editable`).
+REMOTE_KEYS = ("url", "endpoint_url", "region", "access_key_id", "secret_access_key")
 EDITABLE: dict[str, tuple[str, ...]] = {
-    "remote": ("url", "endpoint_url", "region", "access_key_id", "secret_access_key"),
+    "remote": REMOTE_KEYS,
     "upload": ("enabled", "keep_local", "delay", "delete_delay"),
 }
 # Never sent back to a browser or an API client; an empty value on save keeps the stored one.
-SECRETS = frozenset({("remote", "secret_access_key")})
+SECRET_KEYS = frozenset({"secret_access_key"})
 # Where a remote's objects are: changing these points reads of uploaded files at another store.
 LOCATION_KEYS = ("url", "endpoint_url")
 ORIGIN = "admin settings"
+
+
+def editable(settings: Settings) -> dict[str, tuple[str, ...]]:
+    """The sections and keys the page may change for this config, in the page's order."""
+    named = {f"{REMOTES_SECTION}.{name}": REMOTE_KEYS for name in settings.remotes}
+    return {"remote": REMOTE_KEYS, **named, "upload": EDITABLE["upload"]}
+
+
+def remote_of(section: str) -> str | None:
+    """The remote name an editable section describes ("remote": the default), or None."""
+    if section == "remote":
+        return DEFAULT_REMOTE
+    name = section.removeprefix(REMOTES_SECTION + ".")
+    return name if name != section else None
 
 
 def saved(conn: sqlite3.Connection) -> dict[str, dict[str, str]]:
     """The values saved from the page, {section: {key: text}}."""
     found: dict[str, dict[str, str]] = {}
     for section, key, value in conn.execute("SELECT section, key, value FROM settings"):
-        if key in EDITABLE.get(section, ()):
+        keys = REMOTE_KEYS if remote_of(section) else EDITABLE.get(section, ())
+        if key in keys:
             found.setdefault(section, {})[key] = value
     return found
 
@@ -50,8 +75,11 @@ def generation(conn: sqlite3.Connection) -> tuple[int, int]:
 def effective(base: Settings, conn: sqlite3.Connection) -> Settings:
     """The config's settings with the saved ones laid over them. A saved value the config
     would now refuse (the parsers grew stricter) is an error naming it, not a silent default."""
+    # A remote saved here that the config no longer names is forgotten with it.
+    known = editable(base)
     try:
-        return override(base, saved(conn), ORIGIN)
+        return override(base, {section: values for section, values in saved(conn).items()
+                               if section in known}, ORIGIN)
     except ConfigError as exc:
         raise ConfigError(f"{exc.detail} (saved from the admin page; fix it there or with "
                           "`filestore settings reset`)") from None
@@ -67,26 +95,28 @@ def snapshot(base: Settings, conn: sqlite3.Connection) -> tuple[Settings, tuple[
 
 
 def check_changes(current: Settings, changes: Mapping[str, Any]) -> dict[str, dict[str, str]]:
-    """The texts to save from a partial update {section: {key: value}}, validated: unknown or
-    read-only keys and bad values are a 400 naming them. An empty secret keeps the stored one."""
+    """The texts to save from a partial update {section: {key: value}} (named remotes nested as
+    {"remotes": {NAME: {key: value}}}), validated: unknown or read-only keys and bad values are a
+    400 naming them. An empty secret keeps the stored one."""
     if not isinstance(changes, Mapping):
         raise BadRequest("settings must be a JSON object of sections")
+    allowed = editable(current)
     texts: dict[str, dict[str, str]] = {}
-    for section, values in changes.items():
-        if section not in EDITABLE:
+    for section, values in _flatten(changes).items():
+        if section not in allowed:
             raise BadRequest(f"[{section}] cannot be changed here (editable: "
-                             f"{', '.join(EDITABLE)})")
+                             f"{', '.join(allowed)})")
         if not isinstance(values, Mapping):
             raise BadRequest(f"{section} must be an object of keys")
         for key, value in values.items():
-            if key not in EDITABLE[section]:
+            if key not in allowed[section]:
                 raise BadRequest(f"{section}.{key} cannot be changed here (editable: "
-                                 f"{', '.join(EDITABLE[section])})")
+                                 f"{', '.join(allowed[section])})")
             if value is None or isinstance(value, dict | list):
                 raise BadRequest(f"{section}.{key} must be a string, number or boolean")
             text = value_text(value, _parser(section, key)) if not isinstance(value, str) \
                 else value.strip()
-            if (section, key) in SECRETS and not text:
+            if key in SECRET_KEYS and not text:
                 continue
             texts.setdefault(section, {})[key] = text
     try:
@@ -96,31 +126,62 @@ def check_changes(current: Settings, changes: Mapping[str, Any]) -> dict[str, di
     return texts
 
 
-def location_changed(current: Settings, proposed: Settings) -> bool:
-    return any(getattr(current.remote, key) != getattr(proposed.remote, key)
-               for key in LOCATION_KEYS)
+def _flatten(changes: Mapping[str, Any]) -> dict[str, Any]:
+    flat = {section: values for section, values in changes.items()
+            if section != REMOTES_SECTION}
+    named = changes.get(REMOTES_SECTION, {})
+    if not isinstance(named, Mapping):
+        raise BadRequest("remotes must be an object of remote names")
+    flat.update({f"{REMOTES_SECTION}.{name}": values for name, values in named.items()})
+    return flat
 
 
-def refuse_stranding(conn: sqlite3.Connection, where: str) -> None:
-    """Changing where the remote is would make every file only the cloud holds unreadable, and
-    send its pending remote deletes to the wrong store: refused (409) while there are any."""
-    counts = dict(conn.execute(
-        "SELECT name, value FROM counters WHERE name IN "
-        "('files.remote', 'queue.delete.pending', 'queue.delete.failed')").fetchall())
-    files = counts.get("files.remote", 0)
-    deletes = counts.get("queue.delete.pending", 0) + counts.get("queue.delete.failed", 0)
+def nest(described: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat sections ("remotes.NAME") nested as the config file and the JSON API have them."""
+    nested: dict[str, Any] = {}
+    for section, values in described.items():
+        name = remote_of(section)
+        if name is not None and section != "remote":
+            nested.setdefault(REMOTES_SECTION, {})[name] = values
+        else:
+            nested[section] = values
+    return nested
+
+
+def moved_remotes(current: Settings, proposed: Settings) -> list[str]:
+    """The remotes whose location the proposed settings change."""
+    before, after = current.named_remotes(), proposed.named_remotes()
+    return [name for name in after if name in before and any(
+        getattr(before[name], key) != getattr(after[name], key) for key in LOCATION_KEYS)]
+
+
+def changed_remotes(current: Settings, proposed: Settings) -> list[str]:
+    """The remotes whose settings (any of them) the proposed settings change."""
+    before, after = current.named_remotes(), proposed.named_remotes()
+    return [name for name in after if before.get(name) != after[name]]
+
+
+def refuse_stranding(conn: sqlite3.Connection, remote: str, where: str) -> None:
+    """Changing where a remote is would make every file only it holds unreadable, and send its
+    pending remote deletes to the wrong store: refused (409) while there are any."""
+    files = conn.execute("SELECT value FROM counters WHERE name = ?",
+                         (remote_counter_names(remote)[0],)).fetchone()
+    files = files[0] if files else 0
+    deletes = conn.execute("SELECT count(*) FROM queue WHERE op = 'delete' AND remote = ?",
+                           (remote,)).fetchone()[0]
     if files or deletes:
         what = f"{files:,} files in the cloud" if files else f"{deletes:,} remote deletes"
+        key = "remote" if remote == DEFAULT_REMOTE else f"remotes.{remote}"
         raise Conflict(f"{what} at {where} would become unreachable: move everything to local "
-                       "first (and let remote deletes finish), then change remote.url or "
-                       "remote.endpoint_url")
+                       "first (and let remote deletes finish), then change "
+                       f"{key}.url or {key}.endpoint_url")
 
 
-def forget_old_copies(conn: sqlite3.Connection) -> int:
+def forget_old_copies(conn: sqlite3.Connection, remote: str) -> int:
     """The remote moved: the older copies local files still have in the old one are out of
     reach (a DELETE could not remove them), so the rows stop pointing at them."""
     return conn.execute("UPDATE files SET remote = NULL, remote_key = NULL "
-                        "WHERE remote IS NOT NULL AND location = 'local'").rowcount
+                        "WHERE remote = ? AND location = 'local'", (remote,)).rowcount
 
 
 def save(conn: sqlite3.Connection, texts: Mapping[str, Mapping[str, str]],
@@ -149,17 +210,19 @@ def reset(conn: sqlite3.Connection) -> int:
 
 
 def describe(settings: Settings, saved_texts: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
-    """The editable settings for the page and `GET /admin/api/settings`: each key's value as
-    text and whether the page set it (it then overrides the config file). Secrets are only
-    said to be set or not."""
+    """The editable settings for the page, by flat section ("remotes.NAME"; `nest` gives the
+    JSON API's shape): each key's value as text and whether the page set it (it then overrides
+    the config file). Secrets are only said to be set or not."""
+    remotes = settings.named_remotes()
     described: dict[str, Any] = {}
-    for section, keys in EDITABLE.items():
-        values = getattr(settings, section)
+    for section, keys in editable(settings).items():
+        name = remote_of(section)
+        values = remotes[name] if name is not None else getattr(settings, section)
         entries = {}
         for key in keys:
             value = getattr(values, key)
             entry: dict[str, Any] = {"saved": key in saved_texts.get(section, {})}
-            if (section, key) in SECRETS:
+            if key in SECRET_KEYS:
                 entry["set"] = bool(value)
             else:
                 entry["value"] = value_text(value, _parser(section, key))
@@ -169,5 +232,5 @@ def describe(settings: Settings, saved_texts: Mapping[str, Mapping[str, str]]) -
 
 
 def _parser(section: str, key: str) -> Any:
-    field = {f.name: f for f in dataclasses.fields(SECTIONS[section])}[key]
+    field = {f.name: f for f in dataclasses.fields(section_class(section))}[key]
     return field.metadata["parse"]

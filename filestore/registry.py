@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlite_utils
 
@@ -329,8 +329,59 @@ def _migration_4(db: sqlite_utils.Database) -> None:
     db.table("counters").insert_all(({"name": n, "value": 0} for n in names), ignore=True)
 
 
+class RemoteCounters(NamedTuple):
+    files: str  # files recorded in the remote (in the cloud there)
+    bytes: str  # and their bytes
+    uploads: str  # uploads to it done (verified), ever
+    uploaded_bytes: str  # and their bytes
+
+
+def remote_counter_names(remote: str) -> RemoteCounters:
+    """The names of a remote's counters."""
+    return RemoteCounters(f"files.remote.{remote}", f"bytes.remote.{remote}",
+                          f"uploads.done.{remote}", f"uploads.bytes.{remote}")
+
+
+def _migration_5(db: sqlite_utils.Database) -> None:
+    """Files and bytes in the cloud per remote (storage plans send files to several): counters
+    named by `remote_counter_names`, created by the first file a remote receives."""
+    def bump(sign: str, row: str) -> str:
+        return (
+            f"INSERT INTO counters (name, value) VALUES ('files.remote.' || {row}.remote, "
+            f"{sign}1), ('bytes.remote.' || {row}.remote, {sign}{row}.size) "
+            f"ON CONFLICT (name) DO UPDATE SET value = value + excluded.value;"
+        )
+
+    counted = "{row}.location = 'remote' AND {row}.remote IS NOT NULL"
+    new, old = counted.format(row="NEW"), counted.format(row="OLD")
+    db.executescript(
+        f"""
+        CREATE TRIGGER IF NOT EXISTS files_remote_count_insert AFTER INSERT ON files
+        WHEN {new} BEGIN {bump('+', 'NEW')} END;
+        CREATE TRIGGER IF NOT EXISTS files_remote_count_delete AFTER DELETE ON files
+        WHEN {old} BEGIN {bump('-', 'OLD')} END;
+        CREATE TRIGGER IF NOT EXISTS files_remote_count_update_old
+        AFTER UPDATE OF size, location, remote ON files WHEN {old} BEGIN {bump('-', 'OLD')} END;
+        CREATE TRIGGER IF NOT EXISTS files_remote_count_update_new
+        AFTER UPDATE OF size, location, remote ON files WHEN {new} BEGIN {bump('+', 'NEW')} END;
+        INSERT INTO counters (name, value)
+          SELECT 'files.remote.' || remote, count(*) FROM files
+          WHERE location = 'remote' AND remote IS NOT NULL GROUP BY remote
+          UNION ALL
+          SELECT 'bytes.remote.' || remote, sum(size) FROM files
+          WHERE location = 'remote' AND remote IS NOT NULL GROUP BY remote
+        ON CONFLICT (name) DO UPDATE SET value = excluded.value;
+        -- Every upload so far went to the only remote there was.
+        INSERT OR IGNORE INTO counters (name, value)
+          SELECT 'uploads.done.default', value FROM counters WHERE name = 'uploads.done'
+          UNION ALL
+          SELECT 'uploads.bytes.default', value FROM counters WHERE name = 'uploads.bytes';
+        """
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _migration_1, _migration_2, _migration_3, _migration_4,
+    _migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -479,8 +530,12 @@ class Registry:
             "uploaded_at = ? WHERE path = ?",
             (remote, key, etag, now, path),
         )
-        conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'uploads.done'")
-        conn.execute("UPDATE counters SET value = value + ? WHERE name = 'uploads.bytes'", (size,))
+        names = remote_counter_names(remote)
+        conn.executemany(
+            "INSERT INTO counters (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            [("uploads.done", 1), ("uploads.bytes", size),
+             (names.uploads, 1), (names.uploaded_bytes, size)])
 
     @staticmethod
     def set_inode(conn: sqlite3.Connection, path: str, inode: int) -> None:

@@ -11,6 +11,7 @@ import sqlite3
 import time
 from typing import Any
 
+from . import plan
 from .config import Settings
 from .queue import jobs
 from .registry import CACHE_EVENTS, LOCATIONS, Registry
@@ -58,6 +59,7 @@ def figures(registry: Registry, settings: Settings, now: float | None = None) ->
     ]
     job = jobs.active(conn) or next(iter(jobs.recent(conn, 1)), None)
     stats["job"] = None if job is None else job.public()
+    stats["plan"] = plan.overview(settings, conn)
     stats["time"] = now
     return stats
 
@@ -125,9 +127,18 @@ def report(stats: dict[str, Any]) -> str:
         f"{queue['upload']['failed']:,} failed; remote deletes {queue['delete']['pending']:,} "
         f"pending, {queue['delete']['failed']:,} failed",
         f"uploaded  {stats['uploads']['done']:,} files, {size_text(stats['uploads']['bytes'])}",
+        *_remote_lines(stats.get("plan")),
         *_job_lines(stats.get("job")),
         *(f"error     {e['path']}: {e['error']}" for e in stats.get("recent_errors", [])),
     ])
+
+
+def _remote_lines(overview: dict[str, Any] | None) -> list[str]:
+    """A line per remote, when the storage plan has more than the default one."""
+    if overview is None or len(overview["remotes"]) < 2:
+        return []
+    return [f"remote    {name}: {r['files']:,} files ({size_text(r['bytes'])}) at {r['url']}"
+            for name, r in overview["remotes"].items()]
 
 
 def _job_lines(job: dict[str, Any] | None) -> list[str]:

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import anyio
 
-from . import overrides
+from . import overrides, plan
 from .auth import load_or_create_token, read_token
 from .cache import index as cache_index
-from .config import Settings
+from .config import DEFAULT_REMOTE, Settings
 from .datadir import DataDir
 from .errors import ChecksumMismatch, Conflict, NotFound
 from .local import LocalStore, Received
@@ -39,7 +39,7 @@ from .registry import FileRecord, Intent, Registry
 log = logging.getLogger("filestore")
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
-DEFAULT_REMOTE = "default"
+__all__ = ["DEFAULT_REMOTE", "Store", "guess_content_type"]
 
 # Checks a PUT's preconditions against the current record (None: the path does not exist yet).
 Precondition = Callable[[FileRecord | None], None]
@@ -202,13 +202,24 @@ class Store:
         now = time.time()
         previous = entries.get(conn, path)
         created, version = self.registry.upsert_file(conn, path, size, sha256, ctype, inode, now)
+        route = self.route(path, ctype)
+        if not route.upload and not entries.in_flight(previous, now):
+            # The plan keeps it local: no upload. A queued upload of older bytes goes; a
+            # pending delete of an older remote copy stays. (An upload in flight keeps its
+            # row below, so it finishes first; the queue then drops the row, see worker.py.)
+            if previous is not None and previous.op == "upload":
+                entries.drop(conn, path)
+            return created
         if previous is not None and previous.op == "delete":
             # The upload below replaces a pending remote delete of an older copy: the row
             # must remember that copy, or a DELETE before the upload would leave it behind.
             self.registry.note_remote_copy(conn, path, previous.remote, None)
-        entries.schedule(conn, path, "upload", version, DEFAULT_REMOTE,
-                         now + self.settings.upload.delay, now)
+        entries.schedule(conn, path, "upload", version, route.remote, now + route.delay, now)
         return created
+
+    def route(self, path: str, content_type: str) -> plan.Route:
+        """Where the storage plan sends this file now (see plan.py)."""
+        return plan.route(self.settings, path, content_type)
 
     async def delete(self, path: str, precondition: Precondition | None = None) -> None:
         await anyio.to_thread.run_sync(self._delete, path, precondition)

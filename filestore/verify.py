@@ -6,9 +6,10 @@ of memory, and memory grows only with the problems found):
 - every byte in files/ and cache/ against the row's size and SHA-256 (1 MiB blocks);
 - the row's inode against the bytes reads find first (files/, then cache/);
 - the cache index against the cache area;
-- with `--remote`, the remote's listing against the uploaded rows, merged in path order as both
-  arrive: sizes, and SHA-256 where the store reports one (nothing is downloaded, except to prove
-  a cloud copy before a repair relies on it);
+- with `--remote`, the listing of every configured remote against the rows, merged in path order
+  as they arrive (one listing per remote, each in path order): each row against the object in the
+  remote its row records, by size, and SHA-256 where the store reports one (nothing is downloaded,
+  except to prove a cloud copy before a repair relies on it);
 
 then the files/ and cache/ trees, for bytes no row describes.
 
@@ -34,14 +35,21 @@ nowhere else: bytes that must leave their place go to `quarantine/<run>/` in the
   Repair: indexed.
 - inode: the row's inode is not its bytes' (a data directory restored from a copy). Repair:
   recorded.
-- remote-missing, remote-different: an uploaded file's object is missing, or of another size or
-  checksum. Repair: good local bytes go to files/, the row is local again and its upload due
-  now; with no good local bytes no copy is left, and the row is dropped.
+- remote-missing, remote-different: an uploaded file's object is missing from the remote its row
+  records, or of another size or checksum. Repair: good local bytes go to files/, the row is local
+  again and its upload due now, to the remote the storage plan routes it to now (none if the plan
+  keeps it local); with no good local bytes, another remote holding the same bytes (proven by
+  download; the planned remote first) is recorded as the file's; else no copy is left, and the row
+  is dropped. A file not uploaded whose local bytes are lost is pointed the same way at a remote
+  holding the same bytes (the one its row records first): after a `filestore restore`, that is how
+  files uploaded since the backup find their remote again.
 - orphan, orphan-cache: bytes in files/ (cache/) that no row describes. Repair: adopted as a PUT
   would store them (upload queued); the leftover of an answered DELETE whose remote delete is
   still queued is removed; a name that clashes with registered files is quarantined.
-- remote-unknown: an object under the remote's prefix no row knows. Left: verify never deletes a
-  remote object.
+- remote-unknown: an object under a remote's prefix no row claims (the row of its path records
+  another remote, or there is none). Left: verify never deletes a remote object.
+- remote-not-configured: the row records the file in a remote the config does not name: its cloud
+  copy can be neither read nor deleted. Left: the config needs that remote back.
 - unsafe-link, unreadable: a symlink leading outside the data directory; a file that cannot be
   read. Left.
 """
@@ -53,10 +61,9 @@ import dataclasses
 import enum
 import hashlib
 import os
-import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 from stat import S_ISREG
 from typing import Any, Literal
@@ -66,16 +73,14 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from . import paths
 from .cache import index
 from .cache.reconcile import _is_utf8, _walk
-from .config import Settings
-from .datadir import DataDir
-from .errors import BadPath, ConfigError, Conflict, RemoteError, RemoteNotFound
+from .config import DEFAULT_REMOTE, Settings
+from .errors import BadPath, RemoteNotFound
 from .fsutil import fsync_dir, prune_empty_dirs
 from .local import CHUNK_SIZE
 from .queue import entries
-from .registry import SCHEMA_VERSION
-from .remote import Remote, RemoteObject, open_remote
+from .remote import Remote, RemoteObject, connected_remotes
 from .stats import size_text
-from .store import DEFAULT_REMOTE, Store, guess_content_type
+from .store import Store, guess_content_type
 
 _PAGE = 500  # rows a query, objects a listing call, orphans a settling round
 _TRIES = 3  # looks at a row that keeps changing under the check before it is left alone
@@ -91,6 +96,7 @@ class Finding:
     path: str
     detail: str  # what is wrong
     repair: str | None = None  # what --repair did about it (None: nothing)
+    remote: str | None = None  # the remote the finding is about (remote-* kinds)
 
     def text(self) -> str:
         line = f"{self.kind}: {self.path}: {self.detail}"
@@ -99,7 +105,8 @@ class Finding:
 
 @dataclasses.dataclass
 class Report:
-    remote: bool = False  # whether the remote was compared
+    remote: bool = False  # whether the remotes were compared
+    remotes: list[str] = dataclasses.field(default_factory=list)  # their names
     repair: bool = False
     files: int = 0  # rows checked
     hashed: int = 0  # bytes hashed
@@ -120,6 +127,7 @@ class Report:
             "ok": self.clean,
             "summary": {"files": self.files, "hashed_bytes": self.hashed, "remote": self.remote,
                         "objects": self.objects if self.remote else None,
+                        "remotes": self.remotes if self.remote else None,
                         "kept_objects": self.kept_objects, "problems": len(self.findings),
                         "repaired": self.repaired},
             "findings": [dataclasses.asdict(finding) for finding in self.findings],
@@ -129,6 +137,8 @@ class Report:
         checked = f"verify: {_count(self.files, 'file')} checked ({size_text(self.hashed)} hashed)"
         if self.remote:
             checked += f", {_count(self.objects, 'remote object')}"
+            if len(self.remotes) > 1:
+                checked += f" in {len(self.remotes)} remotes"
         if self.kept_objects:
             checked += (f" ({self.kept_objects:,} no file describes, kept as "
                         "upload.delete_delay = never asks)")
@@ -146,7 +156,8 @@ def _count(n: int, thing: str) -> str:
 
 # -- what is on the disk -------------------------------------------------------------------------
 
-_ROW_COLUMNS = "path, size, sha256, location, version, inode, remote, remote_key, uploaded_at"
+_ROW_COLUMNS = ("path, size, sha256, location, version, inode, remote, remote_key, uploaded_at, "
+                "content_type")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +173,7 @@ class _Row:
     remote: str | None
     remote_key: str | None
     uploaded_at: float | None
+    content_type: str  # what the storage plan routes on
 
     @property
     def uploaded(self) -> bool:
@@ -216,19 +228,20 @@ def _shown(name: str) -> str:
     return name if _is_utf8(name) else os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
-# -- what the remote holds -----------------------------------------------------------------------
+# -- what the remotes hold ----------------------------------------------------------------------
 
 class _Unchecked(enum.Enum):
     TOKEN = 0
 
 
 UNCHECKED = _Unchecked.TOKEN
-# What the remote holds at a row's path: an object, None (nothing), or UNCHECKED (not asked).
+# What the remote a row records holds at its path: an object, None (nothing), or UNCHECKED (not
+# asked: no --remote, or a remote the config does not name).
 Cloud = RemoteObject | None | Literal[_Unchecked.TOKEN]
 
 
 class RemoteView:
-    """The remote for this module's plain, blocking code: every call runs on a blocking
+    """One remote for this module's plain, blocking code: every call runs on a blocking
     portal's event loop (the remotes are async; the check is a loop in the CLI's thread)."""
 
     def __init__(self, portal: BlockingPortal, remote: Remote) -> None:
@@ -275,18 +288,12 @@ async def _digest(remote: Remote, path: str) -> RemoteObject | None:
 
 
 @contextlib.contextmanager
-def remote_view(settings: Settings) -> Iterator[RemoteView]:
-    """The default remote, opened for the length of the block."""
-    remote = open_remote(DEFAULT_REMOTE, settings.remote, settings.data_dir)
-    with start_blocking_portal() as portal:
-        try:
-            try:
-                portal.call(remote.open)
-            except RemoteError as exc:
-                raise ConfigError(f"remote.url: {exc.detail}") from None
-            yield RemoteView(portal, remote)
-        finally:
-            portal.call(remote.close)
+def remote_view(settings: Settings) -> Iterator[dict[str, RemoteView]]:
+    """Every configured remote by name ("default" first), opened for the length of the block.
+    One that cannot be opened, or two that overlap, is a `ConfigError` naming it."""
+    with start_blocking_portal() as portal, \
+            portal.wrap_async_context_manager(connected_remotes(settings)) as remotes:
+        yield {name: RemoteView(portal, remote) for name, remote in remotes.items()}
 
 
 class _Listing:
@@ -319,10 +326,17 @@ class _Listing:
 
 # -- the check -----------------------------------------------------------------------------------
 
+# A remote that holds a file's bytes, proven by download: (its name, the object as hashed).
+_Proven = tuple[str, RemoteObject]
+
+
 def _diagnose(row: _Row, f: _Copy | None, c: _Copy | None, entry: index.CacheEntry | None,
-              cloud: Cloud) -> list[tuple[str, str]]:
+              cloud: Cloud, named: str | None = None) -> list[tuple[str, str]]:
     """What is wrong with one row, as (kind, detail) pairs: a pure function of what was seen,
-    so the same verdict can be reached again inside the confirming transaction."""
+    so the same verdict can be reached again inside the confirming transaction. `named`: the
+    remote the row records, to name in the details when several are configured."""
+    the_remote = "the remote" if named is None else f"the remote {named!r}"
+    its_object = "the remote object" if named is None else f"the object in {the_remote}"
     problems = []
     if f is not None and not f.good(row):
         problems.append(("corrupt", f.damage(row)))
@@ -337,13 +351,13 @@ def _diagnose(row: _Row, f: _Copy | None, c: _Copy | None, entry: index.CacheEnt
                              "does not list them (they are never evicted)"))
         if cloud is not UNCHECKED:
             if cloud is None:
-                problems.append(("remote-missing", "uploaded, but the remote has no object "
+                problems.append(("remote-missing", f"uploaded, but {the_remote} has no object "
                                  "for it"))
             elif cloud.size != row.size:
-                problems.append(("remote-different", f"the remote object has {cloud.size:,} "
+                problems.append(("remote-different", f"{its_object} has {cloud.size:,} "
                                  f"bytes, the registry records {row.size:,}"))
             elif cloud.sha256 is not None and cloud.sha256 != row.sha256:
-                problems.append(("remote-different", f"the remote object's SHA-256 is "
+                problems.append(("remote-different", f"{its_object}'s SHA-256 is "
                                  f"{cloud.sha256}, the registry records {row.sha256}"))
     else:
         if entry is not None:
@@ -352,8 +366,8 @@ def _diagnose(row: _Row, f: _Copy | None, c: _Copy | None, entry: index.CacheEnt
         if f is None and c is None:
             hint = ""
             if row.remote is not None and cloud is UNCHECKED:
-                hint = ("; the remote holds a copy of some version of it: `filestore verify "
-                        "--remote --repair` checks whether it is this one")
+                hint = (f"; {the_remote} holds a copy of some version of it: `filestore "
+                        "verify --remote --repair` checks whether it is this one")
             problems.append(("missing", f"registered ({size_text(row.size)}, not uploaded) but "
                              f"its bytes are in neither files/ nor cache/{hint}"))
     reads = f if f is not None else c  # where reads look first
@@ -364,15 +378,22 @@ def _diagnose(row: _Row, f: _Copy | None, c: _Copy | None, entry: index.CacheEnt
 
 
 class Verifier:
-    def __init__(self, store: Store, *, repair: bool = False, remote: RemoteView | None = None,
+    def __init__(self, store: Store, *, repair: bool = False,
+                 remote: Mapping[str, RemoteView] | None = None,
                  progress: Callable[[int], None] = lambda rows: None) -> None:
+        """`remote`: every configured remote by name (`remote_view`), to compare with the rows;
+        None: the remotes are not looked at."""
         self.store = store
         self.registry = store.registry
         self.local = store.local
         self.repair = repair
-        self.remote = remote
+        self.remotes = remote
         self.progress = progress
-        self.report = Report(remote=remote is not None, repair=repair)
+        self.report = Report(remote=remote is not None, remotes=list(remote or ()),
+                             repair=repair)
+        self._configured = list(store.settings.named_remotes())
+        # With one remote the report reads as it always did; with several it names them.
+        self._several = len(self._configured) > 1
         self.quarantine_dir = (store.datadir.root / "quarantine"
                                / time.strftime("%Y%m%d-%H%M%S"))
         # Remote copies of deleted files are kept on purpose: not a problem to report.
@@ -380,35 +401,53 @@ class Verifier:
         self._buffer = bytearray(CHUNK_SIZE)
 
     def run(self) -> Report:
-        listing = _Listing(self.remote.objects()) if self.remote is not None else None
-        try:
-            self._rows(listing)
-        finally:
-            if listing is not None:
-                listing.close()
+        with contextlib.ExitStack() as stack:
+            listings: dict[str, _Listing] = {}
+            for name, view in (self.remotes or {}).items():
+                listing = listings[name] = _Listing(view.objects())
+                stack.callback(listing.close)
+            self._rows(listings)
         self._orphans()
         return self.report
 
-    def _rows(self, listing: _Listing | None) -> None:
-        """Every row, a page at a time, each with the remote's object at its path."""
+    def _rows(self, listings: dict[str, _Listing]) -> None:
+        """Every row, a page at a time, each with the objects every remote holds at its path:
+        one listing per remote, each consumed in step with the rows."""
         after = ""
         while page := self._page(after):
             for row in page:
-                cloud: Cloud = UNCHECKED
-                if listing is not None:
+                seen: dict[str, RemoteObject] = {}  # remote -> its object at the row's path
+                for name, listing in listings.items():
                     while (unknown := listing.pop_before(row.path)) is not None:
-                        self._check_unknown(unknown)
-                    at = listing.pop_at(row.path)
-                    if row.remote in (None, DEFAULT_REMOTE):  # other remotes: not this listing
-                        cloud = at
-                self._check_row(row, cloud)
+                        self._check_unknown(name, unknown)
+                    if (at := listing.pop_at(row.path)) is not None:
+                        seen[name] = at
+                # A row that never recorded a remote is compared with the default one's
+                # listing, as it always was (a file not uploaded has nothing to compare).
+                recorded = row.remote or DEFAULT_REMOTE
+                cloud: Cloud = UNCHECKED
+                if row.remote is not None and row.remote not in self._configured:
+                    self._found("remote-not-configured", row.path,
+                                f"the registry records it in the remote {row.remote!r}, which "
+                                f"the config does not name (configured: "
+                                f"{', '.join(self._configured)}): its cloud copy can be neither "
+                                f"read nor deleted; add [remotes.{row.remote}] back",
+                                remote=row.remote)
+                elif recorded in listings:
+                    cloud = seen.get(recorded)
+                self._check_row(row, cloud, seen)
+                # The row's path in the remotes it does not record: a copy no row claims, unless
+                # the check just recorded it there (its repair found the file's bytes there).
+                for name, found in seen.items():
+                    if name != row.remote:
+                        self._check_unknown(name, found)
             self.report.files += len(page)
             self.progress(len(page))
             after = page[-1].path
-        if listing is not None:
+        for name, listing in listings.items():
             while (unknown := listing.pop_before(None)) is not None:
-                self._check_unknown(unknown)
-            self.report.objects = listing.count
+                self._check_unknown(name, unknown)
+            self.report.objects += listing.count
 
     def _page(self, after: str) -> list[_Row]:
         rows = self.registry.reader.execute(
@@ -416,12 +455,24 @@ class Verifier:
             (after, _PAGE)).fetchall()
         return [_Row(*row) for row in rows]
 
-    def _found(self, kind: str, path: str, detail: str, repair: str | None = None) -> None:
-        self.report.findings.append(Finding(kind, _shown(path), detail, repair))
+    def _found(self, kind: str, path: str, detail: str, repair: str | None = None,
+               remote: str | None = None) -> None:
+        self.report.findings.append(Finding(kind, _shown(path), detail, repair, remote))
+
+    def _named(self, row: _Row) -> str | None:
+        """The remote the row records, to name in its findings (None: one remote, unnamed)."""
+        return (row.remote or DEFAULT_REMOTE) if self._several else None
+
+    def _head(self, row: _Row) -> Cloud:
+        """The object the remote the row records holds at its path, asked now."""
+        view = None if self.remotes is None else self.remotes.get(row.remote or DEFAULT_REMOTE)
+        return UNCHECKED if view is None else view.head(row.path)
 
     # -- one row ---------------------------------------------------------------------------------
 
-    def _check_row(self, row: _Row, cloud: Cloud) -> None:
+    def _check_row(self, row: _Row, cloud: Cloud, seen: Mapping[str, RemoteObject]) -> None:
+        """`cloud`: what the remote the row records holds at its path; `seen`: what every
+        remote listed there (where a repair looks for the file's bytes when its own are lost)."""
         for _ in range(_TRIES):
             try:
                 f, c = self._look(row)
@@ -432,21 +483,22 @@ class Verifier:
                 self._found("unreadable", row.path, str(exc))
                 return
             entry = index.get(self.registry.reader, row.path)
-            if not _diagnose(row, f, c, entry, cloud):
+            named = self._named(row)
+            if not _diagnose(row, f, c, entry, cloud, named):
                 return
-            cloud = self._confirm_cloud(row, f, c, entry, cloud)
-            if not _diagnose(row, f, c, entry, cloud):
+            cloud, found = self._confirm_cloud(row, f, c, entry, cloud, seen)
+            if not _diagnose(row, f, c, entry, cloud, named):
                 return
             with self.registry.transaction() as conn:
                 current = _get_row(conn, row.path)
                 if current == row and self._unchanged(row.path, f, c):
-                    self._settle(conn, row, f, c, index.get(conn, row.path), cloud)
+                    self._settle(conn, row, f, c, index.get(conn, row.path), cloud, found)
                     return
             if current is None:
                 return  # deleted meanwhile: nothing to check
             row = current  # changed meanwhile (a PUT, an upload, a move): look again
-            if self.remote is not None and cloud is not UNCHECKED:
-                cloud = self.remote.head(row.path)
+            if self.remotes is not None:
+                cloud = self._head(row)
         # Still changing after several looks: busy, not damaged; the next run sees it settled.
 
     def _look(self, row: _Row) -> tuple[_Copy | None, _Copy | None]:
@@ -476,19 +528,48 @@ class Verifier:
             os.close(fd)
 
     def _confirm_cloud(self, row: _Row, f: _Copy | None, c: _Copy | None,
-                       entry: index.CacheEntry | None, cloud: Cloud) -> Cloud:
+                       entry: index.CacheEntry | None, cloud: Cloud,
+                       seen: Mapping[str, RemoteObject]) -> tuple[Cloud, _Proven | None]:
         """A listing is a moment ago: ask the store again before a remote finding counts. A
-        repair that would rely on the cloud copy of a local file proves it first (download and
-        hash: the row cannot tell that copy's version from an older one of the same size)."""
-        if self.remote is None or cloud is UNCHECKED:
-            return cloud
+        repair that would rely on a cloud copy because the file's own bytes are lost looks for
+        one (see `_find_copy`); None: no such repair, or no copy."""
+        if self.remotes is None or cloud is UNCHECKED:
+            return cloud, None
+        recorded = row.remote or DEFAULT_REMOTE
         if {kind for kind, _ in _diagnose(row, f, c, entry, cloud)} & _REMOTE_KINDS:
-            return self.remote.head(row.path)
-        local_bad = not _good(f if f is not None else c, row)
-        if (self.repair and not row.uploaded and local_bad and cloud is not None
-                and cloud.size == row.size and row.remote == DEFAULT_REMOTE):
-            return self.remote.digest(row.path)
-        return cloud
+            cloud = self._head(row)
+            lost = not (_good(f, row) or _good(c, row))
+            if (self.repair and lost and {kind for kind, _ in _diagnose(
+                    row, f, c, entry, cloud)} & _REMOTE_KINDS):
+                # Its remote lost (or changed) the bytes, and so did the disk: another remote
+                # may hold them (a plan changed after a backup was restored).
+                return cloud, self._find_copy(row, {n: o for n, o in seen.items()
+                                                    if n != recorded}, None)
+            return cloud, None
+        if self.repair and not row.uploaded and not _good(f if f is not None else c, row):
+            # The bytes of a file not uploaded are lost or damaged: the copy the remote its row
+            # records holds (a move back from the cloud keeps it) is the first to try.
+            objects = {**seen, recorded: cloud} if cloud is not None else dict(seen)
+            return cloud, self._find_copy(row, objects, row.remote)
+        return cloud, None
+
+    def _find_copy(self, row: _Row, objects: Mapping[str, RemoteObject],
+                   first: str | None) -> _Proven | None:
+        """A remote that holds the row's bytes, proven by download and hash (the row cannot
+        tell this version from an older one of the same size): `first` first, then the remote
+        the storage plan routes the path to, then the others in config order. A copy in a
+        remote not chosen is left, and reported as no row's."""
+        assert self.remotes is not None
+        planned = self.store.route(row.path, row.content_type).remote
+        for name in dict.fromkeys(n for n in (first, planned, *self.remotes) if n is not None):
+            listed = objects.get(name)
+            if listed is None or listed.size != row.size or name not in self.remotes or (
+                    listed.sha256 is not None and listed.sha256 != row.sha256):
+                continue
+            proven = self.remotes[name].digest(row.path)
+            if proven is not None and (proven.size, proven.sha256) == (row.size, row.sha256):
+                return name, proven
+        return None
 
     def _unchanged(self, path: str, f: _Copy | None, c: _Copy | None) -> bool:
         try:
@@ -498,32 +579,33 @@ class Verifier:
             return False
 
     def _settle(self, conn: sqlite3.Connection, row: _Row, f: _Copy | None, c: _Copy | None,
-                entry: index.CacheEntry | None, cloud: Cloud) -> None:
+                entry: index.CacheEntry | None, cloud: Cloud, found: _Proven | None) -> None:
         """Report (and, asked to, repair) the confirmed problems of `row`: inside the write
         transaction that confirmed them."""
-        problems = _diagnose(row, f, c, entry, cloud)
+        problems = _diagnose(row, f, c, entry, cloud, self._named(row))
         kinds = {kind for kind, _ in problems}
         done: dict[str, str] = {}
         if self.repair and problems:
             try:
                 if row.uploaded:
-                    self._repair_uploaded(conn, row, f, c, cloud, kinds, done)
+                    self._repair_uploaded(conn, row, f, c, found, kinds, done)
                 else:
-                    self._repair_local(conn, row, f, c, cloud, kinds, done)
+                    self._repair_local(conn, row, f, c, cloud, found, kinds, done)
             except OSError as exc:  # what was done before stays done, and is consistent
                 for kind in kinds - done.keys():
                     done[kind] = f"failed: {exc}"
         for kind, detail in problems:
-            self._found(kind, row.path, detail, done.get(kind))
+            self._found(kind, row.path, detail, done.get(kind),
+                        (row.remote or DEFAULT_REMOTE) if kind in _REMOTE_KINDS else None)
 
     # -- repairs (inside the confirming transaction) ---------------------------------------------
 
     def _repair_uploaded(self, conn: sqlite3.Connection, row: _Row, f: _Copy | None,
-                         c: _Copy | None, cloud: Cloud, kinds: set[str],
+                         c: _Copy | None, found: _Proven | None, kinds: set[str],
                          done: dict[str, str]) -> None:
         path, now = row.path, time.time()
         cloud_bad = kinds & _REMOTE_KINDS
-        if cloud_bad and not (_good(f, row) or _good(c, row)):
+        if cloud_bad and not (_good(f, row) or _good(c, row)) and found is None:
             done.update(dict.fromkeys(kinds, self._drop_row(conn, row, f, c)))
             return
         if "corrupt" in kinds and f is not None:
@@ -543,6 +625,11 @@ class Verifier:
         if "cache-unindexed" in kinds and not cloud_bad:
             index.add(conn, path, row.version, row.size, row.sha256, now)
             done["cache-unindexed"] = "indexed them: the cache counts and evicts them again"
+        if cloud_bad and found is not None:
+            # No good local bytes (else `found` was not looked for), but another remote holds
+            # the file's: that one is recorded as the file's remote.
+            done.update(dict.fromkeys(cloud_bad, self._record_copy(conn, row, found)))
+            return
         if cloud_bad:
             if f is None:
                 assert c is not None  # a good copy is somewhere (checked above)
@@ -555,30 +642,22 @@ class Verifier:
             # DELETE must still remove whatever the remote holds under the key).
             conn.execute("UPDATE files SET location = 'local', inode = ?, remote_etag = NULL, "
                          "uploaded_at = NULL, last_error = NULL WHERE path = ?", (f.ino, path))
-            entries.schedule(conn, path, "upload", row.version, DEFAULT_REMOTE, now, now)
-            done.update(dict.fromkeys(cloud_bad, "re-queued its upload from the good local "
-                                      "bytes, due now (the file is local until the cloud "
-                                      "holds it again)"))
+            done.update(dict.fromkeys(cloud_bad, self._requeue(conn, row, now)))
             if "inode" in kinds:
                 done["inode"] = "recorded the inode of its bytes"
             return
         self._fix_inode(conn, row, f, c, kinds, done)
 
     def _repair_local(self, conn: sqlite3.Connection, row: _Row, f: _Copy | None,
-                      c: _Copy | None, cloud: Cloud, kinds: set[str],
+                      c: _Copy | None, cloud: Cloud, found: _Proven | None, kinds: set[str],
                       done: dict[str, str]) -> None:
         path = row.path
         if not _good(f if f is not None else c, row):
-            if (isinstance(cloud, RemoteObject) and cloud.size == row.size
-                    and cloud.sha256 == row.sha256):
+            if found is not None:
                 # Proven the same bytes (downloaded and hashed just now): reads use the cloud.
                 bad = [self._quarantine(copy, path) for copy in (f, c) if copy is not None]
                 index.remove(conn, path)
-                conn.execute("UPDATE files SET location = 'remote', uploaded_at = ?, "
-                             "last_error = NULL WHERE path = ? AND version = ?",
-                             (time.time(), path, row.version))
-                self._drop_upload(conn, path)
-                text = "pointed the row back at its cloud copy (downloaded: the same SHA-256)"
+                text = self._record_copy(conn, row, found)
                 if bad:
                     text += f"; the bad bytes are in {', '.join(bad)}"
                 done.update(dict.fromkeys(kinds, text))
@@ -619,6 +698,34 @@ class Verifier:
             text += f"; the bad bytes are in {', '.join(moved)}"
         return text
 
+    def _record_copy(self, conn: sqlite3.Connection, row: _Row, found: _Proven) -> str:
+        """Record the file as uploaded to the remote `found` proved to hold its bytes."""
+        name, _ = found
+        assert self.remotes is not None  # (found by looking in them)
+        conn.execute("UPDATE files SET location = 'remote', remote = ?, remote_key = ?, "
+                     "remote_etag = NULL, uploaded_at = ?, last_error = NULL "
+                     "WHERE path = ? AND version = ?",
+                     (name, self.remotes[name].remote.key_for(row.path), time.time(), row.path,
+                      row.version))
+        self._drop_upload(conn, row.path)
+        if not self._several:
+            return "pointed the row back at its cloud copy (downloaded: the same SHA-256)"
+        return (f"pointed the row at its copy in the remote {name!r} (downloaded: the same "
+                "SHA-256), and recorded that remote as the file's")
+
+    def _requeue(self, conn: sqlite3.Connection, row: _Row, now: float) -> str:
+        """Queue the upload of a file made local again, due now, to the remote the storage
+        plan routes it to now (the one that lost it may no longer be the file's)."""
+        route = self.store.route(row.path, row.content_type)
+        if not route.upload:
+            self._drop_upload(conn, row.path)
+            return ("the file is local again, from its good local bytes; the storage plan "
+                    "keeps it local (upload = false), so no upload is queued")
+        entries.schedule(conn, row.path, "upload", row.version, route.remote, now, now)
+        to = f" to the remote {route.remote!r}" if self._several else ""
+        return (f"re-queued its upload{to} from the good local bytes, due now (the file is "
+                "local until the cloud holds it again)")
+
     @staticmethod
     def _drop_upload(conn: sqlite3.Connection, path: str) -> None:
         entry = entries.get(conn, path)
@@ -653,23 +760,29 @@ class Verifier:
 
     # -- remote objects no row knows -------------------------------------------------------------
 
-    def _check_unknown(self, found: RemoteObject) -> None:
+    def _check_unknown(self, remote: str, found: RemoteObject) -> None:
         reader = self.registry.reader
         if not _is_utf8(found.path):
             return  # cannot be a key filestore wrote; and nothing to look up
-        if _get_row(reader, found.path) is not None or entries.get(reader, found.path):
+        if _claimed(reader, remote, found.path):
             return  # a file's (an older copy, an upload in flight), or a remote delete queued
         if self._kept_deleted:
             self.report.kept_objects += 1
             return
-        assert self.remote is not None
-        if self.remote.head(found.path) is None:
+        assert self.remotes is not None
+        if self.remotes[remote].head(found.path) is None:
             return  # deleted meanwhile
-        if _get_row(reader, found.path) is not None or entries.get(reader, found.path):
+        if _claimed(reader, remote, found.path):
             return  # recorded meanwhile
+        row = _get_row(reader, found.path)
+        where = f"the remote {remote!r}" if self._several else "the remote"
+        detail = f"{where} holds {size_text(found.size)} that no file of the registry describes"
+        if row is not None and row.remote is not None:
+            detail = (f"{where} holds {size_text(found.size)} at this path, but the registry "
+                      f"records the file in the remote {row.remote!r}")
         self._found("remote-unknown", found.path,
-                    f"the remote holds {size_text(found.size)} that no file of the registry "
-                    "describes (left as it is: verify never deletes a remote object)")
+                    f"{detail} (left as it is: verify never deletes a remote object)",
+                    remote=remote)
 
     # -- bytes no row describes ------------------------------------------------------------------
 
@@ -754,6 +867,18 @@ class Verifier:
         return "adopted as a new file, as a PUT would store it (its upload is queued)"
 
 
+def _claimed(conn: sqlite3.Connection, remote: str, path: str) -> bool:
+    """Whether the object at `path` in `remote` is accounted for: the path's row records that
+    remote (or none yet: a row from before its upload, as after a restore, claims its path
+    everywhere), or the queue has work on the path there (a remote delete, an upload, which
+    follows the plan wherever it goes)."""
+    row = _get_row(conn, path)
+    if row is not None and row.remote in (None, remote):
+        return True
+    entry = entries.get(conn, path)
+    return entry is not None and (entry.remote == remote or entry.op == "upload")
+
+
 def _name_problem(path: str) -> str | None:
     """Why `path`, a name found on disk, cannot be a file's path as it is (None: it can)."""
     if not _is_utf8(path):
@@ -764,99 +889,3 @@ def _name_problem(path: str) -> str | None:
     except BadPath as exc:
         return exc.detail
     return None
-
-
-# -- restore -------------------------------------------------------------------------------------
-
-_REGISTRY_TABLES = {"files", "counters", "intents"}
-
-
-def restore_registry(settings: Settings, source: Path) -> Path | None:
-    """Install `source` (a `filestore backup`) as the registry of a data directory that no
-    process uses; the registry it replaces is kept beside it (returned; None if there was none).
-
-    Refused while any process uses the directory (`Conflict`, exit 1), or when `source` is not a
-    sound SQLite registry of a schema this filestore knows (`ConfigError`, exit 2).
-    """
-    datadir = DataDir(settings.data_dir)
-    datadir.create()
-    source = source.absolute()
-    if source == datadir.registry_path.absolute():
-        raise ConfigError(f"{source} is the data directory's registry itself")
-    start_fd = datadir.start_lock()  # a server starting now waits until this is done
-    try:
-        alone = datadir.join()
-        try:
-            if not alone:
-                raise Conflict(f"a filestore process is using {settings.data_dir}: stop it "
-                               "before restoring its registry")
-            tmp = datadir.root / f".{datadir.registry_path.name}.restore"
-            _copy_registry(source, tmp)
-            return _install_registry(tmp, datadir.registry_path)
-        finally:
-            datadir.leave()
-    finally:
-        os.close(start_fd)
-
-
-def _copy_registry(source: Path, tmp: Path) -> None:
-    """Check `source` and copy it to `tmp` (self-contained, fsynced) with SQLite's backup API,
-    which also takes in a `-wal` file beside the source."""
-    tmp.unlink(missing_ok=True)
-    try:
-        src = sqlite3.connect(f"{source.as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise ConfigError(f"{source}: cannot open it ({exc})") from None
-    try:
-        try:
-            version = src.execute("PRAGMA user_version").fetchone()[0]
-            tables = {name for (name,) in src.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
-            check = src.execute("PRAGMA quick_check").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"{source}: not a SQLite database ({exc})") from None
-        if not tables >= _REGISTRY_TABLES or version < 1:
-            raise ConfigError(f"{source}: not a filestore registry")
-        if version > SCHEMA_VERSION:
-            raise ConfigError(f"{source}: a registry of schema version {version}, newer than "
-                              f"this filestore ({SCHEMA_VERSION}); upgrade filestore")
-        if check != "ok":
-            raise ConfigError(f"{source}: the database is damaged ({check})")
-        copy = sqlite3.connect(tmp)
-        try:
-            src.backup(copy)
-            copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
-            # The PUTs in flight when the backup was taken belong to processes long gone:
-            # recovery would record whatever lies at their paths now under their hashes.
-            copy.execute("DELETE FROM intents")
-            copy.commit()
-        finally:
-            copy.close()
-    finally:
-        src.close()
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _install_registry(tmp: Path, registry: Path) -> Path | None:
-    """Rename `tmp` over `registry`, keeping the old one (and its -wal, which holds its latest
-    transactions) as `registry.sqlite3.replaced-<time>`; its -shm is only an index, rebuilt."""
-    kept = None
-    if registry.exists():
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        kept = registry.with_name(f"{registry.name}.replaced-{stamp}")
-        for n in range(1, 1000):
-            if not kept.exists():
-                break
-            kept = registry.with_name(f"{registry.name}.replaced-{stamp}-{n}")
-        try:
-            os.link(registry, kept)
-        except OSError:
-            shutil.copyfile(registry, kept)
-        wal = Path(f"{registry}-wal")
-        if wal.exists():
-            os.replace(wal, Path(f"{kept}-wal"))
-    Path(f"{registry}-shm").unlink(missing_ok=True)
-    os.replace(tmp, registry)
-    fsync_dir(registry.parent)
-    return kept

@@ -68,12 +68,12 @@ def tracebacks() -> Iterator[TracebackWatch]:
 class LiveServer:
     """uvicorn serving `build_app(settings)` in a background thread until `stop()`."""
 
-    def __init__(self, data_dir: Path, **overrides: str) -> None:
+    def __init__(self, data_dir: Path, config: Path | None = None, **overrides: str) -> None:
         # No free-disk floors: a test must not depend on how full the machine's disk is.
         env = {"FILESTORE_STORAGE__DATA_DIR": str(data_dir), "FILESTORE_STORAGE__MIN_FREE": "0",
                "FILESTORE_CACHE__MIN_FREE": "0"}
         env.update({f"FILESTORE_{k.upper()}": v for k, v in overrides.items()})
-        self.settings = load_settings(environ=env)
+        self.settings = load_settings(config, environ=env)
         self.app = build_app(self.settings)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=0, loop="asyncio",
                                 http="httptools", log_level="warning", access_log=False)
@@ -109,8 +109,9 @@ class LiveServer:
 def make_server(tmp_path: Path) -> Iterator[Any]:
     servers: list[LiveServer] = []
 
-    def make(data_dir: Path | None = None, **overrides: str) -> LiveServer:
-        server = LiveServer(data_dir or tmp_path / "data", **overrides)
+    def make(data_dir: Path | None = None, config: Path | None = None,
+             **overrides: str) -> LiveServer:
+        server = LiveServer(data_dir or tmp_path / "data", config, **overrides)
         servers.append(server)
         return server
 

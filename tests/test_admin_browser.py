@@ -103,6 +103,10 @@ def test_operator_session(browser: Any, make_server: Any, moto: Any, bucket: str
     assert objects(moto, bucket) == sorted(f"fs/{p}" for p in bodies)
     expect(page.locator('[data-stat="files.remote.count"]')).to_have_text("8")
     expect(page.locator('[data-stat="uploads.bytes"]')).not_to_have_text("0 B")
+    # The storage plan's table counts what the default remote holds, live too.
+    expect(page.locator('[data-stat="plan.remotes.default.files"]')).to_have_text("8")
+    expect(page.locator('tr[data-remote="default"] code')).to_have_text(
+        f"s3://{bucket}/fs at {moto.url}")
 
     # The files view shows where each file is now.
     page.get_by_role("link", name="Files", exact=True).click()

@@ -367,3 +367,154 @@ def test_restore_refuses_what_is_not_a_registry(tmp_path, content, needle):
     assert needle in result.stderr and result.stderr.strip().count("\n") == 0
     if before is not None:
         assert (data / "registry.sqlite3").read_bytes() == before  # untouched
+
+
+# -- several remotes (storage plans) -------------------------------------------------------------
+
+def plan_config(tmp_path: Path, moto, bucket: str, rules: str, name: str = "plan.toml"
+                ) -> dict[str, str]:
+    """Overrides for two remotes: "default" on moto, "archive" a directory; `rules` the
+    [[plan]] tables. Several configs of one test share the remotes."""
+    config = tmp_path / name
+    config.write_text(f'[remotes.archive]\nurl = "file://{tmp_path / "archive"}"\n\n{rules}\n')
+    return {"config": str(config), **s3_overrides(moto, bucket)}
+
+
+REC_TO_ARCHIVE = '[[plan]]\nprefix = "rec/"\nremote = "archive"\n'
+PLANNED = {"rec/a.wav": b"A" * 1500, "rec/b.wav": os.urandom(2500), "doc/k.pdf": b"%PDF" * 300}
+
+
+def upload_all(make_server, data: Path, bodies: dict[str, bytes], **overrides: str) -> None:
+    server = make_server(data, upload__delay="0s", **overrides)
+    with server.client() as client:
+        for path, body in bodies.items():
+            assert client.put(f"/files/{path}", content=body).status_code == 201
+        wait_for(lambda: all(uploaded(server, path) for path in bodies))
+    server.stop()
+
+
+def evict(data: Path, overrides: dict[str, str], *paths: str) -> None:
+    store = Store(load_settings(environ=env_for(data, **overrides)))
+    try:
+        for path in paths:
+            assert anyio.run(store.evict, path)  # now only the cloud has it
+    finally:
+        store.close()
+
+
+def test_two_remotes_each_row_against_its_own_remote(make_server, moto, bucket, tmp_path):
+    data, archive = tmp_path / "data", tmp_path / "archive"
+    remotes = plan_config(tmp_path, moto, bucket, REC_TO_ARCHIVE)
+    upload_all(make_server, data, PLANNED, **remotes)
+    assert {path: file_row(view(data), path)["remote"] for path in PLANNED} == {
+        "rec/a.wav": "archive", "rec/b.wav": "archive", "doc/k.pdf": "default"}
+
+    clean = cli(data, "verify", "--remote", "--json", **remotes)
+    assert clean.exit_code == 0, clean.output
+    summary = json.loads(clean.stdout)["summary"]
+    assert summary["objects"] == 3 and summary["remotes"] == ["default", "archive"]
+    text = cli(data, "verify", "--remote", **remotes)
+    assert "3 remote objects in 2 remotes: all good" in text.stdout, text.output
+
+    (archive / "rec/a.wav").unlink()                                  # lost by the archive
+    (archive / "rec/zz.wav").write_bytes(b"nobody's")                 # no row claims it
+    (archive / "doc").mkdir()
+    (archive / "doc/k.pdf").write_bytes(b"a stray")                   # its row says "default"
+    with contextlib.closing(db(data)) as conn, conn:                  # a remote since removed
+        conn.execute("UPDATE files SET remote = 'gone' WHERE path = 'rec/b.wav'")
+    result = cli(data, "verify", "--remote", "--json", **remotes)
+    assert result.exit_code == 1, result.output
+    document = json.loads(result.stdout)
+    found = {(f["kind"], f["path"]): f for f in document["findings"]}
+    assert set(found) == {("remote-missing", "rec/a.wav"), ("remote-unknown", "rec/zz.wav"),
+                          ("remote-unknown", "doc/k.pdf"), ("remote-not-configured", "rec/b.wav"),
+                          ("remote-unknown", "rec/b.wav")}
+    assert len(found) == len(document["findings"])
+    assert found[("remote-missing", "rec/a.wav")]["remote"] == "archive"
+    assert "the remote 'archive' has no object" in found[("remote-missing", "rec/a.wav")]["detail"]
+    assert found[("remote-unknown", "rec/zz.wav")]["remote"] == "archive"
+    assert "records the file in the remote 'default'" in found[("remote-unknown",
+                                                               "doc/k.pdf")]["detail"]
+    assert "add [remotes.gone] back" in found[("remote-not-configured", "rec/b.wav")]["detail"]
+    assert found[("remote-unknown", "rec/b.wav")]["remote"] == "archive"
+    assert all(f["repair"] is None for f in document["findings"])
+    assert "Traceback" not in cli(data, "verify", "--remote", **remotes).output
+
+
+def test_repair_queues_where_the_plan_sends_a_file_now(make_server, moto, bucket, tmp_path):
+    """The plan changed since the uploads: a file the archive lost goes up to the remote the
+    plan names now, one the plan keeps local is not queued, and one lost everywhere but in
+    another remote is recorded there."""
+    data, archive = tmp_path / "data", tmp_path / "archive"
+    before = plan_config(tmp_path, moto, bucket, REC_TO_ARCHIVE + '[[plan]]\nprefix = "doc/"\n'
+                         'remote = "archive"\n')
+    upload_all(make_server, data, PLANNED, **before)
+    now = plan_config(tmp_path, moto, bucket, '[[plan]]\ncontent_type = "application/pdf"\n'
+                      'upload = false\n', name="now.toml")  # rec/ goes to "default" now
+    s3 = moto.client()
+    for path in PLANNED:
+        (archive / path).unlink()
+    evict(data, now, "rec/b.wav")
+    s3.put_object(Bucket=bucket, Key="fs/rec/b.wav", Body=PLANNED["rec/b.wav"])
+
+    done = findings(cli(data, "verify", "--remote", "--repair", "--json", **now))
+    assert set(done) == {("remote-missing", path) for path in PLANNED}
+    assert "re-queued its upload to the remote 'default'" in done[("remote-missing", "rec/a.wav")]
+    assert queue_row(view(data), "rec/a.wav")["remote"] == "default"
+    assert "keeps it local" in done[("remote-missing", "doc/k.pdf")]
+    assert queue_row(view(data), "doc/k.pdf") is None
+    assert file_row(view(data), "doc/k.pdf")["location"] == "local"
+    assert "copy in the remote 'default'" in done[("remote-missing", "rec/b.wav")]
+    b = file_row(view(data), "rec/b.wav")
+    assert (b["location"], b["remote"], b["remote_key"]) == ("remote", "default", "fs/rec/b.wav")
+
+    server = make_server(data, upload__delay="0s", **now)
+    wait_for(lambda: uploaded(server, "rec/a.wav") and queue_row(server, "rec/a.wav") is None)
+    assert s3.get_object(Bucket=bucket, Key="fs/rec/a.wav")["Body"].read() == PLANNED["rec/a.wav"]
+    with server.client() as client:
+        assert client.get("/files/rec/b.wav").content == PLANNED["rec/b.wav"]
+    server.stop()
+    again = cli(data, "verify", "--remote", **now)
+    assert again.exit_code == 0, again.output
+
+
+def test_restore_finds_each_file_in_its_remote(make_server, moto, bucket, tmp_path):
+    """A backup taken before the uploads: the restored rows know no remote. `verify --remote
+    --repair` finds each file in the remote that holds its bytes and records that name; a path
+    both remotes hold goes to the one the plan routes it to, and the other copy is reported."""
+    data = tmp_path / "data"
+    remotes = plan_config(tmp_path, moto, bucket, REC_TO_ARCHIVE)
+    bodies = {"rec/r.wav": os.urandom(3000), "doc/d.txt": b"d" * 700}
+    server = make_server(data, upload__delay="0s", upload__enabled="false", **remotes)
+    with server.client() as client:
+        for path, body in bodies.items():
+            assert client.put(f"/files/{path}", content=body).status_code == 201
+    server.stop()
+    backup = tmp_path / "registry.backup"
+    assert cli(data, "backup", str(backup), **remotes).exit_code == 0
+    server = make_server(data, upload__delay="0s", **remotes)
+    wait_for(lambda: all(uploaded(server, path) for path in bodies))
+    server.stop()
+    evict(data, remotes, *bodies)
+    moto.client().put_object(Bucket=bucket, Key="fs/rec/r.wav", Body=bodies["rec/r.wav"])
+
+    restored = cli(data, "restore", str(backup), "--remote", **remotes)
+    assert restored.exit_code == 1, restored.output
+    for line in ("missing: rec/r.wav", "missing: doc/d.txt"):
+        assert line in restored.stdout
+    done = findings(cli(data, "verify", "--remote", "--repair", "--json", **remotes))
+    assert set(done) == {("missing", "rec/r.wav"), ("missing", "doc/d.txt"),
+                         ("remote-unknown", "rec/r.wav")}
+    assert "copy in the remote 'archive'" in done[("missing", "rec/r.wav")]
+    assert "copy in the remote 'default'" in done[("missing", "doc/d.txt")]
+    assert done[("remote-unknown", "rec/r.wav")] is None  # the other copy: reported, left
+    assert {path: (file_row(view(data), path)["location"], file_row(view(data), path)["remote"])
+            for path in bodies} == {"rec/r.wav": ("remote", "archive"),
+                                    "doc/d.txt": ("remote", "default")}
+    again = json.loads(cli(data, "verify", "--remote", "--json", **remotes).stdout)
+    assert [(f["kind"], f["path"], f["remote"]) for f in again["findings"]] == [
+        ("remote-unknown", "rec/r.wav", "default")]
+    server = make_server(data, **remotes)
+    with server.client() as client:
+        for path, body in bodies.items():
+            assert client.get(f"/files/{path}").content == body

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .. import paths, signing
+from .. import overrides, paths, signing
 from ..config import parse_duration
 from ..errors import BadRequest
 from ..queue import entries, jobs
@@ -81,7 +81,7 @@ async def file_action(request: Request) -> Response:
 async def settings(request: Request) -> Response:
     if request.method == "GET":
         _session(request)
-        return JSONResponse(operations.settings_view(request.app.state))
+        return JSONResponse(overrides.nest(operations.settings_view(request.app.state)))
     _change(request)
     result = await operations.save_settings(request.app.state, await _json_body(request))
     if not result.ok:
@@ -90,8 +90,8 @@ async def settings(request: Request) -> Response:
              "detail": f"{result.step} failed: {result.detail}", "remote": result.remote},
             status_code=422,
         )
-    return JSONResponse({"saved": True, "remote": result.remote,
-                         "settings": operations.settings_view(request.app.state)})
+    return JSONResponse({"saved": True, "remote": result.remote, "tested": result.tested,
+                         "settings": overrides.nest(operations.settings_view(request.app.state))})
 
 
 async def job_list(request: Request) -> Response:

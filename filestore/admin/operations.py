@@ -18,7 +18,7 @@ from ..errors import BadRequest, Conflict, NotFound
 from ..probe import ProbeResult
 from ..queue import entries, jobs, moves
 from ..queue.jobs import Job
-from ..store import DEFAULT_REMOTE, Store
+from ..store import Store
 from .files import ACTIONS, FileState, describe
 
 
@@ -66,7 +66,10 @@ def _upload_now(store: Store, path: str) -> None:
             raise NotFound(f"no file at {path!r}")
         if record.location == "remote":
             raise Conflict(f"{path!r} is in the cloud already")
-        entries.upload_now(conn, path, record.version, DEFAULT_REMOTE, time.time())
+        route = store.route(path, record.content_type)
+        if not route.upload:
+            raise Conflict(f"the storage plan keeps {path!r} local (rule {route.rule})")
+        entries.upload_now(conn, path, record.version, route.remote, time.time())
 
 
 def _retry(store: Store, path: str | None) -> int:

@@ -238,15 +238,16 @@ async def settings(request: Request) -> Response:
     if session is None:
         return _sign_in_first(request)
     state = request.app.state
+    editable = overrides.editable(operations.store_of(state).settings)
     if request.method == "GET":
         return _render(request, "settings.html", session, settings=operations.settings_view(
-            state), editable=overrides.EDITABLE, steps=STEPS, result=None, error=None, submitted={})
+            state), editable=editable, steps=STEPS, result=None, error=None, submitted={})
     form = await _form(request, session)
     # Only what the operator changed: a field left as shown is not saved, so it keeps
     # following the config file.
     shown = operations.settings_view(state)
     changes: dict[str, dict[str, str]] = {}
-    for section, keys in overrides.EDITABLE.items():
+    for section, keys in editable.items():
         for key in keys:
             name = f"{section}.{key}"
             if name in form and form[name].strip() != shown[section][key].get("value", ""):
@@ -255,7 +256,7 @@ async def settings(request: Request) -> Response:
         return _back("/admin/settings", "Nothing changed.")
     result, error, status = None, None, 200
     try:
-        result = await operations.save_settings(state, changes)
+        result = await operations.save_settings(state, overrides.nest(changes))
         status = 200 if result.ok else 422
     except FilestoreError as exc:
         error, status = exc.detail, exc.status
@@ -263,7 +264,7 @@ async def settings(request: Request) -> Response:
         return _back("/admin/settings", f"Saved: the test against {result.remote} passed "
                      "(put, read, compare, delete)." if result.tested else "Saved.")
     return _render(request, "settings.html", session, status=status,
-                   settings=operations.settings_view(state), editable=overrides.EDITABLE,
+                   settings=operations.settings_view(state), editable=editable,
                    steps=STEPS, result=result, error=error, submitted=changes)
 
 

@@ -97,6 +97,11 @@ def release_job(conn: sqlite3.Connection, job: int, now: float, limit: int = 100
     return len(rows)
 
 
+def set_remote(conn: sqlite3.Connection, path: str, remote: str) -> None:
+    """Send the path's queued upload to another remote (the storage plan changed)."""
+    conn.execute("UPDATE queue SET remote = ? WHERE path = ?", (remote, path))
+
+
 def drop(conn: sqlite3.Connection, path: str) -> bool:
     return conn.execute("DELETE FROM queue WHERE path = ?", (path,)).rowcount > 0
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ..cache import index as cache_index
+from ..config import DEFAULT_REMOTE
 from ..errors import (
     Conflict,
     FilestoreError,
@@ -40,7 +41,6 @@ from ..fsutil import hash_file
 from ..local import Received
 from ..registry import FileRecord
 from ..stats import size_text
-from ..store import DEFAULT_REMOTE
 from . import entries, jobs
 from .jobs import Job
 
@@ -312,10 +312,13 @@ class MoveRunner:
             if not jobs.holds(conn, job_id, self.owner):
                 raise JobLost
             page = self.registry.page(after, PAGE, conn)
-            local = [r for r in page if r.location == "local"]
+            # Files the storage plan keeps local are not the job's to move.
+            routes = {r.path: self.store.route(r.path, r.content_type) for r in page
+                      if r.location == "local"}
+            local = [r for r in page if r.path in routes and routes[r.path].upload]
             for record in local:
-                entries.upload_now(conn, record.path, record.version, DEFAULT_REMOTE, now,
-                                   job_id)
+                entries.upload_now(conn, record.path, record.version,
+                                   routes[record.path].remote, now, job_id)
             last = page[-1].path if page else after
             jobs.scanned_to(conn, job_id, last, files=len(local),
                             size=sum(r.size for r in local), finished=len(page) < PAGE, now=now)

@@ -13,9 +13,11 @@ cache area, or kept in backup mode). A crash anywhere before it means the upload
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
+import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -92,13 +94,36 @@ class QueueWorkers:
         now = time.time()
         with self.registry.transaction() as conn:
             leased = entries.lease_due(conn, self.owner, now, now + LEASE_SECONDS, limit)
-            for entry in leased:
+            work = []
+            for leased_entry in leased:
+                entry = leased_entry
                 if entry.op == "upload":
+                    routed = self._follow_plan(conn, entry)
+                    if routed is None:
+                        continue
+                    entry = routed
                     # Before any byte leaves: from now on the remote may hold a copy even if its
                     # record never comes (an answer lost, a kill -9), so a DELETE must always
                     # queue the remote delete. Deleting a key that is not there is harmless.
                     self.registry.note_possible_copy(conn, entry.path, entry.remote)
-            return leased
+                work.append(entry)
+            return work
+
+    def _follow_plan(self, conn: sqlite3.Connection, entry: Entry) -> Entry | None:
+        """An upload goes where the storage plan says now, not when it was queued: a plan
+        changed since (a restart with a new config) re-routes it, or keeps the file local (the
+        row goes; None). Uploaded files stay where they are recorded."""
+        record = self.registry.get(entry.path, conn)
+        if record is None or record.version != entry.version:
+            return entry  # stale: `_settle_stale` sorts it out
+        route = self.store.route(record.path, record.content_type)
+        if not route.upload:
+            entries.drop(conn, entry.path)
+            return None
+        if route.remote != entry.remote:
+            entries.set_remote(conn, entry.path, route.remote)
+            return dataclasses.replace(entry, remote=route.remote)
+        return entry
 
     async def _heartbeat(self) -> None:
         while True:
@@ -172,12 +197,17 @@ class QueueWorkers:
             if record is not None and current:
                 self.registry.mark_uploaded(conn, entry.path, remote.name, key, etag,
                                             record.size, now)
-            elif record is not None:
-                # Replaced while it went up: the newer version's upload overwrites this copy,
-                # but until then a DELETE must know the remote holds one.
-                self.registry.note_remote_copy(conn, entry.path, remote.name, key)
-            entries.finish(conn, entry)
-        if current and not self.settings.keep_local:
+                if not self._delete_old_copy(conn, entry, record.remote, now):
+                    entries.finish(conn, entry)
+            else:
+                if record is not None:
+                    # Replaced while it went up: the newer version's upload overwrites this
+                    # copy, but until then a DELETE must know the remote holds one.
+                    self.registry.note_remote_copy(conn, entry.path, remote.name, key)
+                entries.finish(conn, entry)
+        keep_local = record is not None and self.store.route(
+            record.path, record.content_type).keep_local
+        if current and not keep_local:
             # A step of its own, after the commit: a rename cannot be rolled back with a
             # transaction, and a crash here only leaves the bytes in files/, where reads (and a
             # later move) still find them.
@@ -190,6 +220,18 @@ class QueueWorkers:
                         and self.store.local.move_to_cache(entry.path)):
                     cache_index.add(conn, entry.path, again.version, again.size, again.sha256,
                                     time.time())
+
+    def _delete_old_copy(self, conn: sqlite3.Connection, entry: Entry, previous: str | None,
+                         now: float) -> bool:
+        """The file was uploaded to another remote than the one holding its older copy (the
+        plan changed): that copy goes too, like the copy of a deleted file. True if the row now
+        asks for that delete (the caller's lease on it is released)."""
+        delay = self.store.settings.upload.delete_delay
+        if previous is None or previous == entry.remote or delay is None:
+            return False
+        entries.schedule(conn, entry.path, "delete", entry.version, previous, now + delay, now)
+        entries.release(conn, entry)
+        return True
 
     def _finish_delete(self, entry: Entry) -> None:
         with self.registry.transaction() as conn:

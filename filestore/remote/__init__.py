@@ -2,16 +2,57 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..config import RemoteSettings
-from ..errors import ConfigError
+import anyio
+
+from ..config import DEFAULT_REMOTE, RemoteSettings, Settings
+from ..errors import ConfigError, RemoteError
 from .base import Remote, RemoteObject
 from .file import FileRemote
 from .s3 import S3Remote
 
-__all__ = ["Remote", "RemoteObject", "open_remote"]
+__all__ = ["Remote", "RemoteObject", "connected_remotes", "open_remote", "open_remotes"]
+
+
+def open_remotes(settings: Settings) -> dict[str, Remote]:
+    """Every configured remote by name (not yet connected). Two remotes whose objects could
+    share keys (the same directory, bucket and prefix, or one inside the other) are a config
+    error: a delete through one would remove the other's object."""
+    remotes: dict[str, Remote] = {}
+    places: dict[str, tuple[tuple[str, ...], str]] = {}
+    for name, remote_settings in settings.named_remotes().items():
+        remote = remotes[name] = open_remote(name, remote_settings, settings.data_dir)
+        store, prefix = places[name] = _place(remote)
+        for other, (other_store, other_prefix) in places.items():
+            if other != name and other_store == store and (
+                    prefix.startswith(other_prefix) or other_prefix.startswith(prefix)):
+                raise ConfigError(f"remotes {other!r} and {name!r} overlap "
+                                  f"({remotes[other].display_url} and {remote.display_url}): "
+                                  "each remote needs a place of its own")
+    return remotes
+
+
+@contextlib.asynccontextmanager
+async def connected_remotes(settings: Settings) -> AsyncIterator[dict[str, Remote]]:
+    """Every configured remote, connected; closed on leaving. A remote that cannot be opened
+    (a bad endpoint, an unwritable directory) is a config error naming it."""
+    remotes = open_remotes(settings)
+    try:
+        for name, remote in remotes.items():
+            try:
+                await remote.open()
+            except RemoteError as exc:
+                key = "remote" if name == DEFAULT_REMOTE else f"remotes.{name}"
+                raise ConfigError(f"{key}: {exc.detail}") from None
+        yield remotes
+    finally:
+        with anyio.CancelScope(shield=True):
+            for remote in remotes.values():
+                await remote.close()
 
 
 def open_remote(name: str, settings: RemoteSettings, data_dir: Path) -> Remote:
@@ -19,27 +60,37 @@ def open_remote(name: str, settings: RemoteSettings, data_dir: Path) -> Remote:
 
     An empty URL is the embedded default: a `remote/` folder inside the data directory.
     """
+    key = "remote.url" if name == DEFAULT_REMOTE else f"remotes.{name}.url"
     url = settings.url or f"file://{data_dir / 'remote'}"
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise ConfigError(f"remote.url = {url!r}: not a URL ({exc})") from None
+        raise ConfigError(f"{key} = {url!r}: not a URL ({exc})") from None
     if parts.scheme == "file":
         # file:///abs/dir, or file://./rel/dir (netloc "." and a relative path)
         where = parts.netloc + parts.path if parts.netloc in ("", ".", "..") else None
         if not where:
-            raise ConfigError(f"remote.url = {url!r}: expected file:///absolute/dir or "
+            raise ConfigError(f"{key} = {url!r}: expected file:///absolute/dir or "
                               "file://./relative/dir")
-        _outside_data_dir(url, Path(where), data_dir)
+        _outside_data_dir(f"{key} = {url!r}", Path(where), data_dir)
         return FileRemote(name, Path(where))
     if parts.scheme == "s3":
         if not parts.netloc:
-            raise ConfigError(f"remote.url = {url!r}: expected s3://bucket or s3://bucket/prefix")
+            raise ConfigError(f"{key} = {url!r}: expected s3://bucket or s3://bucket/prefix")
         return S3Remote(name, parts.netloc, parts.path, settings)
-    raise ConfigError(f"remote.url = {url!r}: expected an s3:// or file:// URL")
+    raise ConfigError(f"{key} = {url!r}: expected an s3:// or file:// URL")
 
 
-def _outside_data_dir(url: str, root: Path, data_dir: Path) -> None:
+def _place(remote: Remote) -> tuple[tuple[str, ...], str]:
+    """(which store, the key prefix ending in "/") of a remote, to compare with others."""
+    if isinstance(remote, FileRemote):
+        return ("file",), f"{remote.root.resolve()}/"
+    assert isinstance(remote, S3Remote)
+    endpoint = remote.settings.endpoint_url.rstrip("/").lower()
+    return ("s3", endpoint, remote.bucket), f"{remote.prefix}/" if remote.prefix else ""
+
+
+def _outside_data_dir(what: str, root: Path, data_dir: Path) -> None:
     """A directory remote must not overlap the data directory's own trees: an "upload" into
     `files/` or `cache/` would replace the only copy with itself, the cache's repair would
     delete "remote objects" in `cache/`, and recovery empties `tmp/`. (A folder of its own
@@ -48,5 +99,5 @@ def _outside_data_dir(url: str, root: Path, data_dir: Path) -> None:
     owned = [data / name for name in ("files", "cache", "tmp")]
     if where == data or where in data.parents or any(
             where == tree or tree in where.parents for tree in owned):
-        raise ConfigError(f"remote.url = {url!r}: a directory remote must not be the data "
+        raise ConfigError(f"{what}: a directory remote must not be the data "
                           f"directory {data}, hold it, or lie in its files/, cache/ or tmp/")

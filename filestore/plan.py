@@ -1,0 +1,104 @@
+"""Storage plans: which remote a file goes to, when, and whether its local copy stays.
+
+`[[plan]]` rules are matched in order on the file's path (a text prefix) and its content type (a
+glob such as "audio/*"); the first that matches decides. A file no rule matches follows the
+`[upload]` section and goes to the remote named "default".
+
+The plan decides where a file *goes*; where it *is* is the registry's `files.remote`, recorded
+when the upload is verified. Reads, deletes and moves use the recorded remote, so changing the plan
+never strands an uploaded file: it changes where the next upload of each path goes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import sqlite3
+from typing import Any
+
+from .config import DEFAULT_REMOTE, PlanRule, Settings, parse_duration, value_text
+from .errors import ConfigError
+from .registry import remote_counter_names
+from .remote import open_remote
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    rule: int | None  # the matching rule's number, from 1; None: no rule matched
+    remote: str
+    upload: bool  # False: the file stays local, never uploaded
+    delay: float  # the upload's cool-down, in seconds
+    keep_local: bool  # the local copy stays after the upload (backup mode)
+
+    def public(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+def matches(rule: PlanRule, path: str, content_type: str) -> bool:
+    base_type = content_type.split(";", 1)[0].strip().lower()
+    return path.startswith(rule.prefix) and (
+        not rule.content_type or fnmatch.fnmatchcase(base_type, rule.content_type))
+
+
+def route(settings: Settings, path: str, content_type: str) -> Route:
+    """Where the plan sends the file at `path` with this content type."""
+    upload = settings.upload
+    for number, rule in enumerate(settings.plan, 1):
+        if matches(rule, path, content_type):
+            return Route(
+                number, rule.remote, rule.upload,
+                upload.delay if rule.upload_delay is None else rule.upload_delay,
+                upload.keep_local if rule.keep_local is None else rule.keep_local,
+            )
+    return Route(None, DEFAULT_REMOTE, True, upload.delay, upload.keep_local)
+
+
+def describe(rule: PlanRule) -> str:
+    """A rule as one line, the way a config file would hold it."""
+    parts = [f'prefix = "{rule.prefix}"'] if rule.prefix else []
+    if rule.content_type:
+        parts.append(f'content_type = "{rule.content_type}"')
+    if not parts:
+        parts.append("every file")
+    if not rule.upload:
+        return ", ".join([*parts, "upload = false"])
+    parts.append(f'remote = "{rule.remote}"')
+    if rule.upload_delay is not None:
+        parts.append(f'upload_delay = "{value_text(rule.upload_delay, parse_duration)}"')
+    if rule.keep_local is not None:
+        parts.append(f"keep_local = {value_text(rule.keep_local, bool)}")
+    return ", ".join(parts)
+
+
+def check_recorded(settings: Settings, conn: sqlite3.Connection) -> None:
+    """Refuse a config that drops a remote still holding files the registry records there:
+    their only copies would be unreadable (a one-line error at start, naming the remote)."""
+    names = settings.named_remotes()
+    for counter, count in conn.execute(
+            "SELECT name, value FROM counters WHERE name LIKE 'files.remote.%' AND value > 0"):
+        remote = counter.removeprefix("files.remote.")
+        if remote not in names:
+            raise ConfigError(f"{count:,} files are in the cloud at the remote {remote!r}, which "
+                              f"the config no longer names: add [remotes.{remote}] back (or "
+                              "move those files to local with the old config first)")
+
+
+def overview(settings: Settings, conn: sqlite3.Connection) -> dict[str, Any]:
+    """The remotes by name, with the files and bytes the registry records in each, and the
+    rules in order: for the admin page, the stats API and `filestore plan show`."""
+    counters = dict(conn.execute("SELECT name, value FROM counters WHERE name LIKE "
+                                 "'files.remote.%' OR name LIKE 'bytes.remote.%'").fetchall())
+    remotes = {}
+    for name, remote_settings in settings.named_remotes().items():
+        names = remote_counter_names(name)
+        try:
+            url = open_remote(name, remote_settings, settings.data_dir).display_url
+        except ConfigError:
+            url = remote_settings.url
+        remotes[name] = {"url": url, "files": counters.get(names.files, 0),
+                         "bytes": counters.get(names.bytes, 0),
+                         "rules": [n for n, rule in enumerate(settings.plan, 1)
+                                   if rule.upload and rule.remote == name]}
+    rules = [{"number": number, "text": describe(rule), **dataclasses.asdict(rule)}
+             for number, rule in enumerate(settings.plan, 1)]
+    return {"remotes": remotes, "rules": rules}

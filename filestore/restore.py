@@ -1,0 +1,116 @@
+"""`filestore restore`: a `filestore backup` installed as the registry of a data directory no
+process uses, the registry it replaces kept beside it.
+
+The registry installed is as old as the backup: `filestore verify --remote` then compares it with
+what the disk and every configured remote hold now (see verify.py), and `--repair` brings it up to
+date where that is safe: bytes on disk no row knows are adopted, and a file whose bytes are gone
+from disk, or from the remote its row records, is pointed at a remote that holds the same bytes
+(proven by download; the remote the storage plan routes the path to first), its name recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+from .config import Settings
+from .datadir import DataDir
+from .errors import ConfigError, Conflict
+from .fsutil import fsync_dir
+from .registry import SCHEMA_VERSION
+
+_REGISTRY_TABLES = {"files", "counters", "intents"}
+
+
+def restore_registry(settings: Settings, source: Path) -> Path | None:
+    """Install `source` (a `filestore backup`) as the registry of a data directory that no
+    process uses; the registry it replaces is kept beside it (returned; None if there was none).
+
+    Refused while any process uses the directory (`Conflict`, exit 1), or when `source` is not a
+    sound SQLite registry of a schema this filestore knows (`ConfigError`, exit 2).
+    """
+    datadir = DataDir(settings.data_dir)
+    datadir.create()
+    source = source.absolute()
+    if source == datadir.registry_path.absolute():
+        raise ConfigError(f"{source} is the data directory's registry itself")
+    start_fd = datadir.start_lock()  # a server starting now waits until this is done
+    try:
+        alone = datadir.join()
+        try:
+            if not alone:
+                raise Conflict(f"a filestore process is using {settings.data_dir}: stop it "
+                               "before restoring its registry")
+            tmp = datadir.root / f".{datadir.registry_path.name}.restore"
+            _copy_registry(source, tmp)
+            return _install_registry(tmp, datadir.registry_path)
+        finally:
+            datadir.leave()
+    finally:
+        os.close(start_fd)
+
+
+def _copy_registry(source: Path, tmp: Path) -> None:
+    """Check `source` and copy it to `tmp` (self-contained, fsynced) with SQLite's backup API,
+    which also takes in a `-wal` file beside the source."""
+    tmp.unlink(missing_ok=True)
+    try:
+        src = sqlite3.connect(f"{source.as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise ConfigError(f"{source}: cannot open it ({exc})") from None
+    try:
+        try:
+            version = src.execute("PRAGMA user_version").fetchone()[0]
+            tables = {name for (name,) in src.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            check = src.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"{source}: not a SQLite database ({exc})") from None
+        if not tables >= _REGISTRY_TABLES or version < 1:
+            raise ConfigError(f"{source}: not a filestore registry")
+        if version > SCHEMA_VERSION:
+            raise ConfigError(f"{source}: a registry of schema version {version}, newer than "
+                              f"this filestore ({SCHEMA_VERSION}); upgrade filestore")
+        if check != "ok":
+            raise ConfigError(f"{source}: the database is damaged ({check})")
+        copy = sqlite3.connect(tmp)
+        try:
+            src.backup(copy)
+            copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+            # The PUTs in flight when the backup was taken belong to processes long gone:
+            # recovery would record whatever lies at their paths now under their hashes.
+            copy.execute("DELETE FROM intents")
+            copy.commit()
+        finally:
+            copy.close()
+    finally:
+        src.close()
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _install_registry(tmp: Path, registry: Path) -> Path | None:
+    """Rename `tmp` over `registry`, keeping the old one (and its -wal, which holds its latest
+    transactions) as `registry.sqlite3.replaced-<time>`; its -shm is only an index, rebuilt."""
+    kept = None
+    if registry.exists():
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        kept = registry.with_name(f"{registry.name}.replaced-{stamp}")
+        for n in range(1, 1000):
+            if not kept.exists():
+                break
+            kept = registry.with_name(f"{registry.name}.replaced-{stamp}-{n}")
+        try:
+            os.link(registry, kept)
+        except OSError:
+            shutil.copyfile(registry, kept)
+        wal = Path(f"{registry}-wal")
+        if wal.exists():
+            os.replace(wal, Path(f"{kept}-wal"))
+    Path(f"{registry}-shm").unlink(missing_ok=True)
+    os.replace(tmp, registry)
+    fsync_dir(registry.parent)
+    return kept
