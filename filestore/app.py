@@ -174,7 +174,8 @@ def build_app(settings: Settings) -> FastReads:
         remotes: dict[str, Remote] = {}
         retired: list[Remote] = []
         try:
-            plan.check_recorded(store.settings, store.registry.reader)
+            for warning in plan.check_recorded(store.settings, store.registry.reader):
+                log.warning("%s", warning)
             remotes.update(open_remotes(store.settings))
             for remote in remotes.values():
                 retired.append(remote)

@@ -14,6 +14,7 @@ goes again (see `queue/worker.py`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -23,9 +24,9 @@ import anyio
 
 from . import overrides
 from .config import DEFAULT_REMOTE, RemoteSettings, Settings, override
-from .errors import FilestoreError
+from .errors import BadRequest, ConfigError, FilestoreError
 from .probe import ProbeResult, probe
-from .remote import Remote, open_remote
+from .remote import Remote, check_apart, open_remote
 from .store import Store
 
 if TYPE_CHECKING:
@@ -117,6 +118,7 @@ async def save(store: Store, reloader: SettingsReloader | None,
     texts = overrides.check_changes(store.settings, changes)
     current = overrides.effective(base, reader)  # the registry's, not this process's copy
     proposed = override(base, _merge(overrides.saved(reader), texts), overrides.ORIGIN)
+    _check_places(proposed)
     for name in overrides.moved_remotes(current, proposed):
         overrides.refuse_stranding(reader, name, _where(current, name))
     changed = overrides.changed_remotes(current, proposed)
@@ -132,6 +134,7 @@ async def save(store: Store, reloader: SettingsReloader | None,
             # Decided again under the write lock: another process may have saved meanwhile.
             now = overrides.effective(base, conn)
             after = override(base, _merge(overrides.saved(conn), texts), overrides.ORIGIN)
+            _check_places(after)
             for name in overrides.moved_remotes(now, after):
                 overrides.refuse_stranding(conn, name, _where(now, name))
                 overrides.forget_old_copies(conn, name)
@@ -143,6 +146,19 @@ async def save(store: Store, reloader: SettingsReloader | None,
     else:
         store.settings = proposed
     return result
+
+
+def _check_places(settings: Settings) -> None:
+    """The remotes must stay apart, as at start (`open_remotes`): one moved onto another's
+    bucket and prefix would delete its objects as "older copies". A 400 naming them."""
+    opened = {}
+    for name, remote_settings in settings.named_remotes().items():
+        with contextlib.suppress(ConfigError):  # a bad URL is the probe's to report
+            opened[name] = open_remote(name, remote_settings, settings.data_dir)
+    try:
+        check_apart(opened)
+    except ConfigError as exc:
+        raise BadRequest(exc.detail) from None
 
 
 def _where(settings: Settings, name: str) -> str:

@@ -70,9 +70,11 @@ def describe(rule: PlanRule) -> str:
     return ", ".join(parts)
 
 
-def check_recorded(settings: Settings, conn: sqlite3.Connection) -> None:
+def check_recorded(settings: Settings, conn: sqlite3.Connection) -> list[str]:
     """Refuse a config that drops a remote still holding files the registry records there:
-    their only copies would be unreadable (a one-line error at start, naming the remote)."""
+    their only copies would be unreadable (a one-line error at start, naming the remote). What
+    else names a dropped remote is only leftovers (older copies of local files, queued remote
+    deletes, which will fail): warnings, returned."""
     names = settings.named_remotes()
     for counter, count in conn.execute(
             "SELECT name, value FROM counters WHERE name LIKE 'files.remote.%' AND value > 0"):
@@ -81,6 +83,29 @@ def check_recorded(settings: Settings, conn: sqlite3.Connection) -> None:
             raise ConfigError(f"{count:,} files are in the cloud at the remote {remote!r}, which "
                               f"the config no longer names: add [remotes.{remote}] back (or "
                               "move those files to local with the old config first)")
+    warnings = []
+    for remote in _recorded_names(conn):
+        if remote not in names:
+            warnings.append(f"local files have older copies in the remote {remote!r}, which the "
+                            "config no longer names: they stay there (deleting those files "
+                            f"will fail to remove them until [remotes.{remote}] is back)")
+    for remote, count in conn.execute("SELECT remote, count(*) FROM queue GROUP BY remote"):
+        if remote not in names:
+            warnings.append(f"{count:,} queued remote deletes or uploads name the remote "
+                            f"{remote!r}, which the config no longer names: deletes will fail "
+                            f"until [remotes.{remote}] is back (`filestore queue drop` forgets "
+                            "one); uploads go where the plan says now")
+    return warnings
+
+
+def _recorded_names(conn: sqlite3.Connection) -> list[str]:
+    """The distinct remote names files record, one index seek each (not a scan)."""
+    found, name = [], ""
+    while row := conn.execute("SELECT remote FROM files WHERE remote > ? ORDER BY remote "
+                              "LIMIT 1", (name,)).fetchone():
+        name = row[0]
+        found.append(name)
+    return found
 
 
 def overview(settings: Settings, conn: sqlite3.Connection) -> dict[str, Any]:

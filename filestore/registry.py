@@ -371,6 +371,8 @@ def _migration_5(db: sqlite_utils.Database) -> None:
           SELECT 'bytes.remote.' || remote, sum(size) FROM files
           WHERE location = 'remote' AND remote IS NOT NULL GROUP BY remote
         ON CONFLICT (name) DO UPDATE SET value = excluded.value;
+        -- The remotes files name, one seek each (a start-up check, see plan.py).
+        CREATE INDEX IF NOT EXISTS files_remote ON files (remote) WHERE remote IS NOT NULL;
         -- Every upload so far went to the only remote there was.
         INSERT OR IGNORE INTO counters (name, value)
           SELECT 'uploads.done.default', value FROM counters WHERE name = 'uploads.done'
@@ -550,10 +552,19 @@ class Registry:
                      "uploaded_at = NULL, last_error = NULL WHERE path = ?", (inode, path))
 
     @staticmethod
-    def forget_remote_copy(conn: sqlite3.Connection, path: str, version: int) -> None:
-        """The remote copy of a local file was deleted."""
+    def forget_remote_copy(conn: sqlite3.Connection, path: str, version: int,
+                           remote: str) -> None:
+        """The copy of a local file in `remote` was deleted."""
         conn.execute("UPDATE files SET remote = NULL, remote_key = NULL WHERE path = ? "
-                     "AND version = ? AND location = 'local'", (path, version))
+                     "AND version = ? AND location = 'local' AND remote = ?",
+                     (path, version, remote))
+
+    @staticmethod
+    def move_remote_copy(conn: sqlite3.Connection, path: str, old: str, new: str) -> None:
+        """The older copy in `old` is gone (or kept, unrecorded): the upload starting now may
+        leave a copy in `new`, the only remote the row can name."""
+        conn.execute("UPDATE files SET remote = ?, remote_key = NULL WHERE path = ? "
+                     "AND (remote = ? OR remote IS NULL)", (new, path, old))
 
     @staticmethod
     def note_possible_copy(conn: sqlite3.Connection, path: str, remote: str) -> None:

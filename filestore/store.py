@@ -204,10 +204,15 @@ class Store:
         created, version = self.registry.upsert_file(conn, path, size, sha256, ctype, inode, now)
         route = self.route(path, ctype)
         if not route.upload and not entries.in_flight(previous, now):
-            # The plan keeps it local: no upload. A queued upload of older bytes goes; a
-            # pending delete of an older remote copy stays. (An upload in flight keeps its
-            # row below, so it finishes first; the queue then drops the row, see worker.py.)
-            if previous is not None and previous.op == "upload":
+            # The plan keeps it local: no upload, and an older copy in the cloud goes (as a
+            # deleted file's would), or else a queued upload of older bytes is dropped. (An
+            # upload in flight keeps its row below, so it finishes first; the queue then drops
+            # the row, see worker.py.)
+            record = self.registry.get(path, conn)
+            delay = self.settings.upload.delete_delay
+            if record is not None and record.remote is not None and delay is not None:
+                entries.schedule(conn, path, "delete", version, record.remote, now + delay, now)
+            elif previous is not None and previous.op == "upload":
                 entries.drop(conn, path)
             return created
         if previous is not None and previous.op == "delete":

@@ -389,3 +389,31 @@ def test_upgrading_the_registry_counts_what_each_remote_holds(tmp_path: Path) ->
         registry.close()
     assert found["files.remote.default"] == 2 and found["bytes.remote.default"] == 12
     assert found["uploads.done.default"] == 3 and found["uploads.bytes.default"] == 40
+
+
+def test_leftovers_in_a_dropped_remote_are_warnings_not_refusals(tmp_path: Path) -> None:
+    """Only files in the cloud at a dropped remote stop the start; older copies of local files
+    and queued deletes there are named in warnings (their deletes fail until it is back)."""
+    from filestore.registry import Registry
+
+    registry = Registry(tmp_path / "registry.sqlite3")
+    registry.migrate()
+    try:
+        with registry.transaction() as conn:
+            conn.execute("INSERT INTO files (path, size, sha256, content_type, created, "
+                         "modified, location, version, remote) VALUES "
+                         "('a', 1, '', 't', 0, 0, 'local', 1, 'old')")
+            conn.execute("INSERT INTO queue (path, op, version, remote, not_before, attempts, "
+                         "state, created, updated) VALUES "
+                         "('b', 'delete', 2, 'gone', 0, 0, 'pending', 0, 0)")
+        settings = load_settings(environ={"FILESTORE_STORAGE__DATA_DIR": str(tmp_path)})
+        warnings = plan.check_recorded(settings, registry.reader)
+        assert len(warnings) == 2
+        assert "older copies in the remote 'old'" in warnings[0]
+        assert "1 queued remote deletes or uploads name the remote 'gone'" in warnings[1]
+        with registry.transaction() as conn:
+            conn.execute("UPDATE files SET location = 'remote' WHERE path = 'a'")
+        with pytest.raises(ConfigError, match="1 files are in the cloud at the remote 'old'"):
+            plan.check_recorded(settings, registry.reader)
+    finally:
+        registry.close()

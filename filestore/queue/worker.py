@@ -172,6 +172,11 @@ class QueueWorkers:
 
     async def _upload(self, entry: Entry, remote: Remote) -> None:
         record = self.registry.get(entry.path)
+        if (record is not None and record.version == entry.version
+                and record.remote not in (None, entry.remote)):
+            if not await self._leave_old_remote(entry, record.remote):
+                return
+            record = self.registry.get(entry.path)
         source = self.store.local.open_version(entry.path, record, entry.version)
         if source is None:
             await anyio.to_thread.run_sync(self._settle_stale, entry)
@@ -197,14 +202,11 @@ class QueueWorkers:
             if record is not None and current:
                 self.registry.mark_uploaded(conn, entry.path, remote.name, key, etag,
                                             record.size, now)
-                if not self._delete_old_copy(conn, entry, record.remote, now):
-                    entries.finish(conn, entry)
-            else:
-                if record is not None:
-                    # Replaced while it went up: the newer version's upload overwrites this
-                    # copy, but until then a DELETE must know the remote holds one.
-                    self.registry.note_remote_copy(conn, entry.path, remote.name, key)
-                entries.finish(conn, entry)
+            elif record is not None:
+                # Replaced while it went up: the newer version's upload overwrites this copy,
+                # but until then a DELETE must know the remote holds one.
+                self.registry.note_remote_copy(conn, entry.path, remote.name, key)
+            entries.finish(conn, entry)
         keep_local = record is not None and self.store.route(
             record.path, record.content_type).keep_local
         if current and not keep_local:
@@ -221,23 +223,35 @@ class QueueWorkers:
                     cache_index.add(conn, entry.path, again.version, again.size, again.sha256,
                                     time.time())
 
-    def _delete_old_copy(self, conn: sqlite3.Connection, entry: Entry, previous: str | None,
-                         now: float) -> bool:
-        """The file was uploaded to another remote than the one holding its older copy (the
-        plan changed): that copy goes too, like the copy of a deleted file. True if the row now
-        asks for that delete (the caller's lease on it is released)."""
-        delay = self.store.settings.upload.delete_delay
-        if previous is None or previous == entry.remote or delay is None:
-            return False
-        entries.schedule(conn, entry.path, "delete", entry.version, previous, now + delay, now)
-        entries.release(conn, entry)
-        return True
+    async def _leave_old_remote(self, entry: Entry, old: str) -> bool:
+        """The file goes to another remote than the one holding its older copy (the plan
+        changed). The registry records one remote per file, so the old copy goes first, under
+        this lease, and the row points at the new remote before any byte moves: a DELETE from
+        then on removes the new copy, and no copy is ever left unrecorded. (The local bytes
+        are the file; the old copy is of an older version, or of these same bytes.) With
+        `upload.delete_delay = "never"` the old copy stays, as the copies of deleted files do.
+        False if the work changed meanwhile (the lease is then released)."""
+        if self.store.settings.upload.delete_delay is not None:
+            previous = self.remotes.get(old)
+            if previous is None:
+                raise RemoteError(f"the older copy of {entry.path!r} is in the remote {old!r}, "
+                                  "which is not configured: add it back so it can be deleted")
+            await previous.delete(entry.path)
+        return await anyio.to_thread.run_sync(self._point_at, entry, old)
+
+    def _point_at(self, entry: Entry, old: str) -> bool:
+        with self.registry.transaction() as conn:
+            if not entries.is_current(conn, entry):
+                entries.release(conn, entry)  # a re-PUT or DELETE came: its work runs next
+                return False
+            self.registry.move_remote_copy(conn, entry.path, old, entry.remote)
+            return True
 
     def _finish_delete(self, entry: Entry) -> None:
         with self.registry.transaction() as conn:
             if entries.is_current(conn, entry):
                 # A file moved back to local whose cloud copy went: it is local only now.
-                self.registry.forget_remote_copy(conn, entry.path, entry.version)
+                self.registry.forget_remote_copy(conn, entry.path, entry.version, entry.remote)
             entries.finish(conn, entry)
 
     def _settle_stale(self, entry: Entry) -> None:

@@ -15,25 +15,32 @@ from .base import Remote, RemoteObject
 from .file import FileRemote
 from .s3 import S3Remote
 
-__all__ = ["Remote", "RemoteObject", "connected_remotes", "open_remote", "open_remotes"]
+__all__ = ["Remote", "RemoteObject", "check_apart", "connected_remotes", "open_remote",
+           "open_remotes"]
 
 
 def open_remotes(settings: Settings) -> dict[str, Remote]:
-    """Every configured remote by name (not yet connected). Two remotes whose objects could
-    share keys (the same directory, bucket and prefix, or one inside the other) are a config
-    error: a delete through one would remove the other's object."""
-    remotes: dict[str, Remote] = {}
-    places: dict[str, tuple[tuple[str, ...], str]] = {}
-    for name, remote_settings in settings.named_remotes().items():
-        remote = remotes[name] = open_remote(name, remote_settings, settings.data_dir)
-        store, prefix = places[name] = _place(remote)
-        for other, (other_store, other_prefix) in places.items():
-            if other != name and other_store == store and (
-                    prefix.startswith(other_prefix) or other_prefix.startswith(prefix)):
-                raise ConfigError(f"remotes {other!r} and {name!r} overlap "
-                                  f"({remotes[other].display_url} and {remote.display_url}): "
-                                  "each remote needs a place of its own")
+    """Every configured remote by name (not yet connected), checked to be apart."""
+    remotes = {name: open_remote(name, remote_settings, settings.data_dir)
+               for name, remote_settings in settings.named_remotes().items()}
+    check_apart(remotes)
     return remotes
+
+
+def check_apart(remotes: dict[str, Remote]) -> None:
+    """Two remotes whose objects could share keys (the same directory, bucket and prefix, or
+    one inside the other) are a config error: a delete through one would remove the other's
+    object."""
+    places = {name: _place(remote) for name, remote in remotes.items()}
+    for name, (store, prefix) in places.items():
+        for other, (other_store, other_prefix) in places.items():
+            if other < name and other_store == store and (
+                    prefix.startswith(other_prefix) or other_prefix.startswith(prefix)):
+                first, second = sorted((name, other), key=list(remotes).index)
+                raise ConfigError(f"remotes {first!r} and {second!r} overlap "
+                                  f"({remotes[first].display_url} and "
+                                  f"{remotes[second].display_url}): each remote needs a place "
+                                  "of its own")
 
 
 @contextlib.asynccontextmanager
@@ -87,6 +94,9 @@ def _place(remote: Remote) -> tuple[tuple[str, ...], str]:
         return ("file",), f"{remote.root.resolve()}/"
     assert isinstance(remote, S3Remote)
     endpoint = remote.settings.endpoint_url.rstrip("/").lower()
+    host = urlsplit(endpoint).hostname or ""
+    if not endpoint or host == "amazonaws.com" or host.endswith(".amazonaws.com"):
+        endpoint = "aws"  # bucket names are global there, whichever endpoint names it
     return ("s3", endpoint, remote.bucket), f"{remote.prefix}/" if remote.prefix else ""
 
 
