@@ -173,6 +173,7 @@ def build_app(settings: Settings) -> FastReads:
         # when the admin page changes it (the old one is closed at shutdown).
         remotes: dict[str, Remote] = {}
         retired: list[Remote] = []
+        runner: MoveRunner | None = None
         try:
             for warning in plan.check_recorded(store.settings, store.registry.reader):
                 log.warning("%s", warning)
@@ -209,6 +210,8 @@ def build_app(settings: Settings) -> FastReads:
             with anyio.CancelScope(shield=True):
                 for opened in retired:
                     await opened.close()
+            if runner is not None:
+                runner.close()
             store.close()
 
     return FastReads(Starlette(

@@ -421,18 +421,21 @@ async def _run_job_here(store: Store, job_id: int) -> None:
         workers = QueueWorkers(store, remotes)
         store.on_change = workers.wake
         runner = MoveRunner(store, remotes, workers.owner, workers.wake)
-        job = await anyio.to_thread.run_sync(runner.lease)
-        if job is None or job.id != job_id:
-            raise FilestoreError(f"job {job_id} is being run by another process")
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(workers.run)
-            tg.start_soon(_show_progress, store, job)
-            await runner.run_job(job)
-            # The remote deletes a move to local queued (and anything else due) run before
-            # this process goes; what waits for a retry is left to the next server.
-            while workers.in_flight or _work_due(store):
-                await anyio.sleep(0.1)
-            tg.cancel_scope.cancel()
+        try:
+            job = await anyio.to_thread.run_sync(runner.lease)
+            if job is None or job.id != job_id:
+                raise FilestoreError(f"job {job_id} is being run by another process")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(workers.run)
+                tg.start_soon(_show_progress, store, job)
+                await runner.run_job(job)
+                # The remote deletes a move to local queued (and anything else due) run before
+                # this process goes; what waits for a retry is left to the next server.
+                while workers.in_flight or _work_due(store):
+                    await anyio.sleep(0.1)
+                tg.cancel_scope.cancel()
+        finally:
+            runner.close()
         CacheGC(store.registry, store.local, store.settings.cache).collect()
 
 

@@ -202,6 +202,12 @@ class MoveRunner:
     def wake(self) -> None:
         self._wakeup.set()
 
+    def close(self) -> None:
+        """Close the worker threads' read connection (after the runner stopped)."""
+        if self._thread_reader is not None:
+            self._thread_reader.close()
+            self._thread_reader = None
+
     def _reader(self) -> sqlite3.Connection:
         """A read connection for this worker thread (the registry's own is the loop's)."""
         if self._thread_reader is None:
