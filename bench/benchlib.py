@@ -124,6 +124,17 @@ def mem_status(pid: int) -> MemStatus | None:
     return MemStatus(fields["VmRSS"], fields.get("VmHWM", 0))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process `pid` (all its threads) has used; 0.0 if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    # Fields after the command name (in parentheses, may hold spaces): utime, stime are 14, 15.
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_busy(seconds: float = 1.0) -> float:
     """Fraction of all CPUs' time that was not idle (steal included) over `seconds`: what other
     processes and the hypervisor take before this script starts any load of its own."""
@@ -524,13 +535,11 @@ def fmt_runs(values: Sequence[float], digits: int = 1) -> str:
     return ", ".join(f"{v:,.{digits}f}" for v in values)
 
 
-def add_output_options(parser: argparse.ArgumentParser, temp_holds: str, *,
-                       json_output: bool = True) -> None:
+def add_output_options(parser: argparse.ArgumentParser, temp_holds: str) -> None:
     """The options every benchmark shares: `--json PATH` for the results, `--keep` for the
     temp directory (which holds `temp_holds`)."""
-    if json_output:
-        parser.add_argument("--json", type=Path, default=None, metavar="PATH",
-                            help="also write the results as JSON to PATH")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
+                        help="also write the results as JSON to PATH")
     parser.add_argument("--keep", action="store_true",
                         help=f"keep the temp directory ({temp_holds})")
 

@@ -51,7 +51,7 @@ Usage
     python bench/gc.py [--quick] [--requests 200000] [--objects 20000] [--alpha 0.9]
                        [--cache-sizes 1,5,20] [--sample 5] [--flush-every 1000]
                        [--index-sizes 10k,100k,1m] [--evictions 2000] [--time-limit 20]
-                       [--seed 1] [--keep]
+                       [--seed 1] [--json PATH] [--keep]
 
 Stdlib and filestore only; nothing is served and nothing listens.
 """
@@ -72,6 +72,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from benchlib import (
     KIB,
@@ -79,6 +80,7 @@ from benchlib import (
     BenchError,
     add_output_options,
     apply_profile,
+    args_json,
     count_text,
     count_value,
     git_revision,
@@ -90,6 +92,7 @@ from benchlib import (
     run_main,
     size_text,
     verdict,
+    write_json,
 )
 
 from filestore.cache import index
@@ -167,7 +170,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="seconds of timed evictions per index size, after which timing "
                              "stops at the end of the batch (default 20; --quick 5)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    add_output_options(parser, "data directories, registries", json_output=False)
+    add_output_options(parser, "data directories, registries")
     args = parser.parse_args(argv)
     apply_profile(args, QUICK, FULL)
     if args.requests < 1 or args.objects < 1:
@@ -409,8 +412,8 @@ def measure_eviction(rows: int, args: argparse.Namespace, base: Path) -> EvictCo
 # -- report ---------------------------------------------------------------------------------------
 
 
-def hit_ratio_part(args: argparse.Namespace, base: Path) -> bool:
-    """Part 1: print the hit-ratio table; whether every size meets the target."""
+def hit_ratio_part(args: argparse.Namespace, base: Path) -> dict[str, Any]:
+    """Part 1: print the hit-ratio table; its figures for --json."""
     started = time.perf_counter()
     workload = make_workload(args)
     total = workload.total_bytes
@@ -426,6 +429,7 @@ def hit_ratio_part(args: argparse.Namespace, base: Path) -> bool:
              "evictions fs / LRU", "peak cache.bytes", "index rows at end", "fs s",
              "LRU s"]]
     all_ok = True
+    figures = []
     for percent in args.cache_sizes:
         budget = int(total * percent / 100)
         if budget < 1:
@@ -436,7 +440,15 @@ def hit_ratio_part(args: argparse.Namespace, base: Path) -> bool:
         if fs.peak_bytes > budget:
             raise BenchError(f"cache.bytes reached {fs.peak_bytes}, over the budget {budget}")
         fs_ratio, lru_ratio = fs.hits / args.requests, lru.hits / args.requests
-        all_ok &= fs_ratio >= HIT_RATIO_TARGET * lru_ratio
+        ok = fs_ratio >= HIT_RATIO_TARGET * lru_ratio
+        all_ok &= ok
+        figures.append({
+            "cache": f"{percent:g}%", "budget_bytes": budget,
+            "filestore": fs_ratio, "lru": lru_ratio, "ratio": fs_ratio / lru_ratio, "ok": ok,
+            "evictions": {"filestore": fs.evictions, "lru": lru.evictions},
+            "peak_bytes": fs.peak_bytes, "index_rows": fs.rows,
+            "seconds": {"filestore": fs.seconds, "lru": lru.seconds},
+        })
         rows.append([f"{percent:g}%", f"{budget / MIB:,.1f}", f"{fs_ratio:.4f}",
                      f"{lru_ratio:.4f}", ratio_text(fs_ratio, lru_ratio, 3),
                      f"{fs.evictions:,} / {lru.evictions:,}",
@@ -447,12 +459,14 @@ def hit_ratio_part(args: argparse.Namespace, base: Path) -> bool:
     print(f"filestore / LRU hit ratio {verdict(all_ok)} the target >= {HIT_RATIO_TARGET}x at "
           "every size; cache.bytes within budget and counters, index and cache area agree "
           "after every run")
-    print(f"part 1 took {time.perf_counter() - started:.1f} s")
-    return all_ok
+    seconds = time.perf_counter() - started
+    print(f"part 1 took {seconds:.1f} s")
+    return {"total_bytes": total, "distinct_objects": distinct, "target": HIT_RATIO_TARGET,
+            "ok": all_ok, "sizes": figures, "seconds": seconds}
 
 
-def eviction_part(args: argparse.Namespace, base: Path) -> bool:
-    """Part 2: print the eviction-cost table; whether it stays flat."""
+def eviction_part(args: argparse.Namespace, base: Path) -> dict[str, Any]:
+    """Part 2: print the eviction-cost table; its figures for --json."""
     started = time.perf_counter()
     print(f"2. Eviction cost, CacheGC._evict_one (sample {args.sample}), up to "
           f"{args.evictions:,} timed evictions per index (at most ~{args.time_limit:g} s), "
@@ -475,8 +489,11 @@ def eviction_part(args: argparse.Namespace, base: Path) -> bool:
     print(f"{count_text(largest.rows)} / {count_text(smallest.rows)}: "
           f"{ratio_text(largest.mean_us, smallest.mean_us, 3)} {verdict(flat)} the target: flat "
           f"(<= {FLAT_TARGET}x)")
-    print(f"part 2 took {time.perf_counter() - started:.1f} s")
-    return flat
+    seconds = time.perf_counter() - started
+    print(f"part 2 took {seconds:.1f} s")
+    return {"largest": count_text(largest.rows), "smallest": count_text(smallest.rows),
+            "ratio": largest.mean_us / smallest.mean_us, "target": FLAT_TARGET, "ok": flat,
+            "indexes": [dataclasses.asdict(cost) for cost in results], "seconds": seconds}
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -488,11 +505,23 @@ def run(args: argparse.Namespace, base: Path) -> int:
           f"{sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}, {nproc()} CPUs, git "
           f"{git_revision() or '?'}, data directories in {base}")
     print()
-    hit_ratio_part(args, base)
+    hits = hit_ratio_part(args, base)
     print()
-    eviction_part(args, base)
+    flat = eviction_part(args, base)
     print()
-    print(f"total {time.perf_counter() - started:.1f} s")
+    elapsed = time.perf_counter() - started
+    print(f"total {elapsed:.1f} s")
+    # "hits" and "flat" hold what bench/run.py reports; the rest is for a closer look.
+    write_json(args.json, {
+        "versions": {"python": sys.version.split()[0], "sqlite": sqlite3.sqlite_version,
+                     "git": git_revision()},
+        "cpus": nproc(),
+        "settings": {k: v for k, v in args_json(args).items() if k not in ("json", "keep")},
+        "hits": hits.pop("sizes"),
+        "hit_ratio": hits,
+        "flat": flat,
+        "elapsed_s": elapsed,
+    })
     return 0
 
 

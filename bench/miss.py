@@ -61,6 +61,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import os
 import selectors
 import socket
 import sqlite3
@@ -82,6 +83,7 @@ from benchlib import (
     Process,
     add_output_options,
     args_json,
+    cpu_seconds,
     filestore_command,
     filestore_env,
     filestore_settings,
@@ -491,6 +493,23 @@ class Results:
     cached: list[Timing] = dataclasses.field(default_factory=list)
     local: list[Timing] = dataclasses.field(default_factory=list)
     setup: dict[str, float] = dataclasses.field(default_factory=dict)
+    # CPU seconds each process used per cold GET (direct: moto and this process only).
+    direct_cpu: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    cold_cpu: list[dict[str, float]] = dataclasses.field(default_factory=list)
+
+
+class CpuMeter:
+    """CPU seconds used by named processes between two points (user + system, all threads)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+
+    def now(self) -> dict[str, float]:
+        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def since(self, before: dict[str, float]) -> dict[str, float]:
+        after = self.now()
+        return {name: after[name] - before[name] for name in self.pids}
 
 
 def write_payload(path: Path, size: int) -> str:
@@ -556,11 +575,19 @@ def measure(args: argparse.Namespace, fs: Filestore, moto: Moto, sha_cold: str, 
             cold_get("cold warm-up GET")
             evict(fs, COLD_PATH)
 
+            # The client is this process; the direct GET's hashing comes after its timing, the
+            # raw GET's too: both are in "client".
+            cpu = CpuMeter({"filestore": process.pid, "moto": moto.process.pid,
+                            "client": os.getpid()})
             for run in range(1, args.runs + 1):
+                used = cpu.now()
                 timing = runner.run(direct.get(key, size))
+                results.direct_cpu.append(cpu.since(used))
                 check_body(timing, sha_cold, f"direct GET {run}")
                 results.direct.append(timing)
+                used = cpu.now()
                 cold, gets = cold_get(f"cold GET {run}")
+                results.cold_cpu.append(cpu.since(used))
                 evict(fs, COLD_PATH)
                 results.cold.append(cold)
                 results.cold_moto_gets.append(gets)
@@ -650,6 +677,18 @@ def report(args: argparse.Namespace, results: Results, info: dict[str, Any]) -> 
           f"the download's SHA-256 is verified): median {c_gap:.1f} ms, each run "
           f"{fmt_runs([t.last_gap_ms or 0.0 for t in results.cold])}")
     print(f"GETs that reached moto per filestore cold GET: {results.cold_moto_gets}")
+    cpu_ms = {label: {name: med([c[name] for c in items]) * 1000 for name in items[0]}
+              for label, items in (("direct", results.direct_cpu),
+                                   ("filestore", results.cold_cpu))}
+    print()
+    print("CPU ms per cold GET (median; user + system of each process, from the request until "
+          "the fill was installed; clock ticks of 10 ms, so runs are coarse):")
+    rows = [["", "filestore process", "moto", "client (this process)", "all"]]
+    for label, title in (("direct", "direct aioboto3 GET"), ("filestore", "filestore cold GET")):
+        used = cpu_ms[label]
+        rows.append([title, f"{used['filestore']:.0f}", f"{used['moto']:.0f}",
+                     f"{used['client']:.0f}", f"{sum(used.values()):.0f}"])
+    print_rows(rows)
 
     crowd = results.crowd
     first = crowd[0]
@@ -736,6 +775,7 @@ def report(args: argparse.Namespace, results: Results, info: dict[str, Any]) -> 
                           "moto_gets": results.cold_moto_gets, "runs": timings(results.cold)},
             "ttfb_ratio": c_ttfb / d_ttfb, "total_ratio": c_total / d_total,
             "ttfb_limit_ms": ttfb_limit, "ttfb_ok": ttfb_ok, "total_ok": total_ok,
+            "cpu_ms": cpu_ms,
         },
         "concurrent": {
             "clients": len(crowd), "first_ttfb_ms": first.ttfb_ms,

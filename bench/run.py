@@ -2,16 +2,16 @@
 
 What it does
     Runs bench/serve.py, accel.py, upload.py, miss.py, gc.py, admin.py and rclone.py one after
-    the other, each as a subprocess with `--json` into a temp directory (gc.py writes no JSON:
-    its printed tables are read instead), with their shortest options under --quick or their
-    defaults otherwise. A script that fails (or is missing a tool: nginx, wrk, rclone) is
-    recorded as such and the others still run. Then it writes the report: the date, the
-    machine (cores, memory, CPU model, load average, how busy the CPUs were before and after),
-    the versions, and a table per benchmark: each figure beside its reference measured in the
-    same run (nginx for local serving, plain aioboto3 for transfers and misses, an exact LRU
-    for the GC, the 10-file store for the admin pages, rclone `serve http --vfs-cache-mode full`
-    over the same moto bucket for cold and warm reads), the ratio, the target and whether it
-    was met. Each script's own printout lands beside its JSON (kept with --keep).
+    the other, each as a subprocess with `--json` into a temp directory, with their shortest
+    options under --quick or their defaults otherwise. A script that fails (or is missing a
+    tool: nginx, wrk, rclone) is recorded as such and the others still run. Then it writes
+    the report: the date, the machine (cores, memory, CPU model, load average, how busy the
+    CPUs were before and after), the versions, and a table per benchmark: each figure beside
+    its reference measured in the same run (nginx for local serving, plain aioboto3 for
+    transfers and misses, an exact LRU for the GC, the 10-file store for the admin pages,
+    rclone `serve http --vfs-cache-mode full` over the same moto bucket for cold and warm
+    reads), the ratio, the target and whether it was met. Each script's own printout lands
+    beside its JSON (kept with --keep).
 
 Why
     A ratio against a reference taken minutes apart on the same machine says more than an
@@ -65,7 +65,6 @@ PROFILES: dict[str, tuple[list[str], list[str]]] = {
     "admin": (["--quick"], []),
     "rclone": (["--size", "1MiB", "--runs", "1", "--warm-runs", "2"], []),
 }
-NO_JSON = {"gc"}  # scripts without --json: their stdout is parsed
 TIMEOUT = {True: 900.0, False: 3600.0}  # seconds a script may take, quick / full
 
 
@@ -77,7 +76,7 @@ class Outcome:
     argv: list[str]
     status: int | None  # exit status; None: not run or timed out
     seconds: float
-    data: dict[str, Any] | None  # its JSON (gc: parsed from its output)
+    data: dict[str, Any] | None  # its JSON
     stdout: str
     stderr_tail: str
     note: str = ""  # why it did not run or failed
@@ -165,12 +164,8 @@ def versions() -> dict[str, str]:
 def run_script(name: str, quick: bool, work: Path) -> Outcome:
     options = PROFILES[name][0 if quick else 1]
     json_path = work / f"{name}.json"
-    argv = [sys.executable, str(BENCH / f"{name}.py"), *options]
-    if name not in NO_JSON:
-        argv += ["--json", str(json_path)]
-    shown = ["python", f"bench/{name}.py", *options]
-    if name not in NO_JSON:
-        shown += ["--json", f"<tmp>/{name}.json"]
+    argv = [sys.executable, str(BENCH / f"{name}.py"), *options, "--json", str(json_path)]
+    shown = ["python", f"bench/{name}.py", *options, "--json", f"<tmp>/{name}.json"]
     if name == "rclone" and find_tool("rclone") is None:
         return Outcome(name, shown, None, 0.0, None, "", "", "rclone is not installed")
     log(f"{name}: {' '.join(shown)}")
@@ -196,7 +191,7 @@ def run_script(name: str, quick: bool, work: Path) -> Outcome:
     note = ""
     if status == 0:
         try:
-            data = parse_gc(stdout) if name in NO_JSON else json.loads(json_path.read_text())
+            data = json.loads(json_path.read_text())
         except (OSError, ValueError) as exc:
             note = f"no results: {exc}"
     elif status is None:
@@ -205,22 +200,6 @@ def run_script(name: str, quick: bool, work: Path) -> Outcome:
         note = f"exit status {status}"
     log(f"{name}: {note or 'done'} in {seconds:.0f} s")
     return Outcome(name, shown, status, seconds, data, stdout, stderr_tail, note)
-
-
-_GC_HIT = re.compile(r"^(\d+%)\s+[\d.,]+\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x", re.MULTILINE)
-_GC_FLAT = re.compile(r"^(\S+) / (\S+): ([\d.]+)x (meets|MISSES)", re.MULTILINE)
-
-
-def parse_gc(stdout: str) -> dict[str, Any]:
-    """gc.py's figures from its tables: the hit ratios of each cache size and the eviction
-    cost of the largest index over the smallest."""
-    hits = [{"cache": m[1], "filestore": float(m[2]), "lru": float(m[3]), "ratio": float(m[4])}
-            for m in _GC_HIT.finditer(stdout)]
-    flat = _GC_FLAT.search(stdout)
-    if not hits or flat is None:
-        raise ValueError("gc.py's tables not found in its output")
-    return {"hits": hits, "flat": {"largest": flat[1], "smallest": flat[2],
-                                   "ratio": float(flat[3])}}
 
 
 # -- the figures of each script -------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 What is measured
     GET throughput of the same bytes (random files of each --sizes size, default 1 KiB, 64 KiB,
-    1 MiB, 32 MiB) from three servers on 127.0.0.1, one after the other:
+    1 MiB, 32 MiB) from three servers on 127.0.0.1, all running at once and measured in turns:
 
     1. nginx (one worker per core, sendfile, tcp_nopush, open_file_cache, no access log) with
        `root` = filestore's own `data_dir/files/`: the physical limit of this machine;
@@ -12,8 +12,10 @@ What is measured
        headers on every request.
 
     Each figure comes from `wrk -t2 -c32 -dDURATION URL` (`-c4` for 32 MiB), after an unrecorded
-    warm-up run, as the median over --runs runs. MB/s is payload only (req/s x file size, 10^6
-    bytes/s). Non-2xx responses (wrk counts status >= 400) and socket errors are counted as errors.
+    warm-up run, as the median over --runs runs; for each size, run 1 of every server is taken,
+    then run 2, and so on, so the figures a ratio compares are minutes apart at most. MB/s is
+    payload only (req/s x file size, 10^6 bytes/s). Non-2xx responses (wrk counts status >= 400)
+    and socket errors are counted as errors.
     Before measuring, every URL is fetched once and must return 200 and exactly the file's bytes.
 
     Streaming PUT memory: a body of --put-size bytes (default 1 GiB), generated on the fly from
@@ -701,18 +703,14 @@ def run(args: argparse.Namespace, work: Path, found_versions: dict[str, str]) ->
         if (files_root / f"{label}.bin").read_bytes() != data:
             raise BenchError(f"{files_root / f'{label}.bin'} does not hold the PUT bytes")
 
-    # 2. The three servers, one at a time, each measured over all sizes.
+    # 2. The three servers, all up at once; for each size their runs are taken in turns, so a
+    # ratio compares figures of the same minute on a machine shared with other work (an idle
+    # server costs the others nothing).
     results: dict[tuple[str, str], Measurement] = {}
     put_result: PutResult | None = None
     problems: list[str] = []
 
-    port = free_port()
-    nginx = nginx_server(args.nginx, work / "nginx", logs / "nginx.log", port, files_root)
-    with running(nginx):
-        for label, data in files.items():
-            results["nginx", label] = measure("nginx", port, f"/{label}.bin", label, data,
-                                              args, lua)
-
+    nginx = nginx_server(args.nginx, work / "nginx", logs / "nginx.log", free_port(), files_root)
     app_dir = work / "starlette"
     app_dir.mkdir()
     (app_dir / "bench_starlette_app.py").write_text(STARLETTE_APP)
@@ -725,21 +723,20 @@ def run(args: argparse.Namespace, work: Path, found_versions: dict[str, str]) ->
         logs / "starlette.log", {**os.environ, "BENCH_ROOT": str(files_root)},
         port=port, workers=args.workers,
     )
-    with running(starlette):
-        time.sleep(1)  # let every worker finish importing the app
-        for label, data in files.items():
-            results["starlette", label] = measure("starlette", port, f"/{label}.bin", label,
-                                                  data, args, lua)
-
     port = free_port()
-    env = serve_env(data_dir, port)
     filestore = Server("filestore", [*fs_cmd, "serve", "--workers", str(args.workers)],
-                       logs / "filestore.log", env, port=port, workers=args.workers)
-    with running(filestore):
-        time.sleep(1)
+                       logs / "filestore.log", serve_env(data_dir, port), port=port,
+                       workers=args.workers)
+    with running(nginx), running(starlette), running(filestore):
+        time.sleep(1)  # let every uvicorn worker finish importing its app
         for label, data in files.items():
-            results["filestore", label] = measure("filestore", port, f"/files/{label}.bin",
-                                                  label, data, args, lua)
+            found = measure_interleaved(
+                {"nginx": (nginx.port, f"/{label}.bin"),
+                 "starlette": (starlette.port, f"/{label}.bin"),
+                 "filestore": (filestore.port, f"/files/{label}.bin")},
+                label, data, args, lua)
+            for target, measurement in found.items():
+                results[target, label] = measurement
         if args.put_size:
             free = shutil.disk_usage(work).free
             if free < args.put_size + GIB:

@@ -327,3 +327,21 @@ def test_delete_while_its_upload_runs(make_server, moto, bucket):
         assert counters(server)["uploads.done"] == 0
     finally:
         proxy.close()
+
+
+def test_a_store_that_echoes_the_checksum_but_stores_less_is_not_trusted(
+        make_server, moto, bucket):
+    """moto answers a PutObject sent as application/x-www-form-urlencoded with our checksum
+    but stores an empty object (its web layer parses the body as a form). The upload's HEAD
+    sees the size differ: the upload fails, and the local bytes stay the only, served, copy."""
+    server = make_server(upload__delay="0s", **s3_overrides(moto, bucket))
+    body = os.urandom(100_000)
+    with server.client() as client:
+        reply = client.put("/files/form.bin", content=body,
+                           headers={"content-type": "application/x-www-form-urlencoded"})
+        assert reply.status_code == 201
+        row = wait_for(lambda: (lambda r: r if r is not None and r["last_error"] else None)(
+            queue_row(server, "form.bin")), timeout=20)
+        assert "stored 0 bytes, sent 100000" in row["last_error"]
+        assert file_row(server, "form.bin")["location"] == "local"
+        assert client.get("/files/form.bin").content == body

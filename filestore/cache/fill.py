@@ -4,10 +4,13 @@ The process that holds the object's fill lock (`lock.py`) runs a `Fill`: it writ
 `tmp/fill-<key>` (1 MiB blocks, write and SHA-256 in one thread call each), announcing progress
 after every block. Other processes serving the same object follow that file with a `ForeignFill`,
 which watches its size grow instead of being told. Readers (`FillBytes`) read what is written and
-wait for the rest; a response that ends with the object's last byte gets it only once the whole
-body's SHA-256 matched the registry, so a corrupt download never ends cleanly: its readers fail
-mid-body instead. A verified fill is installed into the cache area by its `install` callback
-(another name for the same inode); the temp name is removed either way.
+wait for the rest. A reader right behind the download takes its bytes from the last blocks,
+which the fill keeps in memory for it (reading them back would cost a zeroed buffer and a copy
+of every byte); one further behind reads the file. A response that ends with the object's last
+byte gets it only once the whole body's SHA-256 matched the registry, so a corrupt download
+never ends cleanly: its readers fail mid-body instead. A verified fill is installed into the
+cache area by its `install` callback (another name for the same inode); the temp name is removed
+either way.
 
 Everything here runs on the event loop's thread, except the blocks handed to a worker thread;
 `written`, `verified` and `error` change only on the loop, so readers check them without locks.
@@ -15,6 +18,7 @@ Everything here runs on the event loop's thread, except the blocks handed to a w
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import os
@@ -36,6 +40,10 @@ log = logging.getLogger("filestore.cache")
 
 # Blocks the download may run ahead of the writer: overlap, with memory bounded to a few MiB.
 _BLOCKS_AHEAD = 2
+# Blocks a fill keeps in memory after writing them, for the readers right behind it.
+_KEPT_BLOCKS = 2
+# Chunks in one block at most: one writev takes up to IOV_MAX (1024 on Linux) buffers.
+_MAX_PARTS = 512
 # How often a follower in another process looks at the fill's file. Reading the size is one
 # fstat, so a short interval costs little and keeps those clients close behind.
 _FOLLOW_INTERVAL = 0.005
@@ -68,6 +76,11 @@ class Filling:
         """A new fd of the fill's file, for one reader."""
         raise NotImplementedError
 
+    def recent(self, offset: int, length: int) -> memoryview | None:
+        """Up to `length` bytes at `offset` from the blocks just written, still in memory (no
+        read of the file); None when they are not."""
+        return None
+
 
 class Fill(Filling):
     """A download this process runs, holding the entry's fill lock."""
@@ -76,20 +89,49 @@ class Fill(Filling):
         super().__init__(record, tmp)
         self.lock = lock
         self._fd = fd  # the fill's own write fd
+        # The chunks of the last `_KEPT_BLOCKS` blocks written and the offset of each: readers
+        # that keep up with the download take their bytes from here, not from the file.
+        self._kept: list[bytes] = []
+        self._kept_at: list[int] = []
+        self._kept_blocks: list[int] = []  # chunks per kept block, oldest first
 
     def open_reader(self) -> int:
         # The name exists for as long as the fill is registered as running (see readthrough).
         return os.open(self.tmp, os.O_RDONLY | os.O_CLOEXEC)
 
+    def recent(self, offset: int, length: int) -> memoryview | None:
+        at = self._kept_at
+        if not at or offset < at[0]:
+            return None
+        index = bisect.bisect_right(at, offset) - 1
+        start = offset - at[index]
+        chunk = self._kept[index]
+        if start >= len(chunk):
+            return None  # beyond what is written
+        return memoryview(chunk)[start:start + length]
+
+    def _keep(self, block: list[bytes], offset: int) -> None:
+        """Remember a block just written (on the loop's thread), forgetting the oldest. The
+        chunks are the remote's `bytes`, never changed after: holding on to them is safe."""
+        for chunk in block:
+            self._kept.append(chunk)
+            self._kept_at.append(offset)
+            offset += len(chunk)
+        self._kept_blocks.append(len(block))
+        if len(self._kept_blocks) > _KEPT_BLOCKS:
+            drop = self._kept_blocks.pop(0)
+            del self._kept[:drop], self._kept_at[:drop]
+
     async def run(self, remote: Remote, install: Callable[[Fill], None], stall: float) -> None:
         """Download, verify, install. Never raises: the outcome is in `verified` / `error`.
 
-        Downloading and writing overlap: the download hands 1 MiB blocks to a writer task
-        through a channel of `_BLOCKS_AHEAD` blocks (so memory stays bounded), and the writer
-        writes and hashes each in one thread call while the next block arrives."""
+        Downloading and writing overlap: the download hands blocks of about 1 MiB (the store's
+        chunks as they came, never joined: no copy) to a writer task through a channel of
+        `_BLOCKS_AHEAD` blocks (so memory stays bounded), and the writer writes and hashes each
+        in one thread call while the next block arrives."""
         digest = hashlib.sha256()
         try:
-            send, receive = anyio.create_memory_object_stream[bytes](_BLOCKS_AHEAD)
+            send, receive = anyio.create_memory_object_stream[list[bytes]](_BLOCKS_AHEAD)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._writer, receive, digest)
                 async with send:
@@ -120,12 +162,14 @@ class Fill(Filling):
             if not self.finished:  # cancelled (the server stops): its readers must not wait
                 self.error = RemoteError(f"the download of {self.record.path!r} was stopped")
             os.close(self._fd)
+            self._kept, self._kept_at, self._kept_blocks = [], [], []
             self._announce()
 
-    async def _download(self, remote: Remote, blocks: MemoryObjectSendStream[bytes],
+    async def _download(self, remote: Remote, blocks: MemoryObjectSendStream[list[bytes]],
                         stall: float) -> None:
         chunks = remote.get(self.record.path).__aiter__()
-        buffer = bytearray()
+        block: list[bytes] = []
+        size = 0
         first = True
         while True:
             try:
@@ -136,30 +180,37 @@ class Fill(Filling):
             except TimeoutError:
                 raise RemoteUnavailable(
                     f"the download of {self.record.path!r} stalled for {stall:.0f}s") from None
-            buffer += chunk
+            block.append(chunk)
+            size += len(chunk)
             # 1 MiB blocks, except the first: it goes at once, so the first byte reaches the
             # clients as soon as the store sends it.
-            if len(buffer) >= CHUNK_SIZE or first:
-                await blocks.send(bytes(buffer))
-                buffer = bytearray()
-                first = False
-        if buffer:
-            await blocks.send(bytes(buffer))
+            if size >= CHUNK_SIZE or first or len(block) == _MAX_PARTS:
+                await blocks.send(block)
+                block, size, first = [], 0, False
+        if block:
+            await blocks.send(block)
 
-    async def _writer(self, blocks: MemoryObjectReceiveStream[bytes],
+    async def _writer(self, blocks: MemoryObjectReceiveStream[list[bytes]],
                       digest: hashlib._Hash) -> None:
         async with blocks:
             async for block in blocks:
-                await anyio.to_thread.run_sync(self._write_block, block, digest)
-                self.written += len(block)
+                size = await anyio.to_thread.run_sync(self._write_block, block, digest)
+                self._keep(block, self.written)
+                self.written += size
                 self._announce()
 
-    def _write_block(self, block: bytes, digest: hashlib._Hash) -> None:
-        """One thread call per block: write it, then hash it."""
-        view = memoryview(block)
-        while view:
-            view = view[os.write(self._fd, view):]
-        digest.update(block)
+    def _write_block(self, block: list[bytes], digest: hashlib._Hash) -> int:
+        """One thread call per block: write its chunks (one writev, no joining copy), then
+        hash them."""
+        size = sum(map(len, block))
+        written = os.writev(self._fd, block)
+        if written < size:  # a short write (rare: a full disk raises): the rest, joined
+            rest = memoryview(b"".join(block))[written:]
+            while rest:
+                rest = rest[os.write(self._fd, rest):]
+        for chunk in block:
+            digest.update(chunk)
+        return size
 
 
 class ForeignFill(Filling):
@@ -238,14 +289,16 @@ class FillBytes:
             return fill.written
         return min(fill.written, self.final)
 
-    async def read(self, length: int, offset: int) -> bytes | bytearray:
+    async def read(self, length: int, offset: int) -> bytes | bytearray | memoryview:
         while self.available() <= offset:
             if self.fill.error is not None:
                 # Mid-body: the response fails and the server cuts the connection, so the
                 # client never sees a clean end of a body that was not verified.
                 raise self.fill.error
             await self.fill.changed()
-        return await pread(self.fd, min(length, self.available() - offset), offset)
+        length = min(length, self.available() - offset)
+        kept = self.fill.recent(offset, length)
+        return kept if kept is not None else await pread(self.fd, length, offset)
 
     async def aclose(self) -> None:
         os.close(self.fd)
