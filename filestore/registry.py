@@ -51,6 +51,9 @@ class FileRecord:
     # raced a concurrent replacement and looks the row up again (see api.py).
     inode: int = 0
     remote: str | None = None  # the remote's name, once uploaded
+    # Hex MD5 of the bytes, taken while they were received (None: recorded without one, by
+    # recovery or before migration 5): an upload compares it with the store's ETag.
+    md5: str | None = None
 
     def public(self) -> dict[str, Any]:
         return {
@@ -344,7 +347,9 @@ def remote_counter_names(remote: str) -> RemoteCounters:
 
 def _migration_5(db: sqlite_utils.Database) -> None:
     """Files and bytes in the cloud per remote (storage plans send files to several): counters
-    named by `remote_counter_names`, created by the first file a remote receives."""
+    named by `remote_counter_names`, created by the first file a remote receives. And each
+    file's MD5, which a PUT computes anyway: an upload compares it with the store's ETag."""
+    db.table("files").add_column("md5", str)
     def bump(sign: str, row: str) -> str:
         return (
             f"INSERT INTO counters (name, value) VALUES ('files.remote.' || {row}.remote, "
@@ -388,7 +393,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _FILE_COLUMNS = (
-    "path, size, sha256, content_type, created, modified, location, version, inode, remote"
+    "path, size, sha256, content_type, created, modified, location, version, inode, remote, md5"
 )
 
 
@@ -498,7 +503,8 @@ class Registry:
 
     @staticmethod
     def upsert_file(conn: sqlite3.Connection, path: str, size: int, sha256: str,
-                    content_type: str, inode: int, now: float) -> tuple[bool, int]:
+                    content_type: str, inode: int, now: float,
+                    md5: str | None = None) -> tuple[bool, int]:
         """Record new content for `path`: (whether the path is new, its new version).
 
         Run inside `transaction()`."""
@@ -509,8 +515,8 @@ class Registry:
         if row is None:
             conn.execute(
                 "INSERT INTO files (path, size, sha256, content_type, created, modified, "
-                "location, version, inode) VALUES (?, ?, ?, ?, ?, ?, 'local', ?, ?)",
-                (path, size, sha256, content_type, now, now, version, inode),
+                "location, version, inode, md5) VALUES (?, ?, ?, ?, ?, ?, 'local', ?, ?, ?)",
+                (path, size, sha256, content_type, now, now, version, inode, md5),
             )
             return True, version
         # A replaced file is local again: its new bytes have not been uploaded anywhere. `remote`
@@ -518,9 +524,9 @@ class Registry:
         conn.execute(
             "UPDATE files SET size = ?, sha256 = ?, content_type = ?, modified = ?, inode = ?, "
             "location = 'local', version = ?, remote_etag = NULL, uploaded_at = NULL, "
-            "last_error = NULL "
+            "last_error = NULL, md5 = ? "
             "WHERE path = ?",
-            (size, sha256, content_type, now, inode, version, path),
+            (size, sha256, content_type, now, inode, version, md5, path),
         )
         return False, version
 

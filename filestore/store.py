@@ -39,7 +39,6 @@ from .registry import FileRecord, Intent, Registry
 log = logging.getLogger("filestore")
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
-__all__ = ["DEFAULT_REMOTE", "Store", "guess_content_type"]
 
 # Checks a PUT's preconditions against the current record (None: the path does not exist yet).
 Precondition = Callable[[FileRecord | None], None]
@@ -174,7 +173,7 @@ class Store:
                 inode = os.stat(received.tmp).st_ino
                 self.local.install(received.tmp, path)
                 created = self._record_put(conn, path, received.size, received.sha256, ctype,
-                                           inode)
+                                           inode, received.md5)
                 self.registry.remove_intent(conn, intent_id)
                 self._settle_intents(conn, path)
                 record = self.registry.get(path, conn)
@@ -196,12 +195,13 @@ class Store:
             raise
 
     def _record_put(self, conn: sqlite3.Connection, path: str, size: int, sha256: str,
-                    ctype: str, inode: int) -> bool:
+                    ctype: str, inode: int, md5: str | None = None) -> bool:
         """Record new bytes for `path` and queue their upload, in the caller's transaction:
         acknowledged means queued. True if the path is new."""
         now = time.time()
         previous = entries.get(conn, path)
-        created, version = self.registry.upsert_file(conn, path, size, sha256, ctype, inode, now)
+        created, version = self.registry.upsert_file(conn, path, size, sha256, ctype, inode, now,
+                                                     md5)
         route = self.route(path, ctype)
         if not route.upload and not entries.in_flight(previous, now):
             # The plan keeps it local: no upload, and an older copy in the cloud goes (as a

@@ -18,6 +18,7 @@ import uvicorn
 
 from filestore.app import build_app
 from filestore.config import load_settings
+from filestore.httpguard import GuardedHttpToolsProtocol
 
 
 def wait_for(condition: Any, timeout: float = 10.0, interval: float = 0.01) -> Any:
@@ -66,7 +67,8 @@ def tracebacks() -> Iterator[TracebackWatch]:
 
 
 class LiveServer:
-    """uvicorn serving `build_app(settings)` in a background thread until `stop()`."""
+    """uvicorn serving `build_app(settings)` in a background thread until `stop()`, with the
+    HTTP protocol `filestore serve` runs (httptools and its limits, see httpguard.py)."""
 
     def __init__(self, data_dir: Path, config: Path | None = None, **overrides: str) -> None:
         # No free-disk floors: a test must not depend on how full the machine's disk is.
@@ -76,7 +78,8 @@ class LiveServer:
         self.settings = load_settings(config, environ=env)
         self.app = build_app(self.settings)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=0, loop="asyncio",
-                                http="httptools", log_level="warning", access_log=False)
+                                http=GuardedHttpToolsProtocol, log_level="warning",
+                                access_log=False)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=asyncio.run, args=(self.server.serve(),),
                                        daemon=True)

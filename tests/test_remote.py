@@ -416,11 +416,18 @@ WRONG_SHA256 = base64.b64encode(b"\0" * 32).decode()
 @pytest.mark.parametrize(("put_answer", "head_answer"), [
     # the store's answer to the PUT reports another checksum: no HEAD needed to catch it
     pytest.param({"ChecksumSHA256": WRONG_SHA256}, {}, id="answer-checksum"),
-    # a store that reports no checksum in its answer: the HEAD is the check
-    pytest.param({"ChecksumSHA256": None}, {"ContentLength": 3}, id="head-size"),
-    pytest.param({"ChecksumSHA256": None}, {"ChecksumSHA256": WRONG_SHA256}, id="head-checksum"),
-    pytest.param({"ChecksumSHA256": None}, {"ChecksumSHA256": None, "ETag": '"other"'},
-                 id="head-etag"),
+    # an ETag that is not the MD5 of what was sent (a store that stored other bytes, or whose
+    # ETags are no MD5s, as with SSE-KMS), with no checksum in the answer: the HEAD is the check
+    pytest.param({"ChecksumSHA256": None, "ETag": '"opaque"'}, {"ContentLength": 3},
+                 id="head-size"),
+    pytest.param({"ChecksumSHA256": None, "ETag": '"opaque"'},
+                 {"ChecksumSHA256": WRONG_SHA256}, id="head-checksum"),
+    pytest.param({"ChecksumSHA256": None, "ETag": '"opaque"'},
+                 {"ChecksumSHA256": None, "ETag": '"other"'}, id="head-etag"),
+    # our checksum echoed, but the ETag is the MD5 of an empty body (moto, for a body it took
+    # for a form): the HEAD finds the size differs
+    pytest.param({"ETag": '"d41d8cd98f00b204e9800998ecf8427e"'}, {"ContentLength": 0},
+                 id="echoed-checksum-empty-object"),
 ])
 async def test_s3_put_verification_catches_a_store_that_differs(
         moto: Any, bucket: str, sources: Sources, tmp_path: Path,

@@ -25,12 +25,13 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from ..config import DEFAULT_REMOTE
 from ..errors import FilestoreError, RemoteError, RemoteIntegrityError, RemoteNotFound
 from ..fsutil import fsync_dir
 from ..registry import FileRecord
 from ..remote import Remote
 from ..responses import ByteSource, LocalBytes
-from ..store import DEFAULT_REMOTE, Store
+from ..store import Store
 from . import index
 from .fill import Fill, FillBytes, Filling, ForeignFill
 from .gc import CacheGC

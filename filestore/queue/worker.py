@@ -185,7 +185,7 @@ class QueueWorkers:
         generation = self.remote_generation
         with source:
             uploaded = await remote.put(entry.path, source, record.size, record.sha256,
-                                        record.content_type)
+                                        record.content_type, record.md5)
         await anyio.to_thread.run_sync(self._record_upload, entry, remote, uploaded.etag,
                                        generation)
         self.store.on_cached()  # the uploaded bytes (usually) moved into the cache area

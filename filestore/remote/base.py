@@ -38,9 +38,10 @@ class Remote(Protocol):
         ...
 
     async def put(self, path: str, source: BinaryIO, size: int, sha256: str,
-                  content_type: str) -> RemoteObject:
-        """Upload the open file `source` (`size` bytes with this `sha256`) and verify the stored
-        copy (size and checksum) before returning; raise `RemoteIntegrityError` if it differs."""
+                  content_type: str, md5: str | None = None) -> RemoteObject:
+        """Upload the open file `source` (`size` bytes with this `sha256`, and this hex `md5`
+        when known) and verify the stored copy (size and checksum) before returning; raise
+        `RemoteIntegrityError` if it differs."""
         ...
 
     def get(self, path: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:

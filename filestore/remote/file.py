@@ -49,7 +49,7 @@ class FileRemote:
         return await anyio.to_thread.run_sync(clean)
 
     async def put(self, path: str, source: BinaryIO, size: int, sha256: str,
-                  content_type: str) -> RemoteObject:
+                  content_type: str, md5: str | None = None) -> RemoteObject:
         return await anyio.to_thread.run_sync(self._put, path, source, size, sha256)
 
     def _put(self, path: str, source: BinaryIO, size: int, sha256: str) -> RemoteObject:

@@ -181,7 +181,7 @@ class S3Remote:
     # -- upload -----------------------------------------------------------------------------------
 
     async def put(self, path: str, source: BinaryIO, size: int, sha256: str,
-                  content_type: str) -> RemoteObject:
+                  content_type: str, md5: str | None = None) -> RemoteObject:
         key = self.key_for(path)
         what = f"upload of {path!r} to {self.display_url}"
         with _translated(what):
@@ -189,20 +189,27 @@ class S3Remote:
                 response = await self._put_multipart(key, source, size, sha256, content_type)
                 expected = response["expected"]
             else:
+                if md5 is None:  # recorded without one: one pass over the bytes
+                    md5 = await anyio.to_thread.run_sync(_md5_of, source, size)
                 source.seek(0)
                 expected = _b64(bytes.fromhex(sha256))
                 response = await self._client.put_object(
                     Bucket=self.bucket, Key=key, Body=source, ContentLength=size,
                     ContentType=content_type, ChecksumAlgorithm="SHA256", ChecksumSHA256=expected,
+                    ContentMD5=_b64(bytes.fromhex(md5)),
                 )
             etag = response.get("ETag", "")
             confirmed = response.get("ChecksumSHA256")
             if confirmed is not None and confirmed.split("-")[0] != expected:
                 raise RemoteIntegrityError(f"{what}: stored checksum {confirmed}, sent {expected}")
-            # S3 checks the checksum against the bytes it received before answering (BadDigest),
-            # but a store may echo the header without checking it: moto stores an empty object
-            # for a body sent as application/x-www-form-urlencoded and still answers with our
-            # checksum. So a HEAD confirms the stored size too, before the local bytes may go.
+            # S3 checks both digests against the bytes it received before answering (BadDigest),
+            # but a store may echo the checksum header without checking it: moto stores an empty
+            # object for a body sent as application/x-www-form-urlencoded and still answers with
+            # our checksum. A single-part object's ETag is the MD5 the store computed of what it
+            # stored: equal to ours, that is the proof. Otherwise (a multipart upload, or a store
+            # whose ETags are not MD5s, as with SSE-KMS) a HEAD confirms the stored size.
+            if size <= self.settings.multipart_threshold and etag.strip('"') == md5:
+                return RemoteObject(path, size, etag=etag, sha256=sha256)
             head = await self._client.head_object(Bucket=self.bucket, Key=key,
                                                   ChecksumMode="ENABLED")
         stored = head.get("ChecksumSHA256")
@@ -244,8 +251,9 @@ class S3Remote:
                     offset = (number - 1) * part_size
                     length = min(part_size, size - offset)
                     await hashed[number - 1].wait()
-                    digest = await anyio.to_thread.run_sync(_hash_range, fd, offset, length,
-                                                            whole)
+                    part = hashlib.sha256()
+                    await anyio.to_thread.run_sync(_hash_range, fd, offset, length, part, whole)
+                    digest = part.digest()
                     hashed[number].set()
                     digests[number - 1] = digest
                     response = await self._client.upload_part(
@@ -354,20 +362,29 @@ class S3Remote:
                                        etag=item.get("ETag", ""))
 
 
-def _hash_range(fd: int, offset: int, length: int, whole: Any) -> bytes:
-    """SHA-256 of `length` bytes of `fd` from `offset`, also fed to the `whole`-file hash: one
-    thread call, 1 MiB reads."""
-    digest = hashlib.sha256()
+def _md5_of(source: BinaryIO, size: int) -> str:
+    """Hex MD5 of the first `size` bytes of `source`, read in 1 MiB blocks (a worker thread)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    source.seek(0)
+    left = size
+    while left > 0 and (block := source.read(min(CHUNK_SIZE, left))):
+        digest.update(block)
+        left -= len(block)
+    return digest.hexdigest()
+
+
+def _hash_range(fd: int, offset: int, length: int, *digests: Any) -> None:
+    """Feed `length` bytes of `fd` from `offset` to each of `digests`: one thread call, 1 MiB
+    reads."""
     done = 0
     while done < length:
         block = os.pread(fd, min(CHUNK_SIZE, length - done), offset + done)
         if not block:
             raise RemoteError("the local file is shorter than its recorded size; "
                               "run filestore verify")
-        digest.update(block)
-        whole.update(block)
+        for digest in digests:
+            digest.update(block)
         done += len(block)
-    return digest.digest()
 
 
 def _first_error(group: BaseExceptionGroup[Any]) -> BaseException:
