@@ -80,11 +80,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._deadline = None  # the pending timer, if any, finds nothing to do
+        # What comes next is the next request's head. Not when the response completes: an
+        # early answer (a 507 to a body still streaming in) comes before the body's end, and
+        # the rest of the body is no head to count.
+        self._in_head = True
         super().on_message_complete()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._in_head = True  # the next request's head on a kept-alive connection
 
     def _arm(self, seconds: float) -> None:
         deadline = self._deadline = self.loop.time() + seconds
