@@ -175,7 +175,8 @@ def build_app(settings: Settings) -> FastReads:
         retired: list[Remote] = []
         runner: MoveRunner | None = None
         try:
-            for warning in plan.check_recorded(store.settings, store.registry.reader):
+            warnings = plan.check_recorded(store.settings, store.registry.reader)
+            for warning in warnings if store.alone else ():  # once, not per worker process
                 log.warning("%s", warning)
             remotes.update(open_remotes(store.settings))
             for remote in remotes.values():

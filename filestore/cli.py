@@ -105,11 +105,10 @@ def serve(settings: Settings, host: str | None, port: int | None, workers: int |
     store = Store(settings)  # creates the data directory and the token before workers start
     try:
         token_created = store.token_created
-        warnings = plan.check_recorded(store.settings, store.registry.reader)
+        # Refused here with one line; its warnings are logged once by the first worker.
+        plan.check_recorded(store.settings, store.registry.reader)
     finally:
         store.close()
-    for warning in warnings:
-        click.echo(f"filestore: warning: {warning}", err=True)
     anyio.run(_check_remotes, store.settings)  # the remotes in effect (the admin page may have
     # changed them)
     host = host or settings.server.host

@@ -14,7 +14,6 @@ goes again (see `queue/worker.py`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -24,9 +23,9 @@ import anyio
 
 from . import overrides
 from .config import DEFAULT_REMOTE, RemoteSettings, Settings, override
-from .errors import BadRequest, ConfigError, FilestoreError
+from .errors import BadRequest, ConfigError
 from .probe import ProbeResult, probe
-from .remote import Remote, check_apart, open_remote
+from .remote import Remote, display_url, open_remote, open_remotes
 from .store import Store
 
 if TYPE_CHECKING:
@@ -151,24 +150,14 @@ async def save(store: Store, reloader: SettingsReloader | None,
 def _check_places(settings: Settings) -> None:
     """The remotes must stay apart, as at start (`open_remotes`): one moved onto another's
     bucket and prefix would delete its objects as "older copies". A 400 naming them."""
-    opened = {}
-    for name, remote_settings in settings.named_remotes().items():
-        with contextlib.suppress(ConfigError):  # a bad URL is the probe's to report
-            opened[name] = open_remote(name, remote_settings, settings.data_dir)
     try:
-        check_apart(opened)
+        open_remotes(settings, skip_invalid=True)
     except ConfigError as exc:
         raise BadRequest(exc.detail) from None
 
 
 def _where(settings: Settings, name: str) -> str:
-    """Where a remote of the settings points, safe to show (settings the probe will refuse
-    show as given)."""
-    remote_settings = settings.named_remotes()[name]
-    try:
-        return open_remote(name, remote_settings, settings.data_dir).display_url
-    except FilestoreError:
-        return remote_settings.url
+    return display_url(name, settings.named_remotes()[name], settings.data_dir)
 
 
 def _merge(saved: dict[str, dict[str, str]],

@@ -19,7 +19,7 @@ from typing import Any
 from .config import DEFAULT_REMOTE, PlanRule, Settings, parse_duration, value_text
 from .errors import ConfigError
 from .registry import remote_counter_names
-from .remote import open_remote
+from .remote import display_url
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,10 +116,7 @@ def overview(settings: Settings, conn: sqlite3.Connection) -> dict[str, Any]:
     remotes = {}
     for name, remote_settings in settings.named_remotes().items():
         names = remote_counter_names(name)
-        try:
-            url = open_remote(name, remote_settings, settings.data_dir).display_url
-        except ConfigError:
-            url = remote_settings.url
+        url = display_url(name, remote_settings, settings.data_dir)
         remotes[name] = {"url": url, "files": counters.get(names.files, 0),
                          "bytes": counters.get(names.bytes, 0),
                          "rules": [n for n, rule in enumerate(settings.plan, 1)

@@ -15,16 +15,31 @@ from .base import Remote, RemoteObject
 from .file import FileRemote
 from .s3 import S3Remote
 
-__all__ = ["Remote", "RemoteObject", "check_apart", "connected_remotes", "open_remote",
-           "open_remotes"]
+__all__ = ["Remote", "RemoteObject", "check_apart", "connected_remotes", "display_url",
+           "open_remote", "open_remotes"]
 
 
-def open_remotes(settings: Settings) -> dict[str, Remote]:
-    """Every configured remote by name (not yet connected), checked to be apart."""
-    remotes = {name: open_remote(name, remote_settings, settings.data_dir)
-               for name, remote_settings in settings.named_remotes().items()}
+def open_remotes(settings: Settings, *, skip_invalid: bool = False) -> dict[str, Remote]:
+    """Every configured remote by name (not yet connected), checked to be apart. With
+    `skip_invalid`, a remote whose URL is refused is left out instead of raising (an admin
+    save: the probe reports it, step by step)."""
+    remotes = {}
+    for name, remote_settings in settings.named_remotes().items():
+        try:
+            remotes[name] = open_remote(name, remote_settings, settings.data_dir)
+        except ConfigError:
+            if not skip_invalid:
+                raise
     check_apart(remotes)
     return remotes
+
+
+def display_url(name: str, settings: RemoteSettings, data_dir: Path) -> str:
+    """Where a remote points, safe to show; a URL that `open_remote` refuses shows as given."""
+    try:
+        return open_remote(name, settings, data_dir).display_url
+    except ConfigError:
+        return settings.url
 
 
 def check_apart(remotes: dict[str, Remote]) -> None:
