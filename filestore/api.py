@@ -124,8 +124,7 @@ async def _open_current(store: Store, path: str) -> tuple[FileRecord, int | None
             stat = os.fstat(fd)
             if stat.st_ino == record.inode:
                 return record, fd, cached
-            writing = store.registry.reader.execute(
-                "SELECT 1 FROM intents WHERE path = ? LIMIT 1", (path,)).fetchone() is not None
+            writing = store.registry.read.intents.writing(path)
             if not writing and attempt >= 2 and stat.st_size == record.size:
                 return record, fd, cached
             os.close(fd)

@@ -175,7 +175,7 @@ def build_app(settings: Settings) -> FastReads:
         retired: list[Remote] = []
         runner: MoveRunner | None = None
         try:
-            warnings = plan.check_recorded(store.settings, store.registry.reader)
+            warnings = plan.check_recorded(store.settings, store.registry.read)
             for warning in warnings if store.alone else ():  # once, not per worker process
                 log.warning("%s", warning)
             remotes.update(open_remotes(store.settings))

@@ -10,7 +10,6 @@ import contextlib
 import functools
 import json
 import os
-import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -27,11 +26,10 @@ from .config import CONFIG_ENV, Settings, load_settings, parse_duration, value_t
 from .datadir import DataDir
 from .errors import ConfigError, FilestoreError
 from .importer import ImportReport, candidates, import_one, prune_empty
-from .queue import entries, jobs, moves
-from .queue.jobs import Job
+from .queue import moves
 from .queue.moves import MoveRunner
 from .queue.worker import QueueWorkers
-from .registry import Registry
+from .registry import SETTINGS_SCHEMA, Job, SqliteRegistry, in_flight
 from .remote import connected_remotes, open_remotes
 from .restore import restore_registry
 from .stats import figures, report, size_text
@@ -106,7 +104,7 @@ def serve(settings: Settings, host: str | None, port: int | None, workers: int |
     try:
         token_created = store.token_created
         # Refused here with one line; its warnings are logged once by the first worker.
-        plan.check_recorded(store.settings, store.registry.reader)
+        plan.check_recorded(store.settings, store.registry.read)
     finally:
         store.close()
     anyio.run(_check_remotes, store.settings)  # the remotes in effect (the admin page may have
@@ -219,7 +217,7 @@ def plan_check(settings: Settings, path: str, content_type: str | None, as_json:
     with opened_store(settings) as store:
         remotes = open_remotes(store.settings)  # validated, not connected
         route = store.route(path, content_type)
-        record = store.registry.get(path)
+        record = store.registry.read.files.get(path)
     rule = store.settings.plan[route.rule - 1] if route.rule is not None else None
     answer = {"path": path, "content_type": content_type, **route.public(),
               "rule_text": plan.describe(rule) if rule is not None else None,
@@ -254,7 +252,7 @@ def _after(seconds: float) -> str:
 def plan_show(settings: Settings, as_json: bool) -> None:
     """The remotes (with the files and bytes each holds) and the rules, in order."""
     with opened_store(settings) as store:
-        described = plan.overview(store.settings, store.registry.reader)
+        described = plan.overview(store.settings, store.registry.read)
     if as_json:
         click.echo(json.dumps(described, indent=2))
         return
@@ -278,7 +276,7 @@ def settings_group() -> None:
 def settings_show(settings: Settings, as_json: bool) -> None:
     """The settings the admin page can change, and which of them it saved."""
     with opened_store(settings) as store:
-        described = overrides.describe(store.settings, overrides.saved(store.registry.reader))
+        described = overrides.describe(store.settings, overrides.saved(store.registry.read))
     if as_json:
         click.echo(json.dumps(overrides.nest(described), indent=2))
         return
@@ -299,13 +297,13 @@ def settings_reset(settings: Settings, force: bool) -> None:
     path = DataDir(settings.data_dir).registry_path
     if not path.exists():
         raise ConfigError(f"no registry at {path}: nothing was saved")
-    registry = Registry(path)
+    registry = SqliteRegistry(path)
     try:
-        with registry.transaction() as conn:
+        if registry.schema_version() < SETTINGS_SCHEMA:  # a registry from before the admin page
+            raise ConfigError("nothing was saved from the admin page")
+        with registry.transaction() as tx:
             try:
-                current = overrides.effective(settings, conn)
-            except sqlite3.OperationalError:  # a registry from before the admin page
-                raise ConfigError("nothing was saved from the admin page") from None
+                current = overrides.effective(settings, tx)
             except ConfigError:
                 if not force:
                     raise
@@ -313,9 +311,9 @@ def settings_reset(settings: Settings, force: bool) -> None:
             for name in overrides.moved_remotes(current, settings):
                 if not force:
                     where = current.named_remotes()[name].url or "the default remote"
-                    overrides.refuse_stranding(conn, name, where)
-                overrides.forget_old_copies(conn, name)
-            count = overrides.reset(conn)
+                    overrides.refuse_stranding(tx, name, where)
+                tx.files.forget_copies_in(name)
+            count = tx.settings.reset()
     finally:
         registry.close()
     click.echo(f"settings: forgot {count} saved value{'' if count == 1 else 's'}")
@@ -395,7 +393,7 @@ def _move(settings: Settings, kind: str, delete_remote: bool, wait: bool) -> Non
         try:
             if served:
                 with JobProgress(job) as progress:
-                    while progress.show(jobs.get(store.registry.reader, job.id)):
+                    while progress.show(store.registry.read.jobs.get(job.id)):
                         time.sleep(0.5)
             else:
                 anyio.run(_run_job_here, store, job.id)
@@ -406,7 +404,7 @@ def _move(settings: Settings, kind: str, delete_remote: bool, wait: bool) -> Non
                 moves.cancel(store, job.id)
                 click.echo(f"\n{kind}: job {job.id} cancelled (no server runs to carry it on)")
             sys.exit(130)
-        final = jobs.get(store.registry.reader, job.id)
+        final = store.registry.read.jobs.get(job.id)
     click.echo(f"{kind}: job {final.id} {final.state}: {final.done:,} files "
                f"({size_text(final.bytes)}), {final.errors:,} errors"
                + (f"; last error: {final.last_error}" if final.last_error else ""))
@@ -441,13 +439,13 @@ async def _run_job_here(store: Store, job_id: int) -> None:
 def _work_due(store: Store) -> bool:
     if not store.settings.upload.enabled:
         return False  # nothing would take it
-    due = entries.next_due(store.registry.reader, time.time())
+    due = store.registry.read.queue.next_due(time.time())
     return due is not None and due <= time.time()
 
 
 async def _show_progress(store: Store, job: Job) -> None:
     with JobProgress(job) as progress:
-        while progress.show(jobs.get(store.registry.reader, job.id)):
+        while progress.show(store.registry.read.jobs.get(job.id)):
             await anyio.sleep(0.5)
 
 
@@ -496,11 +494,11 @@ def queue_list(settings: Settings, failed: bool, as_json: bool) -> None:
     with opened_store(settings) as store:
         if as_json:
             click.echo("[")
-        for n, entry in enumerate(entries.listing(store.registry.reader, failed)):
+        for n, entry in enumerate(store.registry.read.queue.listing(failed)):
             if as_json:
                 item = {"path": entry.path, "op": entry.op, "state": entry.state,
                         "attempts": entry.attempts, "due": entry.not_before,
-                        "in_flight": entries.in_flight(entry, time.time()),
+                        "in_flight": in_flight(entry, time.time()),
                         "last_error": entry.last_error}
                 click.echo(("," if n else "") + json.dumps(item))
             else:
@@ -521,8 +519,8 @@ def queue_retry(settings: Settings, path: str | None, every: bool) -> None:
     within a minute."""
     if (path is None) == (not every):
         raise click.UsageError("give a PATH or --all, not both")
-    with opened_store(settings) as store, store.registry.transaction() as conn:
-        count = entries.retry(conn, None if every else paths.normalize(path or ""),
+    with opened_store(settings) as store, store.registry.transaction() as tx:
+        count = tx.queue.retry(None if every else paths.normalize(path or ""),
                               time.time())
     click.echo(f"queue: {count} failed entr{'y' if count == 1 else 'ies'} due again")
     if path is not None and count == 0:
@@ -535,8 +533,8 @@ def queue_retry(settings: Settings, path: str | None, every: bool) -> None:
 def queue_drop(settings: Settings, path: str) -> None:
     """Forget a path's queued work. A dropped upload leaves the file local until it is
     written again or moved to the cloud; a dropped remote delete leaves the remote copy."""
-    with opened_store(settings) as store, store.registry.transaction() as conn:
-        dropped = entries.drop(conn, paths.normalize(path))
+    with opened_store(settings) as store, store.registry.transaction() as tx:
+        dropped = tx.queue.drop(paths.normalize(path))
     click.echo(f"queue: {'dropped' if dropped else 'nothing queued for'} {path}")
     if not dropped:
         sys.exit(1)
@@ -619,7 +617,7 @@ def _verify(settings: Settings, check_remote: bool, repair: bool, as_json: bool)
         if as_json:
             result = Verifier(store, repair=repair, remote=view).run()
         else:
-            with click.progressbar(length=store.registry.counters().get("files", 0),
+            with click.progressbar(length=store.registry.read.counters.all().get("files", 0),
                                    label="verifying", file=sys.stderr) as bar:
                 result = Verifier(store, repair=repair, remote=view, progress=bar.update).run()
     if as_json:

@@ -38,8 +38,8 @@ async def healthz(request: Request) -> Response:
 
 
 def _registry_check(store: Store) -> dict[str, Any]:
-    with store.registry.transaction() as conn:
-        conn.execute("SELECT 1").fetchone()
+    with store.registry.transaction() as tx:
+        tx.ping()
     return {"ok": True}
 
 

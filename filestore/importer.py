@@ -71,7 +71,7 @@ def import_one(store: Store, candidate: Candidate, prefix: str, report: ImportRe
     with `move`, delete the source once the store holds its bytes."""
     try:
         path = paths.normalize(prefix + candidate.relative)
-        existing = store.registry.get(path)
+        existing = store.registry.read.files.get(path)
         if existing is not None and existing.size == candidate.size:
             report.already += 1
             if move:

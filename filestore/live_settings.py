@@ -80,10 +80,10 @@ class SettingsReloader:
     async def apply(self) -> None:
         """Take up settings saved since the last look (by this process or another)."""
         async with self._lock:
-            current = overrides.generation(self.store.registry.reader)
+            current = self.store.registry.read.settings.generation()
             if current == self.seen:
                 return
-            settings = overrides.effective(self.store.base_settings, self.store.registry.reader)
+            settings = overrides.effective(self.store.base_settings, self.store.registry.read)
             if current[1] != self.seen[1]:
                 for name, remote_settings in settings.named_remotes().items():
                     if self.opened_with.get(name) != remote_settings:
@@ -113,7 +113,7 @@ async def save(store: Store, reloader: SettingsReloader | None,
     test's result either way. Bad keys or values are a 400 before anything is tested; settings
     that leave the remote as it is need no test (uploads can be paused while the store is down).
     """
-    base, reader = store.base_settings, store.registry.reader
+    base, reader = store.base_settings, store.registry.read
     texts = overrides.check_changes(store.settings, changes)
     current = overrides.effective(base, reader)  # the registry's, not this process's copy
     proposed = override(base, _merge(overrides.saved(reader), texts), overrides.ORIGIN)
@@ -129,15 +129,15 @@ async def save(store: Store, reloader: SettingsReloader | None,
             return tested
 
     def write() -> None:
-        with store.registry.transaction() as conn:
+        with store.registry.transaction() as tx:
             # Decided again under the write lock: another process may have saved meanwhile.
-            now = overrides.effective(base, conn)
-            after = override(base, _merge(overrides.saved(conn), texts), overrides.ORIGIN)
+            now = overrides.effective(base, tx)
+            after = override(base, _merge(overrides.saved(tx), texts), overrides.ORIGIN)
             _check_places(after)
             for name in overrides.moved_remotes(now, after):
-                overrides.refuse_stranding(conn, name, _where(now, name))
-                overrides.forget_old_copies(conn, name)
-            overrides.save(conn, texts, bool(overrides.changed_remotes(now, after)))
+                overrides.refuse_stranding(tx, name, _where(now, name))
+                tx.files.forget_copies_in(name)
+            tx.settings.save(texts, bool(overrides.changed_remotes(now, after)))
 
     await anyio.to_thread.run_sync(write)
     if reloader is not None:

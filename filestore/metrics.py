@@ -290,7 +290,7 @@ class RegistryCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         store = self.store
-        counters = store.registry.counters()
+        counters = store.registry.read.counters.all()
         files = GaugeMetricFamily("filestore_files", "Files by where their bytes are",
                                   labels=("location",))
         size = GaugeMetricFamily("filestore_files_bytes", "Bytes of files by where they are",
@@ -355,12 +355,8 @@ class RegistryCollector:
         yield from families.values()
 
     def _oldest_due(self) -> Iterable[tuple[str, float | None]]:
-        conn = self.store.registry.reader
         for op in ("upload", "delete"):
-            # One seek in the (state, op, not_before) index, whatever the queue's length.
-            row = conn.execute("SELECT MIN(not_before) FROM queue WHERE state = 'pending' "
-                               "AND op = ?", (op,)).fetchone()
-            yield op, row[0]
+            yield op, self.store.registry.read.queue.oldest_due(op)
 
 
 def exposition(store: Store) -> bytes:

@@ -11,8 +11,6 @@ compares it each second and reloads (see `app.py`).
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,7 +23,7 @@ from .config import (
     value_text,
 )
 from .errors import BadRequest, ConfigError, Conflict
-from .registry import remote_counter_names
+from .registry import Tables, remote_counter_names
 
 # What the page may change: {section: keys}. Each named remote of the config ([remotes.NAME]) is
 # editable too, as the section "remotes.NAME" (see `editable`).
@@ -55,43 +53,35 @@ def remote_of(section: str) -> str | None:
     return name if name != section else None
 
 
-def saved(conn: sqlite3.Connection) -> dict[str, dict[str, str]]:
+def saved(tx: Tables) -> dict[str, dict[str, str]]:
     """The values saved from the page, {section: {key: text}}."""
     found: dict[str, dict[str, str]] = {}
-    for section, key, value in conn.execute("SELECT section, key, value FROM settings"):
+    for section, key, value in tx.settings.all():
         keys = REMOTE_KEYS if remote_of(section) else EDITABLE.get(section, ())
         if key in keys:
             found.setdefault(section, {})[key] = value
     return found
 
 
-def generation(conn: sqlite3.Connection) -> tuple[int, int]:
-    """(settings.generation, remote.generation): they move whenever a save changes settings."""
-    rows = dict(conn.execute("SELECT name, value FROM counters WHERE name IN "
-                             "('settings.generation', 'remote.generation')").fetchall())
-    return rows.get("settings.generation", 0), rows.get("remote.generation", 0)
 
 
-def effective(base: Settings, conn: sqlite3.Connection) -> Settings:
+def effective(base: Settings, tx: Tables) -> Settings:
     """The config's settings with the saved ones laid over them. A saved value the config
     would now refuse (the parsers grew stricter) is an error naming it, not a silent default."""
     # A remote saved here that the config no longer names is forgotten with it.
     known = editable(base)
     try:
-        return override(base, {section: values for section, values in saved(conn).items()
+        return override(base, {section: values for section, values in saved(tx).items()
                                if section in known}, ORIGIN)
     except ConfigError as exc:
         raise ConfigError(f"{exc.detail} (saved from the admin page; fix it there or with "
                           "`filestore settings reset`)") from None
 
 
-def snapshot(base: Settings, conn: sqlite3.Connection) -> tuple[Settings, tuple[int, int]]:
+def snapshot(base: Settings, tx: Tables) -> tuple[Settings, tuple[int, int]]:
     """The effective settings and the generation they belong to, from one read transaction."""
-    conn.execute("BEGIN")
-    try:
-        return effective(base, conn), generation(conn)
-    finally:
-        conn.execute("COMMIT")
+    with tx.snapshot():
+        return effective(base, tx), tx.settings.generation()
 
 
 def check_changes(current: Settings, changes: Mapping[str, Any]) -> dict[str, dict[str, str]]:
@@ -161,14 +151,11 @@ def changed_remotes(current: Settings, proposed: Settings) -> list[str]:
     return [name for name in after if before.get(name) != after[name]]
 
 
-def refuse_stranding(conn: sqlite3.Connection, remote: str, where: str) -> None:
+def refuse_stranding(tx: Tables, remote: str, where: str) -> None:
     """Changing where a remote is would make every file only it holds unreadable, and send its
     pending remote deletes to the wrong store: refused (409) while there are any."""
-    files = conn.execute("SELECT value FROM counters WHERE name = ?",
-                         (remote_counter_names(remote)[0],)).fetchone()
-    files = files[0] if files else 0
-    deletes = conn.execute("SELECT count(*) FROM queue WHERE op = 'delete' AND remote = ?",
-                           (remote,)).fetchone()[0]
+    files = tx.counters.get(remote_counter_names(remote).files)
+    deletes = tx.queue.deletes_to(remote)
     if files or deletes:
         what = f"{files:,} files in the cloud" if files else f"{deletes:,} remote deletes"
         key = "remote" if remote == DEFAULT_REMOTE else f"remotes.{remote}"
@@ -177,36 +164,10 @@ def refuse_stranding(conn: sqlite3.Connection, remote: str, where: str) -> None:
                        f"{key}.url or {key}.endpoint_url")
 
 
-def forget_old_copies(conn: sqlite3.Connection, remote: str) -> int:
-    """The remote moved: the older copies local files still have in the old one are out of
-    reach (a DELETE could not remove them), so the rows stop pointing at them."""
-    return conn.execute("UPDATE files SET remote = NULL, remote_key = NULL "
-                        "WHERE remote = ? AND location = 'local'", (remote,)).rowcount
 
 
-def save(conn: sqlite3.Connection, texts: Mapping[str, Mapping[str, str]],
-         remote_changed: bool) -> None:
-    """Store the checked texts and announce the change to every process (in the caller's
-    write transaction)."""
-    now = time.time()
-    conn.executemany(
-        "INSERT INTO settings (section, key, value, updated) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (section, key) DO UPDATE SET value = excluded.value, "
-        "updated = excluded.updated",
-        [(section, key, value, now) for section, values in texts.items()
-         for key, value in values.items()],
-    )
-    names = ["settings.generation", *(["remote.generation"] if remote_changed else [])]
-    conn.executemany("UPDATE counters SET value = value + 1 WHERE name = ?",
-                     [(name,) for name in names])
 
 
-def reset(conn: sqlite3.Connection) -> int:
-    """Forget every saved value (the config file rules again); how many there were."""
-    count = conn.execute("DELETE FROM settings").rowcount
-    conn.execute("UPDATE counters SET value = value + 1 WHERE name IN "
-                 "('settings.generation', 'remote.generation')")
-    return count
 
 
 def describe(settings: Settings, saved_texts: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import sqlite3
 from typing import Any
 
 from .config import DEFAULT_REMOTE, PlanRule, Settings, parse_duration, value_text
 from .errors import ConfigError
-from .registry import remote_counter_names
+from .registry import Tables, remote_counter_names
 from .remote import display_url
 
 
@@ -70,26 +69,25 @@ def describe(rule: PlanRule) -> str:
     return ", ".join(parts)
 
 
-def check_recorded(settings: Settings, conn: sqlite3.Connection) -> list[str]:
+def check_recorded(settings: Settings, tx: Tables) -> list[str]:
     """Refuse a config that drops a remote still holding files the registry records there:
     their only copies would be unreadable (a one-line error at start, naming the remote). What
     else names a dropped remote is only leftovers (older copies of local files, queued remote
     deletes, which will fail): warnings, returned."""
     names = settings.named_remotes()
-    for counter, count in conn.execute(
-            "SELECT name, value FROM counters WHERE name LIKE 'files.remote.%' AND value > 0"):
+    for counter, count in tx.counters.with_prefix("files.remote.").items():
         remote = counter.removeprefix("files.remote.")
-        if remote not in names:
+        if count > 0 and remote not in names:
             raise ConfigError(f"{count:,} files are in the cloud at the remote {remote!r}, which "
                               f"the config no longer names: add [remotes.{remote}] back (or "
                               "move those files to local with the old config first)")
     warnings = []
-    for remote in _recorded_names(conn):
+    for remote in tx.files.recorded_remotes():
         if remote not in names:
             warnings.append(f"local files have older copies in the remote {remote!r}, which the "
                             "config no longer names: they stay there (deleting those files "
                             f"will fail to remove them until [remotes.{remote}] is back)")
-    for remote, count in conn.execute("SELECT remote, count(*) FROM queue GROUP BY remote"):
+    for remote, count in tx.queue.count_by_remote().items():
         if remote not in names:
             warnings.append(f"{count:,} queued remote deletes or uploads name the remote "
                             f"{remote!r}, which the config no longer names: deletes will fail "
@@ -98,21 +96,12 @@ def check_recorded(settings: Settings, conn: sqlite3.Connection) -> list[str]:
     return warnings
 
 
-def _recorded_names(conn: sqlite3.Connection) -> list[str]:
-    """The distinct remote names files record, one index seek each (not a scan)."""
-    found, name = [], ""
-    while row := conn.execute("SELECT remote FROM files WHERE remote > ? ORDER BY remote "
-                              "LIMIT 1", (name,)).fetchone():
-        name = row[0]
-        found.append(name)
-    return found
 
 
-def overview(settings: Settings, conn: sqlite3.Connection) -> dict[str, Any]:
+def overview(settings: Settings, tx: Tables) -> dict[str, Any]:
     """The remotes by name, with the files and bytes the registry records in each, and the
     rules in order: for the admin page, the stats API and `filestore plan show`."""
-    counters = dict(conn.execute("SELECT name, value FROM counters WHERE name LIKE "
-                                 "'files.remote.%' OR name LIKE 'bytes.remote.%'").fetchall())
+    counters = tx.counters.with_prefix("files.remote.", "bytes.remote.")
     remotes = {}
     for name, remote_settings in settings.named_remotes().items():
         names = remote_counter_names(name)

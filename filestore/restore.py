@@ -2,7 +2,7 @@
 process uses, the registry it replaces kept beside it.
 
 The registry installed is as old as the backup: `filestore verify --remote` then compares it with
-what the disk and every configured remote hold now (see verify.py), and `--repair` brings it up to
+what the disk and every configured remote hold now (see verify/), and `--repair` brings it up to
 date where that is safe: bytes on disk no row knows are adopted, and a file whose bytes are gone
 from disk, or from the remote its row records, is pointed at a remote that holds the same bytes
 (proven by download; the remote the storage plan routes the path to first), its name recorded.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import time
 from pathlib import Path
 
@@ -20,9 +19,7 @@ from .config import Settings
 from .datadir import DataDir
 from .errors import ConfigError, Conflict
 from .fsutil import fsync_dir
-from .registry import SCHEMA_VERSION
-
-_REGISTRY_TABLES = {"files", "counters", "intents"}
+from .registry import copy_backup
 
 
 def restore_registry(settings: Settings, source: Path) -> Path | None:
@@ -45,7 +42,7 @@ def restore_registry(settings: Settings, source: Path) -> Path | None:
                 raise Conflict(f"a filestore process is using {settings.data_dir}: stop it "
                                "before restoring its registry")
             tmp = datadir.root / f".{datadir.registry_path.name}.restore"
-            _copy_registry(source, tmp)
+            copy_backup(source, tmp)
             return _install_registry(tmp, datadir.registry_path)
         finally:
             datadir.leave()
@@ -53,43 +50,6 @@ def restore_registry(settings: Settings, source: Path) -> Path | None:
         os.close(start_fd)
 
 
-def _copy_registry(source: Path, tmp: Path) -> None:
-    """Check `source` and copy it to `tmp` (self-contained, fsynced) with SQLite's backup API,
-    which also takes in a `-wal` file beside the source."""
-    tmp.unlink(missing_ok=True)
-    try:
-        src = sqlite3.connect(f"{source.as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise ConfigError(f"{source}: cannot open it ({exc})") from None
-    try:
-        try:
-            version = src.execute("PRAGMA user_version").fetchone()[0]
-            tables = {name for (name,) in src.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
-            check = src.execute("PRAGMA quick_check").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"{source}: not a SQLite database ({exc})") from None
-        if not tables >= _REGISTRY_TABLES or version < 1:
-            raise ConfigError(f"{source}: not a filestore registry")
-        if version > SCHEMA_VERSION:
-            raise ConfigError(f"{source}: a registry of schema version {version}, newer than "
-                              f"this filestore ({SCHEMA_VERSION}); upgrade filestore")
-        if check != "ok":
-            raise ConfigError(f"{source}: the database is damaged ({check})")
-        copy = sqlite3.connect(tmp)
-        try:
-            src.backup(copy)
-            copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
-            # The PUTs in flight when the backup was taken belong to processes long gone:
-            # recovery would record whatever lies at their paths now under their hashes.
-            copy.execute("DELETE FROM intents")
-            copy.commit()
-        finally:
-            copy.close()
-    finally:
-        src.close()
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
 
 
 def _install_registry(tmp: Path, registry: Path) -> Path | None:

@@ -7,14 +7,12 @@ cache/usage.py). So a snapshot costs one small query whether there are ten files
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any
 
 from . import plan
 from .config import Settings
-from .queue import jobs
-from .registry import CACHE_EVENTS, LOCATIONS, Registry
+from .registry import CACHE_EVENTS, LOCATIONS, Registry, Tables
 
 # Counting due and waiting uploads walks an index range; past this many it says "at least".
 COUNT_CAP = 10_000
@@ -48,42 +46,38 @@ def figures(registry: Registry, settings: Settings, now: float | None = None) ->
     """Everything the admin page and `filestore stats` show: the counters' snapshot, plus the
     queue's timing, the latest errors and the move job, each a bounded index walk."""
     now = time.time() if now is None else now
-    conn = registry.reader
-    stats = snapshot(registry.counters(), settings)
-    stats["queue"]["upload"].update(_upload_timing(conn, stats["queue"]["upload"]["pending"], now))
+    tx = registry.read
+    stats = snapshot(tx.counters.all(), settings)
+    stats["queue"]["upload"].update(_upload_timing(tx, stats["queue"]["upload"]["pending"], now))
     stats["recent_errors"] = [
-        {"path": path, "op": op, "error": error, "when": when, "failed": state == "failed"}
-        for path, op, error, when, state in conn.execute(
-            "SELECT path, op, last_error, updated, state FROM queue "
-            "WHERE last_error IS NOT NULL ORDER BY updated DESC LIMIT ?", (RECENT_ERRORS,))
+        {"path": entry.path, "op": entry.op, "error": entry.last_error,
+         "when": entry.updated, "failed": entry.state == "failed"}
+        for entry in tx.queue.recent_errors(RECENT_ERRORS)
     ]
-    job = jobs.active(conn) or next(iter(jobs.recent(conn, 1)), None)
+    job = tx.jobs.active() or next(iter(tx.jobs.recent(1)), None)
     stats["job"] = None if job is None else job.public()
-    stats["plan"] = plan.overview(settings, conn)
+    stats["plan"] = plan.overview(settings, tx)
     stats["time"] = now
     return stats
 
 
-def _upload_timing(conn: sqlite3.Connection, pending: int, now: float) -> dict[str, Any]:
+def _upload_timing(tx: Tables, pending: int, now: float) -> dict[str, Any]:
     """Pending uploads split into due now and still cooling down, and those in flight. Each
     count stops at `COUNT_CAP`; the other side is then the counter's remainder, so both are
     exact unless both are past the cap (then `exact` is false and both are lower bounds)."""
 
-    def capped(where: str) -> int:
-        return int(conn.execute(
-            f"SELECT COUNT(*) FROM (SELECT 1 FROM queue WHERE state = 'pending' AND {where} "
-            "AND op = 'upload' LIMIT ?)", (now, COUNT_CAP)).fetchone()[0])
+    def capped(due: bool) -> int:
+        return tx.queue.count_uploads(due=due, now=now, cap=COUNT_CAP)
 
-    due = capped("not_before <= ?")
+    due = capped(True)
     waiting, exact = pending - due, True
     if due >= COUNT_CAP:
-        waiting = capped("not_before > ?")
+        waiting = capped(False)
         if waiting < COUNT_CAP:
             due = pending - waiting
         else:
             exact = False
-    in_flight = conn.execute("SELECT COUNT(*) FROM queue WHERE leased_until > ? AND "
-                             "op = 'upload'", (now,)).fetchone()[0]
+    in_flight = tx.queue.uploads_in_flight(now)
     return {"due": due, "waiting": max(waiting, 0), "in_flight": in_flight, "exact": exact}
 
 

@@ -19,7 +19,6 @@ import contextlib
 import logging
 import mimetypes
 import os
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -28,13 +27,11 @@ import anyio
 
 from . import overrides, plan
 from .auth import load_or_create_token, read_token
-from .cache import index as cache_index
 from .config import DEFAULT_REMOTE, Settings
 from .datadir import DataDir
 from .errors import ChecksumMismatch, Conflict, NotFound
 from .local import LocalStore, Received
-from .queue import entries
-from .registry import FileRecord, Intent, Registry
+from .registry import FileRecord, Intent, SqliteRegistry, Tables, in_flight
 
 log = logging.getLogger("filestore")
 
@@ -57,12 +54,12 @@ class Store:
         self.datadir.create()
         start_fd = self.datadir.start_lock()
         try:
-            self.registry = Registry(self.datadir.registry_path)
+            self.registry = SqliteRegistry(self.datadir.registry_path)
             self.registry.migrate()
             # The saved settings and their generation, read together: a save in between
             # would otherwise never be applied here.
             self.settings, self.settings_generation = overrides.snapshot(
-                settings, self.registry.reader)
+                settings, self.registry.read)
             self.local = LocalStore(self.datadir.root, min_free=settings.storage.min_free)
             self.token, self.token_created = load_or_create_token(
                 self.datadir.token_path, settings.auth.token
@@ -97,13 +94,13 @@ class Store:
     # -- reads ----------------------------------------------------------------------------------
 
     def lookup(self, path: str) -> FileRecord:
-        record = self.registry.get(path)
+        record = self.registry.read.files.get(path)
         if record is None:
             raise NotFound(f"no file at {path!r}")
         return record
 
     def list_files(self, prefix: str, after: str, limit: int) -> list[FileRecord]:
-        return self.registry.list_files(prefix, after, limit)
+        return self.registry.read.files.listing(prefix, after, limit)
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -120,7 +117,7 @@ class Store:
     ) -> tuple[FileRecord, bool]:
         """Store `body` at `path`; the record and whether the path is new."""
         if precondition is not None:
-            precondition(self.registry.get(path))  # fail fast, before reading the body
+            precondition(self.registry.read.files.get(path))  # fail fast, before reading the body
         self.local.path_of(path)  # a symlink leading outside is refused before any byte lands
         wanted = self.local.min_free + (content_length or 0)
         if self.local.free_bytes() < wanted:
@@ -160,66 +157,67 @@ class Store:
         self, path: str, received: Received, ctype: str, precondition: Precondition | None
     ) -> tuple[FileRecord, bool]:
         """Install and record the body: (what was recorded, whether the path is new)."""
-        intent_id = self.registry.add_intent(
-            "put", path, str(received.tmp), received.size, received.sha256, ctype
-        )
+        with self.registry.transaction() as tx:
+            intent_id = tx.intents.add("put", path, str(received.tmp), received.size,
+                                       received.sha256, ctype)
         try:
-            with self.registry.transaction() as conn:
+            with self.registry.transaction() as tx:
                 if precondition is not None:
-                    precondition(self.registry.get(path, conn))
-                conflict = self.registry.namespace_conflict(conn, path)
+                    precondition(tx.files.get(path))
+                conflict = tx.files.namespace_conflict(path)
                 if conflict:
                     raise Conflict(conflict)
                 inode = os.stat(received.tmp).st_ino
                 self.local.install(received.tmp, path)
-                created = self._record_put(conn, path, received.size, received.sha256, ctype,
+                created = self._record_put(tx, path, received.size, received.sha256, ctype,
                                            inode, received.md5)
-                self.registry.remove_intent(conn, intent_id)
-                self._settle_intents(conn, path)
-                record = self.registry.get(path, conn)
+                tx.intents.remove(intent_id)
+                self._settle_intents(tx, path)
+                record = tx.files.get(path)
                 assert record is not None
                 return record, created
         except BaseException:
             if received.tmp.exists():
                 # Nothing was installed: forget the intent.
-                with self.registry.transaction() as conn:
-                    self.registry.remove_intent(conn, intent_id)
+                with self.registry.transaction() as tx:
+                    tx.intents.remove(intent_id)
             else:
                 # The rename happened but its record did not commit: the new bytes already
                 # replaced the old, so record them now rather than leave the registry
                 # describing bytes that are gone (recovery would, but only at the next start).
-                intent = next((i for i in self.registry.intents() if i.id == intent_id), None)
+                intent = next((i for i in self.registry.read.intents.for_path(path)
+                               if i.id == intent_id), None)
                 if intent is not None:
                     with contextlib.suppress(Exception):
                         self._recover_intent(intent)
             raise
 
-    def _record_put(self, conn: sqlite3.Connection, path: str, size: int, sha256: str,
+    def _record_put(self, tx: Tables, path: str, size: int, sha256: str,
                     ctype: str, inode: int, md5: str | None = None) -> bool:
         """Record new bytes for `path` and queue their upload, in the caller's transaction:
         acknowledged means queued. True if the path is new."""
         now = time.time()
-        previous = entries.get(conn, path)
-        created, version = self.registry.upsert_file(conn, path, size, sha256, ctype, inode, now,
+        previous = tx.queue.get(path)
+        created, version = tx.files.upsert(path, size, sha256, ctype, inode, now,
                                                      md5)
         route = self.route(path, ctype)
-        if not route.upload and not entries.in_flight(previous, now):
+        if not route.upload and not in_flight(previous, now):
             # The plan keeps it local: no upload, and an older copy in the cloud goes (as a
             # deleted file's would), or else a queued upload of older bytes is dropped. (An
             # upload in flight keeps its row below, so it finishes first; the queue then drops
             # the row, see worker.py.)
-            record = self.registry.get(path, conn)
+            record = tx.files.get(path)
             delay = self.settings.upload.delete_delay
             if record is not None and record.remote is not None and delay is not None:
-                entries.schedule(conn, path, "delete", version, record.remote, now + delay, now)
+                tx.queue.schedule(path, "delete", version, record.remote, now + delay, now)
             elif previous is not None and previous.op == "upload":
-                entries.drop(conn, path)
+                tx.queue.drop(path)
             return created
         if previous is not None and previous.op == "delete":
             # The upload below replaces a pending remote delete of an older copy: the row
             # must remember that copy, or a DELETE before the upload would leave it behind.
-            self.registry.note_remote_copy(conn, path, previous.remote, None)
-        entries.schedule(conn, path, "upload", version, route.remote, now + route.delay, now)
+            tx.files.note_remote_copy(path, previous.remote, None)
+        tx.queue.schedule(path, "upload", version, route.remote, now + route.delay, now)
         return created
 
     def route(self, path: str, content_type: str) -> plan.Route:
@@ -231,23 +229,23 @@ class Store:
         self.on_change()
 
     def _delete(self, path: str, precondition: Precondition | None) -> None:
-        with self.registry.transaction() as conn:
-            record = self.registry.get(path, conn)
+        with self.registry.transaction() as tx:
+            record = tx.files.get(path)
             if record is None:
                 raise NotFound(f"no file at {path!r}")
             if precondition is not None:
                 precondition(record)
-            self.registry.delete_file(conn, path)
-            self._settle_intents(conn, path)
-            self._schedule_remote_delete(conn, record)
+            tx.files.delete(path)
+            self._settle_intents(tx, path)
+            self._schedule_remote_delete(tx, record)
             # Until the bytes are gone, say so: bytes with no row are a DELETE finishing (which
             # `verify` must not adopt back), and recovery finishes it after a crash.
-            intent_id = self.registry.record_intent(conn, "delete", path)
+            intent_id = tx.intents.add("delete", path)
         # The row is gone, so readers already answer 404; the bytes go unless a PUT came between.
-        with self.registry.transaction() as conn:
-            if self.registry.get(path, conn) is None:
+        with self.registry.transaction() as tx:
+            if tx.files.get(path) is None:
                 self.local.remove(path)
-            self.registry.remove_intent(conn, intent_id)
+            tx.intents.remove(intent_id)
 
     async def evict(self, path: str) -> bool:
         """Drop the cached bytes of an uploaded file, so the next GET reads the cloud copy.
@@ -255,48 +253,45 @@ class Store:
         return await anyio.to_thread.run_sync(self._evict, path)
 
     def _evict(self, path: str) -> bool:
-        with self.registry.transaction() as conn:
-            record = self.registry.get(path, conn)
+        with self.registry.transaction() as tx:
+            record = tx.files.get(path)
             if record is None:
                 raise NotFound(f"no file at {path!r}")
             if record.location != "remote":
                 raise Conflict(f"{path!r} has no verified remote copy yet: its local bytes "
                                "are the only ones")
             dropped = self.local.drop_cached(path)  # InUse (409) while a reader has it open
-            cache_index.remove(conn, path)
+            tx.cache.remove(path)
             return dropped
 
-    def _schedule_remote_delete(self, conn: sqlite3.Connection, record: FileRecord) -> None:
+    def _schedule_remote_delete(self, tx: Tables, record: FileRecord) -> None:
         """After a DELETE: the remote copy goes (after `upload.delete_delay`) if there is one, or
         if an upload in flight may be making one right now; else the path's queued work goes."""
         now = time.time()
-        entry = entries.get(conn, record.path)
+        entry = tx.queue.get(record.path)
         delay = self.settings.upload.delete_delay
         # `record.remote` survives a re-PUT: the remote may still hold an older copy.
-        may_have_copy = record.remote is not None or entries.in_flight(entry, now)
+        may_have_copy = record.remote is not None or in_flight(entry, now)
         if may_have_copy and delay is not None:
             remote = record.remote or (entry.remote if entry else DEFAULT_REMOTE)
-            entries.schedule(conn, record.path, "delete", record.version, remote, now + delay, now)
+            tx.queue.schedule(record.path, "delete", record.version, remote, now + delay, now)
         elif entry is not None:
-            entries.drop(conn, record.path)
+            tx.queue.drop(record.path)
 
-    def _settle_intents(self, conn: sqlite3.Connection, path: str) -> None:
+    def _settle_intents(self, tx: Tables, path: str) -> None:
         """Drop PUT intents for `path` whose process died after its rename: what this
         transaction writes supersedes them. An intent whose temp file still exists may belong to
         a PUT in flight in another process; it stays."""
-        rows = conn.execute(
-            "SELECT id, tmp FROM intents WHERE path = ? AND op = 'put'", (path,)
-        ).fetchall()
-        for intent_id, tmp in rows:
-            if not Path(tmp).exists():
-                self.registry.remove_intent(conn, intent_id)
+        for intent in tx.intents.for_path(path, "put"):
+            if not Path(intent.tmp).exists():
+                tx.intents.remove(intent.id)
 
     # -- crash recovery (only when no other process uses the data directory) ---------------------
 
     def _recover(self) -> None:
-        with self.registry.transaction() as conn:
-            entries.clear_leases(conn)  # their holders are gone
-        pending = self.registry.intents()
+        with self.registry.transaction() as tx:
+            tx.queue.clear_leases()  # their holders are gone
+        pending = self.registry.read.intents.all()
         for intent in pending:
             self._recover_intent(intent)
         referenced = {intent.tmp for intent in pending}
@@ -306,12 +301,12 @@ class Store:
                 log.info("recovery: removed an unfinished upload body %s", tmp.name)
 
     def _recover_intent(self, intent: Intent) -> None:
-        with self.registry.transaction() as conn:
+        with self.registry.transaction() as tx:
             if intent.op == "delete":
                 # The row went, the bytes may not have: finish, unless a PUT made it anew.
-                if self.registry.get(intent.path, conn) is None:
+                if tx.files.get(intent.path) is None:
                     self.local.remove(intent.path)
-                self.registry.remove_intent(conn, intent.id)
+                tx.intents.remove(intent.id)
                 return
             tmp = Path(intent.tmp)
             final = self.local.path_of(intent.path)
@@ -319,8 +314,8 @@ class Store:
                 tmp.unlink()  # never renamed: the PUT was not acknowledged
             elif final.exists():
                 # Renamed, not recorded: the bytes on disk are the intent's; record them.
-                self._record_put(conn, intent.path, intent.size, intent.sha256,
+                self._record_put(tx, intent.path, intent.size, intent.sha256,
                                  intent.content_type, final.stat().st_ino)
                 log.warning("recovery: recorded %r, installed just before a crash", intent.path)
-            self.registry.remove_intent(conn, intent.id)
+            tx.intents.remove(intent.id)
 

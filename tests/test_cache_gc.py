@@ -383,27 +383,26 @@ def test_restart_removes_names_no_path_can_have(make_server, tmp_path):
 
 def test_index_slots_stay_dense_so_sampling_is_uniform(tmp_path):
     """Eviction draws random slots; a hole would make the entry after it likelier to go."""
-    from filestore.cache import index
-    from filestore.registry import Registry
+    from filestore.registry import SqliteRegistry
 
-    registry = Registry(tmp_path / "registry.sqlite3")
+    registry = SqliteRegistry(tmp_path / "registry.sqlite3")
     registry.migrate()
     rng = random.Random(3)
     live: set[str] = set()
     for step in range(2000):
-        with registry.transaction() as conn:
+        with registry.transaction() as tx:
             if live and rng.random() < 0.45:
                 path = rng.choice(sorted(live))
-                index.remove(conn, path)
+                tx.cache.remove(path)
                 live.discard(path)
             else:
                 path = f"p/{rng.randrange(500)}"
-                index.add(conn, path, 1, 10, "x", float(step))
+                tx.cache.add(path, 1, 10, "x", float(step))
                 live.add(path)
-            slots = sorted(s for (s,) in conn.execute("SELECT slot FROM cache_entries"))
+            slots = sorted(s for (s,) in tx._conn.execute("SELECT slot FROM cache_entries"))
             assert slots == list(range(len(live)))
-    with registry.transaction() as conn:
-        drawn = [e.path for _ in range(20000) for e in index.sample(conn, 1, rng)]
+    with registry.transaction() as tx:
+        drawn = [e.path for _ in range(20000) for e in tx.cache.sample(1, rng)]
     counts = [drawn.count(path) for path in live]
     expected = len(drawn) / len(live)
     assert min(counts) > expected / 3 and max(counts) < expected * 3  # no entry favoured

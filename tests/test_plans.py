@@ -364,7 +364,8 @@ def test_upgrading_the_registry_counts_what_each_remote_holds(tmp_path: Path) ->
 
     import sqlite_utils
 
-    from filestore.registry import MIGRATIONS, Registry
+    from filestore.registry import SqliteRegistry
+    from filestore.registry.migrations import MIGRATIONS
 
     path = tmp_path / "registry.sqlite3"
     conn = sqlite3.connect(path)
@@ -381,10 +382,10 @@ def test_upgrading_the_registry_counts_what_each_remote_holds(tmp_path: Path) ->
     conn.execute("UPDATE counters SET value = 40 WHERE name = 'uploads.bytes'")
     conn.commit()
     conn.close()
-    registry = Registry(path)
+    registry = SqliteRegistry(path)
     try:
         registry.migrate()
-        found = registry.counters()
+        found = registry.read.counters.all()
     finally:
         registry.close()
     assert found["files.remote.default"] == 2 and found["bytes.remote.default"] == 12
@@ -394,12 +395,13 @@ def test_upgrading_the_registry_counts_what_each_remote_holds(tmp_path: Path) ->
 def test_leftovers_in_a_dropped_remote_are_warnings_not_refusals(tmp_path: Path) -> None:
     """Only files in the cloud at a dropped remote stop the start; older copies of local files
     and queued deletes there are named in warnings (their deletes fail until it is back)."""
-    from filestore.registry import Registry
+    from filestore.registry import SqliteRegistry
 
-    registry = Registry(tmp_path / "registry.sqlite3")
+    registry = SqliteRegistry(tmp_path / "registry.sqlite3")
     registry.migrate()
     try:
-        with registry.transaction() as conn:
+        with registry.transaction() as tx:
+            conn = tx._conn  # rows no PUT would make: written as SQL
             conn.execute("INSERT INTO files (path, size, sha256, content_type, created, "
                          "modified, location, version, remote) VALUES "
                          "('a', 1, '', 't', 0, 0, 'local', 1, 'old')")
@@ -407,13 +409,13 @@ def test_leftovers_in_a_dropped_remote_are_warnings_not_refusals(tmp_path: Path)
                          "state, created, updated) VALUES "
                          "('b', 'delete', 2, 'gone', 0, 0, 'pending', 0, 0)")
         settings = load_settings(environ={"FILESTORE_STORAGE__DATA_DIR": str(tmp_path)})
-        warnings = plan.check_recorded(settings, registry.reader)
+        warnings = plan.check_recorded(settings, registry.read)
         assert len(warnings) == 2
         assert "older copies in the remote 'old'" in warnings[0]
         assert "1 queued remote deletes or uploads name the remote 'gone'" in warnings[1]
-        with registry.transaction() as conn:
-            conn.execute("UPDATE files SET location = 'remote' WHERE path = 'a'")
+        with registry.transaction() as tx:
+            tx._conn.execute("UPDATE files SET location = 'remote' WHERE path = 'a'")
         with pytest.raises(ConfigError, match="1 files are in the cloud at the remote 'old'"):
-            plan.check_recorded(settings, registry.reader)
+            plan.check_recorded(settings, registry.read)
     finally:
         registry.close()

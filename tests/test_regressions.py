@@ -266,19 +266,19 @@ def test_failed_put_leaves_the_previous_version_readable(make_server, monkeypatc
     """A registry error after `install` renamed the body over the old file (an injected
     'database or disk is full') rolls the row back but not the rename: the registry must be
     brought in line with the bytes at once, so reads never see a row without its bytes."""
-    from filestore.registry import Registry
+    from filestore.registry.files import FileRows
 
     server = make_server(upload__delay="1h")
-    real = Registry.upsert_file
+    real = FileRows.upsert
     fail = {"on": False}
 
-    def flaky(conn, *args, **kwargs):
+    def flaky(rows, *args, **kwargs):
         if fail["on"]:
             fail["on"] = False
             raise sqlite3.OperationalError("database or disk is full")
-        return real(conn, *args, **kwargs)
+        return real(rows, *args, **kwargs)
 
-    monkeypatch.setattr(Registry, "upsert_file", staticmethod(flaky))
+    monkeypatch.setattr(FileRows, "upsert", flaky)
     with server.client() as client:
         assert client.put("/files/doc", content=b"version one").status_code == 201
         fail["on"] = True

@@ -53,7 +53,7 @@ def test_concurrent_puts_of_one_path_one_wins_whole(server):
         assert etag == f'"{hashlib.sha256(content).hexdigest()}"'
         assert content in bodies
     assert list((server.settings.data_dir / "tmp").iterdir()) == []
-    counters = server.store.registry.counters()
+    counters = server.store.registry.read.counters.all()
     assert counters["files"] == 1 and counters["bytes"] == len(final.content)
 
 
@@ -72,7 +72,7 @@ def test_client_disconnect_mid_put_leaves_nothing(server):
     wait_for(lambda: not list(tmp_dir.iterdir()))
     with server.client() as client:
         assert client.get("/files/cut.bin").status_code == 404
-    assert server.store.registry.counters()["files"] == 0
+    assert server.store.registry.read.counters.all()["files"] == 0
 
 
 def test_counters_follow_every_change(client, server):
@@ -80,7 +80,7 @@ def test_counters_follow_every_change(client, server):
     client.put("/files/b", content=b"12")
     client.put("/files/a", content=b"123456")  # replace: bytes change, count does not
     client.delete("/files/b")
-    counters = server.store.registry.counters()
+    counters = server.store.registry.read.counters.all()
     assert counters["files"] == 1 and counters["bytes"] == 6
     assert counters["files.local"] == 1 and counters["bytes.local"] == 6
     assert counters["files.remote"] == 0
@@ -101,7 +101,7 @@ def test_a_clean_restart_changes_nothing(tmp_path):
     anyio.run(lambda: store.put("a.txt", _chunks(b"kept"), content_type=None,
                                 content_length=None))
     before = store.lookup("a.txt")
-    assert store.registry.intents() == []  # the commit removed its own intent
+    assert store.registry.read.intents.all() == []  # the commit removed its own intent
     store.close()
     store = _store(tmp_path)
     assert store.lookup("a.txt") == before
@@ -116,8 +116,9 @@ def test_recovery_records_a_rename_that_was_not_committed(tmp_path):
     body = b"new bytes"
     tmp = store.local.tmp_dir / "put-crashed"
     tmp.write_bytes(body)
-    store.registry.add_intent("put", "x/old.txt", str(tmp), len(body),
-                              hashlib.sha256(body).hexdigest(), "text/plain")
+    with store.registry.transaction() as tx:
+        tx.intents.add("put", "x/old.txt", str(tmp), len(body),
+                       hashlib.sha256(body).hexdigest(), "text/plain")
     os.replace(tmp, store.local.path_of("x/old.txt"))
     store.close()
 
@@ -125,11 +126,10 @@ def test_recovery_records_a_rename_that_was_not_committed(tmp_path):
     record = store.lookup("x/old.txt")
     assert record.sha256 == hashlib.sha256(body).hexdigest() and record.size == len(body)
     assert record.inode == store.local.path_of("x/old.txt").stat().st_ino
-    assert store.registry.intents() == []
+    assert store.registry.read.intents.all() == []
     # ...and its upload is queued for the version recovery recorded
-    queued = store.registry.reader.execute(
-        "SELECT op, version FROM queue WHERE path = 'x/old.txt'").fetchone()
-    assert queued == ("upload", record.version)
+    queued = store.registry.read.queue.get("x/old.txt")
+    assert queued is not None and (queued.op, queued.version) == ("upload", record.version)
     store.close()
 
 
@@ -137,13 +137,14 @@ def test_recovery_discards_an_unrenamed_body_and_stray_temp_files(tmp_path):
     store = _store(tmp_path)
     tmp = store.local.tmp_dir / "put-unfinished"
     tmp.write_bytes(b"never acknowledged")
-    store.registry.add_intent("put", "y.txt", str(tmp), 18, "0" * 64, "text/plain")
+    with store.registry.transaction() as tx:
+        tx.intents.add("put", "y.txt", str(tmp), 18, "0" * 64, "text/plain")
     (store.local.tmp_dir / "put-stray").write_bytes(b"half a body")
     store.close()
 
     store = _store(tmp_path)
-    assert store.registry.get("y.txt") is None
-    assert store.registry.intents() == []
+    assert store.registry.read.files.get("y.txt") is None
+    assert store.registry.read.intents.all() == []
     assert store.local.temp_files() == []
     store.close()
 

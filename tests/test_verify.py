@@ -22,7 +22,6 @@ from conftest import counters, file_row, queue_row, s3_overrides, uploaded, wait
 
 from filestore.cli import main
 from filestore.config import load_settings
-from filestore.queue import entries
 from filestore.store import Store
 
 
@@ -228,11 +227,11 @@ def test_leftover_of_an_answered_delete_is_removed_not_adopted(make_server, tmp_
     server.stop()
     store = Store(load_settings(environ=env_for(data)))
     try:  # what the DELETE's first transaction commits
-        with store.registry.transaction() as conn:
-            record = store.registry.get("gone.txt", conn)
-            store.registry.delete_file(conn, "gone.txt")
-            entries.schedule(conn, "gone.txt", "delete", record.version, "default",
-                             time.time() + 3600, time.time())
+        with store.registry.transaction() as tx:
+            record = tx.files.get("gone.txt")
+            tx.files.delete("gone.txt")
+            tx.queue.schedule("gone.txt", "delete", record.version, "default",
+                              time.time() + 3600, time.time())
     finally:
         store.close()
 

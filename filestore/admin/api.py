@@ -16,7 +16,6 @@ from starlette.routing import Route
 from .. import overrides, paths, signing
 from ..config import parse_duration
 from ..errors import BadRequest
-from ..queue import entries, jobs
 from ..stats import figures
 from . import operations
 from .session import CSRF_HEADER, Session, authenticate, check_csrf
@@ -98,7 +97,7 @@ async def job_list(request: Request) -> Response:
     if request.method == "GET":
         _session(request)
         store = operations.store_of(request.app.state)
-        return JSONResponse({"items": [j.public() for j in jobs.recent(store.registry.reader)]})
+        return JSONResponse({"items": [j.public() for j in store.registry.read.jobs.recent()]})
     _change(request)
     body = await _json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("kind"), str):
@@ -129,8 +128,8 @@ async def failed(request: Request) -> Response:
     _session(request)
     params = request.query_params
     limit = _int(params.get("limit"), "limit", 100, MAX_PAGE)
-    rows = entries.failed_page(operations.store_of(request.app.state).registry.reader,
-                               params.get("after", ""), limit + 1)
+    rows = operations.store_of(request.app.state).registry.read.queue.failed_page(
+        params.get("after", ""), limit + 1)
     items = [{"path": e.path, "op": e.op, "attempts": e.attempts, "error": e.last_error}
              for e in rows[:limit]]
     return JSONResponse({"items": items, "next": rows[limit - 1].path if len(rows) > limit

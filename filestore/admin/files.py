@@ -8,15 +8,11 @@ key lookups, so the files view costs the same in a store of a million files as i
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 import time
 from typing import Any
 
-from ..cache import index as cache_index
 from ..local import LocalStore
-from ..queue import entries
-from ..queue.entries import Entry
-from ..registry import FileRecord
+from ..registry import CacheEntry, Entry, FileRecord, Tables, in_flight
 
 # Every action the page offers on a file, in the order it shows them.
 ACTIONS = ("upload", "local", "evict", "retry", "delete")
@@ -28,7 +24,7 @@ class FileState:
     state: str  # local, queued, uploading, failed, deleting-remote, cloud, cached, kept
     label: str  # the state for people: "queued: uploads in 4m 10s"
     entry: Entry | None
-    cache: cache_index.CacheEntry | None
+    cache: CacheEntry | None
     error: str | None
     actions: tuple[str, ...]
 
@@ -44,7 +40,7 @@ class FileState:
             "actions": list(self.actions),
             "queue": None if entry is None else {
                 "op": entry.op, "state": entry.state, "due": entry.not_before,
-                "attempts": entry.attempts, "in_flight": entries.in_flight(entry, now),
+                "attempts": entry.attempts, "in_flight": in_flight(entry, now),
                 "last_error": entry.last_error,
             },
             "cache": None if self.cache is None else {
@@ -53,15 +49,15 @@ class FileState:
         }
 
 
-def describe(conn: sqlite3.Connection, local: LocalStore,
+def describe(tx: Tables, local: LocalStore,
              records: list[FileRecord]) -> list[FileState]:
     """The states of `records` (a page of them)."""
     now = time.time()
-    return [_state(r, entries.get(conn, r.path), cache_index.get(conn, r.path), local, now)
+    return [_state(r, tx.queue.get(r.path), tx.cache.get(r.path), local, now)
             for r in records]
 
 
-def _state(record: FileRecord, entry: Entry | None, cache: cache_index.CacheEntry | None,
+def _state(record: FileRecord, entry: Entry | None, cache: CacheEntry | None,
            local: LocalStore, now: float) -> FileState:
     error = (entry.last_error if entry is not None else None) or None
     if record.location == "remote":
@@ -79,7 +75,7 @@ def _state(record: FileRecord, entry: Entry | None, cache: cache_index.CacheEntr
         state, label = "local", "local only, not queued"
     elif entry.op == "delete":
         state, label = "deleting-remote", "local; the older cloud copy is being deleted"
-    elif entries.in_flight(entry, now):
+    elif in_flight(entry, now):
         state, label, actions = "uploading", "uploading now", []
     elif entry.state == "failed":
         state, label = "failed", f"upload failed after {entry.attempts} attempts"

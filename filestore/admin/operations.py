@@ -16,8 +16,8 @@ from starlette.datastructures import State
 from .. import live_settings, overrides, paths
 from ..errors import BadRequest, Conflict, NotFound
 from ..probe import ProbeResult
-from ..queue import entries, jobs, moves
-from ..queue.jobs import Job
+from ..queue import moves
+from ..registry import Job
 from ..store import Store
 from .files import ACTIONS, FileState, describe
 
@@ -29,7 +29,7 @@ def store_of(state: State) -> Store:
 def file_state(state: State, path: str) -> FileState:
     store = store_of(state)
     record = store.lookup(path)
-    return describe(store.registry.reader, store.local, [record])[0]
+    return describe(store.registry.read, store.local, [record])[0]
 
 
 async def file_action(state: State, path: str, action: str) -> tuple[str, bool]:
@@ -60,8 +60,8 @@ async def file_action(state: State, path: str, action: str) -> tuple[str, bool]:
 
 
 def _upload_now(store: Store, path: str) -> None:
-    with store.registry.transaction() as conn:
-        record = store.registry.get(path, conn)
+    with store.registry.transaction() as tx:
+        record = tx.files.get(path)
         if record is None:
             raise NotFound(f"no file at {path!r}")
         if record.location == "remote":
@@ -69,12 +69,12 @@ def _upload_now(store: Store, path: str) -> None:
         route = store.route(path, record.content_type)
         if not route.upload:
             raise Conflict(f"the storage plan keeps {path!r} local (rule {route.rule})")
-        entries.upload_now(conn, path, record.version, route.remote, time.time())
+        tx.queue.upload_now(path, record.version, route.remote, time.time())
 
 
 def _retry(store: Store, path: str | None) -> int:
-    with store.registry.transaction() as conn:
-        return entries.retry(conn, path, time.time())
+    with store.registry.transaction() as tx:
+        return tx.queue.retry(path, time.time())
 
 
 async def retry_failed(state: State, path: str | None) -> int:
@@ -89,8 +89,8 @@ async def drop_queued(state: State, path: str) -> bool:
     store = store_of(state)
 
     def drop() -> bool:
-        with store.registry.transaction() as conn:
-            return entries.drop(conn, paths.normalize(path))
+        with store.registry.transaction() as tx:
+            return tx.queue.drop(paths.normalize(path))
 
     return await anyio.to_thread.run_sync(drop)
 
@@ -118,12 +118,12 @@ def job_id(raw: str) -> int:
 
 
 def job(state: State, job_id: int) -> Job:
-    return jobs.get(store_of(state).registry.reader, job_id)
+    return store_of(state).registry.read.jobs.get(job_id)
 
 
 def settings_view(state: State) -> dict[str, Any]:
     store = store_of(state)
-    return overrides.describe(store.settings, overrides.saved(store.registry.reader))
+    return overrides.describe(store.settings, overrides.saved(store.registry.read))
 
 
 async def save_settings(state: State, changes: Any) -> ProbeResult:

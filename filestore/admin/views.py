@@ -22,7 +22,6 @@ from starlette.staticfiles import StaticFiles
 from .. import overrides, paths
 from ..errors import BadRequest, FilestoreError
 from ..probe import STEPS
-from ..queue import entries, jobs
 from ..stats import figures, size_text
 from . import operations
 from .files import describe
@@ -162,7 +161,7 @@ async def dashboard(request: Request) -> Response:
     store = operations.store_of(request.app.state)
     stats = figures(store.registry, store.settings)
     return _render(request, "dashboard.html", session, stats=stats,
-                   jobs=[j.public() for j in jobs.recent(store.registry.reader, 5)])
+                   jobs=[j.public() for j in store.registry.read.jobs.recent(5)])
 
 
 async def files(request: Request) -> Response:
@@ -179,7 +178,7 @@ async def files(request: Request) -> Response:
     after = params.get("after", "")
     records = store.list_files(prefix, after, PAGE_SIZE + 1)
     following = records[PAGE_SIZE - 1].path if len(records) > PAGE_SIZE else None
-    rows = describe(store.registry.reader, store.local, records[:PAGE_SIZE])
+    rows = describe(store.registry.read, store.local, records[:PAGE_SIZE])
     return _render(request, "files.html", session, prefix=prefix, rows=rows, after=after,
                    following=following, error=None)
 
@@ -204,7 +203,7 @@ async def failed(request: Request) -> Response:
         return _sign_in_first(request)
     store = operations.store_of(request.app.state)
     after = request.query_params.get("after", "")
-    rows = entries.failed_page(store.registry.reader, after, PAGE_SIZE + 1)
+    rows = store.registry.read.queue.failed_page(after, PAGE_SIZE + 1)
     following = rows[PAGE_SIZE - 1].path if len(rows) > PAGE_SIZE else None
     return _render(request, "failed.html", session, rows=rows[:PAGE_SIZE], after=after,
                    following=following)

@@ -16,15 +16,13 @@ import dataclasses
 import logging
 import random
 import shutil
-import sqlite3
 import threading
 from collections.abc import Callable
 
 from ..config import CacheSettings
 from ..errors import InUse
 from ..local import LocalStore
-from ..registry import Registry
-from . import index
+from ..registry import CacheEntry, Registry, Tables
 
 log = logging.getLogger("filestore.cache")
 
@@ -53,9 +51,7 @@ class CacheGC:
         self._lock = threading.Lock()  # one collection at a time in this process
 
     def cached_bytes(self) -> int:
-        row = self.registry.reader.execute(
-            "SELECT value FROM counters WHERE name = 'cache.bytes'").fetchone()
-        return int(row[0])
+        return self.registry.read.counters.get("cache.bytes")
 
     def over_budget(self, incoming: int = 0) -> bool:
         """Whether `incoming` more bytes would cross a limit (a cheap check, no transaction).
@@ -91,23 +87,22 @@ class CacheGC:
         left is in use or gone. In a worker thread."""
         with self._lock:
             while shutil.disk_usage(self.local.cache_root).free < wanted:
-                with self.registry.transaction() as conn:
-                    size = self._evict_one(conn)
+                with self.registry.transaction() as tx:
+                    size = self._evict_one(tx)
                     if size is None:
                         return False
-                    self.registry.add_to_counters(conn, {"cache.evictions": 1})
+                    tx.counters.add({"cache.evictions": 1})
         return True
 
     def _evict_batch(self, incoming: int) -> tuple[int, int, bool]:
         """Up to `_BATCH` evictions in one transaction: (how many, bytes freed, whether
         `incoming` fits)."""
         evicted = freed = 0
-        with self.registry.transaction() as conn:
-            cached = conn.execute(
-                "SELECT value FROM counters WHERE name = 'cache.bytes'").fetchone()[0]
+        with self.registry.transaction() as tx:
+            cached = tx.counters.get("cache.bytes")
             fruitless = 0
             while self._over(cached, incoming) and evicted < _BATCH:
-                victim = self._evict_one(conn)
+                victim = self._evict_one(tx)
                 if victim is None:
                     fruitless += 1
                     if fruitless >= _FRUITLESS_DRAWS:
@@ -118,16 +113,16 @@ class CacheGC:
                 freed += victim
                 cached -= victim
             fits = not self._over(cached, incoming)
-            self.registry.add_to_counters(conn, {"cache.evictions": evicted})
+            tx.counters.add({"cache.evictions": evicted})
         if evicted:
             log.info("cache: evicted %d entries (%d bytes)", evicted, freed)
         return evicted, freed, fits
 
-    def _evict_one(self, conn: sqlite3.Connection) -> int | None:
+    def _evict_one(self, tx: Tables) -> int | None:
         """Evict the least recently read of a random sample: the bytes freed, or None if
         every entry drawn is in use (or the cache is empty)."""
-        drawn = index.sample(conn, self.settings.sample, self.rng)
-        def recency(entry: index.CacheEntry) -> float:
+        drawn = tx.cache.sample(self.settings.sample, self.rng)
+        def recency(entry: CacheEntry) -> float:
             return max(entry.last_access, self.last_read(entry.path) or 0.0)
 
         for entry in sorted(drawn, key=recency):
@@ -135,6 +130,6 @@ class CacheGC:
                 self.local.drop_cached(entry.path)
             except InUse:
                 continue
-            index.remove(conn, entry.path)
+            tx.cache.remove(entry.path)
             return entry.size
         return None

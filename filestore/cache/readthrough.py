@@ -32,7 +32,6 @@ from ..registry import FileRecord
 from ..remote import Remote
 from ..responses import ByteSource, LocalBytes
 from ..store import Store
-from . import index
 from .fill import Fill, FillBytes, Filling, ForeignFill
 from .gc import CacheGC
 from .lock import FillLock, fill_name
@@ -161,7 +160,7 @@ class ReadThrough:
         if opened is None:
             return None
         fd, _ = opened
-        current = self.store.registry.get(record.path)
+        current = self.store.registry.read.files.get(record.path)
         if (current is not None and current.version == record.version
                 and current.inode == os.fstat(fd).st_ino):
             return LocalBytes(fd)
@@ -242,16 +241,16 @@ class ReadThrough:
             await anyio.to_thread.run_sync(self._record_error, record, error.detail)
 
     def _record_error(self, record: FileRecord, detail: str) -> None:
-        with self.store.registry.transaction() as conn:
-            self.store.registry.set_error(conn, record.path, record.version, detail)
+        with self.store.registry.transaction() as tx:
+            tx.files.set_error(record.path, record.version, detail)
 
     def _install(self, fill: Fill) -> None:
         """Link a verified fill into the cache area and index it, if it still is the current
         version and no bytes arrived meanwhile; else drop it. In a worker thread."""
         registry, local = self.store.registry, self.store.local
         record = fill.record
-        with registry.transaction() as conn:
-            current = registry.get(record.path, conn)
+        with registry.transaction() as tx:
+            current = tx.files.get(record.path)
             has_bytes = any(p.exists() for p in local.candidates(record.path))
             if current is None or current.version != record.version or has_bytes:
                 return
@@ -259,9 +258,9 @@ class ReadThrough:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.link(fill.tmp, target)  # a second name: the temp one stays for joining readers
             fsync_dir(target.parent)
-            registry.set_inode(conn, record.path, os.stat(target).st_ino)
-            registry.set_error(conn, record.path, record.version, None)
-            index.add(conn, record.path, record.version, record.size, record.sha256,
+            tx.files.set_inode(record.path, os.stat(target).st_ino)
+            tx.files.set_error(record.path, record.version, None)
+            tx.cache.add(record.path, record.version, record.size, record.sha256,
                       time.time())
 
     # -- upkeep ----------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from ..errors import BadPath
 from ..fsutil import prune_empty_dirs
 from ..local import LocalStore
 from ..registry import Registry
-from . import index
 
 log = logging.getLogger("filestore.cache")
 
@@ -90,11 +89,11 @@ def _drop_rows(registry: Registry, local: LocalStore) -> int:
     (a file of the wrong size, now unindexed, goes with the walk)."""
     dropped, after = 0, ""
     while True:
-        with registry.transaction() as conn:
-            page = index.page(conn, after, _BATCH)
+        with registry.transaction() as tx:
+            page = tx.cache.page(after, _BATCH)
             for entry in page:
                 if _cached_size(local, entry.path) != entry.size:
-                    index.remove(conn, entry.path)
+                    tx.cache.remove(entry.path)
                     dropped += 1
         if len(page) < _BATCH:
             return dropped
@@ -105,7 +104,7 @@ def _settle_files(registry: Registry, local: LocalStore,
                   files: list[tuple[str, int]]) -> tuple[int, int]:
     adopted = removed = 0
     now = time.time()
-    with registry.transaction() as conn:
+    with registry.transaction() as tx:
         for path, size in files:
             # Found by the walk, so this name is below cache/ itself (no symlinked parent).
             cached = local.cache_root / path
@@ -113,14 +112,14 @@ def _settle_files(registry: Registry, local: LocalStore,
                 cached.unlink(missing_ok=True)
                 removed += 1
                 continue
-            if index.get(conn, path) is not None:
+            if tx.cache.get(path) is not None:
                 continue  # indexed (its size was checked above), or installed meanwhile
-            record = registry.get(path, conn)
+            record = tx.files.get(path)
             only_copy = (record is not None and record.size == size
                          and _size(cached) == size and _size(local.root / path) is None)
             if only_copy and record is not None and record.location == "remote":
-                index.add(conn, path, record.version, size, record.sha256, now)
-                registry.set_inode(conn, path, cached.stat().st_ino)
+                tx.cache.add(path, record.version, size, record.sha256, now)
+                tx.files.set_inode(path, cached.stat().st_ino)
                 adopted += 1
             elif only_copy:
                 # Not uploaded yet (an interrupted move of an older layout): these are the only

@@ -14,7 +14,6 @@ import time
 import anyio
 
 from ..registry import CACHE_EVENTS, Registry
-from . import index
 
 
 class Usage:
@@ -52,7 +51,6 @@ class Usage:
             raise
 
     def _write(self, accessed: dict[str, float], events: collections.Counter[str]) -> None:
-        with self.registry.transaction() as conn:
-            index.touch(conn, [(when, path) for path, when in accessed.items()])
-            self.registry.add_to_counters(
-                conn, {f"cache.{name}": amount for name, amount in events.items()})
+        with self.registry.transaction() as tx:
+            tx.cache.touch([(when, path) for path, when in accessed.items()])
+            tx.counters.add({f"cache.{name}": amount for name, amount in events.items()})

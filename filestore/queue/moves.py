@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -27,7 +26,6 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ..cache import index as cache_index
 from ..config import DEFAULT_REMOTE
 from ..errors import (
     Conflict,
@@ -39,10 +37,8 @@ from ..errors import (
 )
 from ..fsutil import hash_file
 from ..local import Received
-from ..registry import FileRecord
+from ..registry import JOB_KINDS, JOB_LEASE_SECONDS, FileRecord, Job, Tables
 from ..stats import size_text
-from . import entries, jobs
-from .jobs import Job
 
 if TYPE_CHECKING:
     from ..remote import Remote
@@ -60,20 +56,20 @@ PAUSED = ("uploads are disabled (upload.enabled = false): the job waits until th
 
 def start(store: Store, kind: str, delete_remote: bool = False) -> Job:
     """Create a move job, after the checks that can refuse it at once."""
-    if kind not in jobs.KINDS:
-        raise Conflict(f"unknown job kind {kind!r} (known: {', '.join(jobs.KINDS)})")
-    counters = store.registry.counters()
+    if kind not in JOB_KINDS:
+        raise Conflict(f"unknown job kind {kind!r} (known: {', '.join(JOB_KINDS)})")
+    counters = store.registry.read.counters.all()
     now = time.time()
-    with store.registry.transaction() as conn:
+    with store.registry.transaction() as tx:
         if kind == "move-to-cloud":
             if not store.settings.upload.enabled:
                 raise Conflict("uploads are disabled (upload.enabled = false): enable them "
                                "first, or nothing would move")
-            return jobs.create(conn, kind, {}, 0, 0, now)
+            return tx.jobs.create(kind, {}, 0, 0, now)
         _check_room(store, counters)
         # What there is to move, as the counters say now: the scan downloads as it goes, so
         # the page shows progress against this from the start.
-        return jobs.create(conn, kind, {"delete_remote": delete_remote},
+        return tx.jobs.create(kind, {"delete_remote": delete_remote},
                            counters.get("files.remote", 0), counters.get("bytes.remote", 0), now)
 
 
@@ -94,11 +90,11 @@ def cancel(store: Store, job_id: int) -> Job:
     """Cancel the job, then give back what it queued, a batch per transaction so that other
     writers are not held up for long (the job's figures no longer move: it ended)."""
     now = time.time()
-    with store.registry.transaction() as conn:
-        job = jobs.cancel(conn, job_id, now)
+    with store.registry.transaction() as tx:
+        job = tx.jobs.cancel(job_id, now)
     while True:
-        with store.registry.transaction() as conn:
-            if not entries.release_job(conn, job_id, now):
+        with store.registry.transaction() as tx:
+            if not tx.queue.release_job(job_id, now):
                 return job
 
 
@@ -160,8 +156,8 @@ def _copy_on_disk(store: Store, record: FileRecord) -> Received | None:
 def _install_local(store: Store, record: FileRecord, received: Received,
                    delete_remote: bool) -> bool:
     registry = store.registry
-    with registry.transaction() as conn:
-        current = registry.get(record.path, conn)
+    with registry.transaction() as tx:
+        current = tx.files.get(record.path)
         if current is None or current.version != record.version or current.location != "remote":
             store.local.discard(received)
             return False
@@ -170,11 +166,11 @@ def _install_local(store: Store, record: FileRecord, received: Received,
         # A link to the keep-local copy itself: rename(2) between two links of one inode
         # does nothing, and the temp link would keep the bytes alive.
         received.tmp.unlink(missing_ok=True)
-        cache_index.remove(conn, record.path)
-        registry.mark_local(conn, record.path, inode)
+        tx.cache.remove(record.path)
+        tx.files.mark_local(record.path, inode)
         if delete_remote and current.remote is not None:
             now = time.time()
-            entries.schedule(conn, record.path, "delete", current.version, current.remote,
+            tx.queue.schedule(record.path, "delete", current.version, current.remote,
                              now, now)
         return True
 
@@ -196,7 +192,7 @@ class MoveRunner:
         self.owner = owner
         self.wake_queue = wake_queue
         self._wakeup = anyio.Event()
-        self._thread_reader: sqlite3.Connection | None = None
+        self._thread_reader: Tables | None = None
         self._full: InsufficientStorage | None = None
 
     def wake(self) -> None:
@@ -208,7 +204,7 @@ class MoveRunner:
             self._thread_reader.close()
             self._thread_reader = None
 
-    def _reader(self) -> sqlite3.Connection:
+    def _reader(self) -> Tables:
         """A read connection for this worker thread (the registry's own is the loop's)."""
         if self._thread_reader is None:
             self._thread_reader = self.registry.open_reader()
@@ -220,7 +216,7 @@ class MoveRunner:
             self._wakeup = anyio.Event()
             try:
                 # A read first: the write lock is taken only when there is a job to take.
-                waiting = jobs.active(self.registry.reader)
+                waiting = self.registry.read.jobs.active()
                 free = waiting is not None and (waiting.leased_until or 0) <= time.time()
                 job = await anyio.to_thread.run_sync(self.lease) if free else None
                 if job is not None:
@@ -233,8 +229,8 @@ class MoveRunner:
 
     def lease(self) -> Job | None:
         """Take the active job, if no other process holds it."""
-        with self.registry.transaction() as conn:
-            return jobs.lease(conn, self.owner, time.time())
+        with self.registry.transaction() as tx:
+            return tx.jobs.lease(self.owner, time.time())
 
     async def run_job(self, job: Job) -> None:
         """Run `job` (leased by this runner) until it ends, is cancelled or is taken over."""
@@ -248,8 +244,8 @@ class MoveRunner:
         log.info("job %d (%s) ended", job.id, job.kind)
 
     def _release(self, job_id: int) -> None:
-        with self.registry.transaction() as conn:
-            jobs.release(conn, job_id, self.owner)
+        with self.registry.transaction() as tx:
+            tx.jobs.release(job_id, self.owner)
 
     async def _work_on(self, job: Job) -> None:
         async with anyio.create_task_group() as tg:
@@ -270,22 +266,22 @@ class MoveRunner:
     async def _keep_lease(self, job: Job, scope: anyio.CancelScope) -> None:
         """Renew the lease; stop the job's work when it was cancelled or taken over."""
         while True:
-            await anyio.sleep(jobs.LEASE_SECONDS / 6)
+            await anyio.sleep(JOB_LEASE_SECONDS / 6)
             if not await anyio.to_thread.run_sync(self._renew, job.id):
                 scope.cancel()
                 return
 
     def _renew(self, job_id: int) -> bool:
-        with self.registry.transaction() as conn:
-            if not jobs.holds(conn, job_id, self.owner):
+        with self.registry.transaction() as tx:
+            if not tx.jobs.holds(job_id, self.owner):
                 return False
-            jobs.renew(conn, job_id, self.owner, time.time())
+            tx.jobs.renew(job_id, self.owner, time.time())
             return True
 
     def _finish(self, job: Job, state: str, error: str | None = None) -> None:
-        with self.registry.transaction() as conn:
-            if jobs.holds(conn, job.id, self.owner):
-                jobs.finish(conn, job.id, state, time.time(), error)
+        with self.registry.transaction() as tx:
+            if tx.jobs.holds(job.id, self.owner):
+                tx.jobs.finish(job.id, state, time.time(), error)
 
     # -- move to the cloud ---------------------------------------------------------------------
 
@@ -308,39 +304,39 @@ class MoveRunner:
             self._wakeup = anyio.Event()
 
     def _note(self, job_id: int, message: str) -> None:
-        with self.registry.transaction() as conn:
-            jobs.progress(conn, job_id, error=message, now=time.time())
+        with self.registry.transaction() as tx:
+            tx.jobs.progress(job_id, error=message, now=time.time())
 
     def _queue_page(self, job_id: int, after: str) -> tuple[str, bool]:
         """Make the next page's local files due now, tagged with the job."""
         now = time.time()
-        with self.registry.transaction() as conn:
-            if not jobs.holds(conn, job_id, self.owner):
+        with self.registry.transaction() as tx:
+            if not tx.jobs.holds(job_id, self.owner):
                 raise JobLost
-            page = self.registry.page(after, PAGE, conn)
+            page = tx.files.page(after, PAGE)
             # Files the storage plan keeps local are not the job's to move.
             routes = {r.path: self.store.route(r.path, r.content_type) for r in page
                       if r.location == "local"}
             local = [r for r in page if r.path in routes and routes[r.path].upload]
             for record in local:
-                entries.upload_now(conn, record.path, record.version,
+                tx.queue.upload_now(record.path, record.version,
                                    routes[record.path].remote, now, job_id)
             last = page[-1].path if page else after
-            jobs.scanned_to(conn, job_id, last, files=len(local),
+            tx.jobs.scanned_to(job_id, last, files=len(local),
                             size=sum(r.size for r in local), finished=len(page) < PAGE, now=now)
             return last, len(page) < PAGE
 
     def _cloud_state(self, job_id: int) -> str | None:
         """Finish the job once none of its uploads is pending; its state then. The reader
         looks first: the write lock is taken only to finish."""
-        if entries.job_pending(self._reader(), job_id):
+        if self._reader().queue.job_pending(job_id):
             return None
-        with self.registry.transaction() as conn:
-            if not jobs.holds(conn, job_id, self.owner):
+        with self.registry.transaction() as tx:
+            if not tx.jobs.holds(job_id, self.owner):
                 return "gone"
-            if entries.job_pending(conn, job_id):
+            if tx.queue.job_pending(job_id):
                 return None
-            jobs.finish(conn, job_id, "done", time.time())
+            tx.jobs.finish(job_id, "done", time.time())
             return "done"
 
     # -- move to local -------------------------------------------------------------------------
@@ -350,7 +346,7 @@ class MoveRunner:
         cursor = job.cursor
         limiter = anyio.CapacityLimiter(self.store.settings.upload.concurrency)
         while True:
-            page = self.registry.page(cursor, PAGE)
+            page = self.registry.read.files.page(cursor, PAGE)
             remote = [r for r in page if r.location == "remote"]
             async with anyio.create_task_group() as tg:
                 for record in remote:
@@ -387,22 +383,22 @@ class MoveRunner:
             await anyio.to_thread.run_sync(self._count, job_id, record.size, error)
 
     def _count(self, job_id: int, size: int, error: str | None) -> None:
-        with self.registry.transaction() as conn:
-            jobs.progress(conn, job_id, done=0 if error else 1, size=0 if error else size,
+        with self.registry.transaction() as tx:
+            tx.jobs.progress(job_id, done=0 if error else 1, size=0 if error else size,
                           errors=1 if error else 0, error=error, now=time.time())
 
     def _scanned(self, job_id: int, cursor: str, finished: bool) -> None:
         """Keep the cursor; at the end, the totals become what was found and moved."""
-        with self.registry.transaction() as conn:
-            if not jobs.holds(conn, job_id, self.owner):
+        with self.registry.transaction() as tx:
+            if not tx.jobs.holds(job_id, self.owner):
                 raise JobLost
             now = time.time()
-            jobs.scanned_to(conn, job_id, cursor, finished=finished, now=now)
+            tx.jobs.scanned_to(job_id, cursor, finished=finished, now=now)
             if finished:
-                job = jobs.get(conn, job_id)
+                job = tx.jobs.get(job_id)
                 # Without errors everything found was moved: 100%. With errors the estimate
                 # stays, and the progress tells how much of it did not move.
-                jobs.set_totals(conn, job_id, job.done + job.errors,
+                tx.jobs.set_totals(job_id, job.done + job.errors,
                                 job.total_bytes if job.errors else job.bytes)
-                jobs.finish(conn, job_id, "done", now)
+                tx.jobs.finish(job_id, "done", now)
 

@@ -17,7 +17,6 @@ import dataclasses
 import logging
 import os
 import socket
-import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -26,13 +25,11 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import TaskGroup
 
-from .. import metrics, overrides
-from ..cache import index as cache_index
+from .. import metrics
 from ..config import UploadSettings
 from ..errors import RemoteError, RemoteUnavailable
+from ..registry import Entry, Tables
 from ..remote import Remote
-from . import entries
-from .entries import Entry
 from .retry import is_retryable, next_delay
 
 if TYPE_CHECKING:
@@ -84,7 +81,7 @@ class QueueWorkers:
             delay = MAX_IDLE
             if self.settings.enabled and len(self._in_flight) < self.settings.concurrency:
                 now = time.time()
-                due = entries.next_due(self.registry.reader, now)
+                due = self.registry.read.queue.next_due(now)
                 if due is not None:
                     delay = min(max(due - now, 0.0), MAX_IDLE)
             with anyio.move_on_after(delay):
@@ -92,36 +89,36 @@ class QueueWorkers:
 
     def _lease(self, limit: int) -> list[Entry]:
         now = time.time()
-        with self.registry.transaction() as conn:
-            leased = entries.lease_due(conn, self.owner, now, now + LEASE_SECONDS, limit)
+        with self.registry.transaction() as tx:
+            leased = tx.queue.lease_due(self.owner, now, now + LEASE_SECONDS, limit)
             work = []
             for leased_entry in leased:
                 entry = leased_entry
                 if entry.op == "upload":
-                    routed = self._follow_plan(conn, entry)
+                    routed = self._follow_plan(tx, entry)
                     if routed is None:
                         continue
                     entry = routed
                     # Before any byte leaves: from now on the remote may hold a copy even if its
                     # record never comes (an answer lost, a kill -9), so a DELETE must always
                     # queue the remote delete. Deleting a key that is not there is harmless.
-                    self.registry.note_possible_copy(conn, entry.path, entry.remote)
+                    tx.files.note_possible_copy(entry.path, entry.remote)
                 work.append(entry)
             return work
 
-    def _follow_plan(self, conn: sqlite3.Connection, entry: Entry) -> Entry | None:
+    def _follow_plan(self, tx: Tables, entry: Entry) -> Entry | None:
         """An upload goes where the storage plan says now, not when it was queued: a plan
         changed since (a restart with a new config) re-routes it, or keeps the file local (the
         row goes; None). Uploaded files stay where they are recorded."""
-        record = self.registry.get(entry.path, conn)
+        record = tx.files.get(entry.path)
         if record is None or record.version != entry.version:
             return entry  # stale: `_settle_stale` sorts it out
         route = self.store.route(record.path, record.content_type)
         if not route.upload:
-            entries.drop(conn, entry.path)
+            tx.queue.drop(entry.path)
             return None
         if route.remote != entry.remote:
-            entries.set_remote(conn, entry.path, route.remote)
+            tx.queue.set_remote(entry.path, route.remote)
             return dataclasses.replace(entry, remote=route.remote)
         return entry
 
@@ -134,8 +131,8 @@ class QueueWorkers:
                 await anyio.to_thread.run_sync(self._renew, paths, until)
 
     def _renew(self, paths: list[str], until: float) -> None:
-        with self.registry.transaction() as conn:
-            entries.renew(conn, self.owner, paths, until)
+        with self.registry.transaction() as tx:
+            tx.queue.renew(self.owner, paths, until)
 
     async def _work(self, entry: Entry) -> None:
         try:
@@ -171,12 +168,12 @@ class QueueWorkers:
             self.wake()
 
     async def _upload(self, entry: Entry, remote: Remote) -> None:
-        record = self.registry.get(entry.path)
+        record = self.registry.read.files.get(entry.path)
         if (record is not None and record.version == entry.version
                 and record.remote not in (None, entry.remote)):
             if not await self._leave_old_remote(entry, record.remote):
                 return
-            record = self.registry.get(entry.path)
+            record = self.registry.read.files.get(entry.path)
         source = self.store.local.open_version(entry.path, record, entry.version)
         if source is None:
             await anyio.to_thread.run_sync(self._settle_stale, entry)
@@ -193,34 +190,34 @@ class QueueWorkers:
     def _record_upload(self, entry: Entry, remote: Remote, etag: str, generation: int) -> None:
         now = time.time()
         key = remote.key_for(entry.path)
-        with self.registry.transaction() as conn:
-            if overrides.generation(conn)[1] != generation:
+        with self.registry.transaction() as tx:
+            if tx.settings.generation()[1] != generation:
                 raise RemoteUnavailable("the remote settings changed during the upload; it "
                                         "goes again, to the remote they name now")
-            record = self.registry.get(entry.path, conn)
+            record = tx.files.get(entry.path)
             current = record is not None and record.version == entry.version
             if record is not None and current:
-                self.registry.mark_uploaded(conn, entry.path, remote.name, key, etag,
+                tx.files.mark_uploaded(entry.path, remote.name, key, etag,
                                             record.size, now)
             elif record is not None:
                 # Replaced while it went up: the newer version's upload overwrites this copy,
                 # but until then a DELETE must know the remote holds one.
-                self.registry.note_remote_copy(conn, entry.path, remote.name, key)
-            entries.finish(conn, entry)
+                tx.files.note_remote_copy(entry.path, remote.name, key)
+            tx.queue.finish(entry)
         keep_local = record is not None and self.store.route(
             record.path, record.content_type).keep_local
         if current and not keep_local:
             # A step of its own, after the commit: a rename cannot be rolled back with a
             # transaction, and a crash here only leaves the bytes in files/, where reads (and a
             # later move) still find them.
-            with self.registry.transaction() as conn:
-                again = self.registry.get(entry.path, conn)
+            with self.registry.transaction() as tx:
+                again = tx.files.get(entry.path)
                 # Still this version and still in the cloud: a move back to local in between
                 # made these bytes the only copy again, and they stay in files/.
                 if (again is not None and again.version == entry.version
                         and again.location == "remote"
                         and self.store.local.move_to_cache(entry.path)):
-                    cache_index.add(conn, entry.path, again.version, again.size, again.sha256,
+                    tx.cache.add(entry.path, again.version, again.size, again.sha256,
                                     time.time())
 
     async def _leave_old_remote(self, entry: Entry, old: str) -> bool:
@@ -240,19 +237,19 @@ class QueueWorkers:
         return await anyio.to_thread.run_sync(self._point_at, entry, old)
 
     def _point_at(self, entry: Entry, old: str) -> bool:
-        with self.registry.transaction() as conn:
-            if not entries.is_current(conn, entry):
-                entries.release(conn, entry)  # a re-PUT or DELETE came: its work runs next
+        with self.registry.transaction() as tx:
+            if not tx.queue.is_current(entry):
+                tx.queue.release(entry)  # a re-PUT or DELETE came: its work runs next
                 return False
-            self.registry.move_remote_copy(conn, entry.path, old, entry.remote)
+            tx.files.move_remote_copy(entry.path, old, entry.remote)
             return True
 
     def _finish_delete(self, entry: Entry) -> None:
-        with self.registry.transaction() as conn:
-            if entries.is_current(conn, entry):
+        with self.registry.transaction() as tx:
+            if tx.queue.is_current(entry):
                 # A file moved back to local whose cloud copy went: it is local only now.
-                self.registry.forget_remote_copy(conn, entry.path, entry.version, entry.remote)
-            entries.finish(conn, entry)
+                tx.files.forget_remote_copy(entry.path, entry.version, entry.remote)
+            tx.queue.finish(entry)
 
     def _settle_stale(self, entry: Entry) -> None:
         """The version to upload is gone. Normally a newer PUT or a DELETE rewrote the row, and
@@ -261,19 +258,19 @@ class QueueWorkers:
         fail it (the registered bytes are missing) -- never hand it back unchanged, which
         would lease it again at once, forever."""
         now = time.time()
-        with self.registry.transaction() as conn:
-            if not entries.is_current(conn, entry):
-                entries.release(conn, entry)
+        with self.registry.transaction() as tx:
+            if not tx.queue.is_current(entry):
+                tx.queue.release(entry)
                 return
-            record = self.registry.get(entry.path, conn)
+            record = tx.files.get(entry.path)
             if record is None:
-                entries.drop(conn, entry.path)
+                tx.queue.drop(entry.path)
             elif record.version != entry.version:
-                entries.schedule(conn, entry.path, "upload", record.version, entry.remote,
+                tx.queue.schedule(entry.path, "upload", record.version, entry.remote,
                                  now, now)
-                entries.release(conn, entry)
+                tx.queue.release(entry)
             else:
-                entries.fail(conn, entry, "the local bytes of this file are missing; "
+                tx.queue.fail(entry, "the local bytes of this file are missing; "
                              "run filestore verify", None, now)
 
     def _fail(self, entry: Entry, error: str, retryable: bool) -> None:
@@ -282,8 +279,8 @@ class QueueWorkers:
         attempt = entry.attempts + 1
         if retryable and attempt < self.settings.max_attempts:
             retry_at = now + next_delay(attempt, self.settings.retry_base, self.settings.retry_max)
-        with self.registry.transaction() as conn:
-            entries.fail(conn, entry, error, retry_at, now)
+        with self.registry.transaction() as tx:
+            tx.queue.fail(entry, error, retry_at, now)
 
 
 async def _supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:

@@ -1,0 +1,30 @@
+"""The registry: the one owner of SQL. It knows every file, where it is, the remote work queued
+for it, the move jobs, the cache index, the saved settings and the counters.
+
+`interface.py` writes down what the rest of filestore uses (`Registry`, `Tables` and one
+protocol per table group); `sqlite.py` is the backend (SQLite in the data directory), with one
+module per table group (`files.py`, `queue.py`, `jobs.py`, `cache.py`, `settings.py`,
+`counters.py`) and the schema's numbered migrations (`migrations.py`). Nothing outside this
+package writes SQL or imports `sqlite3`.
+
+Use: `registry.read.files.get(path)` reads (event loop's thread); `with registry.transaction()
+as tx: tx.files.upsert(...); tx.queue.schedule(...)` writes, all or nothing.
+"""
+
+from .cache import CacheEntry
+from .counters import CACHE_EVENTS, LOCATIONS, RemoteCounters, remote_counter_names
+from .files import FileRecord, Intent
+from .interface import Registry, Tables
+from .jobs import KINDS as JOB_KINDS
+from .jobs import LEASE_SECONDS as JOB_LEASE_SECONDS
+from .jobs import Job
+from .migrations import SCHEMA_VERSION, SETTINGS_SCHEMA
+from .queue import Entry, in_flight
+from .sqlite import SqliteRegistry, copy_backup
+
+__all__ = [
+    "CACHE_EVENTS", "JOB_KINDS", "JOB_LEASE_SECONDS", "LOCATIONS", "SCHEMA_VERSION",
+    "SETTINGS_SCHEMA", "CacheEntry", "Entry", "FileRecord", "Intent", "Job", "Registry",
+    "RemoteCounters", "SqliteRegistry", "Tables", "copy_backup", "in_flight",
+    "remote_counter_names",
+]
