@@ -35,8 +35,8 @@ What is measured
 
     Server side alone: the same data the pages show, read in this process from each store's
     registry, median and p95 of --requests calls: `stats.figures()` (dashboard and API), a files
-    page (`list_files` + `describe`, at the start and under the middle directory) and a failed
-    page (`entries.failed_page`). The difference to the HTTP figures is templating, HTTP and
+    page (`files.listing` + `describe`, at the start and under the middle directory) and a failed
+    page (`queue.failed_page`). The difference to the HTTP figures is templating, HTTP and
     authentication.
 
     This process holds the data directory's live lock (shared, as every process using a data
@@ -116,8 +116,7 @@ from filestore.admin.views import PAGE_SIZE
 from filestore.config import CacheSettings, Settings, StorageSettings
 from filestore.datadir import DataDir
 from filestore.local import LocalStore
-from filestore.queue import entries
-from filestore.registry import Registry
+from filestore.registry import SqliteRegistry, Tables
 
 TARGET_MS = 50.0  # median of every page with the large store
 PER_DIR = 1000  # files per directory: photos/0000/0000000.jpg ... photos/0999/0999999.jpg
@@ -231,7 +230,7 @@ def build_store(store: Store, rng: random.Random) -> None:
     """Fill a fresh data directory's registry (see the module docstring), then check it."""
     started = time.perf_counter()
     now = time.time()
-    registry = Registry(DataDir(store.data_dir).registry_path)
+    registry = SqliteRegistry(DataDir(store.data_dir).registry_path)
     try:
         registry.migrate()
         low, high = math.log(KIB), math.log(64 * MIB)
@@ -262,7 +261,8 @@ def build_store(store: Store, rng: random.Random) -> None:
                     store.cached += 1
                     store.cached_bytes += size
                 store.remote += 1
-            with registry.transaction() as conn:
+            with registry.transaction() as tx:
+                conn = tx._conn  # rows straight in: the triggers keep the counters
                 conn.executemany(
                     "INSERT INTO files (path, size, sha256, content_type, created, modified, "
                     "location, version, inode, remote, remote_key, remote_etag, uploaded_at) "
@@ -277,17 +277,17 @@ def build_store(store: Store, rng: random.Random) -> None:
             log(f"{store.name}: {min(chunk_start + CHUNK, store.files):,} of "
                 f"{store.files:,} files")
         store.deletes = max(1, store.files // 1000)
-        with registry.transaction() as conn:
+        with registry.transaction() as tx:
             # Remote copies of files deleted since: their paths are no longer registered.
-            conn.executemany(
+            tx._conn.executemany(
                 "INSERT INTO queue (path, op, version, remote, not_before, attempts, state, "
                 "created, updated) VALUES (?, 'delete', ?, ?, ?, 0, 'pending', ?, ?)",
                 ((f"trash/{j:07d}.jpg", store.files + 1 + j, REMOTE,
                   now + (-1 if j % 2 else 1) * rng.uniform(1, 600), now - 60, now - 60)
                  for j in range(store.deletes)))
-            add_jobs(conn, store, now)
+            add_jobs(tx, store, now)
             hits, misses = 3 * store.files, store.files // 2
-            registry.add_to_counters(conn, {
+            tx.counters.add({
                 "seq.version": store.files + store.deletes,
                 "uploads.done": store.remote,
                 "uploads.bytes": uploaded_bytes,
@@ -296,9 +296,8 @@ def build_store(store: Store, rng: random.Random) -> None:
                 "cache.remote_bytes": misses * 6 * MIB, "cache.evictions": misses - store.cached,
             })
         check_counters(registry, store)
-        row = registry.reader.execute(
-            "SELECT min(path) FROM queue WHERE state = 'failed'").fetchone()
-        store.first_failed = row[0] or ""
+        first = registry.read.queue.failed_page("", 1)
+        store.first_failed = first[0].path if first else ""
     finally:
         registry.close()
     # As a long-running store has it: the WAL checkpointed into the database file.
@@ -333,12 +332,12 @@ def queue_row(store: Store, path: str, version: int, modified: float, now: float
             None, modified, modified)
 
 
-def add_jobs(conn: sqlite3.Connection, store: Store, now: float) -> None:
+def add_jobs(tx: Tables, store: Store, now: float) -> None:
     """A finished move-to-cloud and a running move-to-local, leased by a live-looking owner
     (so this server's runner leaves it alone): the dashboard's "Move files" card."""
     columns = ("kind, state, options, total, total_bytes, done, bytes, errors, last_error, "
                "cursor, scanned, created, updated, finished, leased_until, lease_owner")
-    conn.executemany(
+    tx._conn.executemany(
         f"INSERT INTO jobs ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [("move-to-cloud", "done", "{}", store.files, store.files * 6 * MIB, store.files,
           store.files * 6 * MIB, 0, None, file_path(store.files - 1), 1, now - 30 * DAY,
@@ -349,10 +348,34 @@ def add_jobs(conn: sqlite3.Connection, store: Store, now: float) -> None:
     )
 
 
-def check_counters(registry: Registry, store: Store) -> None:
+def check_counters(registry: SqliteRegistry, store: Store) -> None:
     """Every counter the pages show agrees with a recount of its table."""
-    counters = registry.counters()
-    reader = registry.reader
+    counters = registry.read.counters.all()
+    with contextlib.closing(sqlite3.connect(registry.path)) as reader:  # the recount's own SQL
+        recount, top, highest = recount_tables(reader)
+    wrong = {name: (counters.get(name), value) for name, value in recount.items()
+             if counters.get(name) != value}
+    if wrong:
+        raise BenchError(f"{store.name}: counters disagree with a recount (counter, recount): "
+                         f"{wrong}")
+    entries_ = recount["cache.entries"]
+    if top != entries_:
+        raise BenchError(f"{store.name}: {entries_} cache entries in slots 0..{top - 1}")
+    if counters["seq.version"] < highest:
+        raise BenchError(f"{store.name}: seq.version {counters['seq.version']} is below a "
+                         f"version in use ({highest})")
+    expected = {"files": store.files, "files.local": store.local, "files.remote": store.remote,
+                "cache.entries": store.cached, "queue.upload.failed": store.kinds["failed"],
+                "queue.delete.pending": store.deletes}
+    off = {name: (counters[name], value) for name, value in expected.items()
+           if counters[name] != value}
+    if off:
+        raise BenchError(f"{store.name}: not the store designed (counter, expected): {off}")
+
+
+def recount_tables(reader: sqlite3.Connection) -> tuple[dict[str, int], int, int]:
+    """What the counters should say, counted from the tables; one past the cache's highest
+    slot; the highest version in use."""
     recount: dict[str, int] = {}
     for location, count, size in reader.execute(
             "SELECT location, count(*), sum(size) FROM files GROUP BY location"):
@@ -369,25 +392,9 @@ def check_counters(registry: Registry, store: Store) -> None:
         "SELECT count(*), coalesce(sum(size), 0), coalesce(max(slot) + 1, 0) "
         "FROM cache_entries").fetchone()
     recount["cache.entries"], recount["cache.bytes"] = entries_, size_
-    wrong = {name: (counters.get(name), value) for name, value in recount.items()
-             if counters.get(name) != value}
-    if wrong:
-        raise BenchError(f"{store.name}: counters disagree with a recount (counter, recount): "
-                         f"{wrong}")
-    if top != entries_:
-        raise BenchError(f"{store.name}: {entries_} cache entries in slots 0..{top - 1}")
     highest = reader.execute("SELECT max(v) FROM (SELECT max(version) AS v FROM files "
                              "UNION ALL SELECT max(version) FROM queue)").fetchone()[0]
-    if counters["seq.version"] < highest:
-        raise BenchError(f"{store.name}: seq.version {counters['seq.version']} is below a "
-                         f"version in use ({highest})")
-    expected = {"files": store.files, "files.local": store.local, "files.remote": store.remote,
-                "cache.entries": store.cached, "queue.upload.failed": store.kinds["failed"],
-                "queue.delete.pending": store.deletes}
-    off = {name: (counters[name], value) for name, value in expected.items()
-           if counters[name] != value}
-    if off:
-        raise BenchError(f"{store.name}: not the store designed (counter, expected): {off}")
+    return recount, top, highest
 
 
 # -- the server -----------------------------------------------------------------------------------
@@ -578,23 +585,23 @@ def time_calls(call: Callable[[], object], repeats: int) -> Timing:
 
 def server_side(store: Store, repeats: int) -> dict[str, Timing]:
     """The pages' data read in this process (see the module docstring)."""
-    registry = Registry(DataDir(store.data_dir).registry_path)
+    registry = SqliteRegistry(DataDir(store.data_dir).registry_path)
     try:
         settings = Settings(storage=StorageSettings(data_dir=str(store.data_dir)),
                             cache=CacheSettings(max_size=10 * GIB))
         local = LocalStore(store.data_dir, min_free=0)
-        reader = registry.reader
+        reader = registry.read
 
         def files_page(prefix: str) -> Callable[[], object]:
             return lambda: describe(reader, local,
-                                    registry.list_files(prefix, "", PAGE_SIZE + 1)[:PAGE_SIZE])
+                                    reader.files.listing(prefix, "", PAGE_SIZE + 1)[:PAGE_SIZE])
 
         calls = {
             "stats.figures()": lambda: stats.figures(registry, settings),
-            "files page: list_files + describe": files_page(""),
+            "files page: files.listing + describe": files_page(""),
             "files page under the middle prefix": files_page(store.middle_prefix),
-            "failed page: entries.failed_page": lambda: entries.failed_page(reader, "",
-                                                                            PAGE_SIZE + 1),
+            "failed page: queue.failed_page": lambda: reader.queue.failed_page("",
+                                                                          PAGE_SIZE + 1),
         }
         return {name: time_calls(call, repeats) for name, call in calls.items()}
     finally:

@@ -6,15 +6,15 @@ What is measured
        each object a size drawn log-uniformly between --min-size and --max-size (4 KiB and 4 MiB),
        is replayed against two caches holding at most the same number of bytes: each of
        --cache-sizes (default 1%, 5% and 20% of the total bytes of all objects).
-       - filestore: the real `CacheGC` (cache/gc.py) over a migrated `Registry` and a
+       - filestore: the real `CacheGC` (cache/gc.py) over a migrated `SqliteRegistry` and a
          `LocalStore` in a fresh data directory (under /dev/shm when there is one, so an fsync
          costs nothing), with `CacheSettings(max_size=budget, min_free=0, sample=--sample)`.
          A request is a hit when the object's file is in the cache area (`data_dir/cache/`),
          as for filestore's read path. A miss makes the file (sparse, `ftruncate` to its size),
-         indexes it (`index.add`, in one registry transaction) and then evicts until the cache
+         indexes it (`tx.cache.add`, in one registry transaction) and then evicts until the cache
          is within its budget again (`gc.collect(0)`, when `gc.over_budget()` says so, as
          filestore's upkeep does). A hit notes its time in memory; the notes are written with
-         `index.touch` every --flush-every requests (default 1,000), as filestore batches access
+         `tx.cache.touch` every --flush-every requests (default 1,000), as filestore batches access
          times (cache/usage.py) about once a second.
        - exact LRU: an OrderedDict with byte accounting, which on a miss evicts from its least
          recently used end until the new object fits.
@@ -26,7 +26,7 @@ What is measured
        budget after every miss's eviction round (the peak is shown) and at the end, when it must
        also agree with the index and with the files in the cache area. The GC sees the hits not
        yet written through the same hook filestore gives it (`last_read`), and the index's
-       slots must be dense at the end (0..rows-1: `index.sample` draws slots uniformly).
+       slots must be dense at the end (0..rows-1: `cache.sample` draws slots uniformly).
     2. Eviction cost as the index grows. For each of --index-sizes (default 10k, 100k, 1M) a fresh
        migrated registry gets that many `cache_entries` rows (one transaction, random
        `last_access`; rows only, no files: `drop_cached` finds none and the row goes all the
@@ -95,11 +95,10 @@ from benchlib import (
     write_json,
 )
 
-from filestore.cache import index
 from filestore.cache.gc import CacheGC
 from filestore.config import CacheSettings
 from filestore.local import LocalStore
-from filestore.registry import Registry
+from filestore.registry import SqliteRegistry
 
 HIT_RATIO_TARGET = 0.97  # filestore's request hit ratio / the exact LRU's
 FLAT_TARGET = 1.5  # eviction cost at the largest index / at the smallest, "about 1x"
@@ -256,11 +255,11 @@ def run_lru(workload: Workload, budget: int) -> CacheRun:
 
 
 @contextlib.contextmanager
-def data_directory(base: Path, name: str) -> Iterator[tuple[Registry, LocalStore]]:
+def data_directory(base: Path, name: str) -> Iterator[tuple[SqliteRegistry, LocalStore]]:
     """A fresh data directory with a migrated registry and a local store; closed afterwards."""
     data_dir = base / name
     data_dir.mkdir()
-    registry = Registry(data_dir / "registry.sqlite3")
+    registry = SqliteRegistry(data_dir / "registry.sqlite3")
     try:
         registry.migrate()
         yield registry, LocalStore(data_dir, min_free=0)
@@ -268,9 +267,8 @@ def data_directory(base: Path, name: str) -> Iterator[tuple[Registry, LocalStore
         registry.close()
 
 
-def counter(registry: Registry, name: str) -> int:
-    row = registry.reader.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
-    return int(row[0])
+def counter(registry: SqliteRegistry, name: str) -> int:
+    return registry.read.counters.get(name)
 
 
 def make_sparse(file: Path, size: int) -> None:
@@ -283,11 +281,11 @@ def make_sparse(file: Path, size: int) -> None:
         os.close(fd)
 
 
-def flush_accesses(registry: Registry, accessed: dict[str, float]) -> None:
+def flush_accesses(registry: SqliteRegistry, accessed: dict[str, float]) -> None:
     """What cache/usage.py writes once a second: the batched access times."""
     if accessed:
-        with registry.transaction() as conn:
-            index.touch(conn, [(when, path) for path, when in accessed.items()])
+        with registry.transaction() as tx:
+            tx.cache.touch([(when, path) for path, when in accessed.items()])
         accessed.clear()
 
 
@@ -309,8 +307,8 @@ def run_gc(workload: Workload, budget: int, args: argparse.Namespace, base: Path
                 accessed[paths[obj]] = float(now)
             elif size <= budget:
                 make_sparse(files[obj], size)
-                with registry.transaction() as conn:
-                    index.add(conn, paths[obj], 1, size, "x", float(now))
+                with registry.transaction() as tx:
+                    tx.cache.add(paths[obj], 1, size, "x", float(now))
                 # The cheap check first, as filestore's upkeep does: collect() always takes a
                 # write transaction, even when there is nothing to evict.
                 if gc.over_budget() and not gc.collect(0).fits:
@@ -319,20 +317,22 @@ def run_gc(workload: Workload, budget: int, args: argparse.Namespace, base: Path
             if now % args.flush_every == 0:
                 flush_accesses(registry, accessed)
         check_consistent(registry, local, budget)
-        rows, top = registry.reader.execute(
-            "SELECT count(*), coalesce(max(slot) + 1, 0) FROM cache_entries").fetchone()
+        with contextlib.closing(sqlite3.connect(registry.path)) as conn:
+            rows, top = conn.execute(
+                "SELECT count(*), coalesce(max(slot) + 1, 0) FROM cache_entries").fetchone()
         if rows != top:
             raise BenchError(f"{rows} index rows in slots 0..{top - 1}: the slots have holes")
         return CacheRun(hits, counter(registry, "cache.evictions"),
                         time.perf_counter() - started, peak, rows)
 
 
-def check_consistent(registry: Registry, local: LocalStore, budget: int) -> None:
+def check_consistent(registry: SqliteRegistry, local: LocalStore, budget: int) -> None:
     """The budget held, and the counters, the index and the cache area agree."""
     cached = counter(registry, "cache.bytes")
     entries = counter(registry, "cache.entries")
-    rows, row_bytes = registry.reader.execute(
-        "SELECT count(*), coalesce(sum(size), 0) FROM cache_entries").fetchone()
+    with contextlib.closing(sqlite3.connect(registry.path)) as conn:
+        rows, row_bytes = conn.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM cache_entries").fetchone()
     on_disk = [os.path.join(d, f) for d, _, names in os.walk(local.cache_root) for f in names]
     disk_bytes = sum(os.stat(f).st_size for f in on_disk)
     if cached > budget:
@@ -356,10 +356,10 @@ class EvictCost:
     median_us: float  # median over batches of (batch time / its evictions)
 
 
-def fill_index(registry: Registry, rows: int, rng: random.Random) -> None:
+def fill_index(registry: SqliteRegistry, rows: int, rng: random.Random) -> None:
     """`rows` index rows in one transaction: random sizes and access times, no files."""
-    with registry.transaction() as conn:
-        conn.executemany(
+    with registry.transaction() as tx:
+        tx._conn.executemany(
             "INSERT INTO cache_entries (path, version, size, sha256, last_access, slot) "
             "VALUES (?, 1, ?, 'x', ?, ?)",
             ((object_path(i), rng.randint(4 * KIB, 4 * MIB), rng.uniform(0, rows), i)
@@ -375,9 +375,9 @@ def timed_batches(gc: CacheGC, evictions: int, limit: float) -> list[tuple[float
     while done < evictions and sum(seconds for seconds, _ in batches) < limit:
         count = min(EVICT_BATCH, evictions - done)
         started = time.perf_counter()
-        with gc.registry.transaction() as conn:
+        with gc.registry.transaction() as tx:
             for _ in range(count):
-                if gc._evict_one(conn) is None:
+                if gc._evict_one(tx) is None:
                     raise BenchError("_evict_one found nothing to evict in a full index")
         batches.append((time.perf_counter() - started, count))
         done += count

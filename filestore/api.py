@@ -12,11 +12,9 @@ import binascii
 import logging
 import os
 import re
-import time
 from typing import Any
 from urllib.parse import quote
 
-import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -24,26 +22,24 @@ from starlette.routing import Route
 from . import accel, paths
 from .auth import check_bearer
 from .conditional import Validators, check_preconditions, etag_for, if_range_allows
-from .errors import BadRequest, NotFound, TooLarge
+from .errors import BadRequest, TooLarge
 from .ranges import RangeNotSatisfiable, parse_range
 from .registry import FileRecord
 from .responses import ByteSource, FileBody, LocalBytes, NoBytes
-from .store import Precondition, Store
+from .service import Service, service_of
+from .store import Precondition
 
 log = logging.getLogger("filestore")
 
 MAX_LIST_LIMIT = 1000
-# How long a read waits for a PUT of its path to commit (looking again after 1 ms, doubling to
-# 50 ms): a commit takes milliseconds, but waits for the write lock and an fsync on a busy disk.
-_COMMIT_WAIT_SECONDS = 5.0
 _SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 _DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() also takes "²"
 # Bytes a client may name the wrong type for; never let a browser sniff them into HTML.
 _SAFE_HEADERS = {"x-content-type-options": "nosniff", "accept-ranges": "bytes"}
 
 
-def _store(request: Request) -> Store:
-    return request.app.state.store  # type: ignore[no-any-return]
+def _service(request: Request) -> Service:
+    return service_of(request.app.state)
 
 
 def _file_path(request: Request) -> str:
@@ -63,14 +59,14 @@ class FileRoute(Route):
 
 
 def _require_token(request: Request) -> None:
-    check_bearer(request.headers.get("authorization"), _store(request).token)
+    check_bearer(request.headers.get("authorization"), _service(request).store.token)
 
 
 def _authorize(request: Request, path: str, *, public: bool = False) -> None:
     """A signed URL (`?expires=&sig=`, see signing.py) grants its one method on its one path and
     a bad one is refused with 403; without a signature, the token unless `public`."""
     query = request.scope["query_string"]
-    if query and request.app.state.signing.check(query, request.method, path):
+    if query and _service(request).signing.check(query, request.method, path):
         return
     if not public:
         _require_token(request)
@@ -101,44 +97,6 @@ def _file_headers(record: FileRecord) -> dict[str, str]:
     }
 
 
-async def _open_current(store: Store, path: str) -> tuple[FileRecord, int | None, bool]:
-    """The record, an open fd of the very bytes it describes (None: only the cloud has them;
-    the read-through cache fetches them) and whether those bytes are the cache's.
-
-    A PUT renames its file into place before its transaction commits: a reader in between sees
-    the old row and the new file (another inode). While the PUT's intent row exists, the reader
-    waits for the commit (a few ms, backing off) and looks again. A data directory restored
-    from a copy has new inodes throughout: there (no PUT in flight), after the retries, a file
-    of the recorded size is taken as the recorded one.
-    """
-    attempt = waits = 0
-    deadline = 0.0
-    while True:
-        record = store.lookup(path)
-        opened = store.local.open_bytes(path)
-        if opened is None:
-            if record.location == "remote":
-                return record, None, False
-        else:
-            fd, cached = opened
-            stat = os.fstat(fd)
-            if stat.st_ino == record.inode:
-                return record, fd, cached
-            writing = store.registry.read.intents.writing(path)
-            if not writing and attempt >= 2 and stat.st_size == record.size:
-                return record, fd, cached
-            os.close(fd)
-            if writing:
-                deadline = deadline or time.monotonic() + _COMMIT_WAIT_SECONDS
-                if time.monotonic() < deadline:
-                    await anyio.sleep(min(0.001 * 2**waits, 0.05))
-                    waits += 1
-                    continue
-        attempt += 1
-        if attempt == 3:
-            break
-    log.error("registered file %r has no matching local bytes", path)
-    raise NotFound(f"{path!r} is registered but its bytes are missing; run filestore verify")
 
 
 # Request headers that make a GET conditional or partial; most GETs carry none of them.
@@ -162,11 +120,12 @@ def _conditional_headers(request: Request) -> dict[str, str]:
 
 async def get_file(request: Request) -> Response | FileBody:
     path = _file_path(request)
-    store = _store(request)
-    public = store.settings.auth.public_read
+    service = _service(request)
+    settings = service.settings
+    public = settings.auth.public_read
     if not public or request.scope["query_string"]:  # most GETs: public, no query
         _authorize(request, path, public=public)
-    record, fd, cached = await _open_current(store, path)
+    record, fd, cached = await service.open_current(path)
     try:
         answer = _answer_conditions(request, record)
     except BaseException:
@@ -179,9 +138,9 @@ async def get_file(request: Request) -> Response | FileBody:
         return answer
     headers, ranges = answer
     send_body = request.method != "HEAD"
-    cache = request.app.state.cache
-    if fd is not None and send_body and store.settings.server.accel_redirect:
-        handed = accel.redirect(request, store.settings.server.accel_redirect, path,
+    cache = service.read_through
+    if fd is not None and send_body and settings.server.accel_redirect:
+        handed = accel.redirect(request, settings.server.accel_redirect, path,
                                 record.size, cached, headers, ranges)
         if handed is not None:  # nginx sends the bytes: it opens the file itself
             os.close(fd)
@@ -275,18 +234,18 @@ def _precondition(request: Request, method: str) -> Precondition | None:
 
 
 async def put_file(request: Request) -> Response:
-    store = _store(request)
+    service = _service(request)
     path = _authorized_path(request)
     length = _content_length(request)
-    if length is not None and length > store.settings.storage.max_upload_size:
+    if length is not None and length > service.settings.storage.max_upload_size:
         raise TooLarge(
             f"Content-Length {length} is over storage.max_upload_size "
-            f"({store.settings.storage.max_upload_size})"
+            f"({service.settings.storage.max_upload_size})"
         )
     expect_md5 = _expected_md5(request)
     expect_sha256 = _expected_sha256(request)
     content_type = request.headers.get("content-type") or None
-    record, created = await store.put(
+    record, created = await service.put(
         path,
         request.stream(),
         content_type=content_type,
@@ -304,7 +263,7 @@ async def put_file(request: Request) -> Response:
 
 async def delete_file(request: Request) -> Response:
     path = _authorized_path(request)
-    await _store(request).delete(path, precondition=_precondition(request, "DELETE"))
+    await _service(request).delete(path, precondition=_precondition(request, "DELETE"))
     return Response(status_code=204)
 
 
@@ -317,7 +276,7 @@ async def list_files(request: Request) -> Response:
     if not _DIGITS.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
         raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}")
     limit = int(raw_limit)
-    records = _store(request).list_files(prefix, after, limit + 1)
+    records = _service(request).list_files(prefix, after, limit + 1)
     items = [record.public() for record in records[:limit]]
     following = records[limit - 1].path if len(records) > limit else None
     return JSONResponse({"items": items, "next": following})

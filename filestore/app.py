@@ -18,18 +18,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import admin, api, metrics, plan
-from .cache.readthrough import ReadThrough
-from .cache.reconcile import reconcile
+from . import admin, api, metrics
 from .config import Settings, load_settings
-from .errors import FilestoreError, RemoteError, RemoteUnavailable
+from .errors import FilestoreError, RemoteUnavailable
 from .health import healthz, readyz
-from .live_settings import SettingsReloader
-from .queue.moves import MoveRunner
-from .queue.worker import QueueWorkers
-from .remote import Remote, open_remotes
-from .signing import SigningKey
-from .store import Store
+from .service import Service
 
 log = logging.getLogger("filestore")
 
@@ -98,21 +91,6 @@ class CatchUnexpected:
             await response(scope, receive, send)
 
 
-async def _cleanup_remote(remote: Remote) -> None:
-    """Abort what crashed uploads left on the remote; a failure here only delays that."""
-    try:
-        count = await remote.cleanup()
-    except RemoteError as exc:
-        log.warning("could not clean up unfinished uploads on %s: %s", remote.display_url,
-                    exc.detail)
-        return
-    except Exception:
-        log.exception("could not clean up unfinished uploads on %s", remote.display_url)
-        return
-    if count:
-        log.info("aborted %d unfinished upload(s) on %s", count, remote.display_url)
-
-
 class FastReads:
     """GET and HEAD of `/files/{path}` go straight to `api.get_file`; all else through Starlette.
 
@@ -156,64 +134,14 @@ class FastReads:
         await response(scope, receive, send)
 
 
-async def _repair_cache(store: Store) -> None:
-    """The cache area's start-up repair, in the background; a failure is logged, not fatal
-    (the cache then runs unrepaired until the next start)."""
-    try:
-        await anyio.to_thread.run_sync(reconcile, store.registry, store.local)
-    except Exception as exc:
-        log.error("cache: start-up repair failed: %s: %s", type(exc).__name__, exc)
-
-
 def build_app(settings: Settings) -> FastReads:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store = Store(settings)
-        # Shared by the workers, the cache and the settings reloader, which swaps a remote in
-        # when the admin page changes it (the old one is closed at shutdown).
-        remotes: dict[str, Remote] = {}
-        retired: list[Remote] = []
-        runner: MoveRunner | None = None
-        try:
-            warnings = plan.check_recorded(store.settings, store.registry.read)
-            for warning in warnings if store.alone else ():  # once, not per worker process
-                log.warning("%s", warning)
-            remotes.update(open_remotes(store.settings))
-            for remote in remotes.values():
-                retired.append(remote)
-                await remote.open()
-            workers = QueueWorkers(store, remotes)
-            store.on_change = workers.wake
-            reloader = SettingsReloader(store, workers, retired)
-            runner = MoveRunner(store, remotes, workers.owner, workers.wake)
-            app.state.store = store
-            app.state.signing = SigningKey(store.datadir.root)
-            app.state.remotes = remotes
-            app.state.workers = workers
-            app.state.reloader = reloader
-            app.state.runner = runner
-            async with anyio.create_task_group() as tg:
-                cache = app.state.cache = ReadThrough(store, remotes, tg)
-                if store.alone:
-                    for remote in remotes.values():
-                        tg.start_soon(_cleanup_remote, remote)
-                    tg.start_soon(_repair_cache, store)
-                tg.start_soon(workers.run)
-                tg.start_soon(cache.maintain)
-                tg.start_soon(reloader.run)
-                tg.start_soon(runner.run)
-                tg.start_soon(metrics.flush_every)
-                yield
-                tg.cancel_scope.cancel()
-            with anyio.CancelScope(shield=True):
-                await cache.usage.flush()  # the last second of statistics
-        finally:
-            with anyio.CancelScope(shield=True):
-                for opened in retired:
-                    await opened.close()
-            if runner is not None:
-                runner.close()
-            store.close()
+        async with Service.serving(settings) as service, anyio.create_task_group() as tg:
+            app.state.service = service
+            tg.start_soon(metrics.flush_every)
+            yield
+            tg.cancel_scope.cancel()
 
     return FastReads(Starlette(
         routes=[Route("/healthz", healthz), Route("/readyz", readyz),

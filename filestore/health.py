@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 
 from .errors import FilestoreError
 from .remote import Remote
+from .service import service_of
 from .store import Store
 
 TIMEOUT = 2.0
@@ -81,8 +82,8 @@ async def _timed(name: str, results: dict[str, Any],
 
 async def readyz(request: Request) -> Response:
     state = request.app.state
-    store: Store = state.store
-    remotes: dict[str, Remote] = state.remotes
+    service = service_of(state)
+    store, remotes = service.store, service.remotes
     checks: dict[str, Any] = {}
     async with anyio.create_task_group() as tg:
         tg.start_soon(_timed, "registry", checks, _in_thread(_registry_check, store))

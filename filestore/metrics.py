@@ -376,6 +376,8 @@ def exposition(store: Store) -> bytes:
 async def metrics(request: Request) -> Response:
     import anyio
 
+    from .service import service_of  # (not at the top: the queue's workers import this module)
+
     flush()  # this process's last requests too
-    body = await anyio.to_thread.run_sync(exposition, request.app.state.store)
+    body = await anyio.to_thread.run_sync(exposition, service_of(request.app.state).store)
     return Response(body, media_type=CONTENT_TYPE)

@@ -134,6 +134,11 @@ class SigningKey:
             self._identity = identity
         return self._key
 
+    def rotate(self) -> None:
+        """Replace the key: every URL signed before stops working, in every running process."""
+        rotate_key(self.path.parent)
+        self._next_look = 0.0
+
     def sign(self, method: str, path: str, expires: int, base: str = "") -> str:
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}")

@@ -22,6 +22,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 
@@ -31,7 +32,7 @@ from .config import DEFAULT_REMOTE, Settings
 from .datadir import DataDir
 from .errors import ChecksumMismatch, Conflict, NotFound
 from .local import LocalStore, Received
-from .registry import FileRecord, Intent, SqliteRegistry, Tables, in_flight
+from .registry import SCHEMA_VERSION, FileRecord, Intent, SqliteRegistry, Tables, in_flight
 
 log = logging.getLogger("filestore")
 
@@ -41,40 +42,93 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 Precondition = Callable[[FileRecord | None], None]
 
 
+# How long a read waits for a PUT of its path to commit (looking again after 1 ms, doubling to
+# 50 ms): a commit takes milliseconds, but waits for the write lock and an fsync on a busy disk.
+_COMMIT_WAIT_SECONDS = 5.0
+
+
 def guess_content_type(path: str) -> str:
     return mimetypes.guess_type(path, strict=False)[0] or DEFAULT_CONTENT_TYPE
 
 
+class StoreEvents(Protocol):
+    """What the store tells the parts around it (the application wires them, see service.py)."""
+
+    def changed(self) -> None:
+        """New remote work may be due (a PUT, a DELETE): the queue's workers look now. On the
+        event loop's thread."""
+
+    def cached(self) -> None:
+        """Bytes entered the cache area, so its budget is checked now."""
+
+    def make_room(self, free: int) -> object:
+        """Evict cached bytes until `free` bytes are free on the disk, if it can. In a thread."""
+
+
+class NoEvents:
+    """A store nobody listens to (a command with no queue workers and no cache)."""
+
+    def changed(self) -> None:
+        pass
+
+    def cached(self) -> None:
+        pass
+
+    def make_room(self, free: int) -> object:
+        return None
+
+
 class Store:
-    def __init__(self, settings: Settings) -> None:
+    """`read_only`: for commands that only look. The registry is opened without a writer and
+    never migrated, nor is anything recovered (when it is missing or of an older schema, the
+    store opens as usual: the first command on a data directory prepares it)."""
+
+    def __init__(self, settings: Settings, events: StoreEvents | None = None, *,
+                 read_only: bool = False) -> None:
         # The config's settings; `settings` adds what was saved from the admin page.
         self.base_settings = settings
         self.settings = settings
+        self.events: StoreEvents = events or NoEvents()
         self.datadir = DataDir(settings.data_dir)
         self.datadir.create()
+        self.alone = False
+        if read_only and self._open_read_only():
+            return
         start_fd = self.datadir.start_lock()
         try:
-            self.registry = SqliteRegistry(self.datadir.registry_path)
+            self.registry: SqliteRegistry = SqliteRegistry(self.datadir.registry_path)
             self.registry.migrate()
             # The saved settings and their generation, read together: a save in between
             # would otherwise never be applied here.
             self.settings, self.settings_generation = overrides.snapshot(
                 settings, self.registry.read)
-            self.local = LocalStore(self.datadir.root, min_free=settings.storage.min_free)
-            self.token, self.token_created = load_or_create_token(
-                self.datadir.token_path, settings.auth.token
-            )
-            # Set by the queue's workers, so new work is seen at once (on the loop's thread).
-            self.on_change: Callable[[], None] = lambda: None
-            # Set by the cache: bytes entered the cache area, so its budget is checked now.
-            self.on_cached: Callable[[], None] = lambda: None
-            # Set by the cache: evict until this many bytes are free on the disk (if it can).
-            self.make_room: Callable[[int], object] = lambda free: None
+            self._open_parts()
             self.alone = self.datadir.join()
             if self.alone:
                 self._recover()
         finally:
             os.close(start_fd)
+
+    def _open_read_only(self) -> bool:
+        """Open the registry without a writer; False if it cannot be (missing, older schema)."""
+        path = self.datadir.registry_path
+        if not path.exists():
+            return False
+        registry = SqliteRegistry(path, read_only=True)
+        if registry.schema_version() != SCHEMA_VERSION:
+            registry.close()
+            return False
+        self.registry = registry
+        self.settings, self.settings_generation = overrides.snapshot(
+            self.base_settings, registry.read)
+        self._open_parts()
+        return True
+
+    def _open_parts(self) -> None:
+        self.local = LocalStore(self.datadir.root, min_free=self.settings.storage.min_free)
+        self.token, self.token_created = load_or_create_token(
+            self.datadir.token_path, self.settings.auth.token
+        )
 
     def reload_token(self) -> bool:
         """Take up a token rotated by `filestore token --rotate` (in another process); whether
@@ -102,6 +156,45 @@ class Store:
     def list_files(self, prefix: str, after: str, limit: int) -> list[FileRecord]:
         return self.registry.read.files.listing(prefix, after, limit)
 
+    async def open_current(self, path: str) -> tuple[FileRecord, int | None, bool]:
+        """The record, an open fd of the very bytes it describes (None: only the cloud has them;
+        the read-through cache fetches them) and whether those bytes are the cache's.
+
+        A PUT renames its file into place before its transaction commits: a reader in between sees
+        the old row and the new file (another inode). While the PUT's intent row exists, the reader
+        waits for the commit (a few ms, backing off) and looks again. A data directory restored
+        from a copy has new inodes throughout: there (no PUT in flight), after the retries, a file
+        of the recorded size is taken as the recorded one.
+        """
+        attempt = waits = 0
+        deadline = 0.0
+        while True:
+            record = self.lookup(path)
+            opened = self.local.open_bytes(path)
+            if opened is None:
+                if record.location == "remote":
+                    return record, None, False
+            else:
+                fd, cached = opened
+                stat = os.fstat(fd)
+                if stat.st_ino == record.inode:
+                    return record, fd, cached
+                writing = self.registry.read.intents.writing(path)
+                if not writing and attempt >= 2 and stat.st_size == record.size:
+                    return record, fd, cached
+                os.close(fd)
+                if writing:
+                    deadline = deadline or time.monotonic() + _COMMIT_WAIT_SECONDS
+                    if time.monotonic() < deadline:
+                        await anyio.sleep(min(0.001 * 2**waits, 0.05))
+                        waits += 1
+                        continue
+            attempt += 1
+            if attempt == 3:
+                break
+        log.error("registered file %r has no matching local bytes", path)
+        raise NotFound(f"{path!r} is registered but its bytes are missing; run filestore verify")
+
     # -- writes ---------------------------------------------------------------------------------
 
     async def put(
@@ -121,7 +214,7 @@ class Store:
         self.local.path_of(path)  # a symlink leading outside is refused before any byte lands
         wanted = self.local.min_free + (content_length or 0)
         if self.local.free_bytes() < wanted:
-            await anyio.to_thread.run_sync(self.make_room, wanted)  # evicts cached bytes
+            await anyio.to_thread.run_sync(self.events.make_room, wanted)  # evicts cached bytes
         self.local.check_room(content_length or 0)
         received = await self.local.receive(body, self.settings.storage.max_upload_size)
         try:
@@ -140,7 +233,7 @@ class Store:
         except BaseException:
             self.local.discard(received)
             raise
-        self.on_change()
+        self.events.changed()
         return record, created
 
     def put_received(self, path: str, received: Received) -> FileRecord:
@@ -226,7 +319,7 @@ class Store:
 
     async def delete(self, path: str, precondition: Precondition | None = None) -> None:
         await anyio.to_thread.run_sync(self._delete, path, precondition)
-        self.on_change()
+        self.events.changed()
 
     def _delete(self, path: str, precondition: Precondition | None) -> None:
         with self.registry.transaction() as tx:

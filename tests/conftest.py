@@ -92,8 +92,12 @@ class LiveServer:
         self.port = port
 
     @property
+    def service(self) -> Any:
+        return self.app.state.service
+
+    @property
     def store(self) -> Any:
-        return self.app.state.store
+        return self.service.store
 
     @property
     def token(self) -> str:

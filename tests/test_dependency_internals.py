@@ -84,6 +84,34 @@ def _httptools_protocol() -> type[asyncio.Protocol]:
     return cls
 
 
+def _checked_httptools_protocol() -> type[asyncio.Protocol]:
+    """HttpToolsProtocol, once it has each method httpguard overrides, taking what
+    httpguard passes on."""
+    cls = _httptools_protocol()
+    for name, params in OVERRIDES.items():
+        method = getattr(cls, name, None)
+        if not callable(method):
+            broken("uvicorn", f"{HTTPTOOLS_IMPL}.HttpToolsProtocol has no {name}()",
+                   f"{HTTPGUARD} (it overrides it and calls super().{name})")
+        # Defined by uvicorn itself, not inherited from asyncio.Protocol's no-ops: httpguard's
+        # super() calls must reach uvicorn's code.
+        owner = next(klass for klass in cls.__mro__ if name in klass.__dict__)
+        if not owner.__module__.startswith("uvicorn."):
+            broken("uvicorn", f"HttpToolsProtocol.{name} is no longer uvicorn's own (it is "
+                   f"{owner.__module__}.{owner.__qualname__}'s)", HTTPGUARD)
+        signature = inspect.signature(method)
+        positional = [p for p in list(signature.parameters.values())[1:]
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        required_extra = [p.name for p in list(signature.parameters.values())[1:]
+                          if p.default is p.empty and p not in positional
+                          and p.kind is not p.VAR_POSITIONAL and p.kind is not p.VAR_KEYWORD]
+        if len(positional) != len(params) or required_extra:
+            broken("uvicorn", f"HttpToolsProtocol.{name}{signature} no longer takes "
+                   f"({', '.join(('self', *params))})",
+                   f"{HTTPGUARD} (it overrides {name} and passes those on)")
+    return cls
+
+
 async def _app(scope: dict[str, Any], receive: Callable[..., Any],
                send: Callable[..., Any]) -> None:
     """Reads the whole body, answers with its length."""
@@ -114,7 +142,7 @@ def _uvicorn_config(http: Any) -> Any:
 def _probe_class() -> type[Any]:
     """HttpToolsProtocol recording each overridden method as it is called, the way httpguard
     overrides them (and, after each httptools callback, the request cycle's state)."""
-    base: Any = _httptools_protocol()
+    base: Any = _checked_httptools_protocol()
 
     class Probe(base):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -129,7 +157,8 @@ def _probe_class() -> type[Any]:
         def _cycle_state(self, name: str) -> None:
             cycle = self.cycle
             if cycle is not None:
-                self.probe_cycles[name] = (cycle.response_complete, cycle.more_body)
+                self.probe_cycles[name] = (getattr(cycle, "response_complete", None),
+                                           getattr(cycle, "more_body", None))
 
         def connection_made(self, transport: asyncio.Transport) -> None:
             self._record("connection_made")
@@ -164,12 +193,15 @@ def _probe_class() -> type[Any]:
     return Probe
 
 
-async def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+async def _wait_for(condition: Callable[[], bool], what: str,
+                    closed: Callable[[], bool] = lambda: False) -> None:
+    """Until `condition()`; failing after 5 s, or once `closed()`."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + 5
     while not condition():
-        if loop.time() > deadline:
-            broken("uvicorn", f"the protocol never got to {what}", HTTPGUARD)
+        if closed() or loop.time() > deadline:
+            broken("uvicorn", f"the protocol never got to {what}"
+                   f"{' (it closed the connection)' if closed() else ''}", HTTPGUARD)
         await asyncio.sleep(0.005)
 
 
@@ -199,7 +231,8 @@ async def _one_put(protocol_class: type[Any]) -> tuple[Any, bytes, dict[str, Any
         try:
             writer.write(b"PUT /files/x HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n")
             await _wait_for(lambda: bool(made) and made[0].cycle is not None,
-                            "a request cycle after the head")
+                            "a request cycle after a PUT's head",
+                            lambda: bool(made) and made[0].transport.is_closing())
             protocol = made[0]
             after_head = {name: getattr(protocol, name, AttributeError)
                           for name in PROTOCOL_READS}
@@ -222,28 +255,7 @@ async def _one_put(protocol_class: type[Any]) -> tuple[Any, bytes, dict[str, Any
 
 
 def test_uvicorn_httptools_protocol_has_the_methods_httpguard_overrides() -> None:
-    cls = _httptools_protocol()
-    for name, params in OVERRIDES.items():
-        method = cls.__dict__.get(name) or getattr(cls, name, None)
-        if not callable(method):
-            broken("uvicorn", f"{HTTPTOOLS_IMPL}.HttpToolsProtocol has no {name}()",
-                   f"{HTTPGUARD} (it overrides it and calls super().{name})")
-        # Defined by uvicorn itself, not inherited from asyncio.Protocol's no-ops: httpguard's
-        # super() calls must reach uvicorn's code.
-        owner = next(klass for klass in cls.__mro__ if name in klass.__dict__)
-        if not owner.__module__.startswith("uvicorn."):
-            broken("uvicorn", f"HttpToolsProtocol.{name} is no longer uvicorn's own (it is "
-                   f"{owner.__module__}.{owner.__qualname__}'s)", HTTPGUARD)
-        signature = inspect.signature(method)
-        positional = [p for p in list(signature.parameters.values())[1:]
-                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        required_extra = [p.name for p in list(signature.parameters.values())[1:]
-                          if p.default is p.empty and p not in positional
-                          and p.kind is not p.VAR_POSITIONAL and p.kind is not p.VAR_KEYWORD]
-        if len(positional) != len(params) or required_extra:
-            broken("uvicorn", f"HttpToolsProtocol.{name}{signature} no longer takes "
-                   f"({', '.join(('self', *params))})",
-                   f"{HTTPGUARD} (it overrides {name} and passes those on)")
+    _checked_httptools_protocol()
 
 
 def test_uvicorn_resolves_httpguard_as_the_http_protocol() -> None:
@@ -254,7 +266,7 @@ def test_uvicorn_resolves_httpguard_as_the_http_protocol() -> None:
     if getattr(config, "http_protocol_class", None) is not GuardedHttpToolsProtocol:
         broken("uvicorn", "Config(http='module:Class').load() no longer makes that class the "
                f"http_protocol_class (got {getattr(config, 'http_protocol_class', None)!r})",
-               "filestore/cli.py and filestore/httpguard.py")
+               "filestore/cli/server.py (serve's http=...httpguard:GuardedHttpToolsProtocol)")
     if not issubclass(GuardedHttpToolsProtocol, _httptools_protocol()):
         pytest.fail(f"{HTTPGUARD}: GuardedHttpToolsProtocol is no HttpToolsProtocol subclass "
                     "any more: update this test", pytrace=False)
@@ -267,21 +279,6 @@ def test_uvicorn_calls_the_overridden_callbacks_in_order_inside_data_received() 
     protocol, response, after_head = asyncio.run(_one_put(_probe_class()))
     calls = protocol.probe_calls
     names = [name for name, _ in calls]
-    if not response.startswith(b"HTTP/1.1 200") or not response.endswith(b"\r\n\r\n10"):
-        broken("uvicorn", f"a PUT through HttpToolsProtocol was answered {response!r}",
-               HTTPGUARD)
-    for name in OVERRIDES:
-        if name not in names:
-            broken("uvicorn", f"HttpToolsProtocol.{name} was never called on the protocol for a "
-                   f"request (calls: {names})", f"{HTTPGUARD} (it overrides {name})")
-    for name in ("on_message_begin", "on_headers_complete", "on_message_complete"):
-        if not all(inside for called, inside in calls if called == name):
-            broken("uvicorn", f"the httptools callback {name} ran outside data_received "
-                   f"(calls: {calls})", f"{HTTPGUARD} (it counts head bytes around data_received)")
-    order = ["connection_made", "on_message_begin", "on_headers_complete",
-             "on_message_complete", "connection_lost"]
-    if [name for name in names if name in order] != order:
-        broken("uvicorn", f"HttpToolsProtocol's callbacks came in the order {names}", HTTPGUARD)
     for name, found in after_head.items():
         if found is AttributeError:
             broken("uvicorn", f"HttpToolsProtocol has no .{name} once a head is parsed",
@@ -301,6 +298,18 @@ def test_uvicorn_calls_the_overridden_callbacks_in_order_inside_data_received() 
         if found is AttributeError:
             broken("uvicorn", f"HttpToolsProtocol.cycle (RequestResponseCycle) has no .{name}",
                    f"{HTTPGUARD} (it reads self.cycle.{name} in data_received)")
+    for name in OVERRIDES:
+        if name not in names:
+            broken("uvicorn", f"HttpToolsProtocol.{name} was never called on the protocol for a "
+                   f"request (calls: {names})", f"{HTTPGUARD} (it overrides {name})")
+    for name in ("on_message_begin", "on_headers_complete", "on_message_complete"):
+        if not all(inside for called, inside in calls if called == name):
+            broken("uvicorn", f"the httptools callback {name} ran outside data_received "
+                   f"(calls: {calls})", f"{HTTPGUARD} (it counts head bytes around data_received)")
+    order = ["connection_made", "on_message_begin", "on_headers_complete",
+             "on_message_complete", "connection_lost"]
+    if [name for name in names if name in order] != order:
+        broken("uvicorn", f"HttpToolsProtocol's callbacks came in the order {names}", HTTPGUARD)
     # (response_complete, more_body): a body still to come after the head, none after the end.
     if protocol.probe_cycles.get("on_headers_complete") != (False, True):
         broken("uvicorn", "after a PUT's head, cycle.(response_complete, more_body) is "
@@ -309,6 +318,9 @@ def test_uvicorn_calls_the_overridden_callbacks_in_order_inside_data_received() 
     if protocol.probe_cycles.get("on_message_complete", (None, True))[1] is not False:
         broken("uvicorn", "after a PUT's body, cycle.more_body is "
                f"{protocol.probe_cycles.get('on_message_complete')}, not False", HTTPGUARD)
+    if not response.startswith(b"HTTP/1.1 200") or not response.endswith(b"\r\n\r\n10"):
+        broken("uvicorn", f"a PUT through HttpToolsProtocol was answered {response!r}",
+               HTTPGUARD)
 
 
 def _names_assigned_by(cls: type) -> set[str]:
@@ -621,9 +633,17 @@ def test_prometheus_histogram_child_buckets_and_sum_take_counts(multiprocess_dir
                 for (name, labels), value in samples.items()
                 if ("route", route) in labels and name.startswith("probe_seconds")}
 
-    if not series("observed") or series("added") != series("observed"):
+    if not series("observed"):
+        broken("prometheus-client", "a Histogram created after rebinding values.ValueClass wrote "
+               f"nothing to the multiprocess directory (collected: {samples})",
+               f"{METRICS} (_Instruments)")
+    added_series, observed_series = series("added"), series("observed")
+    differ = {key: (added_series.get(key), observed_series.get(key))
+              for key in added_series.keys() | observed_series.keys()
+              if added_series.get(key) != observed_series.get(key)}
+    if differ:
         broken("prometheus-client", "incrementing a Histogram child's _buckets[i] and _sum does "
-               f"not give what observe() gives: {series('added')} != {series('observed')}",
+               f"not give what observe() gives ((by _buckets, by observe): {differ})",
                f"{METRICS} (RequestMetrics.flush)")
 
 

@@ -220,7 +220,7 @@ def test_secrets_never_in_errors_or_repr(make_server, moto):
         client.put("/files/s.txt", content=b"x")
     wait_for(lambda: (queue_row(server, "s.txt") or {"state": ""})["state"] == "failed")
     assert "SUPERSECRETVALUE" not in queue_row(server, "s.txt")["last_error"]
-    remote = server.app.state.remotes["default"]
+    remote = server.service.remotes["default"]
     assert "SUPERSECRETVALUE" not in repr(remote) + remote.display_url
     assert "SUPERSECRETVALUE" not in repr(server.settings)
 

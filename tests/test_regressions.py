@@ -61,19 +61,20 @@ def test_listing_limit_with_a_unicode_digit_is_not_a_500(client, tracebacks):
     assert r.status_code == 400
 
 
-def test_put_answers_with_what_it_stored(make_server):
+def test_put_answers_with_what_it_stored(make_server, monkeypatch):
     """Another writer (another request or process) commits between this PUT's commit and its
     `self.lookup(path)`: the PUT that succeeded answers 404, or with the other body's hash."""
     server = make_server(upload__delay="1h")
     store = server.store
-    wake = store.on_change
+    service = server.service
+    wake = service.changed
 
     def concurrent_delete() -> None:  # runs right after the PUT's transaction committed
-        store.on_change = wake
+        monkeypatch.setattr(service, "changed", wake)
         store._delete("raced", None)
 
     with server.client() as client:
-        store.on_change = concurrent_delete
+        monkeypatch.setattr(service, "changed", concurrent_delete)
         r = client.put("/files/raced", content=b"mine")
         assert r.status_code == 201
 

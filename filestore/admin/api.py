@@ -16,8 +16,8 @@ from starlette.routing import Route
 from .. import overrides, paths, signing
 from ..config import parse_duration
 from ..errors import BadRequest
+from ..service import service_of
 from ..stats import figures
-from . import operations
 from .session import CSRF_HEADER, Session, authenticate, check_csrf
 
 MAX_PAGE = 1000
@@ -26,7 +26,7 @@ _DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 def _session(request: Request) -> Session:
-    return authenticate(request, operations.store_of(request.app.state).token)
+    return authenticate(request, service_of(request.app.state).store.token)
 
 
 def _change(request: Request) -> Session:
@@ -59,20 +59,20 @@ def _int(value: str | None, name: str, default: int, high: int) -> int:
 
 async def stats(request: Request) -> Response:
     _session(request)
-    store = operations.store_of(request.app.state)
+    store = service_of(request.app.state).store
     return JSONResponse(figures(store.registry, store.settings))
 
 
 async def file_info(request: Request) -> Response:
     _session(request)
     path = paths.normalize(request.path_params["path"])
-    return JSONResponse(operations.file_state(request.app.state, path).public())
+    return JSONResponse(service_of(request.app.state).file_state(path).public())
 
 
 async def file_action(request: Request) -> Response:
     _change(request)
     path, action = request.path_params["path"], request.path_params["action"]
-    message, changed = await operations.file_action(request.app.state, path, action)
+    message, changed = await service_of(request.app.state).file_action(path, action)
     return JSONResponse({"path": paths.normalize(path), "action": action, "changed": changed,
                          "message": message})
 
@@ -80,9 +80,9 @@ async def file_action(request: Request) -> Response:
 async def settings(request: Request) -> Response:
     if request.method == "GET":
         _session(request)
-        return JSONResponse(overrides.nest(operations.settings_view(request.app.state)))
+        return JSONResponse(overrides.nest(service_of(request.app.state).settings_view()))
     _change(request)
-    result = await operations.save_settings(request.app.state, await _json_body(request))
+    result = await service_of(request.app.state).save_settings(await _json_body(request))
     if not result.ok:
         return JSONResponse(
             {"error": "settings_test_failed", "step": result.step,
@@ -90,13 +90,13 @@ async def settings(request: Request) -> Response:
             status_code=422,
         )
     return JSONResponse({"saved": True, "remote": result.remote, "tested": result.tested,
-                         "settings": overrides.nest(operations.settings_view(request.app.state))})
+                         "settings": overrides.nest(service_of(request.app.state).settings_view())})
 
 
 async def job_list(request: Request) -> Response:
     if request.method == "GET":
         _session(request)
-        store = operations.store_of(request.app.state)
+        store = service_of(request.app.state).store
         return JSONResponse({"items": [j.public() for j in store.registry.read.jobs.recent()]})
     _change(request)
     body = await _json_body(request)
@@ -105,22 +105,29 @@ async def job_list(request: Request) -> Response:
     delete_remote = body.get("delete_remote", False)
     if not isinstance(delete_remote, bool):
         raise BadRequest("delete_remote must be true or false")
-    job = await operations.start_job(request.app.state, body["kind"], delete_remote)
+    job = await service_of(request.app.state).start_move(body["kind"], delete_remote)
     return JSONResponse(job.public(), status_code=201)
 
 
+def parse_job_id(raw: str) -> int:
+    """A job id from a URL: a whole number (400 otherwise, never an overflow)."""
+    if not _DIGITS.fullmatch(raw):
+        raise BadRequest("a job id is a whole number")
+    return int(raw)
+
+
 def _job_id(request: Request) -> int:
-    return operations.job_id(request.path_params["id"])
+    return parse_job_id(request.path_params["id"])
 
 
 async def job_info(request: Request) -> Response:
     _session(request)
-    return JSONResponse(operations.job(request.app.state, _job_id(request)).public())
+    return JSONResponse(service_of(request.app.state).job(_job_id(request)).public())
 
 
 async def job_cancel(request: Request) -> Response:
     _change(request)
-    job = await operations.cancel_job(request.app.state, _job_id(request))
+    job = await service_of(request.app.state).cancel_move(_job_id(request))
     return JSONResponse(job.public())
 
 
@@ -128,7 +135,7 @@ async def failed(request: Request) -> Response:
     _session(request)
     params = request.query_params
     limit = _int(params.get("limit"), "limit", 100, MAX_PAGE)
-    rows = operations.store_of(request.app.state).registry.read.queue.failed_page(
+    rows = service_of(request.app.state).store.registry.read.queue.failed_page(
         params.get("after", ""), limit + 1)
     items = [{"path": e.path, "op": e.op, "attempts": e.attempts, "error": e.last_error}
              for e in rows[:limit]]
@@ -143,7 +150,7 @@ async def retry(request: Request) -> Response:
     path = body.get("path") if isinstance(body, dict) else None
     if every == isinstance(path, str):
         raise BadRequest('send {"path": "..."} or {"all": true}')
-    count = await operations.retry_failed(request.app.state, None if every else path)
+    count = await service_of(request.app.state).retry(None if every else path)
     return JSONResponse({"retried": count})
 
 
@@ -153,7 +160,7 @@ async def drop(request: Request) -> Response:
     path = body.get("path") if isinstance(body, dict) else None
     if not isinstance(path, str):
         raise BadRequest('send {"path": "..."}')
-    return JSONResponse({"dropped": await operations.drop_queued(request.app.state, path)})
+    return JSONResponse({"dropped": await service_of(request.app.state).drop(path)})
 
 
 async def sign(request: Request) -> Response:
@@ -174,7 +181,8 @@ async def sign(request: Request) -> Response:
         raise BadRequest("expires must be at least one second")
     path = paths.normalize(body["path"])
     expires = int(time.time() + seconds)
-    url = request.app.state.signing.sign(method, path, expires, str(request.base_url))
+    url = service_of(request.app.state).signing.sign(method, path, expires,
+                                                    str(request.base_url))
     return JSONResponse({"url": url, "expires": expires, "method": method, "path": path})
 
 

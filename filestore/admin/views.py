@@ -22,8 +22,9 @@ from starlette.staticfiles import StaticFiles
 from .. import overrides, paths
 from ..errors import BadRequest, FilestoreError
 from ..probe import STEPS
+from ..service import service_of
 from ..stats import figures, size_text
-from . import operations
+from .api import parse_job_id
 from .files import describe
 from .session import CSRF_FIELD, Session, check_csrf, from_cookie, sign_in, sign_out
 
@@ -89,7 +90,7 @@ def _safe_next(target: str | None) -> str:
 
 
 def _session(request: Request) -> Session | None:
-    return from_cookie(request, operations.store_of(request.app.state).token)
+    return from_cookie(request, service_of(request.app.state).store.token)
 
 
 def _sign_in_first(request: Request) -> RedirectResponse:
@@ -136,7 +137,7 @@ async def login(request: Request) -> Response:
     form = await _read_form(request)
     target = _safe_next(_field(form, "next"))
     response = RedirectResponse(target, status_code=303)
-    token = operations.store_of(request.app.state).token
+    token = service_of(request.app.state).store.token
     if not sign_in(response, token, _field(form, "token"), request.url.scheme == "https"):
         return _render(request, "login.html", None, status=401, next=target,
                        error="That is not the API token. `filestore token` prints it.")
@@ -158,7 +159,7 @@ async def dashboard(request: Request) -> Response:
     session = _session(request)
     if session is None:
         return _sign_in_first(request)
-    store = operations.store_of(request.app.state)
+    store = service_of(request.app.state).store
     stats = figures(store.registry, store.settings)
     return _render(request, "dashboard.html", session, stats=stats,
                    jobs=[j.public() for j in store.registry.read.jobs.recent(5)])
@@ -168,7 +169,7 @@ async def files(request: Request) -> Response:
     session = _session(request)
     if session is None:
         return _sign_in_first(request)
-    store = operations.store_of(request.app.state)
+    store = service_of(request.app.state).store
     params = request.query_params
     try:
         prefix = paths.normalize_prefix(params.get("prefix", ""))
@@ -190,7 +191,7 @@ async def file_action(request: Request) -> Response:
     form = await _form(request, session)
     back = _safe_next(_field(form, "back") or "/admin/files")
     try:
-        message, _ = await operations.file_action(request.app.state, _field(form, "path"),
+        message, _ = await service_of(request.app.state).file_action(_field(form, "path"),
                                                   _field(form, "action"))
     except FilestoreError as exc:
         return _back(back, exc.detail, "error")
@@ -201,7 +202,7 @@ async def failed(request: Request) -> Response:
     session = _session(request)
     if session is None:
         return _sign_in_first(request)
-    store = operations.store_of(request.app.state)
+    store = service_of(request.app.state).store
     after = request.query_params.get("after", "")
     rows = store.registry.read.queue.failed_page(after, PAGE_SIZE + 1)
     following = rows[PAGE_SIZE - 1].path if len(rows) > PAGE_SIZE else None
@@ -219,13 +220,13 @@ async def failed_action(request: Request) -> Response:
         return _back("/admin/failed", f"no action {action!r}", "error")
     try:
         if action == "retry-all":
-            count = await operations.retry_failed(request.app.state, None)
+            count = await service_of(request.app.state).retry(None)
             return _back("/admin/failed", f"{count:,} failed uploads will be retried now")
         if action == "retry":
-            count = await operations.retry_failed(request.app.state, path)
+            count = await service_of(request.app.state).retry(path)
             return _back("/admin/failed", f"{path} will be retried now" if count else
                          f"{path} had no failed upload", "info" if count else "error")
-        dropped = await operations.drop_queued(request.app.state, path)
+        dropped = await service_of(request.app.state).drop(path)
         return _back("/admin/failed", f"dropped the queued work of {path}" if dropped else
                      f"nothing was queued for {path}", "info" if dropped else "error")
     except FilestoreError as exc:
@@ -237,14 +238,15 @@ async def settings(request: Request) -> Response:
     if session is None:
         return _sign_in_first(request)
     state = request.app.state
-    editable = overrides.editable(operations.store_of(state).settings)
+    editable = overrides.editable(service_of(state).store.settings)
     if request.method == "GET":
-        return _render(request, "settings.html", session, settings=operations.settings_view(
-            state), editable=editable, steps=STEPS, result=None, error=None, submitted={})
+        return _render(request, "settings.html", session,
+                       settings=service_of(state).settings_view(), editable=editable,
+                       steps=STEPS, result=None, error=None, submitted={})
     form = await _form(request, session)
     # Only what the operator changed: a field left as shown is not saved, so it keeps
     # following the config file.
-    shown = operations.settings_view(state)
+    shown = service_of(state).settings_view()
     changes: dict[str, dict[str, str]] = {}
     for section, keys in editable.items():
         for key in keys:
@@ -255,7 +257,7 @@ async def settings(request: Request) -> Response:
         return _back("/admin/settings", "Nothing changed.")
     result, error, status = None, None, 200
     try:
-        result = await operations.save_settings(state, overrides.nest(changes))
+        result = await service_of(state).save_settings(overrides.nest(changes))
         status = 200 if result.ok else 422
     except FilestoreError as exc:
         error, status = exc.detail, exc.status
@@ -263,7 +265,7 @@ async def settings(request: Request) -> Response:
         return _back("/admin/settings", f"Saved: the test against {result.remote} passed "
                      "(put, read, compare, delete)." if result.tested else "Saved.")
     return _render(request, "settings.html", session, status=status,
-                   settings=operations.settings_view(state), editable=editable,
+                   settings=service_of(state).settings_view(), editable=editable,
                    steps=STEPS, result=result, error=error, submitted=changes)
 
 
@@ -273,7 +275,7 @@ async def start_job(request: Request) -> Response:
         return _sign_in_first(request)
     form = await _form(request, session)
     try:
-        job = await operations.start_job(request.app.state, _field(form, "kind"),
+        job = await service_of(request.app.state).start_move(_field(form, "kind"),
                                          _field(form, "delete_remote") == "true")
     except FilestoreError as exc:
         return _back("/admin", exc.detail, "error")
@@ -286,8 +288,8 @@ async def cancel_job(request: Request) -> Response:
         return _sign_in_first(request)
     await _form(request, session)
     try:
-        job = await operations.cancel_job(request.app.state,
-                                          operations.job_id(request.path_params["id"]))
+        job_id = parse_job_id(request.path_params["id"])
+        job = await service_of(request.app.state).cancel_move(job_id)
     except FilestoreError as exc:
         return _back("/admin", exc.detail, "error")
     return _back("/admin", f"Cancelled job {job.id}.")

@@ -62,8 +62,6 @@ class ReadThrough:
         self._fills: dict[str, Filling] = {}  # by path, on the event loop's thread only
         self._reserved = 0  # bytes of this process's running fills, not yet in the index
         self._wake = anyio.Event()
-        store.on_cached = self.wake
-        store.make_room = self.gc.make_free
 
     async def open(self, record: FileRecord, ranges: list[tuple[int, int]] | None) -> ByteSource:
         """The bytes for one response of `record` (whole, or `ranges` in the order they are

@@ -130,7 +130,7 @@ async def bring_local(store: Store, remotes: dict[str, Remote], path: str,
     except BaseException:
         store.local.discard(received)
         raise
-    store.on_change()
+    store.events.changed()
     return moved
 
 

@@ -185,7 +185,7 @@ class QueueWorkers:
                                         record.content_type, record.md5)
         await anyio.to_thread.run_sync(self._record_upload, entry, remote, uploaded.etag,
                                        generation)
-        self.store.on_cached()  # the uploaded bytes (usually) moved into the cache area
+        self.store.events.cached()  # the uploaded bytes (usually) moved into the cache area
 
     def _record_upload(self, entry: Entry, remote: Remote, etag: str, generation: int) -> None:
         now = time.time()
