@@ -1,7 +1,8 @@
 """Domain errors, raised inside filestore and translated at the edges.
 
-`api.py` turns a `FilestoreError` into a JSON error response with its `status`; `cli.py` turns it
-into one line on stderr. Nothing below the edges knows about HTTP or terminals.
+`app.py`'s exception handler turns a `FilestoreError` into a JSON error response with its
+`status` (for `/files/` and the admin API alike); `cli/base.py` turns it into one line on stderr.
+Nothing below the edges knows about HTTP or terminals.
 """
 
 from __future__ import annotations

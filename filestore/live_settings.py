@@ -7,9 +7,9 @@ A save from the admin page is tested first (`probe.py`: put, read back, compare,
 object on the remote the new settings name); only settings that pass are stored, in the registry
 (`overrides.py`). Each server process then applies them within a second: it compares the
 registry's settings generation, rebuilds its settings, and when the remote changed opens a client
-for the new remote and swaps it in. The old client stays open until shutdown, so reads and uploads
-already using it finish; an upload that began under the old remote settings is not recorded and
-goes again (see `queue/worker.py`).
+for the new remote and swaps it in. The old client is closed `RETIRE_SECONDS` (120 s) later, or
+at shutdown, so reads and uploads already using it finish; an upload that began under the old
+remote settings is not recorded and goes again (see `queue/worker.py`).
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ class SettingsReloader:
         self.seen = store.settings_generation
         # The settings each remote client in `remotes` was opened with.
         self.opened_with = dict(store.settings.named_remotes())
-        # Every remote client opened, for the owner to close at shutdown: a replaced one may
-        # still be serving a read or an upload.
+        # Every remote client opened, for the owner to close at shutdown; a replaced one is
+        # closed here `RETIRE_SECONDS` after the swap (it may still be serving a read or an
+        # upload until then).
         self.opened = opened
         self._retired: list[tuple[Remote, float]] = []
         self._lock = anyio.Lock()

@@ -1,6 +1,6 @@
 """The application layer: builds filestore's parts and exposes every operation, once.
 
-The adapters (`api.py` for `/files/`, `admin/` for the page and its JSON API, `cli.py` for the
+The adapters (`api.py` for `/files/`, `admin/` for the page and its JSON API, `cli/` for the
 command) parse their input, call one operation here and format its answer; none of them reaches
 into the parts. The parts are the store (`store.py`: a file's bytes and row, the intent protocol),
 the remotes, the queue's workers (`queue/worker.py`), the move jobs (`queue/moves.py`), the
@@ -102,7 +102,7 @@ class Service:
         with cls.opened(settings) as service:
             store = service.store
             # Every remote client opened, closed at shutdown: the settings reloader swaps a
-            # remote in when the admin page changes it and closes the old one later.
+            # remote in when the admin page changes it and closes the old one 120 s later.
             opened: list[Remote] = []
             try:
                 warnings = plan.check_recorded(store.settings, store.registry.read)

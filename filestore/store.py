@@ -1,6 +1,7 @@
 """The store: what a file operation means, across the local disk and the registry.
 
-`api.py` speaks HTTP and calls this; `local.py` moves bytes; `registry.py` records them. A PUT is:
+`service.py` calls this for every file operation; `local.py` moves bytes; `registry/` records
+them. A PUT is:
 
 1. receive the body into a temp file, hashing (nothing is recorded yet);
 2. record an intent ("temp file T is about to replace path P") in its own transaction;

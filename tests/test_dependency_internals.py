@@ -2,8 +2,8 @@
 
 filestore subclasses uvicorn's httptools protocol (httpguard.py), reads the aiohttp response
 inside aiobotocore's streaming body (remote/s3.py), rebinds prometheus-client's value class and
-writes a histogram's buckets directly (metrics.py), and leans on a few less visible behaviours
-of botocore and Starlette. None of that is public API, so pyproject.toml bounds uvicorn,
+writes a histogram's buckets directly (metrics.py), and leans on a less visible behaviour of
+Starlette. None of that is public API, so pyproject.toml bounds uvicorn,
 aiobotocore and prometheus-client below the next minor version, and these tests say which
 internal went missing, in which version, and which filestore module needs it. To move a bound:
 install the new version, run this file, and fix what it names first.
@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import base64
 import bisect
-import hashlib
 import inspect
-import io
 import logging
 import textwrap
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -37,7 +34,6 @@ BOUNDS = {
     "uvicorn": "uvicorn's upper bound in pyproject.toml",
     "aiobotocore": "aiobotocore's upper bound in pyproject.toml",
     "prometheus-client": "prometheus-client's upper bound in pyproject.toml",
-    "botocore": "botocore is bounded only through aiobotocore's pin",
     "aiohttp": "aiohttp is not bounded: readchunk() is its public API",
     "starlette": "starlette is not bounded for this",
 }
@@ -428,96 +424,6 @@ def test_aiobotocore_body_wraps_an_aiohttp_response_with_readchunk(moto: Any, bu
     if got != data:
         broken("aiobotocore", f"reading body.__wrapped__.content.readchunk() to (b'', False) "
                f"gave {len(got)} of {len(data)} bytes ({len(pieces)} reads)", S3)
-
-
-# -- botocore: filestore/remote/s3.py's before-sign hook (botocore is bounded by aiobotocore) ---
-
-_SIGN_HOOK = f"{S3} (_sign_with_known_sha256, registered on before-sign.s3.PutObject/UploadPart)"
-
-
-class _CountingBody(io.BytesIO):
-    def __init__(self, data: bytes) -> None:
-        super().__init__(data)
-        self.reads = 0
-
-    def read(self, size: int | None = -1) -> bytes:
-        self.reads += 1
-        return super().read(size)
-
-
-def _checksum(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha256(data).digest()).decode()
-
-
-def test_botocore_before_sign_hands_the_request_with_its_checksum_header(moto: Any,
-                                                                          bucket: str) -> None:
-    """The hook reads `request.headers["x-amz-checksum-sha256"]` and sets a header, on the
-    `before-sign.s3.PutObject` and `before-sign.s3.UploadPart` events."""
-    data = b"x" * 1000
-    seen: dict[str, Any] = {}
-
-    def hook(request: Any, operation_name: str = "?", **_: Any) -> None:
-        seen[operation_name] = (request.headers.get("x-amz-checksum-sha256"),
-                                type(request.headers))
-        request.headers["X-Filestore-Probe"] = "1"  # headers are writable here
-
-    async def upload() -> None:
-        async with _s3_client(moto) as client:
-            for operation in ("PutObject", "UploadPart"):
-                client.meta.events.register(f"before-sign.s3.{operation}", hook)
-            await client.put_object(Bucket=bucket, Key="put", Body=data,
-                                    ChecksumAlgorithm="SHA256", ChecksumSHA256=_checksum(data))
-            created = await client.create_multipart_upload(Bucket=bucket, Key="parts",
-                                                           ChecksumAlgorithm="SHA256")
-            try:
-                await client.upload_part(Bucket=bucket, Key="parts", PartNumber=1, Body=data,
-                                         UploadId=created["UploadId"],
-                                         ChecksumSHA256=_checksum(data))
-            finally:
-                await client.abort_multipart_upload(Bucket=bucket, Key="parts",
-                                                    UploadId=created["UploadId"])
-
-    asyncio.run(upload())
-    for operation in ("PutObject", "UploadPart"):
-        if operation not in seen:
-            broken("botocore", f"before-sign.s3.{operation} did not fire with a request "
-                   f"(fired: {sorted(seen)})", _SIGN_HOOK)
-        header, kind = seen[operation]
-        if header != _checksum(data):
-            broken("botocore", f"at before-sign.s3.{operation}, request.headers ({kind!r}) has "
-                   f"x-amz-checksum-sha256 {header!r}, not the checksum sent", _SIGN_HOOK)
-
-
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "botocore 1.40's S3SigV4Auth._modify_request_before_signing deletes X-Amz-Content-SHA256 "
-    "and hashes the body itself, so s3.py's before-sign hook saves nothing (found while "
-    "writing this test); strict: an XPASS means botocore honours the header now"))
-def test_botocore_signs_with_the_payload_hash_set_before_signing(moto: Any, bucket: str) -> None:
-    """The hook's point: with X-Amz-Content-SHA256 set, SigV4 over plain http signs that value
-    instead of reading (and hashing) the whole body on the event loop."""
-    data = b"y" * 300_000
-    body = _CountingBody(data)
-    reads_before_send: list[int] = []
-
-    def hook(request: Any, **_: Any) -> None:  # what s3.py's hook does
-        checksum = request.headers.get("x-amz-checksum-sha256")
-        if checksum and "X-Amz-Content-SHA256" not in request.headers:
-            request.headers["X-Amz-Content-SHA256"] = base64.b64decode(checksum).hex()
-
-    async def upload() -> None:
-        async with _s3_client(moto) as client:
-            client.meta.events.register("before-sign.s3.PutObject", hook)
-            client.meta.events.register("before-send.s3.PutObject",
-                                        lambda **_: reads_before_send.append(body.reads))
-            await client.put_object(
-                Bucket=bucket, Key="signed", Body=body, ContentLength=len(data),
-                ContentMD5=base64.b64encode(hashlib.md5(data).digest()).decode(),
-                ChecksumAlgorithm="SHA256", ChecksumSHA256=_checksum(data))
-
-    asyncio.run(upload())
-    if reads_before_send != [0]:
-        broken("botocore", f"SigV4 read the body {reads_before_send} time(s) before sending "
-               "although X-Amz-Content-SHA256 was set at before-sign", _SIGN_HOOK)
 
 
 # -- prometheus-client: filestore/metrics.py -----------------------------------------------------

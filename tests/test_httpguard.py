@@ -1,6 +1,6 @@
-"""The HTTP protocol's limits and its head-with-body sends (filestore/httpguard.py), on a real
-uvicorn with the deadlines shortened: a stalled head or body is cut, a connection that keeps
-moving is not, and every response arrives whole, with or without a body."""
+"""The HTTP protocol's limits (filestore/httpguard.py), on a real uvicorn with the deadlines
+shortened: a stalled head or body is cut, a connection that keeps moving is not, and every
+response arrives whole, with or without a body."""
 
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ and only then marks it local; with `delete_remote` the cloud copy is deleted aft
 the queue, so the delete happens only once the local copy is recorded. Bytes already on the disk
 (a cache entry, a keep-local copy) are verified and moved by rename instead of downloaded.
 
-A job is leased by the process that runs it (see `jobs.py`), resumes after its cursor when it is
-taken up again, and stops at its next step once cancelled.
+A job is leased by the process that runs it (see `registry/jobs.py`), resumes after its cursor
+when it is taken up again, and stops at its next step once cancelled.
 """
 
 from __future__ import annotations

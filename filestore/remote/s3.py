@@ -171,9 +171,6 @@ class S3Remote:
             session.client("s3", endpoint_url=settings.endpoint_url or None,
                            region_name=settings.region or None, config=config, **credentials)
         )
-        for operation in ("PutObject", "UploadPart"):
-            self._client.meta.events.register(f"before-sign.s3.{operation}",
-                                              _sign_with_known_sha256)
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -426,16 +423,6 @@ class FileWindow(io.RawIOBase):
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
-
-
-def _sign_with_known_sha256(request: Any, **_: Any) -> None:
-    """SigV4 over plain http signs a hash of the payload, and botocore would compute it by
-    reading the whole body on the event loop. filestore already knows the body's SHA-256 (it
-    sends it as the checksum), so it hands that over: no second hashing pass, no blocked loop,
-    and the store still checks the payload against it."""
-    checksum = request.headers.get("x-amz-checksum-sha256")
-    if checksum and "X-Amz-Content-SHA256" not in request.headers:
-        request.headers["X-Amz-Content-SHA256"] = base64.b64decode(checksum).hex()
 
 
 def _without_userinfo(url: str) -> str:
