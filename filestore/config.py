@@ -136,6 +136,27 @@ def parse_str(value: Any) -> str:
     return value
 
 
+def parse_dirs(value: Any) -> tuple[str, ...]:
+    """Absolute directories: a TOML array of strings, or one string of them separated by ":"
+    (as an environment variable gives them)."""
+    items = value.split(":") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ValueError('a list of absolute directories like ["/srv/cold"]')
+    dirs = tuple(parse_path(item) for item in items if item)
+    if not all(os.path.isabs(d) for d in dirs):
+        raise ValueError('a list of absolute directories like ["/srv/cold"]')
+    return dirs
+
+
+def parse_listen(value: Any) -> str:
+    """Empty, or "HOST:PORT" (an IPv6 host in brackets: "[::1]:8081")."""
+    text = parse_str(value).strip()
+    if text and not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}", text) \
+            or text and not 0 < int(text.rpartition(":")[2]) <= 65535:
+        raise ValueError('"" or an address like "127.0.0.1:8081"')
+    return text
+
+
 def _field(default: Any, parse: Callable[[Any], Any], *, secret: bool = False) -> Any:
     # Secrets stay out of repr() so they never reach a log line or an error message.
     return dataclasses.field(default=default, metadata={"parse": parse}, repr=not secret)
@@ -169,11 +190,31 @@ class ServerSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class AdminSettings:
+    # "HOST:PORT": the admin page and its API answer only there (a listener of their own), and
+    # not on server.host:server.port, so uploaded files never share its origin. Empty: both
+    # on the one listener.
+    listen: str = _field("", parse_listen)
+    # True: the session cookie is always marked Secure (behind a TLS proxy that does not say
+    # X-Forwarded-Proto); false: when the request came over https.
+    cookie_secure: bool = _field(False, parse_bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class SigningSettings:
+    # The longest a signed URL may be valid: `filestore sign` and the admin API refuse more.
+    max_expiry: float = _field(7 * 86400.0, parse_duration)
+
+
+@dataclasses.dataclass(frozen=True)
 class StorageSettings:
     data_dir: str = _field("./filestore-data", parse_path)
     max_upload_size: int = _field(5 * 1024**3, parse_size)
     # PUTs are refused with 507 when the data directory's disk has less than this free.
     min_free: int = _field(1024**3, parse_size)
+    # Directories a `file://` remote saved from the admin page may point into (the config file
+    # may name any): empty, the admin page can set `s3://` remotes only.
+    allowed_file_roots: tuple[str, ...] = _field((), parse_dirs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,6 +327,9 @@ class PlanRule:
     # None: the [upload] section's value.
     upload_delay: float | None = _field(None, parse_duration)
     keep_local: bool | None = _field(None, parse_bool)
+    # True: files of active types (HTML, SVG, XML, JavaScript) are served inline (still under
+    # a sandboxing Content-Security-Policy) instead of as attachments.
+    inline: bool = _field(False, parse_bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,6 +337,8 @@ class Settings:
     server: ServerSettings = dataclasses.field(default_factory=ServerSettings)
     storage: StorageSettings = dataclasses.field(default_factory=StorageSettings)
     auth: AuthSettings = dataclasses.field(default_factory=AuthSettings)
+    admin: AdminSettings = dataclasses.field(default_factory=AdminSettings)
+    signing: SigningSettings = dataclasses.field(default_factory=SigningSettings)
     upload: UploadSettings = dataclasses.field(default_factory=UploadSettings)
     # The remote named "default" ([remote], or [remotes.default]).
     remote: RemoteSettings = dataclasses.field(default_factory=RemoteSettings)
