@@ -151,8 +151,10 @@ def parse_dirs(value: Any) -> tuple[str, ...]:
 def parse_listen(value: Any) -> str:
     """Empty, or "HOST:PORT" (an IPv6 host in brackets: "[::1]:8081")."""
     text = parse_str(value).strip()
-    if text and not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}", text) \
-            or text and not 0 < int(text.rpartition(":")[2]) <= 65535:
+    if not text:
+        return text
+    if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}", text) \
+            or not 0 < int(text.rpartition(":")[2]) <= 65535:
         raise ValueError('"" or an address like "127.0.0.1:8081"')
     return text
 
