@@ -10,7 +10,9 @@ Readiness checks, each with its result in the JSON, 503 if any fails:
 - `remote.NAME`: each remote in use answers a HEAD of a path nobody stores (so a missing bucket
   or wrong credentials show) within `TIMEOUT` seconds. Nothing is ever written.
 
-Every check runs at once and is bounded by `TIMEOUT`, so a probe answers within it.
+Every check runs at once and is bounded by `TIMEOUT`, so a probe answers within it. Without the
+API token the answer is only `{"status"}` and its status code: the checks' details name the data
+directory and the remotes' endpoints, which are nobody else's business.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .errors import FilestoreError
+from .auth import check_bearer
+from .errors import FilestoreError, Unauthorized
 from .remote import Remote
 from .service import service_of
 from .store import Store
@@ -92,6 +95,10 @@ async def readyz(request: Request) -> Response:
             tg.start_soon(_timed, f"remote.{name}", checks,
                           functools.partial(_remote_check, remote))
     ready = all(check["ok"] for check in checks.values())
-    return JSONResponse({"status": "ready" if ready else "not_ready",
-                         "checks": dict(sorted(checks.items()))},
-                        status_code=200 if ready else 503)
+    answer: dict[str, Any] = {"status": "ready" if ready else "not_ready"}
+    try:
+        check_bearer(request.headers.get("authorization"), store.token)
+        answer["checks"] = dict(sorted(checks.items()))
+    except Unauthorized:
+        pass  # the status alone
+    return JSONResponse(answer, status_code=200 if ready else 503)

@@ -37,8 +37,13 @@ _431 = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/pla
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Bytes received while a head is incomplete (a head that never ends is cut by these),
+        # and the bytes of the head's request target and fields as the parser hands them over
+        # (exact, whatever else the same read carried: a body, the next request).
         self._head_bytes = 0
+        self._head_parsed = 0
         self._in_head = True
+        self._refused = False  # the head was too large: nothing more is parsed or answered
         # When the connection is cut unless it moves on (`loop.time()`); None: no limit runs.
         self._deadline: float | None = None
         # The connection's one timer, due at or before `_deadline` (None: none pending).
@@ -56,12 +61,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         if self._in_head:
             self._head_bytes += len(data)
         elif self.cycle is not None and not self.cycle.response_complete and self.cycle.more_body:
             self._arm(BODY_IDLE_TIMEOUT)  # the body is still coming: it may pause, not stall
         super().data_received(data)
-        if self._in_head and self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+        over = self._refused or (self._in_head and self._head_bytes > MAX_HEAD_BYTES)
+        if over and not self.transport.is_closing():
+            self._refused = True
             self.logger.warning("Request head over %d bytes: refused.", MAX_HEAD_BYTES)
             self.transport.write(_431)
             self.transport.close()
@@ -69,16 +78,38 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
+        self._head_parsed = 0
         if self._deadline is None:  # else the head's time runs from the connection's start
             self._arm(HEAD_TIMEOUT)
+
+    def on_url(self, url: bytes) -> None:
+        self._head_parsed += len(url)
+        if self._head_parsed <= MAX_HEAD_BYTES:  # past the limit nothing more is kept
+            super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_parsed += len(name) + len(value) + 4  # ": " and CRLF
+        if self._head_parsed <= MAX_HEAD_BYTES:
+            super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = 0
+        if self._head_parsed > MAX_HEAD_BYTES:
+            # The whole head came in the read that completed it: refused after that read (see
+            # data_received), and the request never reaches the application.
+            self._refused = True
+            return
         self._arm(BODY_IDLE_TIMEOUT)
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
         self._deadline = None  # the pending timer, if any, finds nothing to do
         # What comes next is the next request's head. Not when the response completes: an
         # early answer (a 507 to a body still streaming in) comes before the body's end, and

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import os
 import stat
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,7 +49,11 @@ class Candidate:
 
 
 def candidates(root: Path, report: ImportReport) -> Iterator[Candidate]:
-    """The regular files below `root` in a stable order; anything else is reported."""
+    """The regular files below `root` in a stable order; anything else is reported. So is a
+    name that spells another one differently (NFC and NFD forms of "é"): paths are stored in
+    NFC, so both would become one file, the second replacing the first (and, with `move`,
+    both sources deleted). The first found is taken; the other is skipped, its source kept."""
+    spellings: dict[str, str] = {}  # NFC form -> the name found first
     for directory, dirs, names in os.walk(root):  # does not follow symlinked directories
         dirs.sort()
         for name in sorted(names) + [d for d in dirs if os.path.islink(os.path.join(directory, d))]:
@@ -59,10 +64,16 @@ def candidates(root: Path, report: ImportReport) -> Iterator[Candidate]:
             except OSError as exc:
                 report.problems.append(f"{relative}: {exc.strerror}")
                 continue
-            if stat.S_ISREG(info.st_mode):
-                yield Candidate(full, relative, info.st_size)
-            else:
+            if not stat.S_ISREG(info.st_mode):
                 report.problems.append(f"{relative}: not a regular file (a symlink or device)")
+                continue
+            first = spellings.setdefault(unicodedata.normalize("NFC", relative), relative)
+            if first != relative:
+                report.problems.append(f"{relative}: the same name as {first} once "
+                                       "Unicode-normalised (NFC), so it would replace it; "
+                                       "the source is kept")
+            else:
+                yield Candidate(full, relative, info.st_size)
 
 
 def import_one(store: Store, candidate: Candidate, prefix: str, report: ImportReport,

@@ -15,7 +15,7 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,6 +27,13 @@ from .paths import resolve_below
 from .registry import FileRecord
 
 CHUNK_SIZE = 1024 * 1024
+# When a body's next block would cross `min_free`, the cache is asked for room for the rest of
+# the declared body too, up to this much: one eviction per 64 MiB received, not one per block.
+ROOM_AHEAD = 64 * CHUNK_SIZE
+
+# Makes `free` bytes free on the data directory's disk if it can (the cache evicts); in a
+# worker thread.
+MakeRoom = Callable[[int], object]
 TEMP_PREFIX = "put-"
 
 
@@ -59,9 +66,12 @@ REGISTRY_HEADROOM = 4 * 1024 * 1024
 class _TempWriter:
     """Sync half of a streaming write: runs in a worker thread, one call per 1 MiB."""
 
-    def __init__(self, tmp: Path, min_free: int) -> None:
+    def __init__(self, tmp: Path, min_free: int, make_room: MakeRoom | None = None,
+                 expected: int = 0) -> None:
         self.tmp = tmp
         self.min_free = max(min_free, REGISTRY_HEADROOM)
+        self.make_room = make_room
+        self.expected = expected  # the declared length (0: not declared)
         self.fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self.sha256 = hashlib.sha256()
         self.md5 = hashlib.md5(usedforsecurity=False)
@@ -69,8 +79,12 @@ class _TempWriter:
 
     def write(self, data: bytes) -> None:
         try:
-            disk = os.fstatvfs(self.fd)
-            if disk.f_bavail * disk.f_frsize < self.min_free + len(data):
+            if self._free() < self.min_free + len(data) and self.make_room is not None:
+                # Room is made for bytes that arrived, and a little ahead of them: never for
+                # a length a client only declared.
+                ahead = min(max(self.expected - self.size - len(data), 0), ROOM_AHEAD)
+                self.make_room(self.min_free + len(data) + ahead)
+            if self._free() < self.min_free + len(data):
                 raise InsufficientStorage("the data directory's disk is below storage.min_free")
             view = memoryview(data)
             while view:
@@ -83,6 +97,10 @@ class _TempWriter:
         self.sha256.update(data)
         self.md5.update(data)
         self.size += len(data)
+
+    def _free(self) -> int:
+        disk = os.fstatvfs(self.fd)
+        return disk.f_bavail * disk.f_frsize
 
     def finish(self) -> None:
         try:
@@ -171,21 +189,26 @@ class LocalStore:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
-    def check_room(self, incoming: int) -> None:
-        """Refuse before writing when `incoming` more bytes would cross `storage.min_free`."""
-        if self.free_bytes() < self.min_free + incoming:
+    def check_room(self, incoming: int, reclaimable: int = 0) -> None:
+        """Refuse before writing when `incoming` more bytes would cross `storage.min_free`, even
+        with `reclaimable` bytes (the cache's) given back."""
+        if self.free_bytes() + reclaimable < self.min_free + incoming:
             raise InsufficientStorage(
                 f"not enough free disk: {incoming} bytes would leave less than "
                 f"storage.min_free ({self.min_free} bytes)"
             )
 
-    async def receive(self, chunks: AsyncIterator[bytes], max_size: int) -> Received:
+    async def receive(self, chunks: AsyncIterator[bytes], max_size: int,
+                      make_room: MakeRoom | None = None, expected: int = 0) -> Received:
         """Stream `chunks` into a new temp file, hashing; delete it again on any failure.
+        `make_room` is asked for room when a block would cross `min_free` (`expected`: the
+        declared length, if any).
 
         Network chunks are gathered into 1 MiB blocks so the thread hop is paid per MiB.
         """
         tmp = self.tmp_dir / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-        writer = await anyio.to_thread.run_sync(_TempWriter, tmp, self.min_free)
+        writer = await anyio.to_thread.run_sync(_TempWriter, tmp, self.min_free, make_room,
+                                                expected)
         buffer = bytearray()
         try:
             async for chunk in chunks:

@@ -21,6 +21,12 @@ MAX_SEGMENT_BYTES = 255  # NAME_MAX on Linux filesystems
 _MAX_DECODE_ROUNDS = 4
 
 
+# Characters that change how a name looks without being seen: the bidirectional controls (a
+# name "invoice\u202Efdp.exe" shows as "invoiceexe.pdf") and the zero-width spaces. The joiners
+# U+200C and U+200D stay allowed: Persian and Indic words and emoji sequences need them.
+INVISIBLE = frozenset("\u061c\u200b\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2066\u2067"
+                      "\u2068\u2069\ufeff\u180e")
+
 # Printable ASCII without "%" and "\\": such a path needs no decoding and no Unicode checks.
 _PLAIN_ASCII = re.compile(r"[\x20-\x24\x26-\x5b\x5d-\x7e]+")
 
@@ -30,8 +36,9 @@ def normalize(raw: str) -> str:
 
     Rejected: empty paths, absolute paths, `.` and `..` segments, empty segments (`a//b`, a
     trailing `/`), backslashes, NUL and other control characters, undecodable bytes, and paths
-    over 1024 bytes; and any of these hidden behind one or more further rounds of
-    percent-encoding, since a proxy, a shell script or S3 tooling may decode the name again.
+    over 1024 bytes, bidirectional controls and zero-width spaces (`INVISIBLE`); and any of
+    these hidden behind one or more further rounds of percent-encoding, since a proxy, a shell
+    script or S3 tooling may decode the name again.
     """
     if not raw:
         raise BadPath("the path is empty")
@@ -63,6 +70,9 @@ def _check(path: str) -> None:
     for char in path:
         if unicodedata.category(char) in ("Cc", "Cs"):
             raise BadPath(f"the path contains the control character {char!r}")
+        if char in INVISIBLE:
+            raise BadPath(f"the path contains the invisible character U+{ord(char):04X} (a "
+                          "bidirectional control or a zero-width space)")
         code = ord(char)
         if 0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE:
             # Unicode noncharacters (U+FFFE, U+10FFFF, ...) are never text; U+10FFFF also

@@ -213,11 +213,13 @@ class Store:
         if precondition is not None:
             precondition(self.registry.read.files.get(path))  # fail fast, before reading the body
         self.local.path_of(path)  # a symlink leading outside is refused before any byte lands
-        wanted = self.local.min_free + (content_length or 0)
-        if self.local.free_bytes() < wanted:
-            await anyio.to_thread.run_sync(self.events.make_room, wanted)  # evicts cached bytes
-        self.local.check_room(content_length or 0)
-        received = await self.local.receive(body, self.settings.storage.max_upload_size)
+        # A declared length that cannot fit even with the cache emptied is refused now; else
+        # the cache makes room as the bytes arrive (never for a length a client only declared).
+        declared = content_length or 0
+        if declared and self.local.free_bytes() < self.local.min_free + declared:
+            self.local.check_room(declared, self.registry.read.counters.get("cache.bytes"))
+        received = await self.local.receive(body, self.settings.storage.max_upload_size,
+                                            self.events.make_room, declared)
         try:
             if expect_sha256 is not None and expect_sha256 != received.sha256:
                 raise ChecksumMismatch(

@@ -155,3 +155,27 @@ def test_import_move_deletes_sources_only_once_stored(make_server: Any, tmp_path
     with server.client() as client:
         assert client.get("/files/a/b/one.wav").content == b"one" * 1000
         assert client.get("/files/two.pdf").content == b"two"
+
+
+def test_import_move_of_two_spellings_of_one_name_keeps_the_second(make_server: Any,
+                                                                    tmp_path: Path) -> None:
+    """NFC and NFD spellings of "café.txt" are one path once stored: the first found is taken,
+    the other is refused and its source kept (it used to replace the first, and `--move`
+    deleted both sources, keeping one file)."""
+    data = tmp_path / "data"
+    tree = tmp_path / "incoming"
+    tree.mkdir()
+    nfc, nfd = "caf\u00e9.txt", "cafe\u0301.txt"
+    (tree / nfc).write_bytes(b"composed")
+    (tree / nfd).write_bytes(b"decomposed, longer")
+    result = run(["import", str(tree), "--move"], data)
+    assert result.returncode == 1, result.stderr
+    assert "1 files" in result.stdout and "1 skipped" in result.stdout, result.stdout
+    assert "once Unicode-normalised (NFC)" in result.stderr
+    remaining = [p.name for p in tree.iterdir()]
+    assert len(remaining) == 1  # one source imported and deleted, the other kept
+    server = make_server(data)
+    with server.client() as client:
+        stored = client.get(f"/files/{nfc}").content
+    kept = (tree / remaining[0]).read_bytes()
+    assert {stored, kept} == {b"composed", b"decomposed, longer"}  # nothing lost

@@ -58,7 +58,10 @@ OVERRIDES: dict[str, tuple[str, ...]] = {
     "connection_lost": ("exc",),
     "data_received": ("data",),
     "on_message_begin": (),
+    "on_url": ("url",),
+    "on_header": ("name", "value"),
     "on_headers_complete": (),
+    "on_body": ("body",),
     "on_message_complete": (),
 }
 # What httpguard reads from the protocol uvicorn sets up, and from its request cycle.
@@ -176,10 +179,22 @@ def _probe_class() -> type[Any]:
             self._record("on_message_begin")
             super().on_message_begin()
 
+        def on_url(self, url: bytes) -> None:
+            self._record("on_url")
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._record("on_header")
+            super().on_header(name, value)
+
         def on_headers_complete(self) -> None:
             self._record("on_headers_complete")
             super().on_headers_complete()
             self._cycle_state("on_headers_complete")
+
+        def on_body(self, body: bytes) -> None:
+            self._record("on_body")
+            super().on_body(body)
 
         def on_message_complete(self) -> None:
             self._record("on_message_complete")
@@ -269,7 +284,8 @@ def test_uvicorn_resolves_httpguard_as_the_http_protocol() -> None:
 
 
 def test_uvicorn_calls_the_overridden_callbacks_in_order_inside_data_received() -> None:
-    """httpguard counts a head's bytes around `super().data_received()`, so the parser's
+    """httpguard counts a head's bytes around `super().data_received()` and in the parser's
+    `on_url` / `on_header` callbacks, so the parser's
     callbacks must run inside it, on the protocol itself (not on a separate callback object),
     and the cycle must say whether a body is still coming."""
     protocol, response, after_head = asyncio.run(_one_put(_probe_class()))
@@ -298,7 +314,8 @@ def test_uvicorn_calls_the_overridden_callbacks_in_order_inside_data_received() 
         if name not in names:
             broken("uvicorn", f"HttpToolsProtocol.{name} was never called on the protocol for a "
                    f"request (calls: {names})", f"{HTTPGUARD} (it overrides {name})")
-    for name in ("on_message_begin", "on_headers_complete", "on_message_complete"):
+    for name in ("on_message_begin", "on_url", "on_header", "on_headers_complete", "on_body",
+                 "on_message_complete"):
         if not all(inside for called, inside in calls if called == name):
             broken("uvicorn", f"the httptools callback {name} ran outside data_received "
                    f"(calls: {calls})", f"{HTTPGUARD} (it counts head bytes around data_received)")

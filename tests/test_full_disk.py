@@ -232,3 +232,31 @@ def test_a_disk_filled_behind_our_back_is_507_never_500(small_disk):
         assert_reads(client, {f"keep/{i}.bin": b"k" * 10_000 for i in (1, 2)})
     assert all(status != 500 for _, status in statuses), statuses
     assert_consistent(small_disk.data)
+
+
+def test_a_declared_length_alone_evicts_nothing(small_disk):
+    """A PUT that declares a large Content-Length and sends almost nothing must not empty the
+    cache: room is made for bytes that arrive (it used to evict for the declared length before
+    any body came, so any writer could force cold reads at will)."""
+    import socket
+
+    server = small_disk.server(upload__delay="0s", storage__min_free="8MiB",
+                               cache__min_free="16MiB", cache__max_size="1GiB")
+    rng = random.Random(5)
+    with server.client() as client:
+        for i in range(8):
+            assert client.put(f"/files/c/{i}.bin", content=rng.randbytes(4 * MiB)
+                              ).status_code == 201
+            wait_for(lambda i=i: uploaded(server, f"c/{i}.bin"))  # type: ignore[misc]
+    wait_for(lambda: counters(server)["cache.bytes"] >= 24 * MiB)
+    before = counters(server)
+    tmp = small_disk.data / "tmp"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"PUT /files/promise.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                     + server.token.encode() + b"\r\nContent-Length: " + str(40 * MiB).encode()
+                     + b"\r\n\r\n" + b"p" * 1024)
+        wait_for(lambda: any(tmp.iterdir()))  # the body is being received
+    wait_for(lambda: not any(tmp.iterdir()))  # the client left: its temp file went
+    after = counters(server)
+    assert after["cache.evictions"] == before["cache.evictions"]
+    assert after["cache.bytes"] == before["cache.bytes"]

@@ -115,3 +115,48 @@ def test_every_response_arrives_whole_with_or_without_a_body(guarded: LiveServer
         sock.sendall(b"GET /files/hello.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=1-2\r\n\r\n")
         head, body = read_response(sock)
         assert head.startswith(b"HTTP/1.1 206") and body == b"el"
+
+
+def _answer(sock: socket.socket) -> bytes:
+    data = b""
+    sock.settimeout(5)
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+@pytest.mark.parametrize("shape", ["one big header", "many headers", "a long URL"])
+def test_a_whole_head_over_the_limit_in_one_read_is_431(guarded: LiveServer, shape: str) -> None:
+    """The limit holds to the byte even when the whole head, end included, arrives in one
+    read (it used to be counted per read and reset when the head ended: 100 KB got a 200)."""
+    big = 100 * 1024
+    head = {"one big header": b"GET /files/hello.txt HTTP/1.1\r\nX-Big: " + b"a" * big + b"\r\n",
+            "many headers": b"GET /files/hello.txt HTTP/1.1\r\n" + b"X-A: b\r\n" * (big // 8),
+            "a long URL": b"GET /files/hello.txt?" + b"q" * big + b" HTTP/1.1\r\n"}[shape]
+    with connect(guarded) as sock:
+        sock.sendall(head + b"Host: x\r\nConnection: close\r\n\r\n")
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+
+
+def test_a_small_head_with_a_large_body_in_one_read_is_no_431(guarded: LiveServer) -> None:
+    """Only the head counts: a body in the same read is no head."""
+    body = b"b" * (200 * 1024)
+    with connect(guarded) as sock:
+        sock.sendall(b"PUT /files/big.txt HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                     + guarded.token.encode() + b"\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 201 "), answer[:200]
+
+
+def test_a_head_just_under_the_limit_is_served(guarded: LiveServer) -> None:
+    pad = httpguard.MAX_HEAD_BYTES - 200
+    with connect(guarded) as sock:
+        sock.sendall(b"GET /files/hello.txt HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * pad
+                     + b"\r\nConnection: close\r\n\r\n")
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"hello"), answer[:200]

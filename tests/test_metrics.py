@@ -95,7 +95,11 @@ def test_route_labels_are_bounded() -> None:
 def test_readyz_reports_each_check(server: LiveServer) -> None:
     with server.client(auth=False) as anon:
         assert anon.get("/healthz").json() == {"status": "ok"}
-        reply = anon.get("/readyz")
+        terse = anon.get("/readyz")
+    with server.client() as client:
+        reply = client.get("/readyz")
+    # Without the token: the status alone, no data path, no remote endpoints.
+    assert terse.status_code == 200 and terse.json() == {"status": "ready"}, terse.text
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["status"] == "ready"
@@ -109,7 +113,11 @@ def test_readyz_is_503_when_the_remote_is_unreachable_or_the_disk_low(
     overrides["remote__url"] = f"s3://{bucket}-missing/fs"  # a bucket that does not exist
     server = make_server(storage__min_free="1000000TiB", **overrides)
     with server.client(auth=False) as anon:
-        reply = anon.get("/readyz")
+        terse = anon.get("/readyz")
+    with server.client() as client:
+        reply = client.get("/readyz")
+    assert terse.status_code == 503 and terse.json() == {"status": "not_ready"}, terse.text
+    assert str(server.settings.data_dir) not in terse.text
     assert reply.status_code == 503, reply.text
     checks = reply.json()["checks"]
     assert reply.json()["status"] == "not_ready"

@@ -112,6 +112,14 @@ INVALID = [
     "a\x85b",  # NEL, a C1 control
     "a\ud800b",  # a lone surrogate
     "a\ufffdb",  # what a lenient decoder makes of invalid UTF-8
+    # invisible: a name that shows as another ("invoice<RLO>fdp.exe" reads "invoiceexe.pdf")
+    "invoice\u202efdp.exe",
+    "a\u2066b\u2069",  # bidi isolates
+    "a\u200eb",  # LEFT-TO-RIGHT MARK
+    "pay\u200bpal.html",  # zero-width space
+    "\ufeffa",  # BOM / zero-width no-break space
+    "a\u2060b",  # word joiner
+    "a%E2%80%AEb",  # RLO, percent-encoded once more
     # one more round of percent-encoding
     "%2e%2e/x",
     "%2E%2E/x",
@@ -375,13 +383,14 @@ _NOT_IN_A_REQUEST_TARGET = set(" \t\"<>\\^`{|}") | {chr(c) for c in range(0x20)}
 
 
 def _snapshot(base: Path) -> dict[str, bytes | str]:
-    """Every file and symlink below `base` (except SQLite's own files) with a hash of its bytes."""
+    """Every file and symlink below `base` (except SQLite's own files and the request metrics,
+    which every request moves) with a hash of its bytes."""
     out: dict[str, bytes | str] = {}
     for dirpath, dirnames, filenames in os.walk(base):
         for name in dirnames + filenames:
             full = Path(dirpath) / name
             rel = str(full.relative_to(base))
-            if name.startswith("registry.sqlite3"):
+            if name.startswith("registry.sqlite3") or Path(dirpath).name == "metrics":
                 continue
             if full.is_symlink():
                 out[rel] = "-> " + os.readlink(full)
@@ -616,6 +625,8 @@ LEGIT = [
     _name_param("semi;colon,comma=eq&amp+plus~tilde'quote\""),
     _name_param("brackets[]{}()<>|^`!$*@"),
     _name_param("emoji😀.bin"),
+    _name_param("family👨\u200d👩\u200d👧.jpg"),  # ZWJ: emoji sequences need it
+    _name_param("می\u200cخواهم.txt"),  # ZWNJ: Persian words need it
     _name_param("．．/x"),
     _name_param("dir/sub/leaf.bin"),
     _name_param("x" * MAX_SEGMENT_BYTES),
