@@ -387,7 +387,9 @@ def reset_settings(settings: Settings, *, force: bool = False) -> int:
             raise ConfigError("nothing was saved from the admin page")
         with registry.transaction() as tx:
             try:
-                current = overrides.effective(settings, tx)
+                # Where the remotes are is all it needs: a secret it cannot decrypt (a lost
+                # key file) is no reason to refuse.
+                current = overrides.effective(settings, tx, secrets=False)
             except ConfigError:
                 if not force:
                     raise

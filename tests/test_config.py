@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from filestore.config import SECTIONS, load_settings, parse_duration, parse_size
+from filestore.config import SECTIONS, load_settings
 from filestore.errors import ConfigError
+from filestore.values import parse_duration, parse_size
 
 
 def test_embedded_default_needs_no_file():

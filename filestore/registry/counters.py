@@ -9,7 +9,7 @@ own writes (`FileRows.mark_uploaded`, `SettingRows.save`) and by batched adds (`
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import NamedTuple
 
 LOCATIONS = ("local", "remote")
@@ -53,13 +53,6 @@ class CounterRows:
         row = self._conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
         return int(row[0]) if row else 0
 
-    def some(self, names: Iterable[str]) -> dict[str, int]:
-        """The counters named (those that exist)."""
-        wanted = list(names)
-        marks = ", ".join("?" * len(wanted))
-        return dict(self._conn.execute(
-            f"SELECT name, value FROM counters WHERE name IN ({marks})", wanted).fetchall())
-
     def with_prefix(self, *prefixes: str) -> dict[str, int]:
         """The counters whose names start with any of `prefixes` (e.g. "files.remote.")."""
         found: dict[str, int] = {}
@@ -74,10 +67,3 @@ class CounterRows:
         """Add to existing counters (in the caller's transaction)."""
         self._conn.executemany("UPDATE counters SET value = value + ? WHERE name = ?",
                                [(delta, name) for name, delta in deltas.items() if delta])
-
-    def bump(self, deltas: Mapping[str, int]) -> None:
-        """Add to counters, creating those that do not exist yet (a new remote's)."""
-        self._conn.executemany(
-            "INSERT INTO counters (name, value) VALUES (?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-            list(deltas.items()))
