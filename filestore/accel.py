@@ -11,9 +11,10 @@ A redirect is answered only when nginx, configured as shipped, sends exactly wha
 would have sent:
 
 - nginx's own validators are off there (`etag off`, `if_modified_since off`) and filestore's
-  ETag and Last-Modified are put back with `add_header`. nginx checks If-Match and
-  If-Unmodified-Since against its validators before those headers are set, so requests that
-  carry them are served by filestore itself (they are rare on GETs).
+  ETag and Last-Modified are put back with `add_header`, as is the sandboxing
+  Content-Security-Policy (nginx keeps Content-Type and Content-Disposition by itself). nginx
+  checks If-Match and If-Unmodified-Since against its validators before those headers are
+  set, so requests that carry them are served by filestore itself (they are rare on GETs).
 - Ranges: nginx does one range (`max_ranges 1`) from the client's own Range header, so only a
   header in the plain form `bytes=A-B`, `bytes=A-` or `bytes=-N` that filestore found to be one
   satisfiable range is left to it; nginx computes the same bytes from it. If-Range is checked
@@ -38,7 +39,10 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .responses import SANDBOX
+
 ACCEL_HEADER = b"x-filestore-accel"
+_SANDBOX = SANDBOX.encode("latin-1")
 # Single ranges nginx parses exactly as `ranges.parse_range` does (digits bounded alike).
 _PLAIN_RANGE = re.compile(r"bytes=(?:[0-9]{1,18}-[0-9]{0,18}|-[0-9]{1,18})")
 # Request headers that decide whether nginx's answer would equal filestore's.
@@ -98,14 +102,19 @@ def redirect(
         first, last = ranges[0]
         length = last - first + 1
     target = f"{prefix}{'cache' if cached else 'files'}/{quote(path, safe='/')}"
-    # nginx keeps Content-Type and Accept-Ranges of this answer; the shipped config puts back
-    # ETag and Last-Modified, and adds X-Content-Type-Options.
+    # nginx keeps Content-Type, Content-Disposition and Accept-Ranges of this answer; the
+    # shipped config puts back ETag, Last-Modified and Content-Security-Policy, and adds
+    # X-Content-Type-Options.
     answer = [
         (b"x-accel-redirect", target.encode("ascii")),
         (b"etag", headers["etag"].encode("latin-1")),
         (b"last-modified", headers["last-modified"].encode("latin-1")),
         (b"content-type", headers["content-type"].encode("latin-1")),
+        (b"content-security-policy", _SANDBOX),
     ]
+    disposition = headers.get("content-disposition")
+    if disposition is not None:
+        answer.append((b"content-disposition", disposition.encode("latin-1")))
     if b"range" in found:
         # nginx's range filter adds Accept-Ranges to a whole body itself (so it would be
         # there twice), but not to the 206 it makes of a range.

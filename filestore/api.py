@@ -19,13 +19,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import accel, paths
+from . import accel, paths, signing
 from .auth import check_bearer
 from .conditional import Validators, check_preconditions, etag_for, if_range_allows
 from .errors import BadRequest, TooLarge
 from .ranges import RangeNotSatisfiable, parse_range
 from .registry import FileRecord
-from .responses import ByteSource, FileBody, LocalBytes, NoBytes
+from .responses import SANDBOX, ByteSource, FileBody, LocalBytes, NoBytes, active_type, attachment
 from .service import Service, service_of
 from .store import Precondition
 
@@ -34,8 +34,11 @@ log = logging.getLogger("filestore")
 MAX_LIST_LIMIT = 1000
 _SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 _DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() also takes "²"
-# Bytes a client may name the wrong type for; never let a browser sniff them into HTML.
-_SAFE_HEADERS = {"x-content-type-options": "nosniff", "accept-ranges": "bytes"}
+# On every answer with a file's bytes or headers. Bytes a client may name the wrong type for:
+# never let a browser sniff them into HTML; and whatever they are, a browser renders them
+# sandboxed, in an origin of their own, with no script (docs/http.md "Served inert").
+_SAFE_HEADERS = {"x-content-type-options": "nosniff", "accept-ranges": "bytes",
+                 "content-security-policy": SANDBOX}
 
 
 def _service(request: Request) -> Service:
@@ -62,41 +65,51 @@ def _require_token(request: Request) -> None:
     check_bearer(request.headers.get("authorization"), _service(request).store.token)
 
 
-def _authorize(request: Request, path: str, *, public: bool = False) -> None:
+def _authorize(request: Request, path: str, *, public: bool = False) -> signing.Grant | None:
     """A signed URL (`?expires=&sig=`, see signing.py) grants its one method on its one path and
-    a bad one is refused with 403; without a signature, the token unless `public`."""
+    a bad one is refused with 403; without a signature, the token unless `public`. The grant
+    of a signed URL, whose limits the handler enforces (`put_checksum`, `single_use`)."""
     query = request.scope["query_string"]
-    if query and _service(request).signing.check(query, request.method, path):
-        return
+    if query:
+        service = _service(request)
+        grant = service.signing.check(query, request.method, path,
+                                      max_expiry=service.settings.signing.max_expiry)
+        if grant is not None:
+            return grant
     if not public:
         _require_token(request)
+    return None
 
 
-def _authorized_path(request: Request) -> str:
+def _authorized_path(request: Request) -> tuple[str, signing.Grant | None]:
     """The path of a write, once authorized (without a query the token is checked first, as
-    ever: a client without it learns nothing, not even whether its path is valid)."""
+    ever: a client without it learns nothing, not even whether its path is valid), and the
+    signed URL's grant if one authorized it."""
     if not request.scope["query_string"]:
         _require_token(request)
-        return _file_path(request)
+        return _file_path(request), None
     path = _file_path(request)
-    _authorize(request, path)
-    return path
+    return path, _authorize(request, path)
 
 
 def _validators(record: FileRecord) -> Validators:
     return Validators(etag_for(record.sha256), int(record.modified))
 
 
-def _file_headers(record: FileRecord) -> dict[str, str]:
+def _file_headers(service: Service, record: FileRecord) -> dict[str, str]:
     validators = _validators(record)
-    return {
+    headers = {
         "etag": validators.etag,
         "last-modified": validators.http_date,
         "content-type": record.content_type,
         **_SAFE_HEADERS,
     }
-
-
+    # A dict lookup for most files; only an active type (HTML, SVG, JavaScript...) asks the
+    # plan whether its rule serves it inline.
+    if active_type(record.content_type) and not service.route(
+            record.path, record.content_type).inline:
+        headers["content-disposition"] = attachment(record.path)
+    return headers
 
 
 # Request headers that make a GET conditional or partial; most GETs carry none of them.
@@ -121,13 +134,24 @@ def _conditional_headers(request: Request) -> dict[str, str]:
 async def get_file(request: Request) -> Response | FileBody:
     path = _file_path(request)
     service = _service(request)
-    settings = service.settings
-    public = settings.auth.public_read
+    public = service.settings.auth.public_read
+    grant = None
     if not public or request.scope["query_string"]:  # most GETs: public, no query
-        _authorize(request, path, public=public)
+        grant = _authorize(request, path, public=public)
+    if grant is not None and grant.once is not None:  # a single-use URL: spent by a 2xx
+        async with service.single_use(grant) as use:
+            response = await _read_file(request, service, path)
+            if isinstance(response, Response):
+                use.answered(response.status_code)
+        return response
+    return await _read_file(request, service, path)
+
+
+async def _read_file(request: Request, service: Service, path: str) -> Response | FileBody:
+    settings = service.settings
     record, fd, cached = await service.open_current(path)
     try:
-        answer = _answer_conditions(request, record)
+        answer = _answer_conditions(request, service, record)
     except BaseException:
         if fd is not None:
             os.close(fd)
@@ -161,10 +185,10 @@ async def get_file(request: Request) -> Response | FileBody:
 
 
 def _answer_conditions(
-    request: Request, record: FileRecord
+    request: Request, service: Service, record: FileRecord
 ) -> Response | tuple[dict[str, str], list[tuple[int, int]] | None]:
     """The response headers and the ranges to send, or a finished answer (304, 416)."""
-    headers = _file_headers(record)
+    headers = _file_headers(service, record)
     conditions = _conditional_headers(request)
     if not conditions:
         return headers, None
@@ -235,7 +259,7 @@ def _precondition(request: Request, method: str) -> Precondition | None:
 
 async def put_file(request: Request) -> Response:
     service = _service(request)
-    path = _authorized_path(request)
+    path, grant = _authorized_path(request)
     length = _content_length(request)
     if length is not None and length > service.settings.storage.max_upload_size:
         raise TooLarge(
@@ -245,15 +269,18 @@ async def put_file(request: Request) -> Response:
     expect_md5 = _expected_md5(request)
     expect_sha256 = _expected_sha256(request)
     content_type = request.headers.get("content-type") or None
-    record, created = await service.put(
-        path,
-        request.stream(),
-        content_type=content_type,
-        content_length=length,
-        expect_md5=expect_md5,
-        expect_sha256=expect_sha256,
-        precondition=_precondition(request, "PUT"),
-    )
+    if grant is not None:  # a signed URL may bind the body and its type (signing.py)
+        expect_sha256 = grant.put_checksum(content_type, expect_sha256)
+    async with service.single_use(grant):
+        record, created = await service.put(
+            path,
+            request.stream(),
+            content_type=content_type,
+            content_length=length,
+            expect_md5=expect_md5,
+            expect_sha256=expect_sha256,
+            precondition=_precondition(request, "PUT"),
+        )
     return JSONResponse(
         {"path": record.path, "size": record.size, "sha256": record.sha256},
         status_code=201 if created else 200,
@@ -262,8 +289,10 @@ async def put_file(request: Request) -> Response:
 
 
 async def delete_file(request: Request) -> Response:
-    path = _authorized_path(request)
-    await _service(request).delete(path, precondition=_precondition(request, "DELETE"))
+    path, grant = _authorized_path(request)
+    service = _service(request)
+    async with service.single_use(grant):
+        await service.delete(path, precondition=_precondition(request, "DELETE"))
     return Response(status_code=204)
 
 

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import admin, api, metrics
+from . import admin, api, metrics, serving
 from .config import Settings, load_settings
 from .errors import FilestoreError, RemoteUnavailable
 from .health import healthz, readyz
@@ -56,6 +56,10 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
     # The client left mid-body; nothing was stored and nobody is there to answer.
     log.info("%s %s: the client disconnected mid-request", request.method, request.url.path)
     return error_response(400, "client_disconnected", "the client disconnected")
+
+
+# What Starlette's router answers for a path it has no route for (see _http_error).
+_NOT_FOUND = error_response(404, "not_found", "Not Found")
 
 
 class CatchUnexpected:
@@ -97,10 +101,16 @@ class FastReads:
     A small-file GET is the product's hot path, and Starlette's middleware and router cost about
     a quarter of it (measured with bench/serve.py: 9.4k -> 11.9k req/s for 1 KiB, 2 workers).
     The handler, its errors and their JSON are exactly those of the Starlette route it skips.
+
+    With `admin_listen` ("HOST:PORT", `admin.listen`) the admin page has a listener of its
+    own (serving.py binds it): `/admin` answers only there, and there only `/admin...` and
+    `/healthz` answer; everything else is 404, as for a route that does not exist.
     """
 
-    def __init__(self, app: Starlette, data_dir: Path, access_log: bool = False) -> None:
+    def __init__(self, app: Starlette, data_dir: Path, access_log: bool = False,
+                 admin_listen: str = "") -> None:
         self.app = app
+        self._admin = serving.AdminListener.of(admin_listen) if admin_listen else None
         self._guarded = CatchUnexpected(self._serve_file)
         # Every request is counted (metrics.py) before it is dispatched.
         self._counted = metrics.RequestMetrics(self._dispatch, metrics.start(data_dir),
@@ -115,11 +125,23 @@ class FastReads:
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
+        if self._admin is not None and scope["type"] == "http" and not self._listener_serves(
+                scope, path):
+            await _NOT_FOUND(scope, receive, send)
+            return
         if (scope["type"] != "http" or scope["method"] not in ("GET", "HEAD")
                 or not path.startswith("/files/") or path == "/files/"):
             await self.app(scope, receive, send)
         else:
             await self._guarded(scope, receive, send)
+
+    def _listener_serves(self, scope: Scope, path: str) -> bool:
+        """Whether the listener the request came in on answers `path` (with admin.listen)."""
+        assert self._admin is not None
+        admin_path = path == "/admin" or path.startswith("/admin/")
+        if self._admin.serves(scope.get("server")):
+            return admin_path or path == "/healthz"
+        return not admin_path
 
     async def _serve_file(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
@@ -153,7 +175,8 @@ def build_app(settings: Settings) -> FastReads:
             HTTPException: _http_error,
         },
         lifespan=lifespan,
-    ), settings.data_dir, access_log=settings.server.access_log == "json")
+    ), settings.data_dir, access_log=settings.server.access_log == "json",
+        admin_listen=settings.admin.listen)
 
 
 def app_from_environment() -> FastReads:

@@ -10,6 +10,10 @@ registry's settings generation, rebuilds its settings, and when the remote chang
 for the new remote and swaps it in. The old client is closed `RETIRE_SECONDS` (120 s) later, or
 at shutdown, so reads and uploads already using it finish; an upload that began under the old
 remote settings is not recorded and goes again (see `queue/worker.py`).
+
+Secrets are encrypted as they are stored (`overrides.sealed`, inside the write transaction) and
+only ever held decrypted in memory; a `file://` remote is refused unless it lies inside
+`storage.allowed_file_roots` (`overrides.check_changes`), before anything is tested.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from .config import DEFAULT_REMOTE, RemoteSettings, Settings, override
 from .errors import BadRequest, ConfigError
 from .probe import ProbeResult, probe
 from .remote import Remote, display_url, open_remote, open_remotes
+from .secrets import SecretBox
 from .store import Store
 
 if TYPE_CHECKING:
@@ -52,6 +57,7 @@ class SettingsReloader:
         # upload until then).
         self.opened = opened
         self._retired: list[tuple[Remote, float]] = []
+        self._last_error = ""
         self._lock = anyio.Lock()
 
     async def run(self) -> None:
@@ -59,8 +65,14 @@ class SettingsReloader:
             await anyio.sleep(POLL_SECONDS)
             try:
                 await self.apply()
+            except ConfigError as exc:  # one line that says what to do (never a secret), once
+                if exc.detail != self._last_error:
+                    log.error("settings: cannot apply the saved settings: %s", exc.detail)
+                self._last_error = exc.detail
             except Exception:
                 log.exception("settings: applying saved settings failed; trying again")
+            else:
+                self._last_error = ""
             try:
                 if self.store.reload_token():
                     log.warning("the API token was rotated; the old one no longer works")
@@ -111,13 +123,16 @@ class SettingsReloader:
 async def save(store: Store, reloader: SettingsReloader | None,
                changes: Mapping[str, Any]) -> ProbeResult:
     """Test `changes` ({section: {key: value}}, partial) and save them if the test passes; the
-    test's result either way. Bad keys or values are a 400 before anything is tested; settings
-    that leave the remote as it is need no test (uploads can be paused while the store is down).
+    test's result either way. Bad keys or values (and a `file://` remote outside
+    `storage.allowed_file_roots`) are a 400 before anything is tested; settings that leave the
+    remote as it is need no test (uploads can be paused while the store is down). Secrets are
+    stored encrypted, and plain-text ones an older filestore saved are encrypted too.
     """
     base, reader = store.base_settings, store.registry.read
+    box = SecretBox(base.data_dir)
     texts = overrides.check_changes(store.settings, changes)
     current = overrides.effective(base, reader)  # the registry's, not this process's copy
-    proposed = override(base, _merge(overrides.saved(reader), texts), overrides.ORIGIN)
+    proposed = override(base, _merge(overrides.saved(reader, box), texts), overrides.ORIGIN)
     _check_places(proposed)
     for name in overrides.moved_remotes(current, proposed):
         overrides.refuse_stranding(reader, name, _where(current, name))
@@ -133,12 +148,13 @@ async def save(store: Store, reloader: SettingsReloader | None,
         with store.registry.transaction() as tx:
             # Decided again under the write lock: another process may have saved meanwhile.
             now = overrides.effective(base, tx)
-            after = override(base, _merge(overrides.saved(tx), texts), overrides.ORIGIN)
+            after = override(base, _merge(overrides.saved(tx, box), texts), overrides.ORIGIN)
             _check_places(after)
             for name in overrides.moved_remotes(now, after):
                 overrides.refuse_stranding(tx, name, _where(now, name))
                 tx.files.forget_copies_in(name)
-            tx.settings.save(texts, bool(overrides.changed_remotes(now, after)))
+            tx.settings.save(overrides.sealed(tx, texts, box),
+                             bool(overrides.changed_remotes(now, after)))
 
     await anyio.to_thread.run_sync(write)
     if reloader is not None:

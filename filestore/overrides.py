@@ -6,13 +6,23 @@ is stored as the text a config file would hold and parsed by the same parsers, s
 never save a value the config file would refuse. Saving bumps the `settings.generation` counter
 (and `remote.generation` when the remote changed); every process sharing the data directory
 compares it each second and reloads (see `app.py`).
+
+Secrets (`SECRET_KEYS`) are stored encrypted (`secrets.py`): `sealed` encrypts them on the way in,
+`effective` decrypts them on the way out. A secret an older filestore saved in plain text is still
+read as it is, and encrypted the next time anything is saved from the page.
+
+A `file://` remote writes wherever the process may: the page may set one only inside
+`storage.allowed_file_roots` (resolved, symlinks and all); else `s3://` remotes only.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .config import (
     DEFAULT_REMOTE,
@@ -20,10 +30,11 @@ from .config import (
     Settings,
     override,
     section_class,
-    value_text,
 )
 from .errors import BadRequest, ConfigError, Conflict
 from .registry import Tables, remote_counter_names
+from .secrets import SecretBox, is_sealed
+from .values import value_text
 
 # What the page may change: {section: keys}. Each named remote of the config ([remotes.NAME]) is
 # editable too, as the section "remotes.NAME" (see `editable`).
@@ -32,7 +43,9 @@ EDITABLE: dict[str, tuple[str, ...]] = {
     "remote": REMOTE_KEYS,
     "upload": ("enabled", "keep_local", "delay", "delete_delay"),
 }
-# Never sent back to a browser or an API client; an empty value on save keeps the stored one.
+# Never sent back to a browser or an API client; an empty value on save keeps the stored one;
+# stored encrypted. (The access key id is not one: it names the key, as a user name does, and
+# the page shows it so an operator can tell which key is in use.)
 SECRET_KEYS = frozenset({"secret_access_key"})
 # Where a remote's objects are: changing these points reads of uploaded files at another store.
 LOCATION_KEYS = ("url", "endpoint_url")
@@ -53,26 +66,54 @@ def remote_of(section: str) -> str | None:
     return name if name != section else None
 
 
-def saved(tx: Tables) -> dict[str, dict[str, str]]:
-    """The values saved from the page, {section: {key: text}}."""
+def saved(tx: Tables, box: SecretBox | None = None) -> dict[str, dict[str, str]]:
+    """The values saved from the page, {section: {key: text}}. With `box` the secrets are
+    decrypted (`SecretError` if one cannot be); without, they are left as stored (encrypted),
+    which tells only which keys are saved."""
     found: dict[str, dict[str, str]] = {}
     for section, key, value in tx.settings.all():
         keys = REMOTE_KEYS if remote_of(section) else EDITABLE.get(section, ())
         if key in keys:
             found.setdefault(section, {})[key] = value
-    return found
+    return _opened(found, box) if box is not None else found
 
 
+def _opened(texts: Mapping[str, Mapping[str, str]], box: SecretBox) -> dict[str, dict[str, str]]:
+    """`texts` with each encrypted secret decrypted (a plain-text one is read as it is)."""
+    return {section: {key: box.decrypt(value, f"{section}.{key} (saved from the admin page)")
+                      if key in SECRET_KEYS and is_sealed(value) else value
+                      for key, value in values.items()}
+            for section, values in texts.items()}
 
 
-def effective(base: Settings, tx: Tables) -> Settings:
+def sealed(tx: Tables, texts: Mapping[str, Mapping[str, str]],
+           box: SecretBox) -> dict[str, dict[str, str]]:
+    """What to store for the checked `texts`: their secrets encrypted, and with them every
+    secret an older filestore saved in plain text, encrypted now (one save upgrades them all)."""
+    rows = {section: dict(values) for section, values in texts.items()}
+    for section, key, value in tx.settings.all():
+        if key in SECRET_KEYS and not is_sealed(value) and key not in rows.get(section, {}):
+            rows.setdefault(section, {})[key] = value
+    return {section: {key: box.encrypt(value) if key in SECRET_KEYS else value
+                      for key, value in values.items()}
+            for section, values in rows.items()}
+
+
+def effective(base: Settings, tx: Tables, *, secrets: bool = True) -> Settings:
     """The config's settings with the saved ones laid over them. A saved value the config
-    would now refuse (the parsers grew stricter) is an error naming it, not a silent default."""
+    would now refuse (the parsers grew stricter) is an error naming it, not a silent default;
+    so is a secret that cannot be decrypted (`SecretError`, naming the key file). With
+    `secrets` false the saved secrets are left out (for what needs only where remotes are)."""
     # A remote saved here that the config no longer names is forgotten with it.
     known = editable(base)
+    chosen = {section: values for section, values in saved(tx).items() if section in known}
+    if secrets:
+        texts = _opened(chosen, SecretBox(base.data_dir))
+    else:
+        texts = {section: {key: value for key, value in values.items()
+                           if key not in SECRET_KEYS} for section, values in chosen.items()}
     try:
-        return override(base, {section: values for section, values in saved(tx).items()
-                               if section in known}, ORIGIN)
+        return override(base, texts, ORIGIN)
     except ConfigError as exc:
         raise ConfigError(f"{exc.detail} (saved from the admin page; fix it there or with "
                           "`filestore settings reset`)") from None
@@ -113,7 +154,39 @@ def check_changes(current: Settings, changes: Mapping[str, Any]) -> dict[str, di
         override(current, texts, ORIGIN)
     except ConfigError as exc:
         raise BadRequest(exc.detail) from None
+    remotes = current.named_remotes()
+    for section, values in texts.items():
+        name = remote_of(section)
+        # The URL in effect sent back unchanged (an API client PUTting the whole form) is no
+        # new remote: only a change is checked.
+        if name is not None and "url" in values and values["url"] != remotes[name].url:
+            _check_remote_url(section, values["url"], current.storage.allowed_file_roots)
     return texts
+
+
+def _check_remote_url(section: str, url: str, roots: tuple[str, ...]) -> None:
+    """The page sets `s3://` remotes (or the embedded default, ""), and `file://` ones only
+    inside `storage.allowed_file_roots`, compared once both are resolved (symlinks, "..", a
+    relative `file://./dir` from the working directory, as the remote itself takes it). Else
+    a 400 naming the rule: uploads would write wherever the process may."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return  # not a URL: no remote opens it, and the test on save says why
+    if not url or parts.scheme == "s3":
+        return
+    rule = (f"{section}.url: the admin page sets s3:// remotes only; a file:// remote is set in "
+            "the config file, or inside storage.allowed_file_roots")
+    # As `remote.open_remote` reads it: file:///abs/dir, or file://./rel/dir.
+    where = parts.netloc + parts.path if parts.netloc in ("", ".", "..") else ""
+    if parts.scheme != "file" or not where or not roots:
+        raise BadRequest(f"{rule} ({', '.join(roots) or 'none are set'})")
+    resolved = Path(os.path.realpath(where))
+    inside = [root for root in map(Path, map(os.path.realpath, roots))
+              if resolved == root or root in resolved.parents]
+    if not inside:
+        shown = f"{where} resolves to {resolved}" if str(resolved) != where else where
+        raise BadRequest(f"{rule} ({', '.join(roots)}); {shown}, outside them")
 
 
 def _flatten(changes: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,10 +15,11 @@ import dataclasses
 import fnmatch
 from typing import Any
 
-from .config import DEFAULT_REMOTE, PlanRule, Settings, parse_duration, value_text
+from .config import DEFAULT_REMOTE, PlanRule, Settings
 from .errors import ConfigError
 from .registry import Tables, remote_counter_names
 from .remote import display_url
+from .values import parse_duration, value_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +29,9 @@ class Route:
     upload: bool  # False: the file stays local, never uploaded
     delay: float  # the upload's cool-down, in seconds
     keep_local: bool  # the local copy stays after the upload (backup mode)
+    # Files of active types (HTML, SVG, XML, JavaScript: `responses.active_type`) are served
+    # inline, still sandboxed, instead of as attachments.
+    inline: bool = False
 
     def public(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -48,6 +52,7 @@ def route(settings: Settings, path: str, content_type: str) -> Route:
                 number, rule.remote, rule.upload,
                 upload.delay if rule.upload_delay is None else rule.upload_delay,
                 upload.keep_local if rule.keep_local is None else rule.keep_local,
+                rule.inline,
             )
     return Route(None, DEFAULT_REMOTE, True, upload.delay, upload.keep_local)
 
@@ -59,14 +64,15 @@ def describe(rule: PlanRule) -> str:
         parts.append(f'content_type = "{rule.content_type}"')
     if not parts:
         parts.append("every file")
+    inline = ["inline = true"] if rule.inline else []
     if not rule.upload:
-        return ", ".join([*parts, "upload = false"])
+        return ", ".join([*parts, "upload = false", *inline])
     parts.append(f'remote = "{rule.remote}"')
     if rule.upload_delay is not None:
         parts.append(f'upload_delay = "{value_text(rule.upload_delay, parse_duration)}"')
     if rule.keep_local is not None:
         parts.append(f"keep_local = {value_text(rule.keep_local, bool)}")
-    return ", ".join(parts)
+    return ", ".join([*parts, *inline])
 
 
 def check_recorded(settings: Settings, tx: Tables) -> list[str]:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 from collections.abc import AsyncIterator
 from typing import Protocol
+from urllib.parse import quote
 
 import anyio
 from starlette.types import Receive, Scope, Send
@@ -42,6 +44,83 @@ async def pread(fd: int, length: int, offset: int) -> bytes | bytearray:
             os.preadv, fd, [memoryview(buffer)[done:]], offset + done
         )
     return buffer if done == length else buffer[:done]
+
+
+# -- keeping uploaded bytes inert in a browser (docs/http.md "Served inert") --------------------
+
+# On every answer that carries a file's bytes or headers: the browser runs none of the document's
+# scripts, plugins or forms, and loads nothing for it but the file's own image or media. So a
+# page uploaded here can never act as the origin it is served from (the admin page's, unless
+# `admin.listen` gives that one a listener of its own): without scripts it can read nothing.
+# `allow-same-origin` and `media-src 'self'` are what a browser's own player needs to play a
+# recording or a video opened from a link (with an opaque origin it loads nothing); they give an
+# uploaded page nothing it could use without scripts.
+SANDBOX = "sandbox allow-same-origin; default-src 'none'; img-src 'self'; media-src 'self'"
+
+# Types a browser renders as a document that could run script, or runs as script: served as an
+# attachment unless the plan's rule says `inline = true`. Besides these: every `+xml` type
+# (SVG, XHTML, RSS, MathML ...), every `multipart/*` (x-mixed-replace renders each part by its
+# own type, related is MHTML) and `message/*` (web archives), and anything that is no clean
+# `type/subtype` or is a placeholder (a browser would sniff it).
+_ACTIVE_TYPES = frozenset((
+    "text/html", "application/xhtml+xml", "image/svg+xml", "text/xml", "application/xml",
+    "text/xsl", "text/xml-external-parsed-entity", "application/xml-dtd",
+    # JavaScript: the WHATWG MIME Sniffing standard's JavaScript MIME type essences.
+    "application/ecmascript", "application/javascript", "application/x-ecmascript",
+    "application/x-javascript", "text/ecmascript", "text/javascript", "text/javascript1.0",
+    "text/javascript1.1", "text/javascript1.2", "text/javascript1.3", "text/javascript1.4",
+    "text/javascript1.5", "text/jscript", "text/livescript", "text/x-ecmascript",
+    "text/x-javascript",
+    # No type at all to a browser: it would sniff the bytes.
+    "*/*", "unknown/unknown", "application/unknown",
+))
+_ACTIVE_KINDS = frozenset(("multipart", "message"))
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# RFC 8187 attr-char besides letters and digits (quote() keeps those, "_.-~" too).
+_ATTR_CHARS = "!#$&+^`|"
+# Content type -> active_type(): uploaders name few distinct types, so a GET pays a dict lookup.
+# Bounded: the values are the uploaders' to choose.
+_active_cache: dict[str, bool] = {}
+_ACTIVE_CACHE_MAX = 4096
+
+
+def active_type(content_type: str) -> bool:
+    """Whether a browser could run script from bytes served with this Content-Type value."""
+    known = _active_cache.get(content_type)
+    if known is None:
+        if len(_active_cache) >= _ACTIVE_CACHE_MAX:
+            _active_cache.clear()
+        known = _active_cache[content_type] = _classify(content_type)
+    return known
+
+
+def _classify(content_type: str) -> bool:
+    # A browser reads a Content-Type as a comma-separated list and takes the last valid type
+    # (Fetch, "extract a MIME type"): "image/png, text/html" is HTML to it. So every item counts.
+    valid = False
+    for item in content_type.split(","):
+        essence = item.split(";", 1)[0].strip(" \t")
+        if not essence:
+            continue
+        kind, slash, subtype = essence.partition("/")
+        if not slash or not _TOKEN.fullmatch(kind) or not _TOKEN.fullmatch(subtype):
+            return True
+        essence, kind, subtype = essence.lower(), kind.lower(), subtype.lower()  # ASCII by now
+        if essence in _ACTIVE_TYPES or kind in _ACTIVE_KINDS or subtype.endswith("+xml"):
+            return True
+        valid = True
+    return not valid
+
+
+def attachment(path: str) -> str:
+    """`Content-Disposition: attachment` naming the path's last segment (RFC 6266): `filename`
+    an ASCII stand-in, and `filename*` the name itself (UTF-8, percent-encoded) when the
+    stand-in differs."""
+    name = path.rpartition("/")[2]
+    plain = "".join(c if " " <= c <= "~" and c not in '"\\%' else "_" for c in name)
+    if plain == name:
+        return f'attachment; filename="{name}"'
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe=_ATTR_CHARS)}"
 
 
 class ByteSource(Protocol):

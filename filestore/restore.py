@@ -6,20 +6,32 @@ what the disk and every configured remote hold now (see verify/), and `--repair`
 date where that is safe: bytes on disk no row knows are adopted, and a file whose bytes are gone
 from disk, or from the remote its row records, is pointed at a remote that holds the same bytes
 (proven by download; the remote the storage plan routes the path to first), its name recorded.
+
+Secrets saved from the admin page travel in the backup encrypted, and the key file
+(`data_dir/secrets.key`) never does: it is copied by hand, like the config file. A restore into a
+data directory without the matching key file is not refused (the registry is the index of every
+file, and a lost key must not keep it from coming back): the registry is installed and a warning
+names the key file and the way out (put it back, or `filestore settings reset --force` and enter
+the secrets again). Until then the store does not open, with the same one line.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
 from pathlib import Path
 
+from . import overrides
 from .config import Settings
 from .datadir import DataDir
 from .errors import ConfigError, Conflict
 from .fsutil import fsync_dir
-from .registry import copy_backup
+from .registry import SETTINGS_SCHEMA, SqliteRegistry, copy_backup
+from .secrets import SecretBox, SecretError
+
+log = logging.getLogger("filestore")
 
 
 def restore_registry(settings: Settings, source: Path) -> Path | None:
@@ -43,13 +55,30 @@ def restore_registry(settings: Settings, source: Path) -> Path | None:
                                "before restoring its registry")
             tmp = datadir.root / f".{datadir.registry_path.name}.restore"
             copy_backup(source, tmp)
-            return _install_registry(tmp, datadir.registry_path)
+            unreadable = _unreadable_secrets(tmp, settings)
+            kept = _install_registry(tmp, datadir.registry_path)
         finally:
             datadir.leave()
     finally:
         os.close(start_fd)
+    if unreadable:
+        log.warning("restore: %s", unreadable)
+    return kept
 
 
+def _unreadable_secrets(registry: Path, settings: Settings) -> str:
+    """Why the secrets saved in `registry` cannot be decrypted in this data directory (its key
+    file is missing or another), or "" when they can (or there are none)."""
+    copy = SqliteRegistry(registry, read_only=True)
+    try:
+        if copy.schema_version() < SETTINGS_SCHEMA:
+            return ""
+        overrides.saved(copy.read, SecretBox(settings.data_dir))
+    except SecretError as exc:
+        return exc.detail
+    finally:
+        copy.close()
+    return ""
 
 
 def _install_registry(tmp: Path, registry: Path) -> Path | None:

@@ -29,7 +29,7 @@ from typing import Any
 
 import anyio
 
-from . import live_settings, overrides, paths, plan
+from . import live_settings, overrides, paths, plan, signing
 from .cache.gc import CacheGC
 from .cache.readthrough import ReadThrough
 from .cache.reconcile import reconcile
@@ -175,6 +175,12 @@ class Service:
 
     async def delete(self, path: str, precondition: Precondition | None = None) -> None:
         await self.store.delete(path, precondition)
+
+    def single_use(self, grant: signing.Grant | None
+                   ) -> contextlib.AbstractAsyncContextManager[signing.Use]:
+        """Around the work of a request a signed URL authorized: a `--once` URL is claimed
+        first and spent by a success (see `signing.single_use`); others pass."""
+        return signing.single_use(grant, self.store.registry)
 
     @property
     def read_through(self) -> ReadThrough:
@@ -351,6 +357,14 @@ class Service:
     def plan_overview(self) -> dict[str, Any]:
         return plan.overview(self.settings, self.store.registry.read)
 
+    def files_url(self, request_base: str | None = None) -> str:
+        """Where clients reach `/files/`: the base of the request that asks (the admin page's
+        own), unless none is given or the admin page has a listener of its own
+        (`admin.listen`); then `http://server.host:server.port`."""
+        if request_base is not None and not self.settings.admin.listen:
+            return request_base.rstrip("/")
+        return files_url(self.settings)
+
     def route(self, path: str, content_type: str) -> plan.Route:
         """Where the storage plan sends a file at `path` of `content_type` now."""
         return self.store.route(path, content_type)
@@ -371,6 +385,14 @@ class Service:
     def backup(self, target: Path) -> None:
         """A consistent copy of the registry at `target`, safe while servers write to it."""
         self.store.registry.backup(target)
+
+
+def files_url(settings: Settings) -> str:
+    """`http://server.host:server.port` as a client on this machine reaches it."""
+    host = settings.server.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.server.port}"
 
 
 def reset_settings(settings: Settings, *, force: bool = False) -> int:

@@ -202,3 +202,149 @@ def test_signed_get_is_checked_by_filestore_and_sent_by_nginx(make_server: Any,
             assert anon.get("/files/v/clip.bin").status_code == 401
     finally:
         nginx.stop()
+
+
+# -- limits: signing.max_expiry, a PUT's body and type bound, the key with the token -----------
+
+def _sha256(body: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(body).hexdigest()
+
+
+def test_sign_refuses_a_lifetime_over_max_expiry(private: LiveServer) -> None:
+    done = _cli(private, "sign", "docs/report.pdf", "--expires", "8d")
+    assert done.exit_code == 2, done.output
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "signing.max_expiry (7d)" in lines[0], done.stderr
+    assert _cli(private, "sign", "docs/report.pdf", "--expires", "7d").exit_code == 0
+    env = {"FILESTORE_SIGNING__MAX_EXPIRY": "30d"}
+    longer = CliRunner().invoke(main, ["sign", "docs/report.pdf", "--expires", "8d"], env={
+        "FILESTORE_STORAGE__DATA_DIR": str(private.settings.data_dir), "FILESTORE_CONFIG": "",
+        **env})
+    assert longer.exit_code == 0, longer.output
+    with private.client() as owner:
+        reply = owner.post("/admin/api/sign", json={"path": "docs/report.pdf", "expires": "8d"})
+        assert reply.status_code == 400 and "signing.max_expiry (7d)" in reply.json()["detail"]
+        reply = owner.post("/admin/api/sign", json={"path": "docs/report.pdf",
+                                                    "expires": 7 * 86400 + 1})
+        assert reply.status_code == 400, reply.text
+        assert owner.post("/admin/api/sign", json={"path": "docs/report.pdf",
+                                                   "expires": "7d"}).status_code == 200
+
+
+def test_a_url_further_off_than_max_expiry_is_refused_when_used(make_server: Any) -> None:
+    server = make_server(auth__public_read="false", signing__max_expiry="1h")
+    with server.client() as owner:
+        assert owner.put("/files/a.txt", content=b"a").status_code == 201
+    key, now = _key(server), int(time.time())
+    with server.client(auth=False) as anon:
+        assert anon.get(_target(key.sign("GET", "a.txt", now + 1800))).content == b"a"
+        _refused(anon.get(_target(key.sign("GET", "a.txt", now + 7200))),
+                 "further off than signing.max_expiry (1h)")
+        # Hand-made for years, as the parser takes them: refused under the default 7d as well.
+        default = make_server(server.settings.data_dir.parent / "other")
+        far = _target(_key(default).sign("GET", "a.txt", now + 3 * 365 * 86400))
+        reply = httpx.get(default.url + far, timeout=10)
+        _refused(reply, "signing.max_expiry (7d)")
+
+
+def test_a_signed_put_may_bind_its_body_and_type(private: LiveServer) -> None:
+    body = b"the one body"
+    done = _cli(private, "sign", "in/bound.txt", "--method", "PUT", "--sha256",
+                _sha256(body).upper(), "--type", "Text/Plain; charset=UTF-8")
+    assert done.exit_code == 0, done.output
+    url = _target(done.stdout.strip())
+    assert f"sha256={_sha256(body)}" in url and "type=text%2Fplain%3B%20charset%3Dutf-8" in url
+    typed = {"content-type": "text/plain; charset=utf-8"}
+    with private.client(auth=False) as anon:
+        reply = anon.put(url, content=b"another body", headers=typed)
+        assert reply.status_code == 400 and reply.json()["error"] == "checksum_mismatch"
+        reply = anon.put(url, content=body, headers={**typed,
+                                                     "x-checksum-sha256": _sha256(b"x")})
+        assert reply.status_code == 400 and reply.json()["error"] == "checksum_mismatch"
+        _refused(anon.put(url, content=body, headers={"content-type": "text/html"}),
+                 "signed for Content-Type text/plain; charset=utf-8, not Content-Type text/html")
+        _refused(anon.put(url, content=body), "not no Content-Type")
+        # The limits are under the signature: changed or dropped, nothing matches.
+        _refused(anon.put(url.replace(_sha256(body), _sha256(b"another body")),
+                          content=b"another body", headers=typed), "does not match")
+        dropped = url.replace("&type=text%2Fplain%3B%20charset%3Dutf-8", "")
+        _refused(anon.put(dropped, content=body), "does not match")
+        assert private.store.registry.read.files.get("in/bound.txt") is None  # none stored
+        reply = anon.put(url, content=body, headers={"content-type": "TEXT/plain;charset=utf-8"})
+        assert reply.status_code == 201, reply.text
+        # A URL that names no limit is signed as before they existed: older URLs keep working.
+        key, expires = _key(private), int(time.time()) + 600
+        plain = key.sign("GET", "in/bound.txt", expires)
+        assert plain == signing.signed_url(key.key(), "GET", "in/bound.txt", expires)
+        assert "sha256=" not in plain and "type=" not in plain and "once=" not in plain
+        assert anon.get(_target(plain)).content == body
+        assert anon.get("/files/in/bound.txt?type=x&once=y").status_code == 401  # unsigned
+    with private.client() as owner:
+        assert owner.get("/files/in/bound.txt").content == body
+        signed = owner.post("/admin/api/sign", json={
+            "path": "in/api.bin", "method": "PUT", "sha256": _sha256(b"api"),
+            "type": "application/ld+json"}).json()
+        for bad in ({"sha256": "abc"}, {"type": "not a type"}, {"type": 3},
+                    {"method": "GET", "sha256": _sha256(b"api")}, {"once": "yes"}):
+            reply = owner.post("/admin/api/sign", json={"path": "x", "method": "PUT", **bad})
+            assert reply.status_code == 400, (bad, reply.text)
+    with private.client(auth=False) as anon:
+        ld = {"content-type": "application/ld+json"}  # "+" survives the query string
+        assert anon.put(_target(signed["url"]), content=b"apx", headers=ld).status_code == 400
+        assert anon.put(_target(signed["url"]), content=b"api", headers=ld).status_code == 201
+    for bad in (["--sha256", "00"], ["--type", "text"], ["--method", "GET", "--type", "a/b"]):
+        args = ["sign", "x", *bad] if "--method" in bad else ["sign", "x", "--method", "PUT",
+                                                                *bad]
+        done = _cli(private, *args)
+        assert done.exit_code == 2 and "error" in done.output.lower(), (bad, done.output)
+
+
+def test_token_rotate_with_signing_key_revokes_signed_urls(private: LiveServer) -> None:
+    url = _target(_key(private).sign("GET", "docs/report.pdf", int(time.time()) + 600))
+    with private.client(auth=False) as anon:
+        done = _cli(private, "token", "--rotate")  # no terminal: nothing asked, the way said
+        assert done.exit_code == 0, done.output
+        token = (private.settings.data_dir / "token").read_text().strip()
+        assert "--signing-key" in done.stderr and done.stdout.strip() == token
+        assert anon.get(url).status_code == 200  # signed URLs survive a token rotation alone
+        done = _cli(private, "token", "--rotate", "--signing-key")
+        assert done.exit_code == 0, done.output
+        assert "new signing key" in done.stderr
+        wait_for(lambda: anon.get(url).status_code == 403, timeout=5)
+        _refused(anon.get(url), "key since rotated")
+    assert _cli(private, "token", "--signing-key").exit_code == 2
+
+
+def test_token_rotate_asks_on_a_terminal(tmp_path: Path) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    env = {**os.environ, "FILESTORE_STORAGE__DATA_DIR": str(data)}
+    env.pop("FILESTORE_CONFIG", None)
+    first = subprocess.run([sys.executable, "-m", "filestore", "token"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    key_file = data / signing.KEY_FILE
+    signing.SigningKey(data).key()  # the key exists, as after a first signed URL
+    for answer, rotated in ((b"n\n", False), (b"\n", False), (b"y\n", True)):
+        before = key_file.read_text()
+        leader, follower = pty.openpty()
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "filestore", "token", "--rotate"],
+                                    env=env, stdin=follower, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+            os.write(leader, answer)  # read by the prompt once it asks (the tty buffers it)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            os.close(follower)
+            os.close(leader)
+        assert proc.returncode == 0, err
+        assert b"replace the signing key too?" in err
+        assert out.decode().strip() == (data / "token").read_text().strip()  # the token alone
+        assert (key_file.read_text() != before) == rotated, answer

@@ -14,11 +14,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import overrides, paths, signing
-from ..config import parse_duration
 from ..errors import BadRequest
 from ..service import service_of
 from ..stats import figures
-from .session import CSRF_HEADER, Session, authenticate, check_csrf
+from ..values import parse_duration
+from .session import CSRF_HEADER, Session, authenticate, check_csrf, sign_out_everywhere
 
 MAX_PAGE = 1000
 MAX_BODY = 64 * 1024  # an admin request is a few keys
@@ -26,7 +26,7 @@ _DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 def _session(request: Request) -> Session:
-    return authenticate(request, service_of(request.app.state).store.token)
+    return authenticate(request)
 
 
 def _change(request: Request) -> Session:
@@ -164,8 +164,10 @@ async def drop(request: Request) -> Response:
 
 
 async def sign(request: Request) -> Response:
-    """`{path, method, expires}` -> `{url, expires}`: a signed URL (signing.py) for one request
-    on one path; `expires` is how long it works ("1h", or seconds), `method` GET by default."""
+    """`{path, method, expires, sha256, type, once}` -> `{url, expires, ...}`: a signed URL
+    (signing.py) for one method on one path; `expires` is how long it works ("1h", or seconds;
+    at most signing.max_expiry), `method` GET by default; `sha256` and `type` bind a PUT's body
+    and Content-Type, `once: true` makes it single-use."""
     _change(request)
     body = await _json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("path"), str):
@@ -173,17 +175,39 @@ async def sign(request: Request) -> Response:
     method = body.get("method", "GET")
     if method not in signing.METHODS:
         raise BadRequest(f"method must be one of {', '.join(signing.METHODS)}")
+    lifetime = body.get("expires", "1h")
     try:
-        seconds = parse_duration(body.get("expires", "1h"))
+        seconds = parse_duration(lifetime)
     except ValueError as exc:
         raise BadRequest(f"expires must be {exc}") from None
     if seconds < 1:
         raise BadRequest("expires must be at least one second")
+    service = service_of(request.app.state)
+    refusal = signing.lifetime_refusal(seconds, service.settings.signing.max_expiry)
+    if refusal:
+        raise signing.LifetimeTooLong(f"expires {lifetime} is {refusal}")
+    sha256, content_type, once = body.get("sha256"), body.get("type"), body.get("once", False)
+    for name, value in (("sha256", sha256), ("type", content_type)):
+        if value is not None and not isinstance(value, str):
+            raise BadRequest(f"{name} must be a string")
+    if not isinstance(once, bool):
+        raise BadRequest("once must be true or false")
     path = paths.normalize(body["path"])
     expires = int(time.time() + seconds)
-    url = service_of(request.app.state).signing.sign(method, path, expires,
-                                                    str(request.base_url))
-    return JSONResponse({"url": url, "expires": expires, "method": method, "path": path})
+    try:
+        url = service.signing.sign(method, path, expires,
+                                   service.files_url(str(request.base_url)), sha256=sha256,
+                                   content_type=content_type, once=once)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return JSONResponse({"url": url, "expires": expires, "method": method, "path": path,
+                         "once": once})
+
+
+async def end_sessions(request: Request) -> Response:
+    """Sign out everywhere: every admin session ends, in every process (`session.py`)."""
+    _change(request)
+    return JSONResponse({"ended": await sign_out_everywhere(request)})
 
 
 routes = [
@@ -196,6 +220,7 @@ routes = [
     Route("/admin/api/queue/retry", retry, methods=["POST"]),
     Route("/admin/api/queue/drop", drop, methods=["POST"]),
     Route("/admin/api/sign", sign, methods=["POST"]),
+    Route("/admin/api/sessions/end-all", end_sessions, methods=["POST"]),
     Route("/admin/api/files/{path:path}/{action}", file_action, methods=["POST"]),
     Route("/admin/api/files/{path:path}", file_info, methods=["GET"]),
 ]

@@ -26,7 +26,15 @@ from ..service import service_of
 from ..stats import figures, size_text
 from .api import parse_job_id
 from .files import describe
-from .session import CSRF_FIELD, Session, check_csrf, from_cookie, sign_in, sign_out
+from .session import (
+    CSRF_FIELD,
+    Session,
+    check_csrf,
+    from_cookie,
+    sign_in,
+    sign_out,
+    sign_out_everywhere,
+)
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
@@ -90,7 +98,7 @@ def _safe_next(target: str | None) -> str:
 
 
 def _session(request: Request) -> Session | None:
-    return from_cookie(request, service_of(request.app.state).store.token)
+    return from_cookie(request)
 
 
 def _sign_in_first(request: Request) -> RedirectResponse:
@@ -137,19 +145,31 @@ async def login(request: Request) -> Response:
     form = await _read_form(request)
     target = _safe_next(_field(form, "next"))
     response = RedirectResponse(target, status_code=303)
-    token = service_of(request.app.state).store.token
-    if not sign_in(response, token, _field(form, "token"), request.url.scheme == "https"):
+    if not await sign_in(request, response, _field(form, "token")):
         return _render(request, "login.html", None, status=401, next=target,
                        error="That is not the API token. `filestore token` prints it.")
     return response
 
 
 async def logout(request: Request) -> Response:
+    """End this browser's session, in every server process at once."""
     session = _session(request)
     if session is not None:
         await _form(request, session)
     response = RedirectResponse("/admin/login", status_code=303)
-    sign_out(response)
+    await sign_out(request, response, session)
+    return response
+
+
+async def logout_everywhere(request: Request) -> Response:
+    """End every session (every browser, this one too): for a cookie that may have leaked."""
+    session = _session(request)
+    if session is None:
+        return _sign_in_first(request)
+    await _form(request, session)
+    ended = await sign_out_everywhere(request)
+    response = _back("/admin/login", f"Signed out everywhere: {ended:,} session(s) ended.")
+    await sign_out(request, response, None)
     return response
 
 
@@ -169,19 +189,23 @@ async def files(request: Request) -> Response:
     session = _session(request)
     if session is None:
         return _sign_in_first(request)
-    store = service_of(request.app.state).store
+    service = service_of(request.app.state)
+    store = service.store
+    # With `admin.listen` the page has an origin of its own: the files' links name theirs.
+    files_base = service.files_url() if service.settings.admin.listen else ""
     params = request.query_params
     try:
         prefix = paths.normalize_prefix(params.get("prefix", ""))
     except FilestoreError as exc:
         return _render(request, "files.html", session, status=400, prefix=params.get(
-            "prefix", ""), rows=[], after="", following=None, error=exc.detail)
+            "prefix", ""), rows=[], after="", following=None, error=exc.detail,
+            files_base=files_base)
     after = params.get("after", "")
     records = store.list_files(prefix, after, PAGE_SIZE + 1)
     following = records[PAGE_SIZE - 1].path if len(records) > PAGE_SIZE else None
     rows = describe(store.registry.read, store.local, records[:PAGE_SIZE])
     return _render(request, "files.html", session, prefix=prefix, rows=rows, after=after,
-                   following=following, error=None)
+                   following=following, error=None, files_base=files_base)
 
 
 async def file_action(request: Request) -> Response:
@@ -300,6 +324,7 @@ routes = [
     Route("/admin/", dashboard, methods=["GET"]),
     Route("/admin/login", login, methods=["GET", "POST"]),
     Route("/admin/logout", logout, methods=["POST"]),
+    Route("/admin/logout/everywhere", logout_everywhere, methods=["POST"]),
     Route("/admin/files", files, methods=["GET"]),
     Route("/admin/files/action", file_action, methods=["POST"]),
     Route("/admin/failed", failed, methods=["GET"]),

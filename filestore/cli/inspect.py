@@ -8,11 +8,12 @@ import json
 import click
 
 from .. import overrides, paths, plan
-from ..config import Settings, parse_duration, value_text
+from ..config import Settings
 from ..remote import open_remotes
 from ..service import Service, reset_settings
 from ..stats import report, size_text
 from ..store import guess_content_type
+from ..values import parse_duration, value_text
 from .base import command, main
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import anyio
@@ -9,10 +10,11 @@ import click
 
 from .. import paths, plan, signing
 from ..auth import write_new_token
-from ..config import Settings, parse_duration
+from ..config import Settings
 from ..errors import ConfigError
 from ..remote import connected_remotes
-from ..service import Service
+from ..service import Service, files_url
+from ..values import parse_duration
 from .base import command, main
 
 
@@ -24,7 +26,7 @@ from .base import command, main
 @command
 def serve(settings: Settings, host: str | None, port: int | None, workers: int | None) -> None:
     """Run the HTTP server (Ctrl-C stops it cleanly)."""
-    import uvicorn
+    from .. import serving  # uvicorn, and the admin page's own listener (admin.listen)
 
     # Creates the data directory and the token before the workers start.
     with Service.opened(settings) as service:
@@ -36,27 +38,20 @@ def serve(settings: Settings, host: str | None, port: int | None, workers: int |
     host = host or settings.server.host
     port = settings.server.port if port is None else port
     workers = workers or settings.server.workers
+    admin_url = serving.admin_url(settings.admin.listen, host, port)
     click.echo(f"filestore: serving http://{host}:{port}/files/ ({workers} worker(s))")
-    click.echo(f"filestore: admin page http://{host}:{port}/admin (sign in with the API token)")
+    click.echo(f"filestore: admin page {admin_url} (sign in with the API token)")
     click.echo(f"filestore: data directory {settings.data_dir}")
+    # Where the token is, never the token itself: this output ends up in the journal.
     if settings.auth.token:
         click.echo("filestore: API token from auth.token in the config")
+    elif store.token_created:
+        click.echo(f"filestore: new API token written to {store.datadir.token_path} "
+                   "(`filestore token` prints it)")
     else:
-        click.echo(f"filestore: API token in {store.datadir.token_path} (`filestore token`)")
-        if store.token_created:
-            click.echo(f"filestore: new API token: {store.token}")
-    uvicorn.run(
-        "filestore.app:app_from_environment",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        http="filestore.httpguard:GuardedHttpToolsProtocol",  # httptools with limits
-        access_log=False,
-        log_level="warning",
-        timeout_graceful_shutdown=10,
-    )
+        click.echo(f"filestore: API token in {store.datadir.token_path} "
+                   "(`filestore token` prints it)")
+    serving.run(settings.admin.listen, host, port, workers)
 
 
 async def _check_remotes(settings: Settings) -> None:
@@ -69,10 +64,17 @@ async def _check_remotes(settings: Settings) -> None:
 @main.command()
 @click.option("--rotate", is_flag=True,
               help="Replace the token with a new one; running servers take it up within a "
-                   "second and every admin session signs out.")
+                   "second and every admin session signs out. Asks whether to replace the "
+                   "signing key too (on a terminal).")
+@click.option("--signing-key", is_flag=True,
+              help="With --rotate: also replace the signing key, without asking (every signed "
+                   "URL stops working).")
 @command
-def token(settings: Settings, rotate: bool) -> None:
+def token(settings: Settings, rotate: bool, signing_key: bool) -> None:
     """Print the API token (generating it on first use)."""
+    if signing_key and not rotate:
+        raise click.UsageError("--signing-key goes with --rotate (or use `filestore sign "
+                               "--rotate-key`)")
     with Service.opened(settings, read_only=True) as service:
         if not rotate:
             click.echo(service.store.token)
@@ -80,23 +82,41 @@ def token(settings: Settings, rotate: bool) -> None:
         if settings.auth.token:
             raise ConfigError("the token comes from auth.token in the config: change it there")
         click.echo(write_new_token(service.store.datadir.token_path))
+        # The prompt and the notes go to stderr: stdout is the token alone.
+        asked = not signing_key and sys.stdin.isatty()
+        if asked:
+            signing_key = click.confirm(
+                "filestore: replace the signing key too? Every signed URL stops working",
+                default=False, err=True)
+        if signing_key:
+            service.signing.rotate()
+            click.echo("filestore: new signing key; URLs signed before no longer work", err=True)
+        elif not asked:
+            click.echo("filestore: signed URLs still work; `filestore sign --rotate-key` "
+                       "revokes them (`token --rotate --signing-key` does both)", err=True)
 
 
 @main.command()
 @click.argument("path", required=False)
 @click.option("--method", type=click.Choice(signing.METHODS), default="GET", show_default=True,
-              help="The one request the URL grants (a GET URL also allows HEAD).")
+              help="The method the URL grants (a GET URL also allows HEAD).")
 @click.option("--expires", "lifetime", default="1h", show_default=True,
-              help='How long the URL works: "15m", "1h", "7d".')
+              help='How long the URL works: "15m", "1h", "7d" (at most signing.max_expiry).')
+@click.option("--sha256", default=None, metavar="HEX",
+              help="PUT only: the SHA-256 of the one body the URL takes (400 for another).")
+@click.option("--type", "content_type", default=None, metavar="TYPE",
+              help="PUT only: the Content-Type the upload must send (403 for another).")
+@click.option("--once", is_flag=True,
+              help="Single-use: refused after its first successful (2xx) request.")
 @click.option("--base-url", default=None,
               help="Where clients reach the server (default: http://server.host:server.port).")
 @click.option("--rotate-key", is_flag=True,
               help="Replace the signing key instead: every URL signed before stops working, in "
                    "running servers within a second. The API token is not changed.")
 @command
-def sign(settings: Settings, path: str | None, method: str, lifetime: str,
-         base_url: str | None, rotate_key: bool) -> None:
-    """Print a URL that grants one request on PATH without the token, until it expires."""
+def sign(settings: Settings, path: str | None, method: str, lifetime: str, sha256: str | None,
+         content_type: str | None, once: bool, base_url: str | None, rotate_key: bool) -> None:
+    """Print a URL that grants METHOD on PATH without the token, until it expires."""
     if rotate_key:
         if path is not None:
             raise click.UsageError("--rotate-key takes no PATH")
@@ -106,6 +126,8 @@ def sign(settings: Settings, path: str | None, method: str, lifetime: str,
         return
     if path is None:
         raise click.UsageError("give the PATH to sign (or --rotate-key)")
+    if (sha256 is not None or content_type is not None) and method != "PUT":
+        raise click.UsageError("--sha256 and --type bind the body of a PUT: add --method PUT")
     try:
         seconds = parse_duration(lifetime)
     except ValueError as exc:
@@ -113,11 +135,15 @@ def sign(settings: Settings, path: str | None, method: str, lifetime: str,
     if seconds < 1:
         raise click.BadParameter("at least one second", param_hint="--expires")
     path = paths.normalize(path)
-    if base_url is None:
-        host = settings.server.host
-        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        host = f"[{host}]" if ":" in host else host
-        base_url = f"http://{host}:{settings.server.port}"
+    base_url = base_url or files_url(settings)
     with Service.opened(settings, read_only=True) as service:
-        click.echo(service.signing.sign(method, path, int(time.time() + seconds), base_url))
-
+        refusal = signing.lifetime_refusal(seconds, service.settings.signing.max_expiry)
+        if refusal:
+            click.echo(f"filestore: error: --expires {lifetime} is {refusal}", err=True)
+            sys.exit(2)
+        try:
+            url = service.signing.sign(method, path, int(time.time() + seconds), base_url,
+                                       sha256=sha256, content_type=content_type, once=once)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        click.echo(url)

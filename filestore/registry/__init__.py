@@ -1,11 +1,13 @@
 """The registry: the one owner of SQL. It knows every file, where it is, the remote work queued
-for it, the move jobs, the cache index, the saved settings and the counters.
+for it, the move jobs, the cache index, the saved settings, the counters, the admin sessions
+and the spent single-use signed URLs.
 
 `interface.py` writes down what the rest of filestore uses (`Registry`, `Tables` and one
 protocol per table group); `sqlite.py` is the backend (SQLite in the data directory), with one
 module per table group (`files.py`, `queue.py`, `jobs.py`, `cache.py`, `settings.py`,
-`counters.py`) and the schema's numbered migrations (`migrations.py`). Nothing outside this
-package writes SQL or imports `sqlite3`.
+`counters.py`, `sessions.py` the admin sessions, `grants.py` the single-use signed URLs) and the
+schema's numbered migrations (`migrations.py`). Nothing outside this package writes SQL or
+imports `sqlite3`.
 
 Use: `registry.read.files.get(path)` reads (event loop's thread); `with registry.transaction()
 as tx: tx.files.upsert(...); tx.queue.schedule(...)` writes, all or nothing.

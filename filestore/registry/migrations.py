@@ -295,8 +295,32 @@ def _migration_5(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migration_6(db: sqlite_utils.Database) -> None:
+    """Admin sessions that can end before their cookie does (`sessions.py`: one row per
+    session, keyed by the hash of its id, and the generation "sign out everywhere" moves), and
+    the nonces of single-use signed URLs (`grants.py`)."""
+    db.executescript(
+        """
+        CREATE TABLE IF NOT EXISTS sessions (
+          id TEXT PRIMARY KEY,            -- SHA-256 (hex) of the id the cookie carries
+          generation INTEGER NOT NULL,    -- counts while it is counters' sessions.generation
+          created REAL NOT NULL,
+          expires REAL NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS grants (
+          nonce TEXT PRIMARY KEY,         -- a --once URL's `once=`, under its signature
+          expires REAL NOT NULL,          -- the URL's expiry: pruned an hour after it
+          claimed REAL NOT NULL,          -- when a request took it
+          spent REAL                      -- when that request succeeded; NULL while it runs
+        ) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS grants_expires ON grants (expires);
+        INSERT OR IGNORE INTO counters (name, value) VALUES ('sessions.generation', 0);
+        """
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
+    _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 SETTINGS_SCHEMA = 4  # the version that added saved settings (and move jobs)

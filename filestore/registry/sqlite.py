@@ -29,9 +29,11 @@ from ..fsutil import fsync_dir
 from .cache import CacheRows
 from .counters import CounterRows
 from .files import FileRows, IntentRows
+from .grants import GrantRows
 from .jobs import JobRows
 from .migrations import MIGRATIONS, SCHEMA_VERSION
 from .queue import QueueRows
+from .sessions import SessionRows
 from .settings import SettingRows
 
 # The tables a file must have to be taken for a registry (restore).
@@ -51,6 +53,8 @@ class Tables:
         self.cache = CacheRows(conn)
         self.settings = SettingRows(conn)
         self.counters = CounterRows(conn)
+        self.sessions = SessionRows(conn)
+        self.grants = GrantRows(conn)
 
     @contextmanager
     def snapshot(self) -> Iterator[Tables]:
@@ -78,6 +82,9 @@ def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
     else:
         # FULL: an acknowledged PUT survives a power cut, not only a killed process.
         conn.execute("PRAGMA synchronous = FULL")
+        # Deleted and rewritten rows are zeroed in the pages a write touches anyway (no extra
+        # I/O), so an old secret or a deleted path does not linger in the file.
+        conn.execute("PRAGMA secure_delete = FAST")
     return conn
 
 
@@ -160,14 +167,24 @@ class SqliteRegistry:
     # -- copies ---------------------------------------------------------------------------------
 
     def backup(self, target: Path) -> None:
-        """A consistent copy of the registry at `target`, safe while servers write to it:
-        SQLite's online backup in one step reads one snapshot (WAL readers never block the
-        writers), into a temp file that is fsynced and renamed into place."""
+        """A consistent copy of the registry at `target`, safe while servers write to it, and
+        private: mode 0600 (it holds the saved settings; their secrets are encrypted with the
+        data directory's key file, which is never part of a backup). `VACUUM INTO` reads one
+        snapshot (WAL readers never block the writers) and writes it rebuilt, so no bytes of
+        deleted or rewritten rows (a secret an older filestore kept in plain text) come along,
+        into a temp file that is fsynced and renamed into place."""
         tmp = target.with_name(f".{target.name}.tmp")
         tmp.unlink(missing_ok=True)
+        # Created private and empty: VACUUM INTO fills an empty file, and keeps its mode.
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        source = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True,
+                                 isolation_level=None)
+        try:
+            source.execute("VACUUM INTO ?", (str(tmp),))
+        finally:
+            source.close()
         copy = sqlite3.connect(tmp)
         try:
-            self.read._conn.backup(copy)
             copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
         finally:
             copy.close()
@@ -208,6 +225,9 @@ def copy_backup(source: Path, tmp: Path) -> None:
             # The PUTs in flight when the backup was taken belong to processes long gone:
             # recovery would record whatever lies at their paths now under their hashes.
             copy.execute("DELETE FROM intents")
+            # Sessions signed out since the backup must not come back with it.
+            if copy.execute("SELECT 1 FROM sqlite_master WHERE name = 'sessions'").fetchone():
+                copy.execute("DELETE FROM sessions")
             copy.commit()
         finally:
             copy.close()
