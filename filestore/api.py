@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import accel, paths, signing
-from .auth import check_bearer
+from .accounts import Principal
 from .conditional import Validators, check_preconditions, etag_for, if_range_allows
 from .errors import BadRequest, TooLarge
 from .ranges import RangeNotSatisfiable, parse_range
@@ -61,8 +61,9 @@ class FileRoute(Route):
         self.path_regex = re.compile(r"^/files/(?P<path>.*)\Z", re.DOTALL)
 
 
-def _require_token(request: Request) -> None:
-    check_bearer(request.headers.get("authorization"), _service(request).store.token)
+def _principal(request: Request) -> Principal:
+    """Who the request's token is: the administrator or an account (401 / 403 otherwise)."""
+    return _service(request).accounts.authenticate(request.headers.get("authorization"))
 
 
 def _authorize(request: Request, path: str, *, public: bool = False) -> signing.Grant | None:
@@ -77,7 +78,7 @@ def _authorize(request: Request, path: str, *, public: bool = False) -> signing.
         if grant is not None:
             return grant
     if not public:
-        _require_token(request)
+        _principal(request).check_path(path)
     return None
 
 
@@ -86,8 +87,10 @@ def _authorized_path(request: Request) -> tuple[str, signing.Grant | None]:
     ever: a client without it learns nothing, not even whether its path is valid), and the
     signed URL's grant if one authorized it."""
     if not request.scope["query_string"]:
-        _require_token(request)
-        return _file_path(request), None
+        principal = _principal(request)
+        path = _file_path(request)
+        principal.check_path(path)  # an account's token acts only under its own prefix
+        return path, None
     path = _file_path(request)
     return path, _authorize(request, path)
 
@@ -297,9 +300,9 @@ async def delete_file(request: Request) -> Response:
 
 
 async def list_files(request: Request) -> Response:
-    _require_token(request)
+    principal = _principal(request)
     params = request.query_params
-    prefix = paths.normalize_prefix(params.get("prefix", ""))
+    prefix = principal.listing_prefix(paths.normalize_prefix(params.get("prefix", "")))
     after = params.get("after", "")
     raw_limit = params.get("limit", "100")
     if not _DIGITS.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:

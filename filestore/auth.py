@@ -50,12 +50,17 @@ def write_new_token(token_path: Path) -> str:
     return token
 
 
-def check_bearer(header: str | None, token: str) -> None:
-    """Raise `Unauthorized` unless `header` is `Bearer <token>`."""
+def bearer_token(header: str | None) -> str:
+    """The token of an `Authorization: Bearer <token>` header (`Unauthorized` otherwise)."""
     if not header:
         raise Unauthorized("this request needs an Authorization: Bearer token")
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         raise Unauthorized("the Authorization header must be 'Bearer <token>'")
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+    return given.strip()
+
+
+def check_bearer(header: str | None, token: str) -> None:
+    """Raise `Unauthorized` unless `header` is `Bearer <token>`."""
+    if not hmac.compare_digest(bearer_token(header).encode(), token.encode()):
         raise Unauthorized("the bearer token is wrong")

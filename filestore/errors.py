@@ -78,6 +78,12 @@ class InsufficientStorage(FilestoreError):
     code = "insufficient_storage"
 
 
+class QuotaExceeded(InsufficientStorage):
+    """A PUT would take its account past its quota (nothing of it is kept)."""
+
+    code = "quota_exceeded"
+
+
 class RemoteError(FilestoreError):
     """A remote store failed. `retryable`: worth trying again later (network, 5xx, throttling);
     otherwise permanent until someone fixes something (credentials, bucket, permissions)."""

@@ -30,6 +30,7 @@ from typing import Any
 import anyio
 
 from . import live_settings, overrides, paths, plan, signing
+from .accounts import Accounts
 from .cache.gc import CacheGC
 from .cache.readthrough import ReadThrough
 from .cache.reconcile import reconcile
@@ -64,6 +65,7 @@ class Service:
         self.cache: ReadThrough | None = None
         self.reloader: live_settings.SettingsReloader | None = None
         self.signing = SigningKey(self.store.datadir.root)
+        self.accounts = Accounts(self.store.registry, lambda: self.store.token)
 
     @property
     def settings(self) -> Settings:
@@ -125,6 +127,7 @@ class Service:
                     tg.start_soon(cache.maintain)
                     tg.start_soon(reloader.run)
                     tg.start_soon(runner.run)
+                    tg.start_soon(service.accounts.flush_every)
                     yield service
                     tg.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):

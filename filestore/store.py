@@ -31,9 +31,17 @@ from . import overrides, plan
 from .auth import load_or_create_token, read_token
 from .config import DEFAULT_REMOTE, Settings
 from .datadir import DataDir
-from .errors import ChecksumMismatch, Conflict, NotFound
+from .errors import ChecksumMismatch, Conflict, NotFound, QuotaExceeded, TooLarge
 from .local import LocalStore, Received
-from .registry import SCHEMA_VERSION, FileRecord, Intent, SqliteRegistry, Tables, in_flight
+from .registry import (
+    SCHEMA_VERSION,
+    FileRecord,
+    Intent,
+    SqliteRegistry,
+    Tables,
+    in_flight,
+    usage_counter,
+)
 
 log = logging.getLogger("filestore")
 
@@ -46,6 +54,25 @@ Precondition = Callable[[FileRecord | None], None]
 # How long a read waits for a PUT of its path to commit (looking again after 1 ms, doubling to
 # 50 ms): a commit takes milliseconds, but waits for the write lock and an fsync on a busy disk.
 _COMMIT_WAIT_SECONDS = 5.0
+
+
+def quota_room(tables: Tables, path: str) -> int | None:
+    """How large the file at `path` may be within its account's quota (None: no quota). A
+    path's account is its first segment, if that names one; the bytes the file holds now are
+    the account's to reuse."""
+    account_id, slash, _ = path.partition("/")
+    account = tables.accounts.get(account_id) if slash else None
+    if account is None or not account.quota:
+        return None
+    used = tables.counters.get(usage_counter(account.id, "bytes"))
+    existing = tables.files.get(path)
+    return account.quota - used + (existing.size if existing is not None else 0)
+
+
+def quota_text(path: str, size: int | None, room: int) -> str:
+    what = f"{size:,} bytes" if size is not None else "this body"
+    return (f"{what} at {path!r} would take its account past its quota "
+            f"({max(room, 0):,} bytes left)")
 
 
 def guess_content_type(path: str) -> str:
@@ -218,8 +245,19 @@ class Store:
         declared = content_length or 0
         if declared and self.local.free_bytes() < self.local.min_free + declared:
             self.local.check_room(declared, self.registry.read.counters.get("cache.bytes"))
-        received = await self.local.receive(body, self.settings.storage.max_upload_size,
-                                            self.events.make_room, declared)
+        # Within the account's quota: refused before a byte when the declared length says so,
+        # cut off as soon as the stream passes it; checked again where the bytes are recorded.
+        room = quota_room(self.registry.read, path)
+        if room is not None and declared > room:
+            raise QuotaExceeded(quota_text(path, declared, room))
+        limit = self.settings.storage.max_upload_size
+        try:
+            received = await self.local.receive(body, limit if room is None else min(limit, room),
+                                                self.events.make_room, declared)
+        except TooLarge:
+            if room is not None and room < limit:
+                raise QuotaExceeded(quota_text(path, None, room)) from None
+            raise
         try:
             if expect_sha256 is not None and expect_sha256 != received.sha256:
                 raise ChecksumMismatch(
@@ -260,6 +298,9 @@ class Store:
             with self.registry.transaction() as tx:
                 if precondition is not None:
                     precondition(tx.files.get(path))
+                room = quota_room(tx, path)  # other PUTs may have used it meanwhile
+                if room is not None and received.size > room:
+                    raise QuotaExceeded(quota_text(path, received.size, room))
                 conflict = tx.files.namespace_conflict(path)
                 if conflict:
                     raise Conflict(conflict)

@@ -372,6 +372,39 @@ def test_uvicorn_protocol_has_none_of_the_names_httpguard_adds() -> None:
                "override one, add it to OVERRIDES in this test)")
 
 
+# -- uvicorn: filestore/serving.py runs a server on sockets it bound itself ----------------------
+
+SERVING = "filestore/serving.py"
+
+
+def test_uvicorn_serves_on_sockets_given_to_it() -> None:
+    """With `admin.listen`, serving.py binds two sockets and hands them to uvicorn: a Server's
+    `run(sockets=...)`, or the `Multiprocess` supervisor with `sockets=` for several workers."""
+    import inspect
+
+    import uvicorn
+    from uvicorn import config as uvicorn_config
+
+    if not isinstance(getattr(uvicorn_config, "STARTUP_FAILURE", None), int):
+        broken("uvicorn", "uvicorn.config has no STARTUP_FAILURE exit code",
+               f"{SERVING} (it exits with it when the server never started)")
+    if not callable(getattr(uvicorn.Config, "bind_socket", None)):
+        broken("uvicorn", "uvicorn.Config has no bind_socket()", f"{SERVING} (it binds the main "
+               "listener with it, as uvicorn.run does)")
+    if "sockets" not in inspect.signature(uvicorn.Server.run).parameters:
+        broken("uvicorn", "uvicorn.Server.run takes no sockets=", f"{SERVING} (one worker, two "
+               "listeners)")
+    try:
+        from uvicorn.supervisors import Multiprocess
+    except ImportError:
+        broken("uvicorn", "uvicorn.supervisors has no Multiprocess", f"{SERVING} (several "
+               "workers, two listeners)")
+    parameters = inspect.signature(Multiprocess).parameters
+    if not {"config", "sockets"} <= set(parameters):
+        broken("uvicorn", f"Multiprocess({', '.join(parameters)}) takes no config and sockets",
+               f"{SERVING} (several workers, two listeners)")
+
+
 # -- aiobotocore: filestore/remote/s3.py reads the aiohttp response inside the body --------------
 
 S3 = "filestore/remote/s3.py"

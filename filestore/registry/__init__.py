@@ -13,6 +13,7 @@ Use: `registry.read.files.get(path)` reads (event loop's thread); `with registry
 as tx: tx.files.upsert(...); tx.queue.schedule(...)` writes, all or nothing.
 """
 
+from .accounts import Account, AccountToken, usage_counter
 from .cache import CacheEntry
 from .counters import CACHE_EVENTS, LOCATIONS, RemoteCounters, remote_counter_names
 from .files import FileRecord, Intent
@@ -26,7 +27,8 @@ from .sqlite import SqliteRegistry, copy_backup
 
 __all__ = [
     "CACHE_EVENTS", "JOB_KINDS", "JOB_LEASE_SECONDS", "LOCATIONS", "SCHEMA_VERSION",
-    "SETTINGS_SCHEMA", "CacheEntry", "Entry", "FileRecord", "Intent", "Job", "Registry",
+    "SETTINGS_SCHEMA", "Account", "AccountToken", "CacheEntry", "Entry", "FileRecord", "Intent",
+    "Job", "Registry",
     "RemoteCounters", "SqliteRegistry", "Tables", "copy_backup", "in_flight",
-    "remote_counter_names",
+    "remote_counter_names", "usage_counter",
 ]

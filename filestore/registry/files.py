@@ -166,6 +166,12 @@ class FileRows:
             "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
             [("uploads.done", 1), ("uploads.bytes", size),
              (names.uploads, 1), (names.uploaded_bytes, size)])
+        account, slash, _ = path.partition("/")
+        if slash:  # the account's uploads, if the path's first segment names one
+            self._conn.execute(
+                "INSERT INTO counters (name, value) SELECT 'account.' || id || '.uploads', 1 "
+                "FROM accounts WHERE id = ? ON CONFLICT (name) DO UPDATE SET value = value + 1",
+                (account,))
 
     def point_at_copy(self, path: str, version: int, remote: str, key: str, now: float) -> None:
         """The file's local bytes are lost but `remote` holds a copy proven to be this version

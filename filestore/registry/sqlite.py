@@ -26,6 +26,7 @@ import sqlite_utils
 
 from ..errors import ConfigError, InsufficientStorage
 from ..fsutil import fsync_dir
+from .accounts import AccountRows, TokenRows
 from .cache import CacheRows
 from .counters import CounterRows
 from .files import FileRows, IntentRows
@@ -55,6 +56,8 @@ class Tables:
         self.counters = CounterRows(conn)
         self.sessions = SessionRows(conn)
         self.grants = GrantRows(conn)
+        self.accounts = AccountRows(conn)
+        self.tokens = TokenRows(conn)
 
     @contextmanager
     def snapshot(self) -> Iterator[Tables]:
