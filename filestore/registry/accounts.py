@@ -10,8 +10,8 @@ import dataclasses
 import sqlite3
 from typing import Any
 
-# Above any character a valid UTF-8 path can hold: `prefix + _MAX_CHAR` bounds a range scan.
-_MAX_CHAR = "\U0010ffff"
+from .counters import MAX_CHAR
+
 _COLUMNS = "id, name, created, state, quota"
 
 
@@ -76,7 +76,7 @@ class AccountRows:
         counted now (one range scan of the prefix; from here on the triggers keep it)."""
         self._conn.execute("INSERT INTO accounts (id, name, created, state, quota) "
                            "VALUES (?, ?, ?, 'active', ?)", (account, name, now, quota))
-        low, high = f"{account}/", f"{account}/{_MAX_CHAR}"
+        low, high = f"{account}/", f"{account}/{MAX_CHAR}"
         prefix = f"account.{account}."
         self._conn.execute(
             "INSERT INTO counters (name, value) "

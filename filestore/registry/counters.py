@@ -13,6 +13,9 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 LOCATIONS = ("local", "remote")
+# Above any character a valid UTF-8 path or name can hold: `prefix + MAX_CHAR` bounds a range
+# scan of the primary key (paths, counter names).
+MAX_CHAR = "\U0010ffff"
 
 # What the cache counts, each a `cache.<name>` counter (added up in memory, written in batches).
 CACHE_EVENTS = (
@@ -60,7 +63,7 @@ class CounterRows:
             # A range on the primary key: a seek, not a scan of the table.
             found.update(self._conn.execute(
                 "SELECT name, value FROM counters WHERE name >= ? AND name < ?",
-                (prefix, prefix + "\U0010ffff")).fetchall())
+                (prefix, prefix + MAX_CHAR)).fetchall())
         return found
 
     def add(self, deltas: Mapping[str, int]) -> None:

@@ -8,10 +8,7 @@ import sqlite3
 import time
 from typing import Any
 
-from .counters import remote_counter_names
-
-# Above any character a valid UTF-8 path can hold: `prefix + _MAX_CHAR` bounds a prefix range scan.
-_MAX_CHAR = "\U0010ffff"
+from .counters import MAX_CHAR, remote_counter_names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +90,7 @@ class FileRows:
         rows = self._conn.execute(
             f"SELECT {_FILE_COLUMNS} FROM files WHERE path >= ? AND path < ? AND path > ? "
             "ORDER BY path LIMIT ?",
-            (prefix, prefix + _MAX_CHAR, after, limit),
+            (prefix, prefix + MAX_CHAR, after, limit),
         ).fetchall()
         return [FileRecord(*row) for row in rows]
 
