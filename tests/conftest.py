@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import sqlite3
 import threading
 import time
@@ -362,3 +363,24 @@ def serve_process() -> Iterator[Any]:
     for process in started:
         if process.proc is not None and process.proc.poll() is None:
             process.kill()
+
+
+# Debian's Chromium (`.ci/run` installs it), driven by Playwright: the admin page's browser tests.
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """A headless Chromium for a module's tests (skipped where it is not installed)."""
+    if not shutil.which(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--disable-background-networking", "--disable-component-update",
+                  "--no-first-run", "--no-sandbox", "--disable-gpu"],
+        )
+        yield chromium
+        chromium.close()

@@ -5,34 +5,15 @@ test, move everything to the cloud and back, watching the live progress."""
 from __future__ import annotations
 
 import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import counters, wait_for
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("FILESTORE_TEST_ARTIFACTS",
                                 Path(__file__).resolve().parent.parent / "test-artifacts"))
 
-pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM),
-                                reason="Debian's chromium is not installed (.ci/run installs it)")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--disable-background-networking", "--disable-component-update",
-                  "--no-first-run", "--no-sandbox", "--disable-gpu"],
-        )
-        yield chromium
-        chromium.close()
 
 
 def objects(moto: Any, bucket: str) -> list[str]:

@@ -11,7 +11,6 @@ import base64
 import contextlib
 import email.message
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,6 @@ import pytest
 from conftest import file_row, wait_for
 
 SANDBOX = "sandbox allow-same-origin; default-src 'none'; img-src 'self'; media-src 'self'"
-CHROMIUM = "/usr/bin/chromium"
 FILES = {  # path -> (content type, bytes, whether a browser would run it)
     "site/page.html": ("text/html; charset=utf-8", b"<!doctype html><p>hi</p>", True),
     "art/logo.svg": ("image/svg+xml", b"<svg xmlns='http://www.w3.org/2000/svg'/>", True),
@@ -206,22 +204,6 @@ fetch("/admin/settings", {{credentials: "include"}})
     return fetch("{report}", {{method: "PUT", body: found ? found[1] : "none"}});
   }});
 </script></body></html>"""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not shutil.which(CHROMIUM):
-        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--disable-background-networking", "--disable-component-update",
-                  "--no-first-run", "--no-sandbox", "--disable-gpu"],
-        )
-        yield chromium
-        chromium.close()
 
 
 def _sign_in(page: Any, server: Any) -> None:
