@@ -26,6 +26,7 @@ import anyio
 from .auth import bearer_token
 from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from .registry import Account, AccountToken, Registry
+from .values import parse_size
 
 ACCOUNT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -33,6 +34,7 @@ TOKEN_PREFIX = "fsa_"  # an account token, told from the operator's at a glance 
 USED_FLUSH_SECONDS = 60.0
 STATES = ("active", "suspended")
 MAX_NAME = 200
+MAX_TOKENS = 100  # per account: an account's token may mint its own, but not without end
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +95,15 @@ def parse_token_name(raw: Any) -> str:
 
 
 def parse_quota(raw: Any) -> int:
+    """Bytes, or a size as the config writes one ("10GiB"); 0: no limit."""
+    if isinstance(raw, str):
+        try:
+            return parse_size(raw)
+        except ValueError as exc:
+            raise BadRequest(f"quota must be {exc} (0: no limit)") from None
     if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= 2**60:
-        raise BadRequest("quota is a whole number of bytes (0: no limit)")
+        raise BadRequest("quota is a whole number of bytes or a size like \"10GiB\" "
+                         "(0: no limit)")
     return raw
 
 
@@ -161,6 +170,10 @@ class Accounts:
     def page(self, after: str, limit: int) -> list[Account]:
         return self.registry.read.accounts.page(after, limit)
 
+    def describe(self, account: Account) -> dict[str, Any]:
+        """The account as the API and the command show it: its fields and its `usage`."""
+        return {**account.public(), "usage": self.usage(account.id)}
+
     def usage(self, account: str) -> dict[str, Any]:
         """Files, bytes, local-only bytes, bytes in the cloud per remote, and uploads: from
         counters, never a scan."""
@@ -220,6 +233,9 @@ class Accounts:
                 raise NotFound(f"no account {account!r}")
             if tx.tokens.named(account, name) is not None:
                 raise Conflict(f"the account {account!r} has a token named {name!r}")
+            if len(tx.tokens.listing(account)) >= MAX_TOKENS:
+                raise Conflict(f"the account {account!r} has {MAX_TOKENS} tokens, the most it "
+                               "may have: revoke one first")
             tx.tokens.add(account, name, digest(token), time.time())
         return token
 

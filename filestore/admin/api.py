@@ -1,13 +1,13 @@
 """The admin JSON API under `/admin/api/`: what the page shows and does, for scripts and the page's
 own live updates. Every route takes a bearer token or the page's session; every change made with
-the session also needs its CSRF token (`session.py`)."""
+the session also needs its CSRF token (`session.py`). The routes here are the administrator's
+alone (an account's token gets 403), but for `sign`, which an account's token may use for its
+own paths; the accounts' routes are in `accounts_api.py` (`callers.py`: who calls)."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -18,43 +18,19 @@ from ..errors import BadRequest
 from ..service import service_of
 from ..stats import figures
 from ..values import parse_duration
-from .session import CSRF_HEADER, Session, authenticate, check_csrf, sign_out_everywhere
+from .accounts_api import routes as account_routes
+from .callers import MAX_PAGE, administrator, caller, json_body, whole_number
+from .session import sign_out_everywhere
 
-MAX_PAGE = 1000
-MAX_BODY = 64 * 1024  # an admin request is a few keys
 _DIGITS = re.compile(r"[0-9]{1,18}")
 
 
-def _session(request: Request) -> Session:
-    return authenticate(request)
+def _session(request: Request) -> None:
+    administrator(request)
 
 
-def _change(request: Request) -> Session:
-    session = _session(request)
-    check_csrf(session, request.headers.get(CSRF_HEADER))
-    return session
-
-
-async def _json_body(request: Request) -> Any:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise BadRequest(f"the body is larger than {MAX_BODY} bytes")
-    if not body:
-        return {}
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise BadRequest("the body must be JSON") from None
-
-
-def _int(value: str | None, name: str, default: int, high: int) -> int:
-    if value is None:
-        return default
-    if not _DIGITS.fullmatch(value) or not 1 <= int(value) <= high:
-        raise BadRequest(f"{name} must be a whole number from 1 to {high}")
-    return int(value)
+def _change(request: Request) -> None:
+    administrator(request, change=True)
 
 
 async def stats(request: Request) -> Response:
@@ -82,7 +58,7 @@ async def settings(request: Request) -> Response:
         _session(request)
         return JSONResponse(overrides.nest(service_of(request.app.state).settings_view()))
     _change(request)
-    result = await service_of(request.app.state).save_settings(await _json_body(request))
+    result = await service_of(request.app.state).save_settings(await json_body(request))
     if not result.ok:
         return JSONResponse(
             {"error": "settings_test_failed", "step": result.step,
@@ -99,7 +75,7 @@ async def job_list(request: Request) -> Response:
         store = service_of(request.app.state).store
         return JSONResponse({"items": [j.public() for j in store.registry.read.jobs.recent()]})
     _change(request)
-    body = await _json_body(request)
+    body = await json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("kind"), str):
         raise BadRequest('send {"kind": "move-to-cloud"} or {"kind": "move-to-local"}')
     delete_remote = body.get("delete_remote", False)
@@ -134,7 +110,7 @@ async def job_cancel(request: Request) -> Response:
 async def failed(request: Request) -> Response:
     _session(request)
     params = request.query_params
-    limit = _int(params.get("limit"), "limit", 100, MAX_PAGE)
+    limit = whole_number(params.get("limit"), "limit", 100, MAX_PAGE)
     rows = service_of(request.app.state).store.registry.read.queue.failed_page(
         params.get("after", ""), limit + 1)
     items = [{"path": e.path, "op": e.op, "attempts": e.attempts, "error": e.last_error}
@@ -145,7 +121,7 @@ async def failed(request: Request) -> Response:
 
 async def retry(request: Request) -> Response:
     _change(request)
-    body = await _json_body(request)
+    body = await json_body(request)
     every = isinstance(body, dict) and body.get("all") is True
     path = body.get("path") if isinstance(body, dict) else None
     if every == isinstance(path, str):
@@ -156,7 +132,7 @@ async def retry(request: Request) -> Response:
 
 async def drop(request: Request) -> Response:
     _change(request)
-    body = await _json_body(request)
+    body = await json_body(request)
     path = body.get("path") if isinstance(body, dict) else None
     if not isinstance(path, str):
         raise BadRequest('send {"path": "..."}')
@@ -168,10 +144,12 @@ async def sign(request: Request) -> Response:
     (signing.py) for one method on one path; `expires` is how long it works ("1h", or seconds;
     at most signing.max_expiry), `method` GET by default; `sha256` and `type` bind a PUT's body
     and Content-Type, `once: true` makes it single-use."""
-    _change(request)
-    body = await _json_body(request)
+    principal = caller(request, change=True)  # an account's token: for its own paths only
+    body = await json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("path"), str):
         raise BadRequest('send {"path": "...", "method": "GET", "expires": "1h"}')
+    path = paths.normalize(body["path"])
+    principal.check_path(path)
     method = body.get("method", "GET")
     if method not in signing.METHODS:
         raise BadRequest(f"method must be one of {', '.join(signing.METHODS)}")
@@ -192,7 +170,6 @@ async def sign(request: Request) -> Response:
             raise BadRequest(f"{name} must be a string")
     if not isinstance(once, bool):
         raise BadRequest("once must be true or false")
-    path = paths.normalize(body["path"])
     expires = int(time.time() + seconds)
     try:
         url = service.signing.sign(method, path, expires,
@@ -223,4 +200,5 @@ routes = [
     Route("/admin/api/sessions/end-all", end_sessions, methods=["POST"]),
     Route("/admin/api/files/{path:path}/{action}", file_action, methods=["POST"]),
     Route("/admin/api/files/{path:path}", file_info, methods=["GET"]),
+    *account_routes,
 ]

@@ -50,6 +50,7 @@ _env.filters["size"] = size_text
 _env.filters["count"] = lambda n: f"{n:,}"
 _env.filters["quote"] = lambda s: quote(s, safe="/")
 _env.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+_env.filters["quota"] = lambda q: size_text(q) if q else "none"
 
 
 def _render(request: Request, name: str, session: Session | None, status: int = 200,

@@ -1,0 +1,210 @@
+"""The admin page's accounts: the list, creating one, one account's usage, settings and tokens.
+
+Like the rest of the page, every action is a form that POSTs with the session's CSRF token and
+works without JavaScript. A change redirects back with a one-shot message; a refused one (a bad
+id, a duplicate, an unknown account or token, removing an account that holds files) answers the
+page again with the reason and the error's 4xx status.
+
+A new token is a secret shown once: only the page answering its creation holds it (never a
+redirect, so never the flash cookie), sent `no-store` like every page; later pages list tokens by
+name, never the token.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..errors import BadRequest, FilestoreError, NotFound
+from ..service import service_of
+from ..stats import size_text
+from ..values import parse_size
+from .session import Session
+from .views import PAGE_SIZE, _back, _field, _form, _render, _session, _sign_in_first
+
+T = TypeVar("T")
+_BINARY_UNITS = (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024))
+
+
+def quota_text(quota: int) -> str:
+    """A quota as the form takes it back exactly: "10GiB", "1500" (bytes), "" for none."""
+    if not quota:
+        return ""
+    for unit, size in _BINARY_UNITS:
+        if quota % size == 0:
+            return f"{quota // size}{unit}"
+    return str(quota)
+
+
+def parse_quota_field(raw: str) -> int:
+    """The quota field: a size like "10GiB" (values.parse_size); empty or 0 for no limit."""
+    if not raw.strip():
+        return 0
+    try:
+        return parse_size(raw.strip())
+    except ValueError as exc:
+        raise BadRequest(f"quota: {exc}; leave it empty for no limit") from None
+
+
+def _url(account: str) -> str:
+    return f"/admin/accounts/{quote(account, safe='')}"
+
+
+async def _off_loop(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """A write (a registry transaction) in a worker thread, never on the event loop."""
+    return await anyio.to_thread.run_sync(functools.partial(call, *args, **kwargs))
+
+
+def _list_page(request: Request, session: Session, *, status: int = 200,
+               error: str | None = None, submitted: dict[str, str] | None = None) -> Response:
+    accounts = service_of(request.app.state).accounts
+    after = request.query_params.get("after", "") if request.method == "GET" else ""
+    found = accounts.page(after, PAGE_SIZE + 1)
+    following = found[PAGE_SIZE - 1].id if len(found) > PAGE_SIZE else None
+    rows = [(account, accounts.usage(account.id)) for account in found[:PAGE_SIZE]]
+    return _render(request, "accounts.html", session, status=status, rows=rows, after=after,
+                   following=following, error=error, submitted=submitted or {})
+
+
+def _account_page(request: Request, session: Session, account_id: str, *, status: int = 200,
+                  error: str | None = None, new_token: dict[str, str] | None = None,
+                  submitted: dict[str, str] | None = None) -> Response:
+    accounts = service_of(request.app.state).accounts
+    try:
+        account = accounts.get(account_id)
+    except NotFound as exc:
+        return _list_page(request, session, status=404, error=exc.detail)
+    return _render(request, "account.html", session, status=status, account=account,
+                   usage=accounts.usage(account.id), tokens=accounts.tokens(account.id),
+                   quota_value=quota_text(account.quota), error=error, new_token=new_token,
+                   submitted=submitted or {}, url=_url(account.id))
+
+
+# -- pages ---------------------------------------------------------------------------------------
+
+async def accounts_page(request: Request) -> Response:
+    """GET: the list, a page of 50, and the form to create one. POST: create it, and answer
+    with its page holding its first token, this once."""
+    session = _session(request)
+    if session is None:
+        return _sign_in_first(request)
+    if request.method == "GET":
+        return _list_page(request, session)
+    form = await _form(request, session)
+    submitted = {key: _field(form, key) for key in ("id", "name", "quota")}
+    accounts = service_of(request.app.state).accounts
+    try:
+        quota = parse_quota_field(submitted["quota"])
+        account, token = await _off_loop(accounts.create, submitted["id"].strip(),
+                                         submitted["name"], quota)
+    except FilestoreError as exc:
+        return _list_page(request, session, status=exc.status, error=exc.detail,
+                          submitted=submitted)
+    return _account_page(request, session, account.id, status=201,
+                         new_token={"name": "default", "value": token})
+
+
+async def account_page(request: Request) -> Response:
+    session = _session(request)
+    if session is None:
+        return _sign_in_first(request)
+    return _account_page(request, session, request.path_params["id"])
+
+
+# -- actions on one account ----------------------------------------------------------------------
+
+async def account_state(request: Request) -> Response:
+    """Suspend (its tokens are refused from the next request on) or resume."""
+    session = _session(request)
+    if session is None:
+        return _sign_in_first(request)
+    form = await _form(request, session)
+    account_id, state = request.path_params["id"], _field(form, "state")
+    try:
+        await _off_loop(service_of(request.app.state).accounts.update, account_id, state=state)
+    except FilestoreError as exc:
+        return _account_page(request, session, account_id, status=exc.status, error=exc.detail)
+    return _back(_url(account_id), f"Suspended {account_id}: its tokens are refused from now on."
+                 if state == "suspended" else f"Resumed {account_id}: its tokens work again.")
+
+
+async def account_edit(request: Request) -> Response:
+    """Change the name and the quota."""
+    session = _session(request)
+    if session is None:
+        return _sign_in_first(request)
+    form = await _form(request, session)
+    account_id = request.path_params["id"]
+    submitted = {key: _field(form, key) for key in ("name", "quota")}
+    try:
+        quota = parse_quota_field(submitted["quota"])
+        changed = await _off_loop(service_of(request.app.state).accounts.update, account_id,
+                                  name=submitted["name"], quota=quota)
+    except FilestoreError as exc:
+        return _account_page(request, session, account_id, status=exc.status, error=exc.detail,
+                             submitted=submitted)
+    limit = size_text(changed.quota) if changed.quota else "none"
+    return _back(_url(account_id), f"Saved {account_id}: name {changed.name!r}, quota {limit}.")
+
+
+async def add_token(request: Request) -> Response:
+    """A new token, on the page answering this request only."""
+    session = _session(request)
+    if session is None:
+        return _sign_in_first(request)
+    form = await _form(request, session)
+    account_id, name = request.path_params["id"], _field(form, "name").strip()
+    try:
+        token = await _off_loop(service_of(request.app.state).accounts.add_token, account_id,
+                                name)
+    except FilestoreError as exc:
+        return _account_page(request, session, account_id, status=exc.status, error=exc.detail,
+                             submitted={"token_name": name})
+    return _account_page(request, session, account_id, status=201,
+                         new_token={"name": name, "value": token})
+
+
+async def revoke_token(request: Request) -> Response:
+    session = _session(request)
+    if session is None:
+        return _sign_in_first(request)
+    form = await _form(request, session)
+    account_id, name = request.path_params["id"], _field(form, "name")
+    try:
+        await _off_loop(service_of(request.app.state).accounts.revoke, account_id, name)
+    except FilestoreError as exc:
+        return _account_page(request, session, account_id, status=exc.status, error=exc.detail)
+    return _back(_url(account_id), f"Revoked the token {name!r} of {account_id}: it is refused "
+                 "from the next request on.")
+
+
+async def remove_account(request: Request) -> Response:
+    """Forget the account and its tokens; refused (409, with the reason) while it holds files."""
+    session = _session(request)
+    if session is None:
+        return _sign_in_first(request)
+    await _form(request, session)
+    account_id = request.path_params["id"]
+    try:
+        await _off_loop(service_of(request.app.state).accounts.remove, account_id)
+    except FilestoreError as exc:
+        return _account_page(request, session, account_id, status=exc.status, error=exc.detail)
+    return _back("/admin/accounts", f"Removed the account {account_id} and its tokens.")
+
+
+routes = [
+    Route("/admin/accounts", accounts_page, methods=["GET", "POST"]),
+    Route("/admin/accounts/{id}", account_page, methods=["GET"]),
+    Route("/admin/accounts/{id}/state", account_state, methods=["POST"]),
+    Route("/admin/accounts/{id}/edit", account_edit, methods=["POST"]),
+    Route("/admin/accounts/{id}/tokens", add_token, methods=["POST"]),
+    Route("/admin/accounts/{id}/tokens/revoke", revoke_token, methods=["POST"]),
+    Route("/admin/accounts/{id}/remove", remove_account, methods=["POST"]),
+]
