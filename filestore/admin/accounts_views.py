@@ -27,7 +27,7 @@ from ..service import service_of
 from ..stats import size_text
 from ..values import parse_size
 from .session import Session
-from .views import PAGE_SIZE, _back, _field, _form, _render, _session, _sign_in_first
+from .views import PAGE_SIZE, _back, _field, _form, _render, signed_in
 
 T = TypeVar("T")
 _BINARY_UNITS = (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024))
@@ -89,12 +89,10 @@ def _account_page(request: Request, session: Session, account_id: str, *, status
 
 # -- pages ---------------------------------------------------------------------------------------
 
-async def accounts_page(request: Request) -> Response:
+@signed_in
+async def accounts_page(request: Request, session: Session) -> Response:
     """GET: the list, a page of 50, and the form to create one. POST: create it, and answer
     with its page holding its first token, this once."""
-    session = _session(request)
-    if session is None:
-        return _sign_in_first(request)
     if request.method == "GET":
         return _list_page(request, session)
     form = await _form(request, session)
@@ -111,20 +109,16 @@ async def accounts_page(request: Request) -> Response:
                          new_token={"name": "default", "value": token})
 
 
-async def account_page(request: Request) -> Response:
-    session = _session(request)
-    if session is None:
-        return _sign_in_first(request)
+@signed_in
+async def account_page(request: Request, session: Session) -> Response:
     return _account_page(request, session, request.path_params["id"])
 
 
 # -- actions on one account ----------------------------------------------------------------------
 
-async def account_state(request: Request) -> Response:
+@signed_in
+async def account_state(request: Request, session: Session) -> Response:
     """Suspend (its tokens are refused from the next request on) or resume."""
-    session = _session(request)
-    if session is None:
-        return _sign_in_first(request)
     form = await _form(request, session)
     account_id, state = request.path_params["id"], _field(form, "state")
     try:
@@ -135,11 +129,9 @@ async def account_state(request: Request) -> Response:
                  if state == "suspended" else f"Resumed {account_id}: its tokens work again.")
 
 
-async def account_edit(request: Request) -> Response:
+@signed_in
+async def account_edit(request: Request, session: Session) -> Response:
     """Change the name and the quota."""
-    session = _session(request)
-    if session is None:
-        return _sign_in_first(request)
     form = await _form(request, session)
     account_id = request.path_params["id"]
     submitted = {key: _field(form, key) for key in ("name", "quota")}
@@ -154,11 +146,9 @@ async def account_edit(request: Request) -> Response:
     return _back(_url(account_id), f"Saved {account_id}: name {changed.name!r}, quota {limit}.")
 
 
-async def add_token(request: Request) -> Response:
+@signed_in
+async def add_token(request: Request, session: Session) -> Response:
     """A new token, on the page answering this request only."""
-    session = _session(request)
-    if session is None:
-        return _sign_in_first(request)
     form = await _form(request, session)
     account_id, name = request.path_params["id"], _field(form, "name").strip()
     try:
@@ -171,10 +161,8 @@ async def add_token(request: Request) -> Response:
                          new_token={"name": name, "value": token})
 
 
-async def revoke_token(request: Request) -> Response:
-    session = _session(request)
-    if session is None:
-        return _sign_in_first(request)
+@signed_in
+async def revoke_token(request: Request, session: Session) -> Response:
     form = await _form(request, session)
     account_id, name = request.path_params["id"], _field(form, "name")
     try:
@@ -185,11 +173,9 @@ async def revoke_token(request: Request) -> Response:
                  "from the next request on.")
 
 
-async def remove_account(request: Request) -> Response:
+@signed_in
+async def remove_account(request: Request, session: Session) -> Response:
     """Forget the account and its tokens; refused (409, with the reason) while it holds files."""
-    session = _session(request)
-    if session is None:
-        return _sign_in_first(request)
     await _form(request, session)
     account_id = request.path_params["id"]
     try:

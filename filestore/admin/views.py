@@ -7,8 +7,10 @@ refreshes the statistics and the running job every few seconds from `/admin/api/
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
@@ -107,6 +109,21 @@ def _sign_in_first(request: Request) -> RedirectResponse:
     return RedirectResponse("/admin/login?" + urlencode({"next": target}), status_code=303)
 
 
+def signed_in(page: Callable[[Request, Session], Awaitable[Response]]
+              ) -> Callable[[Request], Awaitable[Response]]:
+    """A page for a signed-in operator, called with the session; without one, the sign-in page
+    first (and back here after)."""
+
+    @functools.wraps(page)
+    async def endpoint(request: Request) -> Response:
+        session = _session(request)
+        if session is None:
+            return _sign_in_first(request)
+        return await page(request, session)
+
+    return endpoint
+
+
 async def _read_form(request: Request) -> dict[str, str]:
     """A URL-encoded form (the only kind these pages send), parsed by the standard library:
     no multipart parser to depend on, and a size cap, since a form here is a few fields."""
@@ -162,11 +179,9 @@ async def logout(request: Request) -> Response:
     return response
 
 
-async def logout_everywhere(request: Request) -> Response:
+@signed_in
+async def logout_everywhere(request: Request, session: Session) -> Response:
     """End every session (every browser, this one too): for a cookie that may have leaked."""
-    session = _session(request)
-    if session is None:
-        return _sign_in_first(request)
     await _form(request, session)
     ended = await sign_out_everywhere(request)
     response = _back("/admin/login", f"Signed out everywhere: {ended:,} session(s) ended.")
@@ -176,20 +191,16 @@ async def logout_everywhere(request: Request) -> Response:
 
 # -- pages ---------------------------------------------------------------------------------------
 
-async def dashboard(request: Request) -> Response:
-    session = _session(request)
-    if session is None:
-        return _sign_in_first(request)
+@signed_in
+async def dashboard(request: Request, session: Session) -> Response:
     store = service_of(request.app.state).store
     stats = figures(store.registry, store.settings)
     return _render(request, "dashboard.html", session, stats=stats,
                    jobs=[j.public() for j in store.registry.read.jobs.recent(5)])
 
 
-async def files(request: Request) -> Response:
-    session = _session(request)
-    if session is None:
-        return _sign_in_first(request)
+@signed_in
+async def files(request: Request, session: Session) -> Response:
     service = service_of(request.app.state)
     store = service.store
     # With `admin.listen` the page has an origin of its own: the files' links name theirs.
@@ -209,10 +220,8 @@ async def files(request: Request) -> Response:
                    following=following, error=None, files_base=files_base)
 
 
-async def file_action(request: Request) -> Response:
-    session = _session(request)
-    if session is None:
-        return _sign_in_first(request)
+@signed_in
+async def file_action(request: Request, session: Session) -> Response:
     form = await _form(request, session)
     back = _safe_next(_field(form, "back") or "/admin/files")
     try:
@@ -223,10 +232,8 @@ async def file_action(request: Request) -> Response:
     return _back(back, message)
 
 
-async def failed(request: Request) -> Response:
-    session = _session(request)
-    if session is None:
-        return _sign_in_first(request)
+@signed_in
+async def failed(request: Request, session: Session) -> Response:
     store = service_of(request.app.state).store
     after = request.query_params.get("after", "")
     rows = store.registry.read.queue.failed_page(after, PAGE_SIZE + 1)
@@ -235,10 +242,8 @@ async def failed(request: Request) -> Response:
                    following=following)
 
 
-async def failed_action(request: Request) -> Response:
-    session = _session(request)
-    if session is None:
-        return _sign_in_first(request)
+@signed_in
+async def failed_action(request: Request, session: Session) -> Response:
     form = await _form(request, session)
     action, path = request.path_params["action"], _field(form, "path")
     if action not in ("retry-all", "retry", "drop"):
@@ -258,10 +263,8 @@ async def failed_action(request: Request) -> Response:
         return _back("/admin/failed", exc.detail, "error")
 
 
-async def settings(request: Request) -> Response:
-    session = _session(request)
-    if session is None:
-        return _sign_in_first(request)
+@signed_in
+async def settings(request: Request, session: Session) -> Response:
     state = request.app.state
     editable = overrides.editable(service_of(state).store.settings)
     if request.method == "GET":
@@ -294,10 +297,8 @@ async def settings(request: Request) -> Response:
                    steps=STEPS, result=result, error=error, submitted=changes)
 
 
-async def start_job(request: Request) -> Response:
-    session = _session(request)
-    if session is None:
-        return _sign_in_first(request)
+@signed_in
+async def start_job(request: Request, session: Session) -> Response:
     form = await _form(request, session)
     try:
         job = await service_of(request.app.state).start_move(_field(form, "kind"),
@@ -307,10 +308,8 @@ async def start_job(request: Request) -> Response:
     return _back("/admin", f"Started job {job.id}: {job.kind}.")
 
 
-async def cancel_job(request: Request) -> Response:
-    session = _session(request)
-    if session is None:
-        return _sign_in_first(request)
+@signed_in
+async def cancel_job(request: Request, session: Session) -> Response:
     await _form(request, session)
     try:
         job_id = parse_job_id(request.path_params["id"])
