@@ -21,6 +21,8 @@ from .values import (
     parse_dirs,
     parse_duration,
     parse_duration_or_never,
+    parse_header_value,
+    parse_header_value_or_unset,
     parse_listen,
     parse_path,
     parse_path_prefix,
@@ -51,6 +53,18 @@ class ServerSettings:
     # "json": one JSON line per request on stdout (method, path, status, bytes, duration);
     # "": none. The query string is never logged: a signed URL's signature is a credential.
     access_log: str = _field("", one_of("", "json"))
+    # Cache-Control sent with every file's GET, HEAD and 304 (a plan rule may set its own), so a
+    # CDN or nginx proxy_cache in front knows how long it may keep a file. Empty: none.
+    cache_control: str = _field("", parse_header_value)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogSettings:
+    # What the `filestore` logger writes to stderr: "debug", "info", "warning" or "error".
+    level: str = _field("info", one_of("debug", "info", "warning", "error"))
+    # "text": one line as people read it; "json": one JSON object a line (time, level, event,
+    # path, and the event's figures).
+    format: str = _field("text", one_of("text", "json"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +164,8 @@ class PlanRule:
     # True: files of active types (HTML, SVG, XML, JavaScript) are served inline (still under
     # a sandboxing Content-Security-Policy) instead of as attachments.
     inline: bool = _field(False, parse_bool)
+    # Cache-Control for matching files; unset: server.cache_control.
+    cache_control: str | None = _field(None, parse_header_value_or_unset)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +179,7 @@ class Settings:
     # The remote named "default" ([remote], or [remotes.default]).
     remote: RemoteSettings = dataclasses.field(default_factory=RemoteSettings)
     cache: CacheSettings = dataclasses.field(default_factory=CacheSettings)
+    log: LogSettings = dataclasses.field(default_factory=LogSettings)
     # The other named remotes ([remotes.NAME]) and the plan's rules ([[plan]]), in file order.
     remotes: dict[str, RemoteSettings] = dataclasses.field(default_factory=dict)
     plan: tuple[PlanRule, ...] = ()

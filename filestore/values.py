@@ -130,6 +130,18 @@ def parse_str(value: Any) -> str:
     return value
 
 
+def parse_header_value(value: Any) -> str:
+    """An HTTP header value: printable ASCII (tabs and spaces inside), no line breaks."""
+    text = parse_str(value).strip()
+    if not re.fullmatch(r"[\x20-\x7e\t]*", text):
+        raise ValueError('a header value of printable ASCII, like "public, max-age=3600"')
+    return text
+
+
+def parse_header_value_or_unset(value: Any) -> str | None:
+    return parse_header_value(value)
+
+
 def parse_dirs(value: Any) -> tuple[str, ...]:
     """Absolute directories: a TOML array of strings, or one string of them separated by ":"
     (as an environment variable gives them)."""
