@@ -83,6 +83,17 @@ async def _timed(name: str, results: dict[str, Any],
     results[name] = result
 
 
+async def local_readiness(store: Store) -> dict[str, bool]:
+    """The local checks of `/readyz` (registry, disk), passed or not, each within `TIMEOUT`:
+    for `filestore_ready` at every scrape. The remote check, a HEAD per remote, is not repeated
+    there: an unreachable remote shows in `filestore_remote_failures_total`."""
+    checks: dict[str, Any] = {}
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_timed, "registry", checks, _in_thread(_registry_check, store))
+        tg.start_soon(_timed, "disk", checks, _in_thread(_disk_check, store))
+    return {name: bool(check["ok"]) for name, check in checks.items()}
+
+
 async def readyz(request: Request) -> Response:
     state = request.app.state
     service = service_of(state)

@@ -4,7 +4,9 @@ Two kinds of figures:
 
 - **What the registry already counts** (files, cache entries and bytes, hits, misses, fills,
   evictions, integrity failures, queue depth by op and state, uploads done and their bytes, the
-  oldest due queue entry) is read from its `counters` table at scrape time by `RegistryCollector`.
+  oldest due queue entry, the data at risk) is read from its `counters` table and a few index
+  seeks at scrape time by `RegistryCollector`, with the disk's free space and the local checks
+  of `/readyz`.
   Those counters are kept in the transactions that change them (or flushed each second by the
   cache), so every process sees the same figures, for free, and they never drift.
 - **Per-request figures** (requests by route, method and status, latency, bytes in and out) exist
@@ -28,7 +30,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .datadir import DataDir
 from .registry import CACHE_EVENTS, LOCATIONS, remote_counter_names
+from .stats import at_risk
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -121,8 +124,10 @@ def remote_attempt(op: str, remote: str, ok: bool) -> None:
     """Count one upload or remote delete (`op`) on `remote`; a no-op outside a server."""
     if _instruments is not None:
         _instruments.remote_attempts.labels(op, remote).inc()
+        # Created with the first attempt, so a failure ratio has its series from the start.
+        failures = _instruments.remote_failures.labels(op, remote)
         if not ok:
-            _instruments.remote_failures.labels(op, remote).inc()
+            failures.inc()
 
 
 def route_of(path: str) -> str:
@@ -281,10 +286,12 @@ async def flush_every(interval: float = 1.0) -> None:
 
 class RegistryCollector:
     """The registry's counters as metrics, read at each scrape (one small query, plus an index
-    seek per queue op for the oldest due entry)."""
+    seek per queue op for the oldest due entry and two for the data at risk), the disk's free
+    space, and `ready`: the local checks of `/readyz`, run by `metrics()` before the scrape."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, ready: Mapping[str, bool] | None = None) -> None:
         self.store = store
+        self.ready = ready
 
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -329,6 +336,50 @@ class RegistryCollector:
         for op, due in self._oldest_due():
             oldest.add_metric((op,), max(0.0, now - due) if due is not None else 0.0)
         yield oldest
+        yield from self._at_risk(counters, now)
+        yield from self._disk()
+
+    def _at_risk(self, counters: dict[str, int], now: float) -> Iterator[Metric]:
+        """The data at risk (see `stats.at_risk`); the ages are 0 when there is none."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        risk = at_risk(self.store.registry.read, counters, now)
+        yield GaugeMetricFamily(
+            "filestore_unprotected_files",
+            "Files meant for the cloud (upload queued, pending or failed) with no verified "
+            "copy there yet", value=risk["files"])
+        yield GaugeMetricFamily("filestore_unprotected_bytes", "Bytes of those files",
+                                value=risk["bytes"])
+        yield GaugeMetricFamily(
+            "filestore_unprotected_oldest_seconds",
+            "Since the oldest of those files was written (a re-PUT starts it again; 0: none)",
+            value=risk["oldest_seconds"] or 0.0)
+        yield GaugeMetricFamily(
+            "filestore_failed_upload_oldest_seconds",
+            "Since the longest-failed upload failed (0: no upload failed)",
+            value=risk["failed_oldest_seconds"] or 0.0)
+
+    def _disk(self) -> Iterator[Metric]:
+        """The data directory's free space and its floors, and the local readiness checks."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        store = self.store
+        yield GaugeMetricFamily("filestore_disk_free_bytes",
+                                "Free bytes on the data directory's disk",
+                                value=store.local.free_bytes())
+        yield GaugeMetricFamily("filestore_disk_min_free_bytes",
+                                "storage.min_free: below it every PUT gets 507",
+                                value=store.settings.storage.min_free)
+        yield GaugeMetricFamily("filestore_cache_min_free_bytes",
+                                "cache.min_free: the cache evicts to keep this much free",
+                                value=store.settings.cache.min_free)
+        if self.ready is not None:
+            ready = GaugeMetricFamily(
+                "filestore_ready", "The local checks of /readyz at this scrape (1: passed)",
+                labels=("check",))
+            for check, ok in sorted(self.ready.items()):
+                ready.add_metric((check,), 1.0 if ok else 0.0)
+            yield ready
 
     def _by_remote(self, counters: dict[str, int]) -> Iterator[Metric]:
         """Per configured remote (storage plans): what it holds, and what went up to it."""
@@ -359,7 +410,7 @@ class RegistryCollector:
             yield op, self.store.registry.read.queue.oldest_due(op)
 
 
-def exposition(store: Store) -> bytes:
+def exposition(store: Store, ready: Mapping[str, bool] | None = None) -> bytes:
     """Every process's request metrics and the registry's figures, in the text format."""
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
@@ -369,15 +420,19 @@ def exposition(store: Store) -> bytes:
     if instruments is not None:
         MultiProcessCollector(  # type: ignore[no-untyped-call]
             registry, path=str(instruments.directory))
-    registry.register(RegistryCollector(store))
+    registry.register(RegistryCollector(store, ready))
     return generate_latest(registry)
 
 
 async def metrics(request: Request) -> Response:
     import anyio
 
-    from .service import service_of  # (not at the top: the queue's workers import this module)
+    # (Not at the top: the queue's workers import this module.)
+    from .health import local_readiness
+    from .service import service_of
 
     flush()  # this process's last requests too
-    body = await anyio.to_thread.run_sync(exposition, service_of(request.app.state).store)
+    store = service_of(request.app.state).store
+    ready = await local_readiness(store)
+    body = await anyio.to_thread.run_sync(exposition, store, ready)
     return Response(body, media_type=CONTENT_TYPE)

@@ -2,12 +2,14 @@
 
 Every figure is a row of the `counters` table, kept in the transaction that changed it (files,
 queue, index) or added up in memory and written in batches (the cache's events, see
-cache/usage.py). So a snapshot costs one small query whether there are ten files or ten million.
+cache/usage.py). So a snapshot costs one small query whether there are ten files or ten million;
+`figures` adds a few bounded index walks (the queue's timing, the data at risk, the errors).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from . import plan
@@ -47,7 +49,9 @@ def figures(registry: Registry, settings: Settings, now: float | None = None) ->
     queue's timing, the latest errors and the move job, each a bounded index walk."""
     now = time.time() if now is None else now
     tx = registry.read
-    stats = snapshot(tx.counters.all(), settings)
+    counters = tx.counters.all()
+    stats = snapshot(counters, settings)
+    stats["at_risk"] = at_risk(tx, counters, now)
     stats["queue"]["upload"].update(_upload_timing(tx, stats["queue"]["upload"]["pending"], now))
     stats["recent_errors"] = [
         {"path": entry.path, "op": entry.op, "error": entry.last_error,
@@ -59,6 +63,29 @@ def figures(registry: Registry, settings: Settings, now: float | None = None) ->
     stats["plan"] = plan.overview(settings, tx)
     stats["time"] = now
     return stats
+
+
+def at_risk(tx: Tables, counters: Mapping[str, int], now: float) -> dict[str, Any]:
+    """The data at risk: the files meant for the cloud (their upload is queued, pending or
+    failed) with no verified copy of their current bytes there yet, and their bytes (counters);
+    how long ago the oldest of them was written (its `modified` time: a re-PUT starts its
+    cool-down and its age again), and how long ago the longest-failed upload failed (one index
+    seek each). Files the storage plan keeps local (`upload = false`) have no upload queued, so
+    they are not counted. The ages are None when there is no such file."""
+    oldest = tx.queue.unprotected_oldest()
+    failed = tx.queue.failed_oldest("upload")
+
+    def age(found: tuple[str, float] | None) -> float | None:
+        return None if found is None else round(max(0.0, now - found[1]), 3)
+
+    return {
+        "files": counters.get("queue.upload.pending", 0) + counters.get("queue.upload.failed", 0),
+        "bytes": counters.get("unprotected.bytes", 0),
+        "oldest_seconds": age(oldest),
+        "oldest_path": None if oldest is None else oldest[0],
+        "failed_oldest_seconds": age(failed),
+        "failed_oldest_path": None if failed is None else failed[0],
+    }
 
 
 def _upload_timing(tx: Tables, pending: int, now: float) -> dict[str, Any]:
@@ -88,6 +115,18 @@ def size_text(size: int) -> str:
     while value >= 1024 and step < len(units) - 1:
         value, step = value / 1024, step + 1
     return f"{size:,} B" if step == 0 else f"{value:,.1f} {units[step]}"
+
+
+def age_text(seconds: float) -> str:
+    """A duration as people read it: 42 s, 12 min, 3.5 h, 2.0 d (the page's script says the
+    same)."""
+    if seconds < 60:
+        return f"{int(seconds)} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:,.1f} d"
 
 
 def _timing(upload: dict[str, Any]) -> str:
@@ -121,10 +160,30 @@ def report(stats: dict[str, Any]) -> str:
         f"{queue['upload']['failed']:,} failed; remote deletes {queue['delete']['pending']:,} "
         f"pending, {queue['delete']['failed']:,} failed",
         f"uploaded  {stats['uploads']['done']:,} files, {size_text(stats['uploads']['bytes'])}",
+        *_at_risk_lines(stats.get("at_risk")),
         *_remote_lines(stats.get("plan")),
         *_job_lines(stats.get("job")),
         *(f"error     {e['path']}: {e['error']}" for e in stats.get("recent_errors", [])),
     ])
+
+
+def _at_risk_lines(risk: dict[str, Any] | None) -> list[str]:
+    if risk is None:
+        return []
+    if not risk["files"]:
+        line = "none: every file meant for the cloud has a verified copy there"
+    else:
+        line = (f"{risk['files']:,} files ({size_text(risk['bytes'])}) with no verified cloud "
+                "copy yet")
+        if risk["oldest_seconds"] is not None:
+            line += (f", the oldest written {age_text(risk['oldest_seconds'])} ago "
+                     f"({risk['oldest_path']})")
+    lines = [f"at risk   {line}"]
+    if risk["failed_oldest_seconds"] is not None:
+        lines.append(f"          the oldest failed upload failed "
+                     f"{age_text(risk['failed_oldest_seconds'])} ago "
+                     f"({risk['failed_oldest_path']})")
+    return lines
 
 
 def _remote_lines(overview: dict[str, Any] | None) -> list[str]:

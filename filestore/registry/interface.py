@@ -7,11 +7,13 @@ SQLite backend does with tools that have no PostgreSQL twin, and what stands in 
 - `BEGIN IMMEDIATE` takes the database's one write lock up front, so a transaction's reads see
   what it writes on top of (`transaction()`); there: `SERIALIZABLE`, or `SELECT ... FOR UPDATE`
   of the rows a transaction rewrites (`files` row by path, the `seq.version` counter).
-- Triggers keep the counters, the cache index's dense slots and the move jobs' figures in the
-  same transaction as the change (migrations 1-5); there: the same triggers in PL/pgSQL.
+- Triggers keep the counters, the cache index's dense slots, the move jobs' figures and the
+  queue's copy of each file's size and time (`unprotected.bytes`) in the same transaction as
+  the change (migrations 1-5, 7, 8); there: the same triggers in PL/pgSQL.
 - `PRAGMA user_version` numbers the schema; there: a one-row table.
 - `PRAGMA query_only` makes the readers read-only; there: `SET default_transaction_read_only`.
-- `INDEXED BY queue_failed` (the failed-uploads page); there: the planner picks the index.
+- `INDEXED BY queue_failed` (the failed-uploads page), `queue_unprotected` and
+  `queue_failed_since` (the data at risk, migration 8); there: the planner picks the index.
 - The online backup API (`backup`, `copy_backup`); there: `pg_dump`, outside filestore.
 - `WITHOUT ROWID` (the `sessions` and `grants` tables, migration 6); there: a plain table with
   its primary key.
@@ -92,6 +94,8 @@ class QueueRows(Protocol):
     def count_uploads(self, *, due: bool, now: float, cap: int) -> int: ...
     def uploads_in_flight(self, now: float) -> int: ...
     def oldest_due(self, op: str) -> float | None: ...
+    def unprotected_oldest(self) -> tuple[str, float] | None: ...
+    def failed_oldest(self, op: str) -> tuple[str, float] | None: ...
     def count_by_remote(self) -> dict[str, int]: ...
     def deletes_to(self, remote: str) -> int: ...
 

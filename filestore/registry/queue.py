@@ -239,6 +239,23 @@ class QueueRows:
                                  "AND op = ?", (op,)).fetchone()
         return None if row[0] is None else float(row[0])
 
+    def unprotected_oldest(self) -> tuple[str, float] | None:
+        """Of the files with a queued upload (pending or failed: no verified cloud copy of
+        their bytes yet), the one written longest ago: (path, its `modified` time). One seek
+        of `queue_unprotected` (migration 8), whatever the queue's length."""
+        row = self._conn.execute(
+            "SELECT path, written FROM queue INDEXED BY queue_unprotected WHERE op = 'upload' "
+            "AND written IS NOT NULL ORDER BY written LIMIT 1").fetchone()
+        return None if row is None else (row[0], float(row[1]))
+
+    def failed_oldest(self, op: str) -> tuple[str, float] | None:
+        """The failed `op` that failed longest ago (and was not retried since): (path, when its
+        last attempt failed). One seek of `queue_failed_since` (migration 8)."""
+        row = self._conn.execute(
+            "SELECT path, updated FROM queue INDEXED BY queue_failed_since WHERE state = 'failed' "
+            "AND op = ? AND updated IS NOT NULL ORDER BY updated LIMIT 1", (op,)).fetchone()
+        return None if row is None else (row[0], float(row[1]))
+
     def count_by_remote(self) -> dict[str, int]:
         """Rows (uploads and deletes) per remote named."""
         return dict(self._conn.execute(

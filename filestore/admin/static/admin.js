@@ -12,10 +12,20 @@ function sizeText(n) {
                     : `${value.toLocaleString("en", {minimumFractionDigits: 1, maximumFractionDigits: 1})} ${UNITS[step]}`;
 }
 
+// A duration as stats.age_text and the page's template write it: 42 s, 12 min, 3.5 h, 2.0 d.
+function ageText(seconds) {
+  if (seconds < 60) return `${Math.floor(seconds)} s`;
+  if (seconds < 3600) return `${Math.floor(seconds / 60)} min`;
+  if (seconds < 86400) return `${(seconds / 3600).toFixed(1)} h`;
+  return `${(seconds / 86400).toLocaleString("en", {minimumFractionDigits: 1, maximumFractionDigits: 1})} d`;
+}
+
 function format(value, kind) {
-  if (value === null || value === undefined) return "n/a";
+  if (value === null || value === undefined) return kind === "ago" || kind === "text" ? "none" : "n/a";
   if (kind === "size") return sizeText(value);
   if (kind === "ratio") return `${(value * 100).toFixed(1)}%`;
+  if (kind === "ago") return `${ageText(value)} ago`;
+  if (kind === "text") return String(value);
   return Number(value).toLocaleString("en");
 }
 
