@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
@@ -23,6 +24,7 @@ from typing import Any
 
 import anyio
 
+from . import logs
 from .auth import bearer_token
 from .errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from .registry import Account, AccountToken, Registry
@@ -35,6 +37,8 @@ USED_FLUSH_SECONDS = 60.0
 STATES = ("active", "suspended")
 MAX_NAME = 200
 MAX_TOKENS = 100  # per account: an account's token may mint its own, but not without end
+
+log = logging.getLogger("filestore.accounts")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +200,10 @@ class Accounts:
                 raise Conflict(f"the account {account!r} exists already")
             created = tx.accounts.create(account, name, quota, now)
             tx.tokens.add(account, "default", digest(token), now)
+        logs.event(log, "account.created", "account {account!r} created" + (
+            ", quota {quota:,} bytes" if quota else ", no quota"), account=account, quota=quota)
+        logs.event(log, "token.created", "token {name!r} of account {account!r} created",
+                   account=account, name="default")
         return created, token
 
     def update(self, account: str, *, name: Any = None, state: Any = None,
@@ -208,6 +216,9 @@ class Accounts:
                 quota=None if quota is None else parse_quota(quota))
         if changed is None:
             raise NotFound(f"no account {account!r}")
+        logs.event(log, "account.updated", "account {account!r} updated: {state}" + (
+            ", quota {quota:,} bytes" if changed.quota else ", no quota"), account=account,
+            state=changed.state, quota=changed.quota, renamed=name is not None)
         return changed
 
     def remove(self, account: str) -> None:
@@ -221,6 +232,7 @@ class Accounts:
                 raise Conflict(f"the account {account!r} holds {held:,} files: delete them "
                                "first")
             tx.accounts.delete(account)
+        logs.event(log, "account.removed", "account {account!r} removed", account=account)
 
     # -- tokens ----------------------------------------------------------------------------------
 
@@ -237,6 +249,8 @@ class Accounts:
                 raise Conflict(f"the account {account!r} has {MAX_TOKENS} tokens, the most it "
                                "may have: revoke one first")
             tx.tokens.add(account, name, digest(token), time.time())
+        logs.event(log, "token.created", "token {name!r} of account {account!r} created",
+                   account=account, name=name)
         return token
 
     def tokens(self, account: str) -> list[AccountToken]:
@@ -248,6 +262,8 @@ class Accounts:
         with self.registry.transaction() as tx:
             if not tx.tokens.revoke(account, name):
                 raise NotFound(f"the account {account!r} has no token named {name!r}")
+        logs.event(log, "token.revoked", "token {name!r} of account {account!r} revoked",
+                   account=account, name=name)
 
 
 def _new_token() -> str:

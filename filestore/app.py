@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import admin, api, metrics, serving
+from . import admin, api, logs, metrics, serving
 from .config import Settings, load_settings
 from .errors import FilestoreError, RemoteUnavailable
 from .health import healthz, readyz
@@ -180,5 +180,8 @@ def build_app(settings: Settings) -> FastReads:
 
 
 def app_from_environment() -> FastReads:
-    """Factory for uvicorn worker processes: settings from `$FILESTORE_CONFIG` and the env."""
-    return build_app(load_settings())
+    """Factory for uvicorn worker processes: settings from `$FILESTORE_CONFIG` and the env;
+    the `filestore` log set up once in each."""
+    settings = load_settings()
+    logs.configure(settings)
+    return build_app(settings)

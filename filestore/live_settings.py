@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from . import overrides
+from . import logs, overrides
 from .config import DEFAULT_REMOTE, RemoteSettings, Settings, override
 from .errors import BadRequest, ConfigError
 from .probe import ProbeResult, probe
@@ -67,7 +67,8 @@ class SettingsReloader:
                 await self.apply()
             except ConfigError as exc:  # one line that says what to do (never a secret), once
                 if exc.detail != self._last_error:
-                    log.error("settings: cannot apply the saved settings: %s", exc.detail)
+                    logs.event(log, "settings.apply_failed", "settings: cannot apply the saved "
+                               "settings: {error}", level=logging.ERROR, error=exc.detail)
                 self._last_error = exc.detail
             except Exception:
                 log.exception("settings: applying saved settings failed; trying again")
@@ -75,7 +76,8 @@ class SettingsReloader:
                 self._last_error = ""
             try:
                 if self.store.reload_token():
-                    log.warning("the API token was rotated; the old one no longer works")
+                    logs.event(log, "admin_token.reloaded", "the API token was rotated; the "
+                               "old one no longer works", level=logging.WARNING)
             except OSError as exc:
                 log.error("could not read the API token file: %s", exc)
             await self._close_retired()
@@ -117,7 +119,8 @@ class SettingsReloader:
             self._retired.append((replaced, time.monotonic()))
         self.remotes[name] = remote
         self.opened_with[name] = remote_settings
-        log.warning("settings: the remote %r is now %s", name, remote.display_url)
+        logs.event(log, "settings.remote_changed", "settings: the remote {remote!r} is now "
+                   "{url}", level=logging.WARNING, remote=name, url=remote.display_url)
 
 
 async def save(store: Store, reloader: SettingsReloader | None,
@@ -157,6 +160,11 @@ async def save(store: Store, reloader: SettingsReloader | None,
                              bool(overrides.changed_remotes(now, after)))
 
     await anyio.to_thread.run_sync(write)
+    # Which keys, never their values (a secret's least of all).
+    keys = sorted(f"{section}.{key}" for section, values in texts.items() for key in values)
+    logs.event(log, "settings.saved", "settings saved: " + (", ".join(keys) or "nothing")
+               + (" (tested on {tested_on})" if changed else ""), keys=keys, remotes=changed,
+               tested_on=result.remote if changed else None)
     if reloader is not None:
         await reloader.apply()
     else:

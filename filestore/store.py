@@ -27,7 +27,7 @@ from typing import Protocol
 
 import anyio
 
-from . import overrides, plan
+from . import logs, overrides, plan
 from .auth import load_or_create_token, read_token
 from .config import DEFAULT_REMOTE, Settings
 from .datadir import DataDir
@@ -220,7 +220,8 @@ class Store:
             attempt += 1
             if attempt == 3:
                 break
-        log.error("registered file %r has no matching local bytes", path)
+        logs.event(log, "file.bytes_missing", "registered file {path!r} has no matching local "
+                   "bytes", level=logging.ERROR, path=path)
         raise NotFound(f"{path!r} is registered but its bytes are missing; run filestore verify")
 
     # -- writes ---------------------------------------------------------------------------------
@@ -399,7 +400,10 @@ class Store:
                                "are the only ones")
             dropped = self.local.drop_cached(path)  # InUse (409) while a reader has it open
             tx.cache.remove(path)
-            return dropped
+        if dropped:
+            logs.event(log, "cache.evicted", "cache: evicted {path!r} ({bytes:,} bytes), as asked",
+                       path=path, count=1, bytes=record.size, reason="asked")
+        return dropped
 
     def _schedule_remote_delete(self, tx: Tables, record: FileRecord) -> None:
         """After a DELETE: the remote copy goes (after `upload.delete_delay`) if there is one, or
@@ -435,7 +439,8 @@ class Store:
         for tmp in self.local.temp_files():
             if str(tmp) not in referenced:
                 tmp.unlink(missing_ok=True)
-                log.info("recovery: removed an unfinished upload body %s", tmp.name)
+                logs.event(log, "recovery.temp_removed", "recovery: removed an unfinished "
+                           "upload body {file}", file=tmp.name)
 
     def _recover_intent(self, intent: Intent) -> None:
         with self.registry.transaction() as tx:
@@ -444,15 +449,22 @@ class Store:
                 if tx.files.get(intent.path) is None:
                     self.local.remove(intent.path)
                 tx.intents.remove(intent.id)
+                logs.event(log, "recovery.delete_finished", "recovery: finished the DELETE of "
+                           "{path!r} a crash interrupted", path=intent.path)
                 return
             tmp = Path(intent.tmp)
             final = self.local.path_of(intent.path)
             if tmp.exists():
                 tmp.unlink()  # never renamed: the PUT was not acknowledged
+                logs.event(log, "recovery.temp_removed", "recovery: removed the body of an "
+                           "unacknowledged PUT of {path!r} ({file})", path=intent.path,
+                           file=tmp.name)
             elif final.exists():
                 # Renamed, not recorded: the bytes on disk are the intent's; record them.
                 self._record_put(tx, intent.path, intent.size, intent.sha256,
                                  intent.content_type, final.stat().st_ino)
-                log.warning("recovery: recorded %r, installed just before a crash", intent.path)
+                logs.event(log, "recovery.recorded", "recovery: recorded {path!r} ({size:,} "
+                           "bytes), installed just before a crash", level=logging.WARNING,
+                           path=intent.path, size=intent.size)
             tx.intents.remove(intent.id)
 

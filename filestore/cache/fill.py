@@ -29,6 +29,7 @@ from pathlib import Path
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .. import logs
 from ..errors import FilestoreError, RemoteError, RemoteIntegrityError, RemoteUnavailable
 from ..local import mark_in_use
 from ..registry import FileRecord
@@ -154,10 +155,20 @@ class Fill(Filling):
                 self.error = error if isinstance(error, FilestoreError) else RemoteError(
                     f"the download of {self.record.path!r} failed: "
                     f"{type(error).__name__}: {error}")
-                log.warning("cache fill of %r failed: %s", self.record.path, self.error.detail)
+                if isinstance(self.error, RemoteIntegrityError):
+                    logs.event(log, "cache.integrity_failure", "the download of {path!r} is "
+                               "not the recorded file, nothing was cached: {error}",
+                               level=logging.ERROR, path=self.record.path,
+                               size=self.record.size, received=self.written,
+                               error=self.error.detail)
+                else:
+                    logs.event(log, "cache.fill_failed", "cache fill of {path!r} failed: "
+                               "{error}", level=logging.WARNING, path=self.record.path,
+                               error=self.error.detail)
             else:
-                log.warning("a verified cache fill of %r could not be kept: %s",
-                            self.record.path, exc)
+                logs.event(log, "cache.fill_not_kept", "a verified cache fill of {path!r} "
+                           "could not be kept: {error}", level=logging.WARNING,
+                           path=self.record.path, error=str(exc))
         finally:
             if not self.finished:  # cancelled (the server stops): its readers must not wait
                 self.error = RemoteError(f"the download of {self.record.path!r} was stopped")

@@ -19,6 +19,7 @@ import shutil
 import threading
 from collections.abc import Callable
 
+from .. import logs
 from ..config import CacheSettings
 from ..errors import InUse
 from ..local import LocalStore
@@ -80,18 +81,23 @@ class CacheGC:
                 evicted, freed, fits = self._evict_batch(incoming)
                 done = Collected(done.evicted + evicted, done.freed + freed, fits)
                 if fits or not evicted:
+                    _log_evicted(done.evicted, done.freed, "budget")
                     return done
 
     def make_free(self, wanted: int) -> bool:
         """Evict until the disk has `wanted` bytes free (a PUT needs them); False if what is
         left is in use or gone. In a worker thread."""
+        evicted = freed = 0
         with self._lock:
             while shutil.disk_usage(self.local.cache_root).free < wanted:
                 with self.registry.transaction() as tx:
                     size = self._evict_one(tx)
                     if size is None:
+                        _log_evicted(evicted, freed, "disk")
                         return False
                     tx.counters.add({"cache.evictions": 1})
+                evicted, freed = evicted + 1, freed + size
+        _log_evicted(evicted, freed, "disk")
         return True
 
     def _evict_batch(self, incoming: int) -> tuple[int, int, bool]:
@@ -114,8 +120,6 @@ class CacheGC:
                 cached -= victim
             fits = not self._over(cached, incoming)
             tx.counters.add({"cache.evictions": evicted})
-        if evicted:
-            log.info("cache: evicted %d entries (%d bytes)", evicted, freed)
         return evicted, freed, fits
 
     def _evict_one(self, tx: Tables) -> int | None:
@@ -133,3 +137,12 @@ class CacheGC:
             tx.cache.remove(entry.path)
             return entry.size
         return None
+
+
+def _log_evicted(count: int, freed: int, reason: str) -> None:
+    """One line per collection (its batches together), never one per entry."""
+    if count:
+        logs.event(log, "cache.evicted", "cache: evicted {count:,} entries ({bytes:,} bytes) "
+                   + ("to stay within cache.max_size and cache.min_free" if reason == "budget"
+                      else "to make room on the disk for a PUT"),
+                   count=count, bytes=freed, reason=reason)

@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from .. import logs
 from ..config import DEFAULT_REMOTE
 from ..errors import FilestoreError, RemoteError, RemoteIntegrityError, RemoteNotFound
 from ..fsutil import fsync_dir
@@ -234,8 +235,9 @@ class ReadThrough:
             return
         self.usage.count("fill_errors")
         if isinstance(error, RemoteNotFound):
-            log.error("%r is recorded as uploaded, but its remote object is missing",
-                      record.path)
+            logs.event(log, "cache.remote_missing", "{path!r} is recorded as uploaded, but its "
+                       "remote object is missing", level=logging.ERROR, path=record.path,
+                       remote=record.remote)
             await anyio.to_thread.run_sync(self._record_error, record, error.detail)
 
     def _record_error(self, record: FileRecord, detail: str) -> None:

@@ -7,6 +7,7 @@ anything else); `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from typing import Any
 
 import click
 
+from .. import logs
 from ..config import CONFIG_ENV, load_settings
 from ..errors import ConfigError, FilestoreError
 
@@ -26,6 +28,9 @@ config_option = click.option(
     help="TOML config file (default: $FILESTORE_CONFIG, else the embedded default).",
 )
 debug_option = click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+# `serve` becomes the server: its log (crash recovery runs before uvicorn starts) is at
+# `log.level`. Every other command prints what it did, and logs only warnings and errors beside.
+SERVER_COMMANDS = frozenset({"serve"})
 
 
 def command(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -37,6 +42,8 @@ def command(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(config_path: str | None, debug: bool, **kwargs: Any) -> Any:
         try:
             settings = load_settings(config_path)
+            logs.configure(settings, logging.NOTSET if func.__name__ in SERVER_COMMANDS
+                           else logging.WARNING)
             if config_path:
                 # Worker processes and child commands read the same file.
                 os.environ[CONFIG_ENV] = os.path.abspath(config_path)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
 import anyio
 import click
 
-from .. import paths, plan, signing
+from .. import logs, paths, plan, signing
 from ..auth import write_new_token
 from ..config import Settings
 from ..errors import ConfigError
@@ -16,6 +17,8 @@ from ..remote import connected_remotes
 from ..service import Service, files_url
 from ..values import parse_duration
 from .base import command, main
+
+log = logging.getLogger("filestore")
 
 
 @main.command()
@@ -82,6 +85,9 @@ def token(settings: Settings, rotate: bool, signing_key: bool) -> None:
         if settings.auth.token:
             raise ConfigError("the token comes from auth.token in the config: change it there")
         click.echo(write_new_token(service.store.datadir.token_path))
+        logs.event(log, "admin_token.rotated", "the API token was rotated: running servers "
+                   "take up the new one within a second", level=logging.WARNING,
+                   file=str(service.store.datadir.token_path))
         # The prompt and the notes go to stderr: stdout is the token alone.
         asked = not signing_key and sys.stdin.isatty()
         if asked:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from .. import logs
 from ..config import DEFAULT_REMOTE
 from ..errors import (
     Conflict,
@@ -148,8 +149,9 @@ def _copy_on_disk(store: Store, record: FileRecord) -> Received | None:
         if size == record.size and sha256 == record.sha256:
             return Received(tmp, size, sha256, "")
         tmp.unlink()
-        log.warning("%r: the bytes in %s do not match the registry; reading the cloud copy",
-                    record.path, candidate.parent.name)
+        logs.event(log, "move.bad_local_copy", "{path!r}: the bytes in {area} do not match the "
+                   "registry; reading the cloud copy", level=logging.WARNING, path=record.path,
+                   area=candidate.parent.name)
     return None
 
 
@@ -234,14 +236,26 @@ class MoveRunner:
 
     async def run_job(self, job: Job) -> None:
         """Run `job` (leased by this runner) until it ends, is cancelled or is taken over."""
-        log.info("job %d (%s) running", job.id, job.kind)
+        resumed = bool(job.cursor)  # taken up again after a restart or from another process
+        logs.event(log, "move.started", "job {job} ({kind}) running" + (" again" if resumed
+                   else ""), job=job.id, kind=job.kind, resumed=resumed,
+                   delete_remote=bool(job.option.get("delete_remote")))
         try:
             await self._work_on(job)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._release, job.id)
             raise
-        log.info("job %d (%s) ended", job.id, job.kind)
+        ended = self.registry.read.jobs.get(job.id)
+        if ended.active:  # taken over by another process (its log says how it ends)
+            logs.event(log, "move.stopped", "job {job} ({kind}) stopped here: another process "
+                       "took it over", job=job.id, kind=job.kind, state=ended.state)
+            return
+        logs.event(log, "move.finished", "job {job} ({kind}) ended {state}: {files:,} files, "
+                   "{bytes:,} bytes, {errors:,} errors", job=job.id, kind=job.kind,
+                   level=logging.ERROR if ended.state == "failed" else logging.INFO,
+                   state=ended.state, files=ended.done, bytes=ended.bytes, errors=ended.errors,
+                   error=ended.last_error)
 
     def _release(self, job_id: int) -> None:
         with self.registry.transaction() as tx:
@@ -259,7 +273,7 @@ class MoveRunner:
                 pass
             except Exception as exc:
                 detail = exc.detail if isinstance(exc, FilestoreError) else f"{exc!r}"
-                log.error("job %d (%s) failed: %s", job.id, job.kind, detail)
+                # (`move.finished` says it, with the job's figures)
                 await anyio.to_thread.run_sync(self._finish, job, "failed", detail)
             tg.cancel_scope.cancel()
 
@@ -379,7 +393,8 @@ class MoveRunner:
             except OSError as exc:
                 error = f"{record.path!r}: {exc.strerror or exc}"
             if error:
-                log.warning("job %d: %s", job_id, error)
+                logs.event(log, "move.file_failed", "job {job}: {error}", level=logging.WARNING,
+                           path=record.path, job=job_id, error=error)
             await anyio.to_thread.run_sync(self._count, job_id, record.size, error)
 
     def _count(self, job_id: int, size: int, error: str | None) -> None:

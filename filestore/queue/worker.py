@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import TaskGroup
 
-from .. import metrics
+from .. import logs, metrics
 from ..config import UploadSettings
 from ..errors import RemoteError, RemoteUnavailable
 from ..registry import Entry, Tables
@@ -145,6 +145,8 @@ class QueueWorkers:
                 else:
                     await remote.delete(entry.path)
                     await anyio.to_thread.run_sync(self._finish_delete, entry)
+                    logs.event(log, "remote_delete.done", "deleted the remote copy of {path!r} "
+                               "in {remote}", path=entry.path, remote=remote.name)
             except Exception:
                 metrics.remote_attempt(entry.op, remote.name, ok=False)
                 raise
@@ -152,17 +154,18 @@ class QueueWorkers:
         except Exception as exc:
             retryable = is_retryable(exc)
             error = getattr(exc, "detail", "") or f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, RemoteError):
-                log.warning("%s of %r failed: %s", entry.op, entry.path, error)
-            else:
-                log.exception("%s of %r failed unexpectedly", entry.op, entry.path)
             try:
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self._fail, entry, error, retryable)
+                    retry_at = await anyio.to_thread.run_sync(self._fail, entry, error,
+                                                              retryable)
             except Exception:
                 # Not even the failure could be recorded (the registry is failing too): the
                 # lease runs out and the row is taken again later.
-                log.exception("could not record the failure of %s of %r", entry.op, entry.path)
+                log.exception("could not record the failure of %s of %r (%s)", entry.op,
+                              entry.path, error)
+            else:
+                self._log_failure(entry, error, retry_at,
+                                  None if isinstance(exc, RemoteError) else exc)
         finally:
             self._in_flight.pop(entry.path, None)
             self.wake()
@@ -180,11 +183,15 @@ class QueueWorkers:
             return
         assert record is not None
         generation = self.remote_generation
+        started = time.monotonic()
         with source:
             uploaded = await remote.put(entry.path, source, record.size, record.sha256,
                                         record.content_type, record.md5)
         await anyio.to_thread.run_sync(self._record_upload, entry, remote, uploaded.etag,
                                        generation)
+        logs.event(log, "upload.done", "uploaded {path!r} ({size:,} bytes) to {remote} in "
+                   "{seconds:.2f} s", path=entry.path, size=record.size, remote=remote.name,
+                   seconds=round(time.monotonic() - started, 3), attempt=entry.attempts + 1)
         self.store.events.cached()  # the uploaded bytes (usually) moved into the cache area
 
     def _record_upload(self, entry: Entry, remote: Remote, etag: str, generation: int) -> None:
@@ -234,6 +241,9 @@ class QueueWorkers:
                 raise RemoteError(f"the older copy of {entry.path!r} is in the remote {old!r}, "
                                   "which is not configured: add it back so it can be deleted")
             await previous.delete(entry.path)
+            logs.event(log, "remote_delete.done", "deleted the older copy of {path!r} in "
+                       "{remote}: the storage plan sends the file to {to} now", path=entry.path,
+                       remote=old, to=entry.remote)
         return await anyio.to_thread.run_sync(self._point_at, entry, old)
 
     def _point_at(self, entry: Entry, old: str) -> bool:
@@ -272,8 +282,13 @@ class QueueWorkers:
             else:
                 tx.queue.fail(entry, "the local bytes of this file are missing; "
                              "run filestore verify", None, now)
+                logs.event(log, "upload.gave_up", "upload of {path!r} failed: its local bytes "
+                           "are missing; run filestore verify", level=logging.ERROR,
+                           path=entry.path, remote=entry.remote, attempts=entry.attempts + 1,
+                           error="the local bytes of this file are missing")
 
-    def _fail(self, entry: Entry, error: str, retryable: bool) -> None:
+    def _fail(self, entry: Entry, error: str, retryable: bool) -> float | None:
+        """Record the failure; when the entry is tried again (None: it is not)."""
         now = time.time()
         retry_at = None
         attempt = entry.attempts + 1
@@ -281,6 +296,28 @@ class QueueWorkers:
             retry_at = now + next_delay(attempt, self.settings.retry_base, self.settings.retry_max)
         with self.registry.transaction() as tx:
             tx.queue.fail(entry, error, retry_at, now)
+        return retry_at
+
+    def _log_failure(self, entry: Entry, error: str, retry_at: float | None,
+                     unexpected: BaseException | None) -> None:
+        """One line per failed attempt: a warning while it is retried, an error when it is
+        not (`upload.max_attempts` reached, or a failure no retry fixes); an unexpected error
+        with its traceback."""
+        kind = "upload" if entry.op == "upload" else "remote_delete"
+        what = "upload" if entry.op == "upload" else "remote delete"
+        attempt = entry.attempts + 1
+        if retry_at is not None:
+            logs.event(log, f"{kind}.failed", what + " of {path!r} failed (attempt {attempt}): "
+                       "{error}; again in {retry_in:.1f} s", level=logging.WARNING,
+                       path=entry.path, remote=entry.remote, attempt=attempt, error=error,
+                       retry_in=round(max(retry_at - time.time(), 0.0), 3), exc_info=unexpected)
+            return
+        reason = (f"after {attempt} attempts (upload.max_attempts)"
+                  if attempt >= self.settings.max_attempts else "and is not retried")
+        logs.event(log, f"{kind}.gave_up", what + " of {path!r} failed {reason}: {error}; it "
+                   "waits in the failed list", level=logging.ERROR, path=entry.path,
+                   remote=entry.remote, attempts=attempt, max_attempts=self.settings.max_attempts,
+                   error=error, reason=reason, exc_info=unexpected)
 
 
 async def _supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:

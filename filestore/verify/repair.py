@@ -10,17 +10,21 @@ the sentence the report shows for it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from .. import logs
 from ..fsutil import fsync_dir, prune_empty_dirs
 from ..registry import FileRecord, Tables
 from ..store import Store, guess_content_type
 from .diagnose import REMOTE_KINDS, UNCHECKED, Cloud, Copy, good
 from .remote import Proven, RemoteView
 from .scan import stat_key
+
+log = logging.getLogger("filestore.verify")
 
 
 class Repairer:
@@ -40,6 +44,21 @@ class Repairer:
 
     def repair_uploaded(self, tx: Tables, row: FileRecord, f: Copy | None, c: Copy | None,
                         found: Proven | None, kinds: set[str], done: dict[str, str]) -> None:
+        try:
+            self._repair_uploaded(tx, row, f, c, found, kinds, done)
+        finally:  # what was done stays done, even when a later step failed
+            _log_repairs(row.path, done)
+
+    def repair_local(self, tx: Tables, row: FileRecord, f: Copy | None, c: Copy | None,
+                     cloud: Cloud, found: Proven | None, kinds: set[str],
+                     done: dict[str, str]) -> None:
+        try:
+            self._repair_local(tx, row, f, c, cloud, found, kinds, done)
+        finally:
+            _log_repairs(row.path, done)
+
+    def _repair_uploaded(self, tx: Tables, row: FileRecord, f: Copy | None, c: Copy | None,
+                         found: Proven | None, kinds: set[str], done: dict[str, str]) -> None:
         path, now = row.path, time.time()
         cloud_bad = kinds & REMOTE_KINDS
         if cloud_bad and not (good(f, row) or good(c, row)) and found is None:
@@ -84,9 +103,9 @@ class Repairer:
             return
         self._fix_inode(tx, row, f, c, kinds, done)
 
-    def repair_local(self, tx: Tables, row: FileRecord, f: Copy | None, c: Copy | None,
-                     cloud: Cloud, found: Proven | None, kinds: set[str],
-                     done: dict[str, str]) -> None:
+    def _repair_local(self, tx: Tables, row: FileRecord, f: Copy | None, c: Copy | None,
+                      cloud: Cloud, found: Proven | None, kinds: set[str],
+                      done: dict[str, str]) -> None:
         path = row.path
         if not good(f if f is not None else c, row):
             if found is not None:
@@ -169,6 +188,11 @@ class Repairer:
     def adopt(self, tx: Tables, path: str, copy: Copy) -> str:
         """Orphan bytes, confirmed in `tx`: adopted as a PUT would store them, removed as the
         leftover of a DELETE, or quarantined when their name clashes with registered files."""
+        repair = self._adopt(tx, path, copy)
+        _log_repairs(path, {"orphan" if copy.area == "files" else "orphan-cache": repair})
+        return repair
+
+    def _adopt(self, tx: Tables, path: str, copy: Copy) -> str:
         entry = tx.queue.get(path)
         root = self.local.root if copy.area == "files" else self.local.cache_root
         if entry is not None and entry.op == "delete":
@@ -220,3 +244,10 @@ class Repairer:
         os.replace(source, target)
         fsync_dir(target.parent)
         prune_empty_dirs(source.parent, self.local.cache_root)
+
+
+def _log_repairs(path: str, done: dict[str, str]) -> None:
+    """One line per repair made (the report says the same, on stdout)."""
+    for kind, repair in done.items():
+        logs.event(log, "verify.repaired", "verify: {path!r} ({kind}): {repair}",
+                   level=logging.WARNING, path=path, kind=kind, repair=repair)
