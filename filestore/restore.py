@@ -17,7 +17,6 @@ the secrets again). Until then the store does not open, with the same one line.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import time
@@ -31,12 +30,13 @@ from .fsutil import fsync_dir
 from .registry import SETTINGS_SCHEMA, SqliteRegistry, copy_backup
 from .secrets import SecretBox, SecretError
 
-log = logging.getLogger("filestore")
 
 
-def restore_registry(settings: Settings, source: Path) -> Path | None:
+def restore_registry(settings: Settings, source: Path) -> tuple[Path | None, str]:
     """Install `source` (a `filestore backup`) as the registry of a data directory that no
-    process uses; the registry it replaces is kept beside it (returned; None if there was none).
+    process uses; the registry it replaces is kept beside it. Returns that copy (None if there
+    was none) and a warning for the operator ("" if none): why the secrets it holds cannot be
+    decrypted here (the key file did not come with the backup).
 
     Refused while any process uses the directory (`Conflict`, exit 1), or when `source` is not a
     sound SQLite registry of a schema this filestore knows (`ConfigError`, exit 2).
@@ -61,9 +61,7 @@ def restore_registry(settings: Settings, source: Path) -> Path | None:
             datadir.leave()
     finally:
         os.close(start_fd)
-    if unreadable:
-        log.warning("restore: %s", unreadable)
-    return kept
+    return kept, unreadable
 
 
 def _unreadable_secrets(registry: Path, settings: Settings) -> str:

@@ -115,9 +115,11 @@ def restore(settings: Settings, source: str, check_remote: bool) -> None:
     """Install SOURCE (a `filestore backup`) as the registry of a data directory no server is
     using (the old registry is kept beside it), then verify. Exit 1 while a server runs, 2 if
     SOURCE is not a registry this filestore knows."""
-    kept = restore_registry(settings, Path(source))
+    kept, warning = restore_registry(settings, Path(source))
     click.echo(f"restore: {source} is the registry of {settings.data_dir} now"
                + (f" (the previous one is kept as {kept.name})" if kept else ""))
+    if warning:
+        click.echo(f"restore: {warning}", err=True)
     _verify(settings, check_remote, False, False)
 
 
