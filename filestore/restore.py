@@ -31,7 +31,6 @@ from .registry import SETTINGS_SCHEMA, SqliteRegistry, copy_backup
 from .secrets import SecretBox, SecretError
 
 
-
 def restore_registry(settings: Settings, source: Path) -> tuple[Path | None, str]:
     """Install `source` (a `filestore backup`) as the registry of a data directory that no
     process uses; the registry it replaces is kept beside it. Returns that copy (None if there
