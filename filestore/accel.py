@@ -12,7 +12,8 @@ would have sent:
 
 - nginx's own validators are off there (`etag off`, `if_modified_since off`) and filestore's
   ETag and Last-Modified are put back with `add_header`, as is the sandboxing
-  Content-Security-Policy (nginx keeps Content-Type and Content-Disposition by itself). nginx
+  Content-Security-Policy (nginx keeps Content-Type, Content-Disposition and Cache-Control by
+  itself; `expires off` keeps an `expires` of the operator's from replacing the last). nginx
   checks If-Match and If-Unmodified-Since against its validators before those headers are
   set, so requests that carry them are served by filestore itself (they are rare on GETs).
 - Ranges: nginx does one range (`max_ranges 1`) from the client's own Range header, so only a
@@ -102,9 +103,9 @@ def redirect(
         first, last = ranges[0]
         length = last - first + 1
     target = f"{prefix}{'cache' if cached else 'files'}/{quote(path, safe='/')}"
-    # nginx keeps Content-Type, Content-Disposition and Accept-Ranges of this answer; the
-    # shipped config puts back ETag, Last-Modified and Content-Security-Policy, and adds
-    # X-Content-Type-Options.
+    # nginx keeps Content-Type, Content-Disposition, Cache-Control and Accept-Ranges of this
+    # answer; the shipped config puts back ETag, Last-Modified and Content-Security-Policy,
+    # and adds X-Content-Type-Options.
     answer = [
         (b"x-accel-redirect", target.encode("ascii")),
         (b"etag", headers["etag"].encode("latin-1")),
@@ -115,6 +116,9 @@ def redirect(
     disposition = headers.get("content-disposition")
     if disposition is not None:
         answer.append((b"content-disposition", disposition.encode("latin-1")))
+    cache_control = headers.get("cache-control")
+    if cache_control is not None:
+        answer.append((b"cache-control", cache_control.encode("latin-1")))
     if b"range" in found:
         # nginx's range filter adds Accept-Ranges to a whole body itself (so it would be
         # there twice), but not to the 206 it makes of a range.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import mimetypes
 import os
 import re
 from typing import Any
@@ -19,13 +20,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import accel, paths, signing
+from . import accel, paths, plan, signing
 from .accounts import Principal
 from .conditional import Validators, check_preconditions, etag_for, if_range_allows
+from .config import Settings
 from .errors import BadRequest, TooLarge
 from .ranges import RangeNotSatisfiable, parse_range
 from .registry import FileRecord
-from .responses import SANDBOX, ByteSource, FileBody, LocalBytes, NoBytes, active_type, attachment
+from .responses import SANDBOX, ByteSource, FileBody, LocalBytes, NoBytes, attachment
 from .service import Service, service_of
 from .store import Precondition
 
@@ -39,6 +41,16 @@ _DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() also takes "²
 # sandboxed, in an origin of their own, with no script (docs/http.md "Served inert").
 _SAFE_HEADERS = {"x-content-type-options": "nosniff", "accept-ranges": "bytes",
                  "content-security-policy": SANDBOX}
+# The Cache-Control of a read that needed a credential (the token where reads are not public,
+# or a signed URL), whatever the plan says: no shared cache keeps it (a CDN would hand a
+# private file to anyone, or a signed URL's answer after its expiry, a single-use URL's twice),
+# and a browser's own copy is checked with filestore before each reuse (a 304 while the
+# credential still works), so it never outlives a revoked token or an expired URL
+# (docs/http.md "Caches in front").
+PRIVATE = "private, no-cache"
+# What curl's --data-binary and -d send when nobody named a type: a file's body is no form, so
+# on a name with a known extension its type is stored instead (docs/http.md "Content types").
+_FORM_TYPE = "application/x-www-form-urlencoded"
 
 
 def _service(request: Request) -> Service:
@@ -99,7 +111,9 @@ def _validators(record: FileRecord) -> Validators:
     return Validators(etag_for(record.sha256), int(record.modified))
 
 
-def _file_headers(service: Service, record: FileRecord) -> dict[str, str]:
+def _file_headers(settings: Settings, record: FileRecord, private: bool) -> dict[str, str]:
+    """The headers of every answer with the file's bytes or headers (200, 206, HEAD, 304);
+    `private`: the read needed a credential."""
     validators = _validators(record)
     headers = {
         "etag": validators.etag,
@@ -107,10 +121,14 @@ def _file_headers(service: Service, record: FileRecord) -> dict[str, str]:
         "content-type": record.content_type,
         **_SAFE_HEADERS,
     }
-    # A dict lookup for most files; only an active type (HTML, SVG, JavaScript...) asks the
-    # plan whether its rule serves it inline.
-    if active_type(record.content_type) and not service.route(
-            record.path, record.content_type).inline:
+    # A dict lookup (the plan's answers for this content type, precomputed) and a startswith
+    # per rule of the type that sets cache_control or inline.
+    cache_control, attach = plan.served(settings, record.path, record.content_type)
+    if private:
+        headers["cache-control"] = PRIVATE
+    elif cache_control:
+        headers["cache-control"] = cache_control
+    if attach:  # HTML, SVG, JavaScript ... not served inline by its rule
         headers["content-disposition"] = attachment(record.path)
     return headers
 
@@ -141,20 +159,22 @@ async def get_file(request: Request) -> Response | FileBody:
     grant = None
     if not public or request.scope["query_string"]:  # most GETs: public, no query
         grant = _authorize(request, path, public=public)
+    private = not public or grant is not None
     if grant is not None and grant.once is not None:  # a single-use URL: spent by a 2xx
         async with service.single_use(grant) as use:
-            response = await _read_file(request, service, path)
+            response = await _read_file(request, service, path, private)
             if isinstance(response, Response):
                 use.answered(response.status_code)
         return response
-    return await _read_file(request, service, path)
+    return await _read_file(request, service, path, private)
 
 
-async def _read_file(request: Request, service: Service, path: str) -> Response | FileBody:
+async def _read_file(request: Request, service: Service, path: str, private: bool
+                     ) -> Response | FileBody:
     settings = service.settings
     record, fd, cached = await service.open_current(path)
     try:
-        answer = _answer_conditions(request, service, record)
+        answer = _answer_conditions(request, settings, record, private)
     except BaseException:
         if fd is not None:
             os.close(fd)
@@ -188,16 +208,16 @@ async def _read_file(request: Request, service: Service, path: str) -> Response 
 
 
 def _answer_conditions(
-    request: Request, service: Service, record: FileRecord
+    request: Request, settings: Settings, record: FileRecord, private: bool
 ) -> Response | tuple[dict[str, str], list[tuple[int, int]] | None]:
     """The response headers and the ranges to send, or a finished answer (304, 416)."""
-    headers = _file_headers(service, record)
+    headers = _file_headers(settings, record, private)
     conditions = _conditional_headers(request)
     if not conditions:
         return headers, None
     validators = _validators(record)
     if check_preconditions(request.method, conditions, validators) == 304:
-        headers.pop("content-type")
+        headers.pop("content-type")  # the rest, Cache-Control too, as the 200 (RFC 9111 4.3.4)
         return Response(status_code=304, headers=headers)
     range_header = conditions.get("range")
     if range_header is None or not if_range_allows(conditions, validators):
@@ -214,6 +234,10 @@ def _not_satisfiable(record: FileRecord, exc: RangeNotSatisfiable) -> Response:
         status_code=416,
         headers={"content-range": f"bytes */{record.size}", **_SAFE_HEADERS},
     )
+
+
+def _form_type(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip(" \t").lower() == _FORM_TYPE
 
 
 def _expected_md5(request: Request) -> str | None:
@@ -274,6 +298,9 @@ async def put_file(request: Request) -> Response:
     content_type = request.headers.get("content-type") or None
     if grant is not None:  # a signed URL may bind the body and its type (signing.py)
         expect_sha256 = grant.put_checksum(content_type, expect_sha256)
+    if content_type is not None and _form_type(content_type):
+        # curl's default for --data-binary, no file's type: the name's, if it says one
+        content_type = mimetypes.guess_type(path, strict=False)[0] or content_type
     async with service.single_use(grant):
         record, created = await service.put(
             path,

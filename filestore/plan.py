@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import json
 from typing import Any
 
 from .config import DEFAULT_REMOTE, PlanRule, Settings
 from .errors import ConfigError
 from .registry import Tables, remote_counter_names
 from .remote import display_url
+from .responses import active_type
 from .values import parse_duration, value_text
 
 
@@ -32,15 +34,25 @@ class Route:
     # Files of active types (HTML, SVG, XML, JavaScript: `responses.active_type`) are served
     # inline, still sandboxed, instead of as attachments.
     inline: bool = False
+    # The Cache-Control of the file's GET, HEAD, 206 and 304: the rule's `cache_control`, else
+    # `server.cache_control`; "": none (docs/http.md "Caches in front").
+    cache_control: str = ""
 
     def public(self) -> dict[str, object]:
         return dataclasses.asdict(self)
 
 
-def matches(rule: PlanRule, path: str, content_type: str) -> bool:
+def _type_matches(rule: PlanRule, content_type: str) -> bool:
     base_type = content_type.split(";", 1)[0].strip().lower()
-    return path.startswith(rule.prefix) and (
-        not rule.content_type or fnmatch.fnmatchcase(base_type, rule.content_type))
+    return not rule.content_type or fnmatch.fnmatchcase(base_type, rule.content_type)
+
+
+def matches(rule: PlanRule, path: str, content_type: str) -> bool:
+    return path.startswith(rule.prefix) and _type_matches(rule, content_type)
+
+
+def _cache_control(settings: Settings, rule: PlanRule) -> str:
+    return settings.server.cache_control if rule.cache_control is None else rule.cache_control
 
 
 def route(settings: Settings, path: str, content_type: str) -> Route:
@@ -52,9 +64,85 @@ def route(settings: Settings, path: str, content_type: str) -> Route:
                 number, rule.remote, rule.upload,
                 upload.delay if rule.upload_delay is None else rule.upload_delay,
                 upload.keep_local if rule.keep_local is None else rule.keep_local,
-                rule.inline,
+                rule.inline, _cache_control(settings, rule),
             )
-    return Route(None, DEFAULT_REMOTE, True, upload.delay, upload.keep_local)
+    return Route(None, DEFAULT_REMOTE, True, upload.delay, upload.keep_local,
+                 cache_control=settings.server.cache_control)
+
+
+# (Cache-Control, whether the file is an attachment: an active type its rule does not serve
+# inline); a prefix and the answer of a rule that matches its path.
+Answer = tuple[str, bool]
+_Rules = tuple[tuple[str, Answer], ...]
+
+
+class Serving:
+    """How the plan serves files (`Route.cache_control`, `Route.inline`) under one Settings,
+    for the GET hot path (`served`): `route` matches every rule's type glob on every call,
+    this does it once per content type."""
+
+    _MAX_TYPES = 4096  # bounded: the types are the uploaders' to choose
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._rules = [(rule, _cache_control(settings, rule)) for rule in settings.plan]
+        self.by_type: dict[str, tuple[_Rules, Answer]] = {}
+
+    def for_type(self, content_type: str) -> tuple[_Rules, Answer]:
+        """The (prefix, answer) of the rules that match this type, in order and as far as
+        they decide anything, and the answer when none matches the path."""
+        active = active_type(content_type)
+        fallback = (self.settings.server.cache_control, active)
+        rules: list[tuple[str, Answer]] = []
+        for rule, cache_control in self._rules:
+            if _type_matches(rule, content_type):
+                rules.append((rule.prefix, (cache_control, active and not rule.inline)))
+                if not rule.prefix:
+                    break  # matches every path: the rules after it never decide
+        # A rule that answers what no match answers only matters where it hides a later rule
+        # that answers otherwise from a path both match: `faxes/` before `media/` need not
+        # be tried, `media/` before `media/live/` must.
+        decisive = tuple(
+            (prefix, answer) for n, (prefix, answer) in enumerate(rules)
+            if answer != fallback or any(
+                later != fallback and (other.startswith(prefix) or prefix.startswith(other))
+                for other, later in rules[n + 1:]))
+        if len(self.by_type) >= self._MAX_TYPES:
+            self.by_type.clear()
+        found = self.by_type[content_type] = (decisive, fallback)
+        return found
+
+
+# The Serving of the settings in force, and of a few more (an admin save makes new settings;
+# tests run several servers in one process), by the settings' identity.
+_current = Serving(Settings())
+_made: dict[int, Serving] = {}
+
+
+def served(settings: Settings, path: str, content_type: str) -> Answer:
+    """(Cache-Control, attachment) of the file at `path` with this content type: the
+    Cache-Control `route` says ("": none), and whether it is an active type
+    (`responses.active_type`) its rule does not serve inline. For the GET hot path: a dict
+    lookup, and a `startswith` per rule of the type that sets `cache_control` or `inline`."""
+    serving = _current
+    if serving.settings is not settings:
+        serving = _serving(settings)
+    rules, answer = serving.by_type.get(content_type) or serving.for_type(content_type)
+    for prefix, found in rules:
+        if path.startswith(prefix):
+            return found
+    return answer
+
+
+def _serving(settings: Settings) -> Serving:
+    global _current
+    serving = _made.get(id(settings))
+    if serving is None or serving.settings is not settings:
+        if len(_made) >= 8:
+            _made.clear()
+        serving = _made[id(settings)] = Serving(settings)
+    _current = serving
+    return serving
 
 
 def describe(rule: PlanRule) -> str:
@@ -64,15 +152,17 @@ def describe(rule: PlanRule) -> str:
         parts.append(f'content_type = "{rule.content_type}"')
     if not parts:
         parts.append("every file")
-    inline = ["inline = true"] if rule.inline else []
+    serving = ["inline = true"] if rule.inline else []
+    if rule.cache_control is not None:  # a TOML string: JSON's escapes are TOML's
+        serving.append(f"cache_control = {json.dumps(rule.cache_control)}")
     if not rule.upload:
-        return ", ".join([*parts, "upload = false", *inline])
+        return ", ".join([*parts, "upload = false", *serving])
     parts.append(f'remote = "{rule.remote}"')
     if rule.upload_delay is not None:
         parts.append(f'upload_delay = "{value_text(rule.upload_delay, parse_duration)}"')
     if rule.keep_local is not None:
         parts.append(f"keep_local = {value_text(rule.keep_local, bool)}")
-    return ", ".join([*parts, *inline])
+    return ", ".join([*parts, *serving])
 
 
 def check_recorded(settings: Settings, tx: Tables) -> list[str]:
