@@ -32,7 +32,6 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..auth import check_bearer
 from ..errors import Forbidden, Unauthorized
 from ..service import service_of
 
@@ -139,11 +138,8 @@ def from_cookie(request: Request) -> Session | None:
 
 
 def authenticate(request: Request) -> Session:
-    """The caller's session (`BEARER` for a bearer token); 401 when there is neither."""
-    header = request.headers.get("authorization")
-    if header:
-        check_bearer(header, service_of(request.app.state).store.token)
-        return BEARER
+    """The admin page's session of a caller without a bearer token (`callers.py` looks at
+    tokens first); 401 when there is none."""
     session = from_cookie(request)
     if session is None:
         raise Unauthorized("sign in at /admin/login, or send an Authorization: Bearer token")
