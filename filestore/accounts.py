@@ -8,7 +8,9 @@ administrator's, and may do everything.
 
 A request's token is looked up in the registry on every request (one primary-key seek on the
 reader), so a revoked token or a suspended account is refused at once, in every process. When a
-token was last used is noted in memory and written at most once a minute.
+token was last used is noted in memory and written at most once a minute. A signed URL an account
+minted names it (`acct=`, under the signature) and is looked up the same way (`find`): it stops
+working while the account is suspended and once it is removed.
 """
 
 from __future__ import annotations
@@ -146,6 +148,12 @@ class Accounts:
             raise Forbidden(f"the account {account.id!r} is suspended")
         self._used[key] = time.time()
         return Principal(account, name)
+
+    def find(self, account: str) -> Account | None:
+        """The account as it is now, or None: one primary-key seek on the reader, as
+        `authenticate`'s, so a signed URL an account minted (`signing.py`, `acct=`) is refused
+        from the next request on, in every process, once the account is suspended or removed."""
+        return self.registry.read.accounts.get(account)
 
     async def flush_every(self) -> None:
         """Write when tokens were last used, once a minute (a server's background task)."""

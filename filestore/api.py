@@ -80,13 +80,15 @@ def _principal(request: Request) -> Principal:
 
 def _authorize(request: Request, path: str, *, public: bool = False) -> signing.Grant | None:
     """A signed URL (`?expires=&sig=`, see signing.py) grants its one method on its one path and
-    a bad one is refused with 403; without a signature, the token unless `public`. The grant
-    of a signed URL, whose limits the handler enforces (`put_checksum`, `single_use`)."""
+    a bad one is refused with 403, as is one minted by an account that is now suspended or
+    removed; without a signature, the token unless `public`. The grant of a signed URL, whose
+    limits the handler enforces (`put_checksum`, `single_use`)."""
     query = request.scope["query_string"]
     if query:
         service = _service(request)
         grant = service.signing.check(query, request.method, path,
-                                      max_expiry=service.settings.signing.max_expiry)
+                                      max_expiry=service.settings.signing.max_expiry,
+                                      accounts=service.accounts.find)
         if grant is not None:
             return grant
     if not public:

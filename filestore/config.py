@@ -17,12 +17,14 @@ from .errors import ConfigError
 from .values import (
     int_between,
     one_of,
+    parse_bandwidth,
     parse_bool,
     parse_dirs,
     parse_duration,
     parse_duration_or_never,
     parse_header_value,
     parse_header_value_or_unset,
+    parse_hours,
     parse_listen,
     parse_path,
     parse_path_prefix,
@@ -30,6 +32,7 @@ from .values import (
     parse_size,
     parse_str,
     parse_type_glob,
+    parse_url_list,
     parse_url_prefix,
     size_at_least,
 )
@@ -93,6 +96,9 @@ class StorageSettings:
     # Directories a `file://` remote saved from the admin page may point into (the config file
     # may name any): empty, the admin page can set `s3://` remotes only.
     allowed_file_roots: tuple[str, ...] = _field((), parse_dirs)
+    # The S3 endpoints (URL prefixes, e.g. "https://s3.eu-central-1.wasabisys.com") an account
+    # may name for a remote of its own: empty, AWS only. (The administrator may name any.)
+    account_endpoints: tuple[str, ...] = _field((), parse_url_list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +122,11 @@ class UploadSettings:
     # Retry backoff: retry_base doubled per attempt, with jitter, capped at retry_max.
     retry_base: float = _field(1.0, parse_duration)
     retry_max: float = _field(300.0, parse_duration)
+    # Bytes per second all uploads of this node send together, 0: no cap (see bandwidth.py).
+    bandwidth: int = _field(0, parse_bandwidth)
+    # When the queue works: windows of local time, "01:00-06:00" or "22:00-02:00, 12:00-13:00";
+    # outside them uploads and remote deletes wait. Empty: always (see upload_window.py).
+    hours: str = _field("", parse_hours)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +156,8 @@ class CacheSettings:
     # A download into the cache that delivers nothing for this long fails (503 to a client
     # still waiting for its headers).
     fill_timeout: float = _field(60.0, parse_duration)
+    # Bytes per second all cache fills of this node download together, 0: no cap.
+    download_bandwidth: int = _field(0, parse_bandwidth)
 
 
 # The remote `[remote]` describes; files no plan rule routes elsewhere go there.
@@ -183,21 +196,30 @@ class Settings:
     # The other named remotes ([remotes.NAME]) and the plan's rules ([[plan]]), in file order.
     remotes: dict[str, RemoteSettings] = dataclasses.field(default_factory=dict)
     plan: tuple[PlanRule, ...] = ()
+    # What accounts configured for themselves (`account_storage.py`, kept in the registry):
+    # their remotes, named "ACCOUNT:NAME", and their rules by account, each rule's prefix
+    # relative to "ACCOUNT/" and its remote a recorded name. An account's rule decides where
+    # its matching files are stored before the plan's rules do.
+    account_remotes: dict[str, RemoteSettings] = dataclasses.field(default_factory=dict)
+    account_plan: dict[str, tuple[PlanRule, ...]] = dataclasses.field(default_factory=dict)
 
     @property
     def data_dir(self) -> Path:
         return Path(self.storage.data_dir).expanduser().absolute()
 
     def named_remotes(self) -> dict[str, RemoteSettings]:
-        """Every configured remote by name, "default" first."""
-        return {DEFAULT_REMOTE: self.remote, **self.remotes}
+        """Every remote by name: "default" first, the config's, then the accounts' own."""
+        return {DEFAULT_REMOTE: self.remote, **self.remotes, **self.account_remotes}
 
 
+# What no config file sets: the accounts' own storage, laid over from the registry.
+FROM_THE_REGISTRY = ("account_remotes", "account_plan")
 # Section name -> its dataclass; the order is the order of config.example.toml. The named
 # remotes and the plan are tables of their own kind (see `_named_remotes`, `_plan`).
 SECTIONS: dict[str, type] = {
     f.name: f.default_factory  # type: ignore[misc]
-    for f in dataclasses.fields(Settings) if f.name not in ("remotes", "plan")
+    for f in dataclasses.fields(Settings)
+    if f.name not in ("remotes", "plan", *FROM_THE_REGISTRY)
 }
 REMOTES_SECTION = "remotes"
 PLAN_SECTION = "plan"
@@ -215,6 +237,12 @@ def _build_section(cls: type, raw: Mapping[str, tuple[Any, str]], section: str) 
         except ValueError as exc:
             raise ConfigError(f"{origin}: {section}.{key} = {value!r}: expected {exc}") from None
     return cls(**values)
+
+
+def parse_section(cls: type, values: Mapping[str, Any], section: str, origin: str) -> Any:
+    """One section's dataclass from raw values, each parsed and checked as the config file's
+    own: an unknown key or a bad value is a `ConfigError` naming `section.key`."""
+    return _build_section(cls, {key: (value, origin) for key, value in values.items()}, section)
 
 
 def load_settings(

@@ -25,15 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from . import logs, overrides
+from . import account_storage, logs, overrides
 from .config import DEFAULT_REMOTE, RemoteSettings, Settings, override
-from .errors import BadRequest, ConfigError
+from .errors import BadRequest, ConfigError, NotFound
 from .probe import ProbeResult, probe
 from .remote import Remote, display_url, open_remote, open_remotes
 from .secrets import SecretBox
 from .store import Store
 
 if TYPE_CHECKING:
+    from .accounts import Principal
     from .queue.worker import QueueWorkers
 
 log = logging.getLogger("filestore")
@@ -100,9 +101,14 @@ class SettingsReloader:
                 return
             settings = overrides.effective(self.store.base_settings, self.store.registry.read)
             if current[1] != self.seen[1]:
-                for name, remote_settings in settings.named_remotes().items():
+                named = settings.named_remotes()
+                for name, remote_settings in named.items():
                     if self.opened_with.get(name) != remote_settings:
                         await self._swap(name, remote_settings, settings)
+                for name in [name for name in self.remotes if name not in named]:
+                    # An account's remote it removed (holding nothing: `account_storage`).
+                    self._retired.append((self.remotes.pop(name), time.monotonic()))
+                    self.opened_with.pop(name, None)
                 self.workers.remote_generation = current[1]
             self.store.settings = settings
             self.seen = current
@@ -153,7 +159,8 @@ async def save(store: Store, reloader: SettingsReloader | None,
             now = overrides.effective(base, tx)
             after = override(base, _merge(overrides.saved(tx, box), texts), overrides.ORIGIN)
             _check_places(after)
-            for name in overrides.moved_remotes(now, after):
+            moved = overrides.moved_remotes(now, after)
+            for name in moved:
                 overrides.refuse_stranding(tx, name, _where(now, name))
                 tx.files.forget_copies_in(name)
             tx.settings.save(overrides.sealed(tx, texts, box),
@@ -164,6 +171,60 @@ async def save(store: Store, reloader: SettingsReloader | None,
     keys = sorted(f"{section}.{key}" for section, values in texts.items() for key in values)
     logs.event(log, "settings.saved", "settings saved: " + (", ".join(keys) or "nothing")
                + (" (tested on {tested_on})" if changed else ""), keys=keys, remotes=changed,
+               tested_on=result.remote if changed else None)
+    if reloader is not None:
+        await reloader.apply()
+    else:
+        store.settings = proposed
+    return result
+
+
+async def save_account_storage(store: Store, reloader: SettingsReloader | None,
+                               principal: Principal, account: str, body: Any, *,
+                               replace: bool) -> ProbeResult:
+    """Check, test and save an account's own storage (`account_storage.py`; PUT: `replace`,
+    PATCH: merge); the test's result either way, and nothing saved unless it passed. As
+    `save`: a 400 for what no parser takes, a 409 for a change that strands files, each new or
+    changed remote probed (inside the account's scope) before anything is stored."""
+    principal.check_account(account)
+    base, reader = store.base_settings, store.registry.read
+    box = SecretBox(base.data_dir)
+    if reader.accounts.get(account) is None:
+        raise NotFound(f"no account {account!r}")
+    document = account_storage.proposed(account_storage.stored(reader, account, box), body,
+                                        replace=replace)
+    current = overrides.effective(base, reader)
+    storage = account_storage.checked(account, document, current, admin=principal.admin)
+    proposed = account_storage.with_storage(current, account, storage)
+    _check_places(proposed)
+    account_storage.refuse_stranding(reader, account, current, proposed)
+    changed = account_storage.changed(account, current, proposed)
+    result = ProbeResult(True, remote=", ".join(_where(proposed, name) for name in changed),
+                         tested=bool(changed))
+    for name in changed:
+        tested = await probe(proposed.named_remotes()[name], base.data_dir, name)
+        if not tested.ok:
+            return tested
+    remotes_json, plan_json = account_storage.encoded(document, storage, box)
+
+    def write() -> None:
+        with store.registry.transaction() as tx:
+            # Decided again under the write lock: another process may have saved meanwhile.
+            now = overrides.effective(base, tx)
+            after = account_storage.with_storage(now, account, storage)
+            account_storage.refuse_stranding(tx, account, now, after)
+            moved = account_storage.moved(account, now, after)
+            for name in moved:
+                tx.files.forget_copies_in(name)
+            tx.account_storage.save(account, remotes_json, plan_json, bool(
+                account_storage.changed(account, now, after)
+                or account_storage.gone(account, now, after)))
+
+    await anyio.to_thread.run_sync(write)
+    logs.event(log, "account.storage_saved", "account {account!r}: storage saved, {count} "
+               "remotes and {rules} rules" + (" (tested on {tested_on})" if changed else ""),
+               account=account, remotes=sorted(storage.remotes), count=len(storage.remotes),
+               rules=len(storage.plan),
                tested_on=result.remote if changed else None)
     if reloader is not None:
         await reloader.apply()

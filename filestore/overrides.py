@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import account_storage
 from .config import (
     DEFAULT_REMOTE,
     REMOTES_SECTION,
@@ -41,7 +42,8 @@ from .values import value_text
 REMOTE_KEYS = ("url", "endpoint_url", "region", "access_key_id", "secret_access_key")
 EDITABLE: dict[str, tuple[str, ...]] = {
     "remote": REMOTE_KEYS,
-    "upload": ("enabled", "keep_local", "delay", "delete_delay"),
+    "upload": ("enabled", "keep_local", "delay", "delete_delay", "bandwidth", "hours"),
+    "cache": ("download_bandwidth",),
 }
 # Never sent back to a browser or an API client; an empty value on save keeps the stored one;
 # stored encrypted. (The access key id is not one: it names the key, as a user name does, and
@@ -55,7 +57,8 @@ ORIGIN = "admin settings"
 def editable(settings: Settings) -> dict[str, tuple[str, ...]]:
     """The sections and keys the page may change for this config, in the page's order."""
     named = {f"{REMOTES_SECTION}.{name}": REMOTE_KEYS for name in settings.remotes}
-    return {"remote": REMOTE_KEYS, **named, "upload": EDITABLE["upload"]}
+    return {"remote": REMOTE_KEYS, **named, "upload": EDITABLE["upload"],
+            "cache": EDITABLE["cache"]}
 
 
 def remote_of(section: str) -> str | None:
@@ -100,23 +103,27 @@ def sealed(tx: Tables, texts: Mapping[str, Mapping[str, str]],
 
 
 def effective(base: Settings, tx: Tables, *, secrets: bool = True) -> Settings:
-    """The config's settings with the saved ones laid over them. A saved value the config
+    """The config's settings with the saved ones laid over them, and the accounts' own
+    storage (`account_storage.py`). A saved value the config
     would now refuse (the parsers grew stricter) is an error naming it, not a silent default;
     so is a secret that cannot be decrypted (`SecretError`, naming the key file). With
     `secrets` false the saved secrets are left out (for what needs only where remotes are)."""
     # A remote saved here that the config no longer names is forgotten with it.
     known = editable(base)
     chosen = {section: values for section, values in saved(tx).items() if section in known}
-    if secrets:
-        texts = _opened(chosen, SecretBox(base.data_dir))
+    box = SecretBox(base.data_dir) if secrets else None
+    if box is not None:
+        texts = _opened(chosen, box)
     else:
         texts = {section: {key: value for key, value in values.items()
                            if key not in SECRET_KEYS} for section, values in chosen.items()}
     try:
-        return override(base, texts, ORIGIN)
+        settings = override(base, texts, ORIGIN)
     except ConfigError as exc:
         raise ConfigError(f"{exc.detail} (saved from the admin page; fix it there or with "
                           "`filestore settings reset`)") from None
+    # What accounts set for themselves, last: their rules may name the remotes above.
+    return account_storage.lay_over(settings, tx, box)
 
 
 def snapshot(base: Settings, tx: Tables) -> tuple[Settings, tuple[int, int]]:

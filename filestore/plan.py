@@ -2,7 +2,10 @@
 
 `[[plan]]` rules are matched in order on the file's path (a text prefix) and its content type (a
 glob such as "audio/*"); the first that matches decides. A file no rule matches follows the
-`[upload]` section and goes to the remote named "default".
+`[upload]` section and goes to the remote named "default". An account's own rules
+(`account_storage.py`) come first for the files under its prefix, matched on the path relative
+to it: they decide where such a file is stored (remote, upload, delay, keep_local); how it is
+served (`inline`, `cache_control`) stays the plan's, the operator's.
 
 The plan decides where a file *goes*; where it *is* is the registry's `files.remote`, recorded
 when the upload is verified. Reads, deletes and moves use the recorded remote, so changing the plan
@@ -37,9 +40,19 @@ class Route:
     # The Cache-Control of the file's GET, HEAD, 206 and 304: the rule's `cache_control`, else
     # `server.cache_control`; "": none (docs/http.md "Caches in front").
     cache_control: str = ""
+    # The number (from 1) of the account's own rule that decided where the file is stored,
+    # which then overrides the plan's storage choices; None: none of the account's matched.
+    account_rule: int | None = None
 
     def public(self) -> dict[str, object]:
         return dataclasses.asdict(self)
+
+    @property
+    def decided_by(self) -> str:
+        """Which rule decided where the file is stored, as a message says it."""
+        if self.account_rule is not None:
+            return f"the account's rule {self.account_rule}"
+        return f"rule {self.rule}" if self.rule is not None else "no rule"
 
 
 def _type_matches(rule: PlanRule, content_type: str) -> bool:
@@ -57,6 +70,20 @@ def _cache_control(settings: Settings, rule: PlanRule) -> str:
 
 def route(settings: Settings, path: str, content_type: str) -> Route:
     """Where the plan sends the file at `path` with this content type."""
+    found = _plan_route(settings, path, content_type)
+    account, sep, relative = path.partition("/")
+    rules = settings.account_plan.get(account, ()) if sep else ()
+    for number, rule in enumerate(rules, 1):
+        if matches(rule, relative, content_type):
+            upload = settings.upload
+            return dataclasses.replace(
+                found, remote=rule.remote, upload=rule.upload, account_rule=number,
+                delay=upload.delay if rule.upload_delay is None else rule.upload_delay,
+                keep_local=upload.keep_local if rule.keep_local is None else rule.keep_local)
+    return found
+
+
+def _plan_route(settings: Settings, path: str, content_type: str) -> Route:
     upload = settings.upload
     for number, rule in enumerate(settings.plan, 1):
         if matches(rule, path, content_type):

@@ -38,14 +38,16 @@ class ProbeResult:
         return dataclasses.asdict(self)
 
 
-async def probe(settings: RemoteSettings, data_dir: Path) -> ProbeResult:
-    """Run the steps against the remote `settings` describe; the first failure ends it."""
+async def probe(settings: RemoteSettings, data_dir: Path, name: str = "probe") -> ProbeResult:
+    """Run the steps against the remote `settings` describe (to be named `name`: an account's
+    remote is probed inside the account's scope, where its credentials may be limited to); the
+    first failure ends it."""
     try:
-        remote = open_remote("probe", settings, data_dir)
+        remote = open_remote(name, settings, data_dir)
     except FilestoreError as exc:
         return ProbeResult(False, "connect", exc.detail)
     payload = f"filestore probe {uuid.uuid4().hex}\n".encode() + os.urandom(64)
-    path = f"{PROBE_DIR}/{uuid.uuid4().hex}"
+    path = f"{remote.scope}{PROBE_DIR}/{uuid.uuid4().hex}"
     step, stored = "connect", False
     try:
         with anyio.fail_after(STEP_TIMEOUT):

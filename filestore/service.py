@@ -29,8 +29,8 @@ from typing import Any
 
 import anyio
 
-from . import live_settings, overrides, paths, plan, signing
-from .accounts import Accounts
+from . import account_storage, live_settings, logs, overrides, paths, plan, signing
+from .accounts import Accounts, Principal
 from .cache.gc import CacheGC
 from .cache.readthrough import ReadThrough
 from .cache.reconcile import reconcile
@@ -39,7 +39,7 @@ from .datadir import DataDir
 from .errors import BadRequest, ConfigError, Conflict, FilestoreError, NotFound, RemoteError
 from .importer import Candidate, ImportReport, import_one
 from .probe import ProbeResult
-from .queue import moves
+from .queue import moves, purge
 from .queue.moves import MoveRunner
 from .queue.worker import QueueWorkers
 from .registry import SETTINGS_SCHEMA, Entry, FileRecord, Job, SqliteRegistry
@@ -242,7 +242,7 @@ class Service:
                     raise Conflict(f"{path!r} is in the cloud already")
                 route = store.route(path, record.content_type)
                 if not route.upload:
-                    raise Conflict(f"the storage plan keeps {path!r} local (rule {route.rule})")
+                    raise Conflict(f"the storage plan keeps {path!r} local ({route.decided_by})")
                 tx.queue.upload_now(path, record.version, route.remote, time.time())
 
         await anyio.to_thread.run_sync(due_now)
@@ -283,6 +283,16 @@ class Service:
 
     async def start_move(self, kind: str, delete_remote: bool = False) -> Job:
         job = await anyio.to_thread.run_sync(moves.start, self.store, kind, delete_remote)
+        if self.runner is not None:
+            self.runner.wake()
+        return job
+
+    async def purge_account(self, account: str) -> Job:
+        """Suspend the account and start the job that deletes its files, cloud copies
+        included, and then the account (`queue/purge.py`)."""
+        job = await anyio.to_thread.run_sync(purge.start, self.store, account)
+        logs.event(log, "account.purging", "account {account!r} suspended and being purged: "
+                   "job {job}, {files:,} files", account=account, job=job.id, files=job.total)
         if self.runner is not None:
             self.runner.wake()
         return job
@@ -344,6 +354,18 @@ class Service:
         if not isinstance(changes, dict) or not changes:
             raise BadRequest("send the settings to change, as {section: {key: value}}")
         return await live_settings.save(self.store, self.reloader, changes)
+
+    def account_storage(self, principal: Principal, account: str) -> dict[str, Any]:
+        """An account's own remotes (no secrets) and plan rules (`account_storage.py`)."""
+        principal.check_account(account)
+        self.accounts.get(account)  # 404 for none
+        return account_storage.public(self.store.registry.read, account, self.settings)
+
+    async def save_account_storage(self, principal: Principal, account: str, body: Any, *,
+                                   replace: bool) -> ProbeResult:
+        """Check, test and save an account's own storage (PUT: `replace`; PATCH: merge)."""
+        return await live_settings.save_account_storage(
+            self.store, self.reloader, principal, account, body, replace=replace)
 
     def counters(self) -> dict[str, int]:
         return self.store.registry.read.counters.all()

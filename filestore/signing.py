@@ -17,6 +17,16 @@ Limits, all under the signature (a URL that names any of them is signed over all
   by every worker process) before the request runs; an answer in 2xx spends it, any other
   answer or an error gives it back. While it is spent, or claimed by a request still running,
   the URL is refused (403). A request cut short by a crash of its server counts as a use.
+- `acct=ID.MADE` names the account that minted the URL (an account's token may sign only its
+  own paths): its id and when it was made (`Account.created` in microseconds). Once the
+  signature matched, `check` looks the account up (one primary-key seek, as a token's is
+  looked up, see accounts.py) and refuses the URL while the account is suspended, once it is
+  removed, and when the path is not under its prefix (the minting code never signs such a
+  one: defence in depth). So a suspension applies from the next request on, in every process,
+  and a resumed account's URLs work again until they expire. `MADE` keeps a URL of a removed
+  account from working for an account made later under the same id. URLs the administrator
+  mints name no account: they are the operator's grants, and an account's suspension leaves
+  them working.
 
 The key is its own file, apart from the API token: `filestore sign --rotate-key` (or `filestore
 token --rotate --signing-key`) replaces it, which revokes every URL signed before, without signing
@@ -26,8 +36,9 @@ Requests without a signature never touch any of this.
 
 Every refusal is a 403 saying why: no or a repeated `sig`/`expires`, malformed values, a
 signature that matches nothing (tampered, another path, or an older key), one signed for another
-method, an expired one, one beyond `signing.max_expiry`, a used single-use one. Signatures are
-compared in constant time.
+method, an expired one, one beyond `signing.max_expiry`, a used single-use one, one whose account
+is suspended or was removed. The account is looked up only after the signature matched, so a
+forged `acct=` learns nothing about any account. Signatures are compared in constant time.
 """
 
 from __future__ import annotations
@@ -41,7 +52,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,30 +60,33 @@ from urllib.parse import parse_qsl, quote
 
 import anyio
 
+from .accounts import ACCOUNT_ID
 from .config import SigningSettings
 from .errors import BadRequest, ChecksumMismatch, Forbidden
 from .fsutil import fsync_dir
 from .values import parse_duration, value_text
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from .registry import Account, Registry
 
 KEY_FILE = "signing.key"
 METHODS = ("GET", "HEAD", "PUT", "DELETE")
 # The methods a signature for each method grants: HEAD is a GET without the body.
 _GRANTS = {"GET": ("GET", "HEAD"), "HEAD": ("HEAD",), "PUT": ("PUT",), "DELETE": ("DELETE",)}
 _DOMAIN = b"filestore signed URL v1\n"  # so this key's MACs can never mean anything else
-_DOMAIN_LIMITS = b"filestore signed URL v2\n"  # a URL that names sha256, type or once
+_DOMAIN_LIMITS = b"filestore signed URL v2\n"  # a URL that names sha256, type, once or acct
 MAX_EXPIRY = SigningSettings().max_expiry  # signing.max_expiry's default
 _SIG_HEX = 64
 _MAX_EXPIRES_DIGITS = 12  # Unix seconds up to the year 33658: any real expiry, no huge ints
-_MAX_FIELDS = 32  # a signed URL has up to five; more is not a URL anybody minted
-_FIELDS = ("expires", "sha256", "type", "once", "sig")  # in the order a URL carries them
+_MAX_FIELDS = 32  # a signed URL has up to six; more is not a URL anybody minted
+_FIELDS = ("expires", "acct", "sha256", "type", "once", "sig")  # in the order a URL carries them
 # ASCII only ("²" is a digit to str.isdigit), bounded: never a huge int to convert.
 _EXPIRES_RE = re.compile(rf"[0-9]{{1,{_MAX_EXPIRES_DIGITS}}}")
 _SIG_RE = re.compile(rf"[0-9a-fA-F]{{{_SIG_HEX}}}")
 _SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 _NONCE_RE = re.compile(r"[0-9a-f]{32}")
+# An account id, "." and when the account was made, in microseconds (`account_field`).
+_ACCT_RE = re.compile(rf"({ACCOUNT_ID.pattern})\.[0-9]{{1,20}}")
 # A media type with optional parameters, printable ASCII, as a Content-Type header carries it.
 _TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
 _TYPE_RE = re.compile(rf"{_TOKEN}/{_TOKEN}(;[ -~]*)?")
@@ -94,27 +108,37 @@ def normal_type(value: str) -> str:
 
 
 def signature(key: bytes, method: str, path: str, expires: int, sha256: str | None = None,
-              content_type: str | None = None, once: str | None = None) -> str:
+              content_type: str | None = None, once: str | None = None,
+              account: str | None = None) -> str:
     """The hex HMAC-SHA256 of `method` on the normalised `path` until `expires` (Unix time),
-    and of the limits the URL names (a URL that names none is signed as before they existed)."""
-    if sha256 is None and content_type is None and once is None:
+    and of the limits the URL names (a URL that names none is signed as before they existed);
+    `account` is the `acct` value (`account_field`)."""
+    if sha256 is None and content_type is None and once is None and account is None:
         message = b"%s%s\n%s\n%d" % (_DOMAIN, method.encode("ascii"), path.encode("utf-8"),
                                      expires)
     else:  # JSON: no value can be mistaken for another field, whatever characters it holds
-        message = _DOMAIN_LIMITS + json.dumps(
-            [method, path, expires, sha256 or "", content_type or "", once or ""],
-            separators=(",", ":")).encode("ascii")
+        fields: list[str | int] = [method, path, expires, sha256 or "", content_type or "",
+                                   once or ""]
+        if account is not None:  # a seventh element: URLs minted before `acct` keep matching
+            fields.append(account)
+        message = _DOMAIN_LIMITS + json.dumps(fields, separators=(",", ":")).encode("ascii")
     return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def account_field(account: Account) -> str:
+    """The `acct` value naming `account`: its id and when it was made, in microseconds."""
+    return f"{account.id}.{round(account.created * 1_000_000)}"
 
 
 def signed_url(key: bytes, method: str, path: str, expires: int, base: str = "", *,
                sha256: str | None = None, content_type: str | None = None,
-               once: str | None = None) -> str:
-    """`base` + `/files/PATH?expires=...[&sha256=...][&type=...][&once=...]&sig=...` (path
-    percent-encoded as the API's own Location header does)."""
-    sig = signature(key, method, path, expires, sha256, content_type, once)
+               once: str | None = None, account: str | None = None) -> str:
+    """`base` + `/files/PATH?expires=...[&acct=...][&sha256=...][&type=...][&once=...]&sig=...`
+    (path percent-encoded as the API's own Location header does)."""
+    sig = signature(key, method, path, expires, sha256, content_type, once, account)
     query = f"expires={expires}"
-    for name, value in (("sha256", sha256), ("type", content_type), ("once", once)):
+    for name, value in (("acct", account), ("sha256", sha256), ("type", content_type),
+                        ("once", once)):
         if value is not None:
             query += f"&{name}={quote(value, safe='')}"
     return f"{base.rstrip('/')}/files/{quote(path)}?{query}&sig={sig}"
@@ -139,6 +163,7 @@ class Grant:
     sha256: str | None = None  # lower-case hex: the one body a PUT may carry
     content_type: str | None = None  # normalised (`normal_type`): the PUT's Content-Type
     once: str | None = None  # the nonce of a single-use URL
+    account: str | None = None  # the id of the account that minted it (active when checked)
 
     def put_checksum(self, content_type: str | None, sha256: str | None) -> str | None:
         """For a PUT under this grant with the request's Content-Type and X-Checksum-SHA256
@@ -289,11 +314,16 @@ class SigningKey:
 
     def sign(self, method: str, path: str, expires: int, base: str = "", *,
              sha256: str | None = None, content_type: str | None = None,
-             once: bool = False) -> str:
+             once: bool = False, account: Account | None = None) -> str:
         """A signed URL; `sha256` and `content_type` bind a PUT's body and its type, `once`
-        makes it single-use. `ValueError` saying what is wrong with an argument."""
+        makes it single-use, `account` (the minting account; None: the administrator) makes it
+        work only while that account is active. `ValueError` saying what is wrong with an
+        argument."""
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}")
+        if account is not None and not path.startswith(account.prefix):
+            raise ValueError(f"the account {account.id!r} may sign only paths under "
+                             f"{account.prefix!r}")
         if (sha256 is not None or content_type is not None) and method != "PUT":
             raise ValueError("a SHA-256 and a type bind the body of a PUT: sign a PUT")
         if sha256 is not None:
@@ -307,14 +337,18 @@ class SigningKey:
                                  "image/png (printable ASCII, at most 255 characters)")
         nonce = secrets.token_hex(16) if once else None
         return signed_url(self.key(), method, path, expires, base, sha256=sha256,
-                          content_type=content_type, once=nonce)
+                          content_type=content_type, once=nonce,
+                          account=None if account is None else account_field(account))
 
     def check(self, query: bytes, method: str, path: str, *, max_expiry: float | None = None,
-              now: float | None = None) -> Grant | None:
+              now: float | None = None,
+              accounts: Callable[[str], Account | None] | None = None) -> Grant | None:
         """The grant `query` (the raw query string) carries, or None if it carries no signature
         at all; `SignatureRefused` unless it grants `method` on `path` now, with an expiry no
-        further off than `max_expiry` (default: this key's). The caller still enforces what
-        the grant names: `Grant.put_checksum`, `single_use`."""
+        further off than `max_expiry` (default: this key's), and, for a URL that names an
+        account, unless `accounts` (an account by id as it is now, or None: `Accounts.find`)
+        gives that account, active and owning `path`. The caller still enforces what the
+        grant names: `Grant.put_checksum`, `single_use`."""
         if b"sig" not in query and b"expires" not in query and b"%" not in query:
             return None  # nothing signed here (the common case for a query like ?v=3)
         try:
@@ -342,6 +376,10 @@ class SigningKey:
         if not _SIG_RE.fullmatch(sig):
             raise SignatureRefused(f"sig must be {_SIG_HEX} hexadecimal digits")
         sha256, content_type, once = field.get("sha256"), field.get("type"), field.get("once")
+        account = field.get("acct")
+        named = _ACCT_RE.fullmatch(account) if account is not None else None
+        if account is not None and named is None:
+            raise SignatureRefused("acct must be an account id, '.' and a whole number")
         if sha256 is not None and not _SHA256_RE.fullmatch(sha256):
             raise SignatureRefused("sha256 must be 64 hexadecimal digits")
         if content_type is not None and (len(content_type) > _MAX_TYPE
@@ -355,7 +393,8 @@ class SigningKey:
         signed_for = next(
             (m for m in METHODS
              if hmac.compare_digest(given, signature(key, m, path, expires, sha256,
-                                                     content_type, once).encode("ascii"))),
+                                                     content_type, once, account
+                                                     ).encode("ascii"))),
             None)
         if signed_for is None:
             raise SignatureRefused("the signature does not match this path and expiry (altered, "
@@ -370,8 +409,29 @@ class SigningKey:
             raise SignatureRefused(
                 f"this signed URL runs until {_when(expires)}, further off than "
                 f"signing.max_expiry ({value_text(limit, parse_duration)}) allows")
+        signer = None
+        if named is not None:  # looked up only now that the signature matched: a forged
+            signer = named[1]  # acct= learns nothing about any account
+            _check_signer(signer, named[0], path, accounts)
         return Grant(signed_for, path, expires, sha256.lower() if sha256 else None,
-                     content_type, once)
+                     content_type, once, signer)
+
+
+def _check_signer(account_id: str, field: str, path: str,
+                  accounts: Callable[[str], Account | None] | None) -> None:
+    """Refuse (403) a URL minted by `account_id` (`field`: its `acct` value) unless that account
+    is still there (the one made then, not a later one of the same id), active, and owns
+    `path`."""
+    if not path.startswith(f"{account_id}/"):  # never minted so (SigningKey.sign refuses it)
+        raise SignatureRefused(f"the account {account_id!r} that signed this URL may grant "
+                               f"only paths under {account_id + '/'!r}")
+    if accounts is None:  # a caller that cannot look accounts up must not grant their URLs
+        raise SignatureRefused("this server cannot check the account that signed this URL")
+    account = accounts(account_id)
+    if account is None or account_field(account) != field:
+        raise SignatureRefused(f"the account {account_id!r} that signed this URL was removed")
+    if not account.active:
+        raise SignatureRefused(f"the account {account_id!r} that signed this URL is suspended")
 
 
 def _when(expires: int) -> str:

@@ -3,7 +3,8 @@
 Every figure is a row of the `counters` table, kept in the transaction that changed it (files,
 queue, index) or added up in memory and written in batches (the cache's events, see
 cache/usage.py). So a snapshot costs one small query whether there are ten files or ten million;
-`figures` adds a few bounded index walks (the queue's timing, the data at risk, the errors).
+`figures` adds a few bounded index walks (the queue's timing, the data at risk, the errors), and
+what the settings say of the queue's pace: the upload window and the bandwidth caps.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from . import plan
 from .config import Settings
 from .registry import CACHE_EVENTS, LOCATIONS, Registry, Tables
+from .upload_window import window_of
 
 # Counting due and waiting uploads walks an index range; past this many it says "at least".
 COUNT_CAP = 10_000
@@ -61,8 +63,37 @@ def figures(registry: Registry, settings: Settings, now: float | None = None) ->
     job = tx.jobs.active() or next(iter(tx.jobs.recent(1)), None)
     stats["job"] = None if job is None else job.public()
     stats["plan"] = plan.overview(settings, tx)
+    stats["upload_window"] = upload_window(settings.upload.hours, now)
+    stats["bandwidth"] = {"upload": settings.upload.bandwidth,
+                          "download": settings.cache.download_bandwidth}
     stats["time"] = now
     return stats
+
+
+def upload_window(hours: str, now: float) -> dict[str, Any]:
+    """Whether the queue works now (`upload.hours`), until when it waits (`opens_at`, seconds
+    since the epoch, and `opens_in`) or works (`closes_at`), and that in words (`text`)."""
+    window = window_of(hours)
+    opens, closes = window.next_opening(now), window.closes_at(now)
+    if window.always:
+        text = "always open (upload.hours is empty)"
+    elif opens is not None:
+        text = (f"closed: uploads and remote deletes wait until {_clock(opens, now)} "
+                f"(in {age_text(opens - now)})")
+    elif closes is not None:
+        text = f"open until {_clock(closes, now)} (in {age_text(closes - now)})"
+    else:
+        text = "open all day"
+    return {"hours": hours, "open": opens is None, "opens_at": opens,
+            "opens_in": None if opens is None else round(opens - now, 3),
+            "closes_at": closes, "text": f"{text}; upload.hours = {hours!r}" if hours else text}
+
+
+def _clock(moment: float, now: float) -> str:
+    """A local time of day, with the date when it is not today's."""
+    local, today = time.localtime(moment), time.localtime(now)
+    same_day = local[:3] == today[:3]
+    return time.strftime("%H:%M" if same_day else "%Y-%m-%d %H:%M", local)
 
 
 def at_risk(tx: Tables, counters: Mapping[str, int], now: float) -> dict[str, Any]:
@@ -160,11 +191,28 @@ def report(stats: dict[str, Any]) -> str:
         f"{queue['upload']['failed']:,} failed; remote deletes {queue['delete']['pending']:,} "
         f"pending, {queue['delete']['failed']:,} failed",
         f"uploaded  {stats['uploads']['done']:,} files, {size_text(stats['uploads']['bytes'])}",
+        *_pace_lines(stats.get("upload_window"), stats.get("bandwidth")),
         *_at_risk_lines(stats.get("at_risk")),
         *_remote_lines(stats.get("plan")),
         *_job_lines(stats.get("job")),
         *(f"error     {e['path']}: {e['error']}" for e in stats.get("recent_errors", [])),
     ])
+
+
+def _pace_lines(window: dict[str, Any] | None, caps: dict[str, int] | None) -> list[str]:
+    """The upload window and the bandwidth caps, when any is set."""
+    lines = []
+    if window is not None and window["hours"]:
+        lines.append(f"window    {window['text']}")
+    if caps is not None and (caps["upload"] or caps["download"]):
+        lines.append(f"bandwidth uploads {rate_text(caps['upload'])}, cache fills "
+                     f"{rate_text(caps['download'])}")
+    return lines
+
+
+def rate_text(rate: int) -> str:
+    """A bandwidth cap as people read it: "2.0 MiB/s", or "no cap" for 0."""
+    return f"{size_text(rate)}/s" if rate else "no cap"
 
 
 def _at_risk_lines(risk: dict[str, Any] | None) -> list[str]:

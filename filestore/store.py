@@ -362,11 +362,15 @@ class Store:
         """Where the storage plan sends this file now (see plan.py)."""
         return plan.route(self.settings, path, content_type)
 
-    async def delete(self, path: str, precondition: Precondition | None = None) -> None:
-        await anyio.to_thread.run_sync(self._delete, path, precondition)
+    async def delete(self, path: str, precondition: Precondition | None = None, *,
+                     purge: bool = False) -> None:
+        """Forget the file and remove its local bytes; its remote copy goes through the queue,
+        after `upload.delete_delay` (at once with `purge`, whatever the delay says, "never"
+        included: an account's files purged with it)."""
+        await anyio.to_thread.run_sync(self._delete, path, precondition, purge)
         self.events.changed()
 
-    def _delete(self, path: str, precondition: Precondition | None) -> None:
+    def _delete(self, path: str, precondition: Precondition | None, purge: bool) -> None:
         with self.registry.transaction() as tx:
             record = tx.files.get(path)
             if record is None:
@@ -375,7 +379,8 @@ class Store:
                 precondition(record)
             tx.files.delete(path)
             self._settle_intents(tx, path)
-            self._schedule_remote_delete(tx, record)
+            self._schedule_remote_delete(tx, record, 0.0 if purge else
+                                         self.settings.upload.delete_delay)
             # Until the bytes are gone, say so: bytes with no row are a DELETE finishing (which
             # `verify` must not adopt back), and recovery finishes it after a crash.
             intent_id = tx.intents.add("delete", path)
@@ -405,12 +410,12 @@ class Store:
                        path=path, count=1, bytes=record.size, reason="asked")
         return dropped
 
-    def _schedule_remote_delete(self, tx: Tables, record: FileRecord) -> None:
-        """After a DELETE: the remote copy goes (after `upload.delete_delay`) if there is one, or
+    def _schedule_remote_delete(self, tx: Tables, record: FileRecord,
+                                delay: float | None) -> None:
+        """After a DELETE: the remote copy goes (after `delay`; None: never) if there is one, or
         if an upload in flight may be making one right now; else the path's queued work goes."""
         now = time.time()
         entry = tx.queue.get(record.path)
-        delay = self.settings.upload.delete_delay
         # `record.remote` survives a re-PUT: the remote may still hold an older copy.
         may_have_copy = record.remote is not None or in_flight(entry, now)
         if may_have_copy and delay is not None:

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 _SIZE_UNITS = {
     "": 1, "b": 1,
@@ -189,6 +190,27 @@ def parse_duration_or_never(value: Any) -> float | None:
         raise ValueError("a duration like \"0s\" or \"1h\", or \"never\"") from None
 
 
+def parse_url_list(value: Any) -> tuple[str, ...]:
+    """http(s) URLs (a scheme and a host, no user, query or fragment): a TOML array of
+    strings, or one string of them separated by spaces or commas (an environment variable)."""
+    items = value.replace(",", " ").split() if isinstance(value, str) else value
+    expected = 'a list of URLs like ["https://s3.example.com"]'
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ValueError(expected)
+    urls = []
+    for item in items:
+        try:
+            parts = urlsplit(item.strip())
+            parts.port  # noqa: B018 (raises on a port that is not a number)
+        except ValueError:
+            raise ValueError(f"{expected}; {item!r} is not a URL") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username \
+                or parts.password or parts.query or parts.fragment:
+            raise ValueError(f"{expected}; {item!r} is not an http(s) URL of a host")
+        urls.append(item.strip().rstrip("/"))
+    return tuple(urls)
+
+
 # Remote names are recorded per file and appear in env names (FILESTORE_REMOTES__NAME__KEY),
 # metric labels and URLs: lower case, digits, and single "-" or "_" between them.
 _REMOTE_NAME_RE = re.compile(r"[a-z0-9]+(?:[-_][a-z0-9]+)*")
@@ -201,6 +223,22 @@ def parse_remote_name(value: Any) -> str:
         raise ValueError(f"a remote name of at most {MAX_REMOTE_NAME} characters: lower-case "
                          "letters and digits, with single - or _ between them")
     return text
+
+
+# An account's own remote is recorded as "ACCOUNT:NAME": no configured name holds a ":", so the
+# two never collide, and the account a remote belongs to is read off its name.
+ACCOUNT_REMOTE_SEP = ":"
+
+
+def account_remote(account: str, name: str) -> str:
+    """The recorded name of the account's remote `name`."""
+    return f"{account}{ACCOUNT_REMOTE_SEP}{name}"
+
+
+def remote_account(remote: str) -> str | None:
+    """The account whose own remote this is (None: a configured remote)."""
+    account, sep, _ = remote.partition(ACCOUNT_REMOTE_SEP)
+    return account if sep else None
 
 
 def parse_path_prefix(value: Any) -> str:
@@ -221,6 +259,65 @@ def parse_type_glob(value: Any) -> str:
     if text and not re.fullmatch(r"[a-z0-9*?!.+\[\]_-]+/[a-z0-9*?!.+\[\]_-]+", text):
         raise ValueError('a content-type glob like "audio/*" or "application/pdf"')
     return text
+
+
+# Slower caps would make one read (a 64 KiB chunk, a 1 MiB block) wait longer than a store's
+# connection keeps waiting for us; 64 KiB/s is half a megabit.
+MIN_BANDWIDTH = 64 * 1024
+
+
+def parse_bandwidth(value: Any) -> int:
+    """Bytes per second: 0 (no cap), or a size like "2MiB" ("2MiB/s" too) of at least 64KiB."""
+    expected = '0 (no cap) or bytes per second like "2MiB" or "500KiB/s", at least 64KiB'
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(text, str) and text.lower().endswith("/s"):
+        text = text[:-2]
+    try:
+        rate = parse_size(text)
+    except ValueError:
+        raise ValueError(expected) from None
+    if 0 < rate < MIN_BANDWIDTH:
+        raise ValueError(expected)
+    return rate
+
+
+_WINDOW_RE = re.compile(r"\s*([0-9]{1,2}):([0-9]{2})\s*-\s*([0-9]{1,2}):([0-9]{2})\s*\Z")
+_DAY = 24 * 60
+
+
+def hours_spans(value: Any) -> tuple[tuple[int, int], ...]:
+    """`upload.hours` as (start, end) minutes after midnight, local time: windows like
+    "01:00-06:00" separated by commas (or a TOML array of them); one whose end comes before its
+    start wraps midnight ("22:00-02:00"); an end of "24:00" is midnight. Empty: none (always)."""
+    expected = ('windows of local time like "01:00-06:00" (several separated by commas; '
+                '"22:00-02:00" wraps midnight), or "" for always')
+    if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+        items = list(value)
+    elif isinstance(value, str):
+        items = value.split(",")
+    else:
+        raise ValueError(expected)
+    spans = []
+    for item in filter(str.strip, items):  # a stray comma is no window
+        match = _WINDOW_RE.match(item)
+        if not match:
+            raise ValueError(f"{expected}; {item.strip()!r} is not a window HH:MM-HH:MM")
+        hour, minute, end_hour, end_minute = map(int, match.groups())
+        start, end = hour * 60 + minute, end_hour * 60 + end_minute
+        if hour > 23 or minute > 59:
+            raise ValueError(f"{expected}; '{match[1]}:{match[2]}' is not a time of day")
+        if end_minute > 59 or end > _DAY:
+            raise ValueError(f"{expected}; '{match[3]}:{match[4]}' is not a time of day")
+        if start == end:
+            raise ValueError(f"{expected}; {item.strip()!r} starts where it ends")
+        spans.append((start, end))
+    return tuple(spans)
+
+
+def parse_hours(value: Any) -> str:
+    """`upload.hours`, checked (see `hours_spans`) and written the one way: "01:00-06:00, ..."."""
+    return ", ".join(f"{start // 60:02}:{start % 60:02}-{end // 60:02}:{end % 60:02}"
+                     for start, end in hours_spans(value))
 
 
 def value_text(value: Any, kind: Callable[[Any], Any]) -> str:

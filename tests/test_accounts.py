@@ -119,14 +119,12 @@ def test_create_list_get_patch_and_delete(make_server: Any) -> None:
             assert reply.status_code == 400, (bad, reply.text)
         assert owner.patch("/admin/api/accounts/nobody", json={"name": "x"}).status_code == 404
 
-        # Deleting: refused while it holds files; purging is not built yet.
+        # Deleting: refused while it holds files (purging: test_account_purge.py).
         token = created["token"]
         with as_account(server, token) as acme:
             assert acme.put("/files/acme/a.txt", content=b"hello").status_code == 201
         reply = owner.delete("/admin/api/accounts/acme")
         assert reply.status_code == 409 and "1 files" in reply.json()["detail"], reply.text
-        reply = owner.delete("/admin/api/accounts/acme?purge=true")
-        assert reply.status_code == 400 and "not available yet" in reply.json()["detail"]
         assert owner.delete("/admin/api/accounts/acme?purge=maybe").status_code == 400
         assert owner.get("/admin/api/accounts/acme").status_code == 200  # all of that kept it
         assert owner.delete("/files/acme/a.txt").status_code == 204

@@ -90,6 +90,8 @@ def settings_keys() -> list[str]:
     hints = typing.get_type_hints(config.Settings, vars(config))
     keys: list[str] = []
     for field in dataclasses.fields(config.Settings):
+        if field.name in config.FROM_THE_REGISTRY:
+            continue  # the accounts' own storage: set through the API, not a config file
         hint = hints[field.name]
         origin, args = typing.get_origin(hint), typing.get_args(hint)
         if dataclasses.is_dataclass(hint):

@@ -2,7 +2,8 @@
 
 The administrator (the operator's token, or the admin page's session with its CSRF token for a
 change) may do everything here. An account's token may read its own account and mint, list and
-revoke its own tokens; nothing else (not its name, quota or state, not another account, not the
+revoke its own tokens, and read and change its own storage (remotes and plan rules,
+`account_storage.py`); nothing else (not its name, quota or state, not another account, not the
 list). Another account's id is refused with 403 whether it exists or not, so a token learns
 nothing about the others.
 
@@ -60,7 +61,8 @@ async def accounts(request: Request) -> Response:
 
 async def account(request: Request) -> Response:
     """`GET` (the account itself may), `PATCH` (name, quota, state) and `DELETE` (refused
-    while it holds files; `?purge=true` is not available yet)."""
+    while it holds files; `?purge=true` suspends it and starts the job that deletes them, cloud
+    copies included, and then the account: 202 with the job)."""
     service = _accounts(request)
     account_id = _id(request)
     if request.method == "GET":
@@ -82,8 +84,9 @@ async def account(request: Request) -> Response:
         except ValueError:
             raise BadRequest("purge must be true or false") from None
         if wanted:
-            raise BadRequest("purge is not available yet: delete the account's files first, "
-                             "then the account")
+            job = await service_of(request.app.state).purge_account(account_id)
+            return JSONResponse(job.public(), status_code=202,
+                                headers={"location": f"/admin/api/jobs/{job.id}"})
     await anyio.to_thread.run_sync(service.remove, account_id)
     return Response(status_code=204)
 
@@ -112,9 +115,31 @@ async def token(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def storage(request: Request) -> Response:
+    """`GET`: the account's own remotes (never a secret: `secret_access_key_set` says whether
+    one is stored) and plan rules; `PUT` replaces them, `PATCH` merges (`account_storage.py`).
+    Each new or changed remote is tested first: a failed step is a 422 naming it, and nothing
+    is saved. The account's own token may do all three."""
+    account_id = _id(request)
+    service = service_of(request.app.state)
+    if request.method == "GET":
+        return JSONResponse(service.account_storage(caller(request), account_id))
+    principal = caller(request, change=True)
+    result = await service.save_account_storage(principal, account_id, await json_body(request),
+                                                replace=request.method == "PUT")
+    if not result.ok:
+        return JSONResponse(
+            {"error": "storage_test_failed", "step": result.step,
+             "detail": f"{result.step} failed: {result.detail}", "remote": result.remote},
+            status_code=422)
+    return JSONResponse({"saved": True, "tested": result.tested, "remote": result.remote,
+                         **service.account_storage(principal, account_id)})
+
+
 routes = [
     Route("/admin/api/accounts", accounts, methods=["GET", "POST"]),
     Route("/admin/api/accounts/{id}", account, methods=["GET", "PATCH", "DELETE"]),
     Route("/admin/api/accounts/{id}/tokens", tokens, methods=["GET", "POST"]),
     Route("/admin/api/accounts/{id}/tokens/{name}", token, methods=["DELETE"]),
+    Route("/admin/api/accounts/{id}/storage", storage, methods=["GET", "PUT", "PATCH"]),
 ]

@@ -1,4 +1,5 @@
-"""The admin page's accounts: the list, creating one, one account's usage, settings and tokens.
+"""The admin page's accounts: the list, creating one, one account's usage, settings, tokens and
+storage (its own remotes, tested on save, and plan rules: `account_storage.py`).
 
 Like the rest of the page, every action is a form that POSTs with the session's CSRF token and
 works without JavaScript. A change redirects back with a one-shot message; a refused one (a bad
@@ -22,6 +23,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .. import plan
+from ..accounts import ADMIN
+from ..config import PlanRule, parse_section
 from ..errors import BadRequest, FilestoreError, NotFound
 from ..service import service_of
 from ..stats import size_text
@@ -81,10 +85,14 @@ def _account_page(request: Request, session: Session, account_id: str, *, status
         account = accounts.get(account_id)
     except NotFound as exc:
         return _list_page(request, session, status=404, error=exc.detail)
+    service = service_of(request.app.state)
+    storage = service.account_storage(ADMIN, account.id)
     return _render(request, "account.html", session, status=status, account=account,
                    usage=accounts.usage(account.id), tokens=accounts.tokens(account.id),
                    quota_value=quota_text(account.quota), error=error, new_token=new_token,
-                   submitted=submitted or {}, url=_url(account.id))
+                   submitted=submitted or {}, url=_url(account.id), storage=storage,
+                   rule_texts=[plan.describe(rule) for rule in _rules(storage["plan"])],
+                   remote_choices=[*storage["remotes"], *service.settings.remotes, "default"])
 
 
 # -- pages ---------------------------------------------------------------------------------------
@@ -173,6 +181,82 @@ async def revoke_token(request: Request, session: Session) -> Response:
                  "from the next request on.")
 
 
+# -- the account's own storage ------------------------------------------------------------------
+
+_REMOTE_FIELDS = ("name", "url", "endpoint_url", "region", "access_key_id", "secret_access_key")
+_RULE_FIELDS = ("prefix", "content_type", "remote", "upload_delay", "keep_local")
+
+
+async def _save_storage(request: Request, session: Session, change: dict[str, Any], done: str,
+                        submitted: dict[str, str] | None = None) -> Response:
+    """PATCH the account's storage as the administrator; the page again with the reason (and
+    the failed test's step) when it is refused."""
+    account_id = request.path_params["id"]
+    try:
+        result = await service_of(request.app.state).save_account_storage(
+            ADMIN, account_id, change, replace=False)
+    except FilestoreError as exc:
+        return _account_page(request, session, account_id, status=exc.status, error=exc.detail,
+                             submitted=submitted)
+    if not result.ok:
+        return _account_page(request, session, account_id, status=422, submitted=submitted,
+                             error=f"Not saved: the test failed at {result.step}: "
+                                   f"{result.detail}")
+    tested = f" (tested: put, read, compare, delete on {result.remote})" if result.tested else ""
+    return _back(_url(account_id), done + tested + ".")
+
+
+@signed_in
+async def save_remote(request: Request, session: Session) -> Response:
+    """Add or change one of the account's remotes; an empty secret keeps the stored one."""
+    form = await _form(request, session)
+    submitted = {key: _field(form, key).strip() for key in _REMOTE_FIELDS}
+    name = submitted.pop("name")
+    change = {"remotes": {name: {key: value for key, value in submitted.items()}}}
+    submitted.pop("secret_access_key")  # never sent back into the page
+    return await _save_storage(request, session, change, f"Saved the remote {name!r}",
+                               {"remote_name": name, **submitted})
+
+
+@signed_in
+async def remove_remote(request: Request, session: Session) -> Response:
+    form = await _form(request, session)
+    name = _field(form, "name")
+    return await _save_storage(request, session, {"remotes": {name: None}},
+                               f"Removed the remote {name!r}")
+
+
+@signed_in
+async def add_rule(request: Request, session: Session) -> Response:
+    """Append a rule to the account's plan (matched in order, before the global plan)."""
+    form = await _form(request, session)
+    submitted = {key: _field(form, key).strip() for key in _RULE_FIELDS}
+    rule: dict[str, Any] = {key: value for key, value in submitted.items() if value}
+    if rule.get("remote") == "(stay local)":
+        rule.pop("remote")
+        rule["upload"] = False
+    plan = service_of(request.app.state).account_storage(ADMIN, request.path_params["id"])
+    return await _save_storage(request, session, {"plan": [*plan["plan"], rule]},
+                               "Added the rule", {f"rule_{k}": v for k, v in submitted.items()})
+
+
+@signed_in
+async def remove_rule(request: Request, session: Session) -> Response:
+    form = await _form(request, session)
+    rules = service_of(request.app.state).account_storage(ADMIN, request.path_params["id"])["plan"]
+    number = _field(form, "number")
+    if not number.isdigit() or not 1 <= int(number) <= len(rules):
+        return _account_page(request, session, request.path_params["id"], status=400,
+                             error=f"no rule {number!r}")
+    kept = [rule for n, rule in enumerate(rules, 1) if n != int(number)]
+    return await _save_storage(request, session, {"plan": kept}, f"Removed rule {number}")
+
+
+def _rules(texts: list[dict[str, Any]]) -> list[PlanRule]:
+    """The stored rules as `PlanRule`s, to describe them as the config would."""
+    return [parse_section(PlanRule, rule, "plan", "account") for rule in texts]
+
+
 @signed_in
 async def remove_account(request: Request, session: Session) -> Response:
     """Forget the account and its tokens; refused (409, with the reason) while it holds files."""
@@ -185,6 +269,20 @@ async def remove_account(request: Request, session: Session) -> Response:
     return _back("/admin/accounts", f"Removed the account {account_id} and its tokens.")
 
 
+@signed_in
+async def purge_account(request: Request, session: Session) -> Response:
+    """Suspend the account and start the job that deletes its files (cloud copies too), then
+    the account."""
+    await _form(request, session)
+    account_id = request.path_params["id"]
+    try:
+        job = await service_of(request.app.state).purge_account(account_id)
+    except FilestoreError as exc:
+        return _account_page(request, session, account_id, status=exc.status, error=exc.detail)
+    return _back(_url(account_id), f"Purging {account_id}: suspended, and job {job.id} deletes "
+                 f"its {job.total:,} files, then the account (progress on Statistics).")
+
+
 routes = [
     Route("/admin/accounts", accounts_page, methods=["GET", "POST"]),
     Route("/admin/accounts/{id}", account_page, methods=["GET"]),
@@ -193,4 +291,9 @@ routes = [
     Route("/admin/accounts/{id}/tokens", add_token, methods=["POST"]),
     Route("/admin/accounts/{id}/tokens/revoke", revoke_token, methods=["POST"]),
     Route("/admin/accounts/{id}/remove", remove_account, methods=["POST"]),
+    Route("/admin/accounts/{id}/purge", purge_account, methods=["POST"]),
+    Route("/admin/accounts/{id}/storage/remote", save_remote, methods=["POST"]),
+    Route("/admin/accounts/{id}/storage/remote/remove", remove_remote, methods=["POST"]),
+    Route("/admin/accounts/{id}/storage/rule", add_rule, methods=["POST"]),
+    Route("/admin/accounts/{id}/storage/rule/remove", remove_rule, methods=["POST"]),
 ]

@@ -143,7 +143,8 @@ async def sign(request: Request) -> Response:
     """`{path, method, expires, sha256, type, once}` -> `{url, expires, ...}`: a signed URL
     (signing.py) for one method on one path; `expires` is how long it works ("1h", or seconds;
     at most signing.max_expiry), `method` GET by default; `sha256` and `type` bind a PUT's body
-    and Content-Type, `once: true` makes it single-use."""
+    and Content-Type, `once: true` makes it single-use. An account's URL names the account
+    (`acct=`) and works only while it is active; the administrator's names none."""
     principal = caller(request, change=True)  # an account's token: for its own paths only
     body = await json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("path"), str):
@@ -174,11 +175,13 @@ async def sign(request: Request) -> Response:
     try:
         url = service.signing.sign(method, path, expires,
                                    service.files_url(str(request.base_url)), sha256=sha256,
-                                   content_type=content_type, once=once)
+                                   content_type=content_type, once=once,
+                                   account=principal.account)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
+    account = None if principal.account is None else principal.account.id
     return JSONResponse({"url": url, "expires": expires, "method": method, "path": path,
-                         "once": once})
+                         "once": once, "account": account})
 
 
 async def end_sessions(request: Request) -> Response:

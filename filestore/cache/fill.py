@@ -10,7 +10,8 @@ of every byte); one further behind reads the file. A response that ends with the
 byte gets it only once the whole body's SHA-256 matched the registry, so a corrupt download
 never ends cleanly: its readers fail mid-body instead. A verified fill is installed into the
 cache area by its `install` callback (another name for the same inode); the temp name is removed
-either way.
+either way. A fill downloads at the node's `cache.download_bandwidth`: its `pace` callback waits
+after each chunk arrives, before the next is asked for (see bandwidth.py).
 
 Everything here runs on the event loop's thread, except the blocks handed to a worker thread;
 `written`, `verified` and `error` change only on the loop, so readers check them without locks.
@@ -23,7 +24,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -48,6 +49,14 @@ _MAX_PARTS = 512
 # How often a follower in another process looks at the fill's file. Reading the size is one
 # fstat, so a short interval costs little and keeps those clients close behind.
 _FOLLOW_INTERVAL = 0.005
+
+# Waits until this many more bytes may be downloaded (the download cap); what a fill needs of
+# bandwidth.py.
+Pace = Callable[[int], Awaitable[None]]
+
+
+async def _unpaced(size: int) -> None:
+    return None
 
 
 class Filling:
@@ -123,7 +132,8 @@ class Fill(Filling):
             drop = self._kept_blocks.pop(0)
             del self._kept[:drop], self._kept_at[:drop]
 
-    async def run(self, remote: Remote, install: Callable[[Fill], None], stall: float) -> None:
+    async def run(self, remote: Remote, install: Callable[[Fill], None], stall: float,
+                  pace: Pace = _unpaced) -> None:
         """Download, verify, install. Never raises: the outcome is in `verified` / `error`.
 
         Downloading and writing overlap: the download hands blocks of about 1 MiB (the store's
@@ -136,7 +146,7 @@ class Fill(Filling):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._writer, receive, digest)
                 async with send:
-                    await self._download(remote, send, stall)
+                    await self._download(remote, send, stall, pace)
             if self.written != self.record.size or digest.hexdigest() != self.record.sha256:
                 raise RemoteIntegrityError(
                     f"the remote copy of {self.record.path!r} is not the recorded file "
@@ -177,7 +187,7 @@ class Fill(Filling):
             self._announce()
 
     async def _download(self, remote: Remote, blocks: MemoryObjectSendStream[list[bytes]],
-                        stall: float) -> None:
+                        stall: float, pace: Pace) -> None:
         chunks = remote.get(self.record.path).__aiter__()
         block: list[bytes] = []
         size = 0
@@ -198,6 +208,9 @@ class Fill(Filling):
             if size >= CHUNK_SIZE or first or len(block) == _MAX_PARTS:
                 await blocks.send(block)
                 block, size, first = [], 0, False
+            # After the chunk is on its way to the readers, before the next is read: the cap
+            # delays the download, never bytes already here. (Not under the stall deadline.)
+            await pace(len(chunk))
         if block:
             await blocks.send(block)
 

@@ -10,7 +10,9 @@
   for the whole download; the fill goes on and the next read hits the cache).
 
 A fill that loses all its readers runs to the end: the bytes are on their way, and the next
-reader finds them in the cache.
+reader finds them in the cache. Fills download at the node's `cache.download_bandwidth`
+(bandwidth.py). A followed fill is another process's download, paced there; reads straight
+from the cloud (`RemoteBytes`) are not paced.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .. import logs
+from ..bandwidth import DOWNLOAD, node_bucket
 from ..config import DEFAULT_REMOTE
 from ..errors import FilestoreError, RemoteError, RemoteIntegrityError, RemoteNotFound
 from ..fsutil import fsync_dir
@@ -63,6 +66,9 @@ class ReadThrough:
         self._fills: dict[str, Filling] = {}  # by path, on the event loop's thread only
         self._reserved = 0  # bytes of this process's running fills, not yet in the index
         self._wake = anyio.Event()
+        # The node's download cap, at the rate the settings in force name (read at every step).
+        self.bandwidth = node_bucket(store.datadir.root, DOWNLOAD,
+                                     lambda: store.settings.cache.download_bandwidth)
 
     async def open(self, record: FileRecord, ranges: list[tuple[int, int]] | None) -> ByteSource:
         """The bytes for one response of `record` (whole, or `ranges` in the order they are
@@ -214,7 +220,7 @@ class ReadThrough:
 
     async def _run(self, fill: Fill, remote: Remote) -> None:
         try:
-            await fill.run(remote, self._install, self.stall)
+            await fill.run(remote, self._install, self.stall, self.bandwidth.pace)
         finally:
             self._forget(fill)
             self._reserved -= fill.record.size

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import anyio
 import click
 
 from ..accounts import Accounts, parse_id, parse_name, parse_token_name
@@ -23,6 +24,7 @@ from ..service import Service
 from ..stats import size_text
 from ..values import parse_size
 from .base import command, main
+from .moves import follow
 
 _PAGE = 1000
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
@@ -171,11 +173,25 @@ def accounts_resume(settings: Settings, account_id: str, as_json: bool) -> None:
 
 @accounts.command("remove")
 @account_argument
+@click.option("--purge", is_flag=True, help="Delete its files too, cloud copies included (a "
+              "job: the account is suspended at once and removed once they are gone).")
+@click.option("--wait", is_flag=True, help="With --purge: show progress until the job ends.")
 @json_option
 @command
-def accounts_remove(settings: Settings, account_id: str, as_json: bool) -> None:
-    """Remove an account and its tokens; refused (exit 1) while it holds files."""
+def accounts_remove(settings: Settings, account_id: str, purge: bool, wait: bool,
+                    as_json: bool) -> None:
+    """Remove an account and its tokens; refused (exit 1) while it holds files, unless
+    --purge."""
+    if wait and not purge:
+        raise click.UsageError("--wait goes with --purge")
     with Service.opened(settings) as service:
+        if purge:
+            job = anyio.run(service.purge_account, account_id)
+            if as_json:
+                _echo_json(job.public())
+                return
+            follow(service, job, wait)
+            return
         service.accounts.remove(account_id)
     if as_json:
         _echo_json({"removed": account_id})

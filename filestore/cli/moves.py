@@ -39,29 +39,36 @@ def move_to_local(settings: Settings, delete_remote: bool, wait: bool) -> None:
 def _move(settings: Settings, kind: str, delete_remote: bool, wait: bool) -> None:
     with Service.opened(settings) as service:
         job = anyio.run(service.start_move, kind, delete_remote)
-        served = not service.alone
-        click.echo(f"{kind}: job {job.id} started")
-        if not wait:
-            click.echo("a server on this data directory runs it; `filestore stats` shows its "
-                       "progress" if served else "no server runs on this data directory: the "
-                       "job starts with the next `filestore serve` (or use --wait to run it "
-                       "here)")
-            return
-        try:
-            if served:
-                with JobProgress(job) as progress:
-                    while progress.show(service.job(job.id)):
-                        time.sleep(0.5)
-            else:
-                anyio.run(_run_here, service, job)
-        except KeyboardInterrupt:
-            if served:
-                click.echo(f"\n{kind}: stopped watching; job {job.id} goes on in the server")
-            else:
-                anyio.run(service.cancel_move, job.id)
-                click.echo(f"\n{kind}: job {job.id} cancelled (no server runs to carry it on)")
-            sys.exit(130)
-        final = service.job(job.id)
+        follow(service, job, wait)
+
+
+def follow(service: Service, job: Job, wait: bool) -> None:
+    """Say the job started; with `wait`, show its progress until it ends (running it here when
+    no server runs on the data directory), then its result (exit 1 unless it was done)."""
+    kind = job.kind
+    served = not service.alone
+    click.echo(f"{kind}: job {job.id} started")
+    if not wait:
+        click.echo("a server on this data directory runs it; `filestore stats` shows its "
+                   "progress" if served else "no server runs on this data directory: the "
+                   "job starts with the next `filestore serve` (or use --wait to run it "
+                   "here)")
+        return
+    try:
+        if served:
+            with JobProgress(job) as progress:
+                while progress.show(service.job(job.id)):
+                    time.sleep(0.5)
+        else:
+            anyio.run(_run_here, service, job)
+    except KeyboardInterrupt:
+        if served:
+            click.echo(f"\n{kind}: stopped watching; job {job.id} goes on in the server")
+        else:
+            anyio.run(service.cancel_move, job.id)
+            click.echo(f"\n{kind}: job {job.id} cancelled (no server runs to carry it on)")
+        sys.exit(130)
+    final = service.job(job.id)
     click.echo(f"{kind}: job {final.id} {final.state}: {final.done:,} files "
                f"({size_text(final.bytes)}), {final.errors:,} errors"
                + (f"; last error: {final.last_error}" if final.last_error else ""))

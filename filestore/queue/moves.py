@@ -38,8 +38,9 @@ from ..errors import (
 )
 from ..fsutil import hash_file
 from ..local import Received
-from ..registry import JOB_KINDS, JOB_LEASE_SECONDS, FileRecord, Job, Tables
+from ..registry import JOB_LEASE_SECONDS, FileRecord, Job, Tables
 from ..stats import size_text
+from . import purge
 
 if TYPE_CHECKING:
     from ..remote import Remote
@@ -49,6 +50,7 @@ log = logging.getLogger("filestore.jobs")
 
 PAGE = 500
 POLL_SECONDS = 1.0
+MOVES = ("move-to-cloud", "move-to-local")  # the other job kind: purge.py
 PAUSED = ("uploads are disabled (upload.enabled = false): the job waits until they are "
           "enabled again, or until it is cancelled")
 
@@ -57,8 +59,9 @@ PAUSED = ("uploads are disabled (upload.enabled = false): the job waits until th
 
 def start(store: Store, kind: str, delete_remote: bool = False) -> Job:
     """Create a move job, after the checks that can refuse it at once."""
-    if kind not in JOB_KINDS:
-        raise Conflict(f"unknown job kind {kind!r} (known: {', '.join(JOB_KINDS)})")
+    if kind not in MOVES:
+        raise Conflict(f"unknown move {kind!r} (known: {', '.join(MOVES)}; an account is "
+                       "purged through DELETE /admin/api/accounts/ID?purge=true)")
     counters = store.registry.read.counters.all()
     now = time.time()
     with store.registry.transaction() as tx:
@@ -267,6 +270,8 @@ class MoveRunner:
             try:
                 if job.kind == "move-to-cloud":
                     await self._to_cloud(job)
+                elif job.kind == "purge-account":
+                    await purge.run(self, job)
                 else:
                     await self._to_local(job)
             except JobLost:
@@ -284,6 +289,16 @@ class MoveRunner:
             if not await anyio.to_thread.run_sync(self._renew, job.id):
                 scope.cancel()
                 return
+
+    async def wait(self) -> None:
+        """Until something may have moved on (`wake`: the queue finished work, a job came)."""
+        await self._wakeup.wait()
+        self._wakeup = anyio.Event()
+
+    def check_held(self, tx: Tables, job_id: int) -> None:
+        """Stop the job's work (`JobLost`) once it was cancelled or taken over."""
+        if not tx.jobs.holds(job_id, self.owner):
+            raise JobLost
 
     def _renew(self, job_id: int) -> bool:
         with self.registry.transaction() as tx:

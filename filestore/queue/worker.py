@@ -6,6 +6,11 @@ or a finished task); never longer than `MAX_IDLE`, so rows of another, crashed p
 data directory are taken over once their lease expires. A heartbeat renews the leases of work in
 flight, so a long upload keeps its row while a dead process's rows come free.
 
+Two settings shape when and how fast (both change at run time, see `bandwidth.py` and
+`upload_window.py`): outside `upload.hours` the dispatcher leases nothing, uploads and remote
+deletes alike, and sleeps until the next opening (or a wake-up: a settings change wakes it); every
+upload reads its local file through the node's `upload.bandwidth` bucket.
+
 Nothing is lost between the steps: the row is removed only in the transaction that records the
 verified upload, and local bytes leave `files/` only in that same transaction (renamed into the
 cache area, or kept in backup mode). A crash anywhere before it means the upload runs again.
@@ -26,10 +31,12 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .. import logs, metrics
+from ..bandwidth import UPLOAD, PacedSource, node_bucket
 from ..config import UploadSettings
 from ..errors import RemoteError, RemoteUnavailable
 from ..registry import Entry, Tables
 from ..remote import Remote
+from ..upload_window import window_of
 from .retry import is_retryable, next_delay
 
 if TYPE_CHECKING:
@@ -46,12 +53,20 @@ class QueueWorkers:
         self.store = store
         self.registry = store.registry
         self.remotes = remotes
-        # The remote settings these remotes were opened with (see overrides.py): an upload
-        # that began under older ones is not recorded, it goes again to the new remote.
-        self.remote_generation = store.settings_generation[1]
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # The remote settings these remotes were opened with (see overrides.py): an upload
+        # that began under older ones is not recorded, it goes again to the new remote. (Any
+        # remote's change counts, an account's included: saves are rare, and an upload in
+        # flight then only goes again.)
+        self.remote_generation = store.settings_generation[1]
         self._in_flight: dict[str, Entry] = {}
         self._wakeup = anyio.Event()
+        # The node's upload cap, at the rate the settings in force name (read at every step).
+        self.bandwidth = node_bucket(store.datadir.root, UPLOAD, lambda: self.settings.bandwidth)
+        # What the upload window is asked about; a test sets another clock instead of waiting
+        # for an hour of the day.
+        self.clock: Callable[[], float] = time.time
+        self._window_open = True  # as last seen, to log each opening and closing once
 
     @property
     def settings(self) -> UploadSettings:
@@ -73,19 +88,40 @@ class QueueWorkers:
     async def _dispatch(self, tg: TaskGroup) -> None:
         while True:
             self._wakeup = anyio.Event()
+            opens = self._window_opens()
+            working = self.settings.enabled and opens is None
             free = self.settings.concurrency - len(self._in_flight)
-            if self.settings.enabled and free > 0:
+            if working and free > 0:
                 for entry in await anyio.to_thread.run_sync(self._lease, free):
                     self._in_flight[entry.path] = entry
                     tg.start_soon(self._work, entry)
             delay = MAX_IDLE
-            if self.settings.enabled and len(self._in_flight) < self.settings.concurrency:
+            if opens is not None:
+                delay = min(max(opens - self.clock(), 0.0), MAX_IDLE)
+            elif working and len(self._in_flight) < self.settings.concurrency:
                 now = time.time()
                 due = self.registry.read.queue.next_due(now)
                 if due is not None:
                     delay = min(max(due - now, 0.0), MAX_IDLE)
             with anyio.move_on_after(delay):
                 await self._wakeup.wait()
+
+    def _window_opens(self) -> float | None:
+        """When `upload.hours` opens the queue next; None while it is open."""
+        hours = self.settings.hours
+        now = self.clock()
+        opens = window_of(hours).next_opening(now)
+        if (opens is None) != self._window_open:
+            self._window_open = opens is None
+            if opens is None:
+                logs.event(log, "upload.window", "the upload window is open ({hours}): the "
+                           "queue works", hours=hours, open=True)
+            else:
+                logs.event(log, "upload.window", "outside the upload window ({hours}): "
+                           "uploads and remote deletes wait until {until}", hours=hours,
+                           open=False, opens_at=opens,
+                           until=time.strftime("%Y-%m-%d %H:%M", time.localtime(opens)))
+        return opens
 
     def _lease(self, limit: int) -> list[Entry]:
         now = time.time()
@@ -184,15 +220,20 @@ class QueueWorkers:
         assert record is not None
         generation = self.remote_generation
         started = time.monotonic()
-        with source:
-            uploaded = await remote.put(entry.path, source, record.size, record.sha256,
-                                        record.content_type, record.md5)
+        with source, PacedSource(source, self.bandwidth) as paced:
+            uploaded = await remote.put(entry.path, paced.as_binary(), record.size,
+                                        record.sha256, record.content_type, record.md5)
         await anyio.to_thread.run_sync(self._record_upload, entry, remote, uploaded.etag,
                                        generation)
         logs.event(log, "upload.done", "uploaded {path!r} ({size:,} bytes) to {remote} in "
                    "{seconds:.2f} s", path=entry.path, size=record.size, remote=remote.name,
                    seconds=round(time.monotonic() - started, 3), attempt=entry.attempts + 1)
         self.store.events.cached()  # the uploaded bytes (usually) moved into the cache area
+        # Bytes the remote read past the wrapper (S3 multipart parts go through the file
+        # descriptor) went at full speed: this upload's slot waits them off before it takes
+        # other work, and other uploads queue behind them in the bucket, so the cap holds over
+        # a run of uploads. (After the record: a crash while waiting must not upload again.)
+        await self.bandwidth.pace(record.size - paced.paced)
 
     def _record_upload(self, entry: Entry, remote: Remote, etag: str, generation: int) -> None:
         now = time.time()

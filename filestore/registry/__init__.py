@@ -5,9 +5,9 @@ and the spent single-use signed URLs.
 `interface.py` writes down what the rest of filestore uses (`Registry`, `Tables` and one
 protocol per table group); `sqlite.py` is the backend (SQLite in the data directory), with one
 module per table group (`files.py`, `queue.py`, `jobs.py`, `cache.py`, `settings.py`,
-`counters.py`, `sessions.py` the admin sessions, `grants.py` the single-use signed URLs) and the
-schema's numbered migrations (`migrations.py`). Nothing outside this package writes SQL or
-imports `sqlite3`.
+`counters.py`, `sessions.py` the admin sessions, `grants.py` the single-use signed URLs,
+`accounts.py`, `account_storage.py`) and the schema's numbered migrations (`migrations/`).
+Nothing outside this package writes SQL or imports `sqlite3`.
 
 Use: `registry.read.files.get(path)` reads (event loop's thread); `with registry.transaction()
 as tx: tx.files.upsert(...); tx.queue.schedule(...)` writes, all or nothing.

@@ -11,6 +11,7 @@ import sqlite3
 from typing import Any
 
 from .counters import MAX_CHAR
+from .settings import announce
 
 _COLUMNS = "id, name, created, state, quota"
 
@@ -103,8 +104,12 @@ class AccountRows:
         return self.get(account)
 
     def delete(self, account: str) -> bool:
-        """Forget the account, its tokens and its usage counters (its files stay files)."""
+        """Forget the account, its tokens, its storage and its usage counters (its files stay
+        files)."""
         self._conn.execute("DELETE FROM account_tokens WHERE account = ?", (account,))
+        if self._conn.execute("DELETE FROM account_storage WHERE account = ?",
+                              (account,)).rowcount:
+            announce(self._conn, True)  # every process forgets its remotes and rules
         # "account.ID." .. "account.ID/": exactly this account's counters ('/' follows '.').
         self._conn.execute("DELETE FROM counters WHERE name >= ? AND name < ?",
                            (f"account.{account}.", f"account.{account}/"))

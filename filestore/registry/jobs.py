@@ -1,8 +1,9 @@
-"""The jobs table: move-to-cloud and move-to-local, persisted so they survive a restart.
+"""The jobs table: move-to-cloud, move-to-local and purge-account (`queue/purge.py`), persisted
+so they survive a restart.
 
 A job is a row with a state, figures and a scan cursor. Whichever process runs it holds a lease
 on the row (renewed while it works), so a job survives its process: after a crash or a restart
-the lease runs out and a server takes it up again, resuming after the cursor. At most one move
+the lease runs out and a server takes it up again, resuming after the cursor. At most one job
 runs at a time: the two moves undo each other, and one is enough to keep the disk and the
 network busy.
 """
@@ -16,7 +17,7 @@ from typing import Any
 
 from ..errors import Conflict, NotFound
 
-KINDS = ("move-to-cloud", "move-to-local")
+KINDS = ("move-to-cloud", "move-to-local", "purge-account")
 ACTIVE = ("queued", "running")
 LEASE_SECONDS = 30.0
 

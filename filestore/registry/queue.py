@@ -13,6 +13,8 @@ import dataclasses
 import sqlite3
 from collections.abc import Iterator
 
+from .counters import MAX_CHAR
+
 _COLUMNS = ("path, op, version, remote, not_before, attempts, state, leased_until, lease_owner, "
             "last_error, updated")
 
@@ -260,6 +262,14 @@ class QueueRows:
         """Rows (uploads and deletes) per remote named."""
         return dict(self._conn.execute(
             "SELECT remote, count(*) FROM queue GROUP BY remote").fetchall())
+
+    def count_under(self, prefix: str) -> tuple[int, int]:
+        """(pending, failed) rows of the paths under `prefix` (a range scan of the key)."""
+        pending, failed = self._conn.execute(
+            "SELECT count(*) FILTER (WHERE state != 'failed'), "
+            "count(*) FILTER (WHERE state = 'failed') FROM queue WHERE path >= ? AND path < ?",
+            (prefix, prefix + MAX_CHAR)).fetchone()
+        return int(pending), int(failed)
 
     def deletes_to(self, remote: str) -> int:
         """Remote deletes queued for `remote`."""

@@ -38,13 +38,18 @@ class SettingRows:
             [(section, key, value, now) for section, values in texts.items()
              for key, value in values.items()],
         )
-        names = _GENERATIONS if remote_changed else _GENERATIONS[:1]
-        self._conn.executemany("UPDATE counters SET value = value + 1 WHERE name = ?",
-                               [(name,) for name in names])
+        announce(self._conn, remote_changed)
 
     def reset(self) -> int:
         """Forget every saved value (the config file rules again); how many there were."""
         count = self._conn.execute("DELETE FROM settings").rowcount
-        self._conn.executemany("UPDATE counters SET value = value + 1 WHERE name = ?",
-                               [(name,) for name in _GENERATIONS])
+        announce(self._conn, True)
         return count
+
+
+def announce(conn: sqlite3.Connection, remote_changed: bool) -> None:
+    """Move the generations every process watches: the settings changed (and a remote's, when
+    `remote_changed`)."""
+    names = _GENERATIONS if remote_changed else _GENERATIONS[:1]
+    conn.executemany("UPDATE counters SET value = value + 1 WHERE name = ?",
+                     [(name,) for name in names])

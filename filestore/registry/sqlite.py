@@ -26,6 +26,7 @@ import sqlite_utils
 
 from ..errors import ConfigError, InsufficientStorage
 from ..fsutil import fsync_dir
+from .account_storage import StorageRows
 from .accounts import AccountRows, TokenRows
 from .cache import CacheRows
 from .counters import CounterRows
@@ -58,6 +59,7 @@ class Tables:
         self.grants = GrantRows(conn)
         self.accounts = AccountRows(conn)
         self.tokens = TokenRows(conn)
+        self.account_storage = StorageRows(conn)
 
     @contextmanager
     def snapshot(self) -> Iterator[Tables]:

@@ -11,6 +11,7 @@ import anyio
 
 from ..config import DEFAULT_REMOTE, RemoteSettings, Settings
 from ..errors import ConfigError, RemoteError
+from ..values import ACCOUNT_REMOTE_SEP, remote_account
 from .base import Remote, RemoteObject
 from .file import FileRemote
 from .s3 import S3Remote
@@ -80,10 +81,18 @@ async def connected_remotes(settings: Settings) -> AsyncIterator[dict[str, Remot
 def open_remote(name: str, settings: RemoteSettings, data_dir: Path) -> Remote:
     """The remote `settings.url` names (not yet connected: call `await remote.open()`).
 
-    An empty URL is the embedded default: a `remote/` folder inside the data directory.
+    An empty URL is the embedded default: a `remote/` folder inside the data directory. An
+    account's own remote ("ACCOUNT:NAME") is an `s3://` one, scoped to the account's prefix:
+    it lists, and cleans up after, only the keys under "ACCOUNT/", so the rest of the bucket
+    (the account holder's other data) is never touched.
     """
+    account = remote_account(name)
     key = "remote.url" if name == DEFAULT_REMOTE else f"remotes.{name}.url"
     url = settings.url or f"file://{data_dir / 'remote'}"
+    if account is not None:
+        key = f"account {account!r}: remotes.{name.partition(ACCOUNT_REMOTE_SEP)[2]}.url"
+        if not settings.url.startswith("s3://"):
+            raise ConfigError(f"{key} = {settings.url!r}: an account's remote is an s3:// URL")
     try:
         parts = urlsplit(url)
     except ValueError as exc:
@@ -99,7 +108,8 @@ def open_remote(name: str, settings: RemoteSettings, data_dir: Path) -> Remote:
     if parts.scheme == "s3":
         if not parts.netloc:
             raise ConfigError(f"{key} = {url!r}: expected s3://bucket or s3://bucket/prefix")
-        return S3Remote(name, parts.netloc, parts.path, settings)
+        return S3Remote(name, parts.netloc, parts.path, settings,
+                        scope=f"{account}/" if account is not None else "")
     raise ConfigError(f"{key} = {url!r}: expected an s3:// or file:// URL")
 
 
@@ -112,7 +122,7 @@ def _place(remote: Remote) -> tuple[tuple[str, ...], str]:
     host = urlsplit(endpoint).hostname or ""
     if not endpoint or host == "amazonaws.com" or host.endswith(".amazonaws.com"):
         endpoint = "aws"  # bucket names are global there, whichever endpoint names it
-    return ("s3", endpoint, remote.bucket), f"{remote.prefix}/" if remote.prefix else ""
+    return ("s3", endpoint, remote.bucket), remote.key_for(remote.scope)
 
 
 def _outside_data_dir(what: str, root: Path, data_dir: Path) -> None:

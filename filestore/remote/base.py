@@ -25,6 +25,8 @@ class Remote(Protocol):
     name: str
     # Where it points, safe to show: never contains a secret.
     display_url: str
+    # The paths it may hold start with this ("ACCOUNT/" for an account's own remote; else "").
+    scope: str
 
     def key_for(self, path: str) -> str: ...
 

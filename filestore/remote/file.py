@@ -28,6 +28,7 @@ class FileRemote:
         self.name = name
         self.root = root.absolute()
         self.display_url = f"file://{self.root}"
+        self.scope = ""
         self._tmp = self.root / ".filestore-tmp"
 
     def key_for(self, path: str) -> str:

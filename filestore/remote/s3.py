@@ -119,11 +119,15 @@ async def _body_chunks(body: Any) -> AsyncIterator[bytes]:
 
 
 class S3Remote:
-    def __init__(self, name: str, bucket: str, prefix: str, settings: RemoteSettings) -> None:
+    def __init__(self, name: str, bucket: str, prefix: str, settings: RemoteSettings, *,
+                 scope: str = "") -> None:
         self.name = name
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.settings = settings
+        # The paths this remote holds start with `scope` (an account's remote: "ACCOUNT/"):
+        # listings and the clean-up after a crash look there only.
+        self.scope = scope
         where = f" at {_without_userinfo(settings.endpoint_url)}" if settings.endpoint_url else ""
         self.display_url = f"s3://{bucket}/{self.prefix}{where}"
         self._client: Any = None
@@ -292,8 +296,8 @@ class S3Remote:
         started_before = time.time()
         with _translated(f"listing unfinished uploads in {self.display_url}"):
             paginator = self._client.get_paginator("list_multipart_uploads")
-            prefix = f"{self.prefix}/" if self.prefix else ""
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            async for page in paginator.paginate(Bucket=self.bucket,
+                                                 Prefix=self.key_for(self.scope)):
                 for upload in page.get("Uploads", []):
                     initiated = upload.get("Initiated")
                     if initiated is not None and initiated.timestamp() > started_before:
@@ -351,6 +355,10 @@ class S3Remote:
 
     async def list_objects(self, prefix: str = "") -> AsyncIterator[RemoteObject]:
         base = f"{self.prefix}/" if self.prefix else ""
+        if not prefix.startswith(self.scope):
+            if not self.scope.startswith(prefix):
+                return  # outside the scope: none of this remote's objects
+            prefix = self.scope
         with _translated(f"listing {self.display_url}"):
             paginator = self._client.get_paginator("list_objects_v2")
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=base + prefix):

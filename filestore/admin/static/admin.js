@@ -26,6 +26,7 @@ function format(value, kind) {
   if (kind === "ratio") return `${(value * 100).toFixed(1)}%`;
   if (kind === "ago") return `${ageText(value)} ago`;
   if (kind === "text") return String(value);
+  if (kind === "rate") return value ? `${sizeText(value)}/s` : "no cap";
   return Number(value).toLocaleString("en");
 }
 

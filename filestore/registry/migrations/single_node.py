@@ -1,43 +1,14 @@
-"""The registry's schema: numbered migrations, run in order at open (`PRAGMA user_version`).
-
-Each migration creates what a capability added, so later ones never touch existing data. They run
-under the data directory's start-up lock (see `datadir.py`). SQLite-only: counters are kept by
-triggers in the same transaction as the change they count (a PostgreSQL backend needs the same
-triggers in PL/pgSQL, numbered alike).
-"""
+"""Migrations 1-5: the single node's files, queue, cache, jobs, settings and counters."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import sqlite_utils
 
-from .counters import CACHE_EVENTS, LOCATIONS
+from ..counters import CACHE_EVENTS, LOCATIONS
+from .triggers import counting_triggers
 
 
-def _counting_triggers(db: sqlite_utils.Database, table: str, columns: str,
-                       bump: Callable[[str, str], str]) -> None:
-    """Keep counters in step with `table`: `bump(sign, row)` is the SQL that adds ("+") or
-    removes ("-") the row `row` ("NEW" or "OLD") from them; it runs on every insert and delete,
-    and on updates of `columns`."""
-    db.executescript(
-        f"""
-        CREATE TRIGGER IF NOT EXISTS {table}_count_insert AFTER INSERT ON {table} BEGIN
-          {bump('+', 'NEW')}
-        END;
-        CREATE TRIGGER IF NOT EXISTS {table}_count_delete AFTER DELETE ON {table} BEGIN
-          {bump('-', 'OLD')}
-        END;
-        CREATE TRIGGER IF NOT EXISTS {table}_count_update AFTER UPDATE OF {columns} ON {table}
-        BEGIN
-          {bump('-', 'OLD')}
-          {bump('+', 'NEW')}
-        END;
-        """
-    )
-
-
-def _migration_1(db: sqlite_utils.Database) -> None:
+def migration_1(db: sqlite_utils.Database) -> None:
     db.table("files").create(
         {
             "path": str,
@@ -83,9 +54,9 @@ def _migration_1(db: sqlite_utils.Database) -> None:
             f"WHERE name IN ('bytes', 'bytes.' || {row}.location);"
         )
 
-    _counting_triggers(db, "files", "size, location", bump)
+    counting_triggers(db, "files", "size, location", bump)
 
-def _migration_2(db: sqlite_utils.Database) -> None:
+def migration_2(db: sqlite_utils.Database) -> None:
     """The remote-work queue: one row per path, an upload or a remote delete (see queue/)."""
     db.table("queue").create(
         {
@@ -118,9 +89,9 @@ def _migration_2(db: sqlite_utils.Database) -> None:
         return (f"UPDATE counters SET value = value {sign} 1 "
                 f"WHERE name = 'queue.' || {row}.op || '.' || {row}.state;")
 
-    _counting_triggers(db, "queue", "op, state", bump)
+    counting_triggers(db, "queue", "op, state", bump)
 
-def _migration_3(db: sqlite_utils.Database) -> None:
+def migration_3(db: sqlite_utils.Database) -> None:
     """The cache index (see cache.py) and the cache's statistics."""
     db.table("cache_entries").create(
         {
@@ -157,7 +128,7 @@ def _migration_3(db: sqlite_utils.Database) -> None:
                 f"  UPDATE counters SET value = value {sign} {row}.size "
                 "WHERE name = 'cache.bytes';")
 
-    _counting_triggers(db, "cache_entries", "size", bump)
+    counting_triggers(db, "cache_entries", "size", bump)
     # An entry holds one version of one file: it goes with the file, or when the file changes,
     # so the index can never describe bytes of a deleted or replaced file.
     db.executescript(
@@ -173,7 +144,7 @@ def _migration_3(db: sqlite_utils.Database) -> None:
     )
 
 
-def _migration_4(db: sqlite_utils.Database) -> None:
+def migration_4(db: sqlite_utils.Database) -> None:
     """Settings saved from the admin page, move jobs, and what the page asks of the queue."""
     db.table("settings").create(
         {"section": str, "key": str, "value": str, "updated": float},
@@ -253,7 +224,7 @@ def _migration_4(db: sqlite_utils.Database) -> None:
     db.table("counters").insert_all(({"name": n, "value": 0} for n in names), ignore=True)
 
 
-def _migration_5(db: sqlite_utils.Database) -> None:
+def migration_5(db: sqlite_utils.Database) -> None:
     """Files and bytes in the cloud per remote (storage plans send files to several): counters
     named by `remote_counter_names`, created by the first file a remote receives. And each
     file's MD5, which a PUT computes anyway: an upload compares it with the store's ETag."""
@@ -293,174 +264,3 @@ def _migration_5(db: sqlite_utils.Database) -> None:
           SELECT 'uploads.bytes.default', value FROM counters WHERE name = 'uploads.bytes';
         """
     )
-
-
-def _migration_6(db: sqlite_utils.Database) -> None:
-    """Admin sessions that can end before their cookie does (`sessions.py`: one row per
-    session, keyed by the hash of its id, and the generation "sign out everywhere" moves), and
-    the nonces of single-use signed URLs (`grants.py`)."""
-    db.executescript(
-        """
-        CREATE TABLE IF NOT EXISTS sessions (
-          id TEXT PRIMARY KEY,            -- SHA-256 (hex) of the id the cookie carries
-          generation INTEGER NOT NULL,    -- counts while it is counters' sessions.generation
-          created REAL NOT NULL,
-          expires REAL NOT NULL
-        ) WITHOUT ROWID;
-        CREATE TABLE IF NOT EXISTS grants (
-          nonce TEXT PRIMARY KEY,         -- a --once URL's `once=`, under its signature
-          expires REAL NOT NULL,          -- the URL's expiry: pruned an hour after it
-          claimed REAL NOT NULL,          -- when a request took it
-          spent REAL                      -- when that request succeeded; NULL while it runs
-        ) WITHOUT ROWID;
-        CREATE INDEX IF NOT EXISTS grants_expires ON grants (expires);
-        INSERT OR IGNORE INTO counters (name, value) VALUES ('sessions.generation', 0);
-        """
-    )
-
-
-# The account a path belongs to (its first segment), in SQL: "" for a path with no "/".
-_ACCOUNT_OF = "substr({row}.path, 1, instr({row}.path, '/') - 1)"
-
-
-def _migration_7(db: sqlite_utils.Database) -> None:
-    """Accounts (`accounts.py`): each owns the path prefix `ID/`, with its tokens (stored as
-    hashes) and its usage, counted by triggers in the same transaction as the change:
-    `account.ID.files`, `.bytes`, `.local.bytes`, `.remote.NAME.bytes` (and `.uploads`, by
-    `FileRows.mark_uploaded`). A path's account is its first segment, if that names one."""
-    db.executescript(
-        """
-        CREATE TABLE IF NOT EXISTS accounts (
-          id TEXT PRIMARY KEY,              -- [a-z0-9][a-z0-9-]{0,62}: owns the prefix "id/"
-          name TEXT NOT NULL,
-          created REAL NOT NULL,
-          state TEXT NOT NULL DEFAULT 'active',  -- 'active' | 'suspended'
-          quota INTEGER NOT NULL DEFAULT 0  -- bytes the account may hold; 0: no limit
-        ) WITHOUT ROWID;
-        CREATE TABLE IF NOT EXISTS account_tokens (
-          hash TEXT PRIMARY KEY,            -- SHA-256 (hex) of the token: never the token
-          account TEXT NOT NULL,
-          name TEXT NOT NULL,
-          created REAL NOT NULL,
-          last_used REAL,                   -- written at most once a minute per process
-          UNIQUE (account, name)
-        ) WITHOUT ROWID;
-        """
-    )
-
-    def bump(sign: str, row: str) -> str:
-        account = _ACCOUNT_OF.format(row=row)
-        prefix = f"'account.' || {account} || '."
-        return (
-            "INSERT INTO counters (name, value) VALUES "
-            f"({prefix}files', {sign}1), ({prefix}bytes', {sign}{row}.size), "
-            f"({prefix}' || {row}.location || '.bytes', {sign}{row}.size) "
-            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value;\n"
-            "  INSERT INTO counters (name, value) SELECT "
-            f"{prefix}remote.' || {row}.remote || '.bytes', {sign}{row}.size "
-            f"WHERE {row}.location = 'remote' AND {row}.remote IS NOT NULL "
-            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value;"
-        )
-
-    def owned(row: str) -> str:
-        account = _ACCOUNT_OF.format(row=row)
-        return (f"instr({row}.path, '/') > 0 AND EXISTS "
-                f"(SELECT 1 FROM accounts WHERE id = {account})")
-
-    db.executescript(
-        f"""
-        CREATE TRIGGER IF NOT EXISTS files_account_insert AFTER INSERT ON files
-        WHEN {owned('NEW')} BEGIN {bump('+', 'NEW')} END;
-        CREATE TRIGGER IF NOT EXISTS files_account_delete AFTER DELETE ON files
-        WHEN {owned('OLD')} BEGIN {bump('-', 'OLD')} END;
-        CREATE TRIGGER IF NOT EXISTS files_account_update_old
-        AFTER UPDATE OF size, location, remote ON files WHEN {owned('OLD')}
-        BEGIN {bump('-', 'OLD')} END;
-        CREATE TRIGGER IF NOT EXISTS files_account_update_new
-        AFTER UPDATE OF size, location, remote ON files WHEN {owned('NEW')}
-        BEGIN {bump('+', 'NEW')} END;
-        """
-    )
-
-
-def _migration_8(db: sqlite_utils.Database) -> None:
-    """Data at risk: the files whose upload is queued (op "upload", pending or failed) have no
-    verified cloud copy of their current bytes yet. Each queue row mirrors its file's `size`
-    and `modified` time (`size`, `written`; NULL while the file has no row), kept by triggers
-    on both tables, so `unprotected.bytes` (the bytes of the upload rows) is a counter kept by
-    triggers on the queue alone, and the oldest of them is one seek of `queue_unprotected`. A
-    re-PUT rewrites the file's size and time, so both follow it while the row stays; the row
-    leaving the queue (uploaded, dropped, turned into a remote delete) takes its bytes out.
-    `queue_failed_since`: the longest-failed upload, one seek. In one transaction, and
-    idempotent: a crash before `user_version` moves only runs it again."""
-    columns = db.table("queue").columns_dict
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        for name, kind in (("size", "INTEGER"), ("written", "REAL")):
-            if name not in columns:
-                db.execute(f"ALTER TABLE queue ADD COLUMN {name} {kind}")
-        for statement in _MIGRATION_8:
-            db.execute(statement)
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-
-
-_MIGRATION_8 = [
-    # The mirror, filled once, then kept by the triggers below (created after it, so that
-    # filling it moves no counter).
-    "UPDATE queue SET (size, written) = (SELECT size, modified FROM files "
-    "WHERE files.path = queue.path)",
-    "INSERT INTO counters (name, value) SELECT 'unprotected.bytes', COALESCE(SUM(size), 0) "
-    "FROM queue WHERE op = 'upload' ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-    # The oldest unprotected file, and the longest-failed upload: each one seek.
-    "CREATE INDEX IF NOT EXISTS queue_unprotected ON queue (written) WHERE op = 'upload'",
-    "CREATE INDEX IF NOT EXISTS queue_failed_since ON queue (op, updated) "
-    "WHERE state = 'failed'",
-    # A new row takes its file's size and time (an upsert that finds the row updates it, and
-    # the row has them already).
-    """CREATE TRIGGER IF NOT EXISTS queue_mirror_insert AFTER INSERT ON queue BEGIN
-      UPDATE queue SET (size, written) = (SELECT size, modified FROM files
-                                          WHERE path = NEW.path) WHERE path = NEW.path;
-    END""",
-    """CREATE TRIGGER IF NOT EXISTS files_mirror_insert AFTER INSERT ON files BEGIN
-      UPDATE queue SET size = NEW.size, written = NEW.modified WHERE path = NEW.path;
-    END""",
-    # A re-PUT: new bytes, a new size and time, while the path's upload row stays.
-    """CREATE TRIGGER IF NOT EXISTS files_mirror_update AFTER UPDATE OF size, modified ON files
-    BEGIN
-      UPDATE queue SET size = NEW.size, written = NEW.modified WHERE path = NEW.path;
-    END""",
-    # A DELETE goes before its queue row is rewritten (into a remote delete) or dropped.
-    """CREATE TRIGGER IF NOT EXISTS files_mirror_delete AFTER DELETE ON files BEGIN
-      UPDATE queue SET size = NULL, written = NULL WHERE path = OLD.path;
-    END""",
-    """CREATE TRIGGER IF NOT EXISTS queue_unprotected_insert AFTER INSERT ON queue
-    WHEN NEW.op = 'upload' BEGIN
-      UPDATE counters SET value = value + COALESCE(NEW.size, 0)
-      WHERE name = 'unprotected.bytes';
-    END""",
-    """CREATE TRIGGER IF NOT EXISTS queue_unprotected_delete AFTER DELETE ON queue
-    WHEN OLD.op = 'upload' BEGIN
-      UPDATE counters SET value = value - COALESCE(OLD.size, 0)
-      WHERE name = 'unprotected.bytes';
-    END""",
-    # An upload turned into a remote delete (or back), or its file's size changed.
-    """CREATE TRIGGER IF NOT EXISTS queue_unprotected_update AFTER UPDATE OF op, size ON queue
-    WHEN OLD.op = 'upload' OR NEW.op = 'upload' BEGIN
-      UPDATE counters SET value = value
-        - CASE WHEN OLD.op = 'upload' THEN COALESCE(OLD.size, 0) ELSE 0 END
-        + CASE WHEN NEW.op = 'upload' THEN COALESCE(NEW.size, 0) ELSE 0 END
-      WHERE name = 'unprotected.bytes';
-    END""",
-]
-
-
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6,
-    _migration_7, _migration_8,
-]
-SCHEMA_VERSION = len(MIGRATIONS)
-SETTINGS_SCHEMA = 4  # the version that added saved settings (and move jobs)
-
