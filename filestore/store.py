@@ -266,7 +266,7 @@ class Store:
                 )
             if expect_md5 is not None and expect_md5 != received.md5:
                 raise ChecksumMismatch(
-                    f"Content-MD5 is {expect_md5} but the body's MD5 is {received.md5}"
+                    f"Content-MD5 is {expect_md5} but the body's MD5 is {received.md5}", "md5"
                 )
             ctype = content_type or guess_content_type(path)
             record, created = await anyio.to_thread.run_sync(
@@ -370,7 +370,8 @@ class Store:
         await anyio.to_thread.run_sync(self._delete, path, precondition, purge)
         self.events.changed()
 
-    def _delete(self, path: str, precondition: Precondition | None, purge: bool) -> None:
+    def _delete(self, path: str, precondition: Precondition | None,
+                purge: bool = False) -> None:
         with self.registry.transaction() as tx:
             record = tx.files.get(path)
             if record is None:

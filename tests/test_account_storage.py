@@ -23,8 +23,11 @@ import boto3
 import httpx
 import pytest
 from botocore.config import Config
+from click.testing import CliRunner
 from conftest import LiveServer, free_port, recorded_remote, registry_db, uploaded, wait_for
 from test_accounts import as_account, create
+
+from filestore.cli import main
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -248,6 +251,18 @@ def test_rules_are_relative_to_the_account_and_come_before_the_plan(
         assert route.upload is False and route.account_rule == 2
         # Another account's paths never meet these rules.
         assert server.service.route("bob/rec/1.wav", "audio/wav").remote == "default"
+    # The command line says which rule decides, and shows the account's storage.
+    env = {"FILESTORE_STORAGE__DATA_DIR": str(server.settings.data_dir), "FILESTORE_CONFIG": ""}
+    checked = CliRunner().invoke(main, ["plan", "check", "alice/rec/2.wav"], env=env)
+    assert checked.exit_code == 0, checked.output
+    assert "the account's rule 1: prefix = \"rec/\", content_type = \"audio/*\", remote = " \
+        "\"alice:own\"" in checked.output
+    shown = CliRunner().invoke(main, ["accounts", "show", "alice"], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert f"storage  own: s3://alice-bucket/{iam_moto.prefix} at {iam_moto.url}, 1 files" \
+        in shown.output
+    assert 'rule 2   prefix = "tmp/", upload = false' in shown.output
+    assert iam_moto.keys["alice"][1] not in shown.output
 
 
 def test_removing_or_moving_a_remote_that_holds_files_is_refused(

@@ -22,7 +22,7 @@ from test_admin import sign_in
 from test_metrics import scrape, value
 
 from filestore.cli import main
-from filestore.registry.migrations import MIGRATIONS
+from filestore.registry.migrations import MIGRATIONS, SCHEMA_VERSION
 from filestore.registry.sqlite import SqliteRegistry
 from filestore.stats import age_text
 
@@ -147,7 +147,7 @@ def test_migration_8_counts_what_an_older_registry_queued(tmp_path: Path) -> Non
 
     registry = SqliteRegistry(path)
     registry.migrate()
-    assert registry.schema_version() == 8
+    assert registry.schema_version() == SCHEMA_VERSION
     check = sqlite3.connect(path)
     assert counted(check) == 300 == recount(check)["bytes"]
     assert registry.read.queue.unprotected_oldest() == ("b", 5.0)

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import click
 
-from ..accounts import Accounts, parse_id, parse_name, parse_token_name
+from ..accounts import ADMIN, Accounts, parse_id, parse_name, parse_token_name
 from ..config import Settings
 from ..errors import BadRequest
 from ..registry import Account
@@ -119,12 +119,14 @@ def accounts_list(settings: Settings, as_json: bool) -> None:
 @json_option
 @command
 def accounts_show(settings: Settings, account_id: str, as_json: bool) -> None:
-    """One account: its settings, its usage (from counters) and its tokens by name."""
+    """One account: its settings, its usage (from counters), its tokens by name and its own
+    storage (remotes, never a secret, and rules)."""
     with Service.opened(settings, read_only=True) as service:
         described = service.accounts.describe(service.accounts.get(account_id))
         tokens = [t.public() for t in service.accounts.tokens(account_id)]
+        storage = service.account_storage(ADMIN, account_id)
     if as_json:
-        _echo_json({**described, "tokens": tokens})
+        _echo_json({**described, "tokens": tokens, "storage": storage})
         return
     usage = described["usage"]
     click.echo(f"account {described['id']}: {described['name']} ({described['state']})")
@@ -140,6 +142,12 @@ def accounts_show(settings: Settings, account_id: str, as_json: bool) -> None:
     for item in tokens:
         click.echo(f"  token    {item['name']}: created {_when(item['created'])}, last used "
                    f"{_when(item['last_used'])}")
+    for name, remote in storage["remotes"].items():
+        click.echo(f"  storage  {name}: {remote['display_url']}, {remote['files']:,} files, "
+                   f"{size_text(remote['bytes'])}")
+    for number, rule in enumerate(storage["plan"], 1):
+        click.echo(f"  rule {number}   " + ", ".join(f"{key} = {json.dumps(value)}"
+                                                   for key, value in rule.items()))
 
 
 def _set_state(settings: Settings, account_id: str, state: str, as_json: bool) -> None:

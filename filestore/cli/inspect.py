@@ -37,6 +37,8 @@ def plan_check(settings: Settings, path: str, content_type: str | None, as_json:
         route = service.route(path, content_type)
         record = service.store.registry.read.files.get(path)
     rule = service.settings.plan[route.rule - 1] if route.rule is not None else None
+    if route.account_rule is not None:
+        rule = service.settings.account_plan[path.partition("/")[0]][route.account_rule - 1]
     answer = {"path": path, "content_type": content_type, **route.public(),
               "rule_text": plan.describe(rule) if rule is not None else None,
               "remote_url": remotes[route.remote].display_url,
@@ -45,7 +47,7 @@ def plan_check(settings: Settings, path: str, content_type: str | None, as_json:
     if as_json:
         click.echo(json.dumps(answer, indent=2))
         return
-    said = f"rule {route.rule}: {answer['rule_text']}" if rule is not None \
+    said = f"{route.decided_by}: {answer['rule_text']}" if rule is not None \
         else "no rule matches: the [upload] section and the default remote"
     click.echo(f"{path} ({content_type}): {said}")
     if not route.upload:
