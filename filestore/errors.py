@@ -38,6 +38,10 @@ class BadPath(BadRequest):
 class ChecksumMismatch(BadRequest):
     code = "checksum_mismatch"
 
+    def __init__(self, detail: str = "", digest: str = "sha256") -> None:
+        super().__init__(detail)
+        self.digest = digest  # which one the body failed: "sha256", "md5", ...
+
 
 class Unauthorized(FilestoreError):
     status = 401
