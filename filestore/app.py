@@ -22,6 +22,7 @@ from . import admin, api, logs, metrics, serving
 from .config import Settings, load_settings
 from .errors import FilestoreError, RemoteUnavailable
 from .health import healthz, readyz
+from .s3api.app import S3App
 from .service import Service
 
 log = logging.getLogger("filestore")
@@ -108,9 +109,13 @@ class FastReads:
     """
 
     def __init__(self, app: Starlette, data_dir: Path, access_log: bool = False,
-                 admin_listen: str = "") -> None:
+                 admin_listen: str = "", s3_port: int = 0) -> None:
         self.app = app
         self._admin = serving.AdminListener.of(admin_listen) if admin_listen else None
+        # The S3 endpoint's listener (`s3.port`, on whichever address `serve --host` bound):
+        # what arrives there is S3's (s3api/).
+        self._s3 = serving.AdminListener(s3_port, None) if s3_port else None
+        self._s3_app = S3App()
         self._guarded = CatchUnexpected(self._serve_file)
         # Every request is counted (metrics.py) before it is dispatched.
         self._counted = metrics.RequestMetrics(self._dispatch, metrics.start(data_dir),
@@ -124,6 +129,11 @@ class FastReads:
         await self._counted(scope, receive, send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._s3 is not None and scope["type"] == "http" and self._s3.serves(
+                scope.get("server")):
+            scope["app"] = self.app
+            await self._s3_app(scope, receive, send)
+            return
         path = scope.get("path", "")
         if self._admin is not None and scope["type"] == "http" and not self._listener_serves(
                 scope, path):
@@ -176,7 +186,7 @@ def build_app(settings: Settings) -> FastReads:
         },
         lifespan=lifespan,
     ), settings.data_dir, access_log=settings.server.access_log == "json",
-        admin_listen=settings.admin.listen)
+        admin_listen=settings.admin.listen, s3_port=settings.s3.port)
 
 
 def app_from_environment() -> FastReads:

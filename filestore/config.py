@@ -28,6 +28,7 @@ from .values import (
     parse_listen,
     parse_path,
     parse_path_prefix,
+    parse_region,
     parse_remote_name,
     parse_size,
     parse_str,
@@ -59,6 +60,15 @@ class ServerSettings:
     # Cache-Control sent with every file's GET, HEAD and 304 (a plan rule may set its own), so a
     # CDN or nginx proxy_cache in front knows how long it may keep a file. Empty: none.
     cache_control: str = _field("", parse_header_value)
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Settings:
+    # The S3-compatible endpoint (`s3api/`): 0 is off; else it answers on server.host:port,
+    # in the same worker processes as the files.
+    port: int = _field(0, int_between(0, 65535))
+    # The region signatures must name (their credential scope), as a bucket's region would.
+    region: str = _field("us-east-1", parse_region)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +203,7 @@ class Settings:
     remote: RemoteSettings = dataclasses.field(default_factory=RemoteSettings)
     cache: CacheSettings = dataclasses.field(default_factory=CacheSettings)
     log: LogSettings = dataclasses.field(default_factory=LogSettings)
+    s3: S3Settings = dataclasses.field(default_factory=S3Settings)
     # The other named remotes ([remotes.NAME]) and the plan's rules ([[plan]]), in file order.
     remotes: dict[str, RemoteSettings] = dataclasses.field(default_factory=dict)
     plan: tuple[PlanRule, ...] = ()

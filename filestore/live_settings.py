@@ -27,8 +27,10 @@ import anyio
 
 from . import account_storage, logs, overrides
 from .config import DEFAULT_REMOTE, RemoteSettings, Settings, override
+from .datadir import DataDir
 from .errors import BadRequest, ConfigError, NotFound
 from .probe import ProbeResult, probe
+from .registry import SETTINGS_SCHEMA, SqliteRegistry
 from .remote import Remote, display_url, open_remote, open_remotes
 from .secrets import SecretBox
 from .store import Store
@@ -252,3 +254,34 @@ def _merge(saved: dict[str, dict[str, str]],
     for section, values in texts.items():
         merged.setdefault(section, {}).update(values)
     return merged
+
+
+def reset_settings(settings: Settings, *, force: bool = False) -> int:
+    """Forget what the admin page saved (the config file rules again; servers apply it within
+    a second); how many values there were. Works even when a saved value stops the service
+    from opening, so it opens the registry alone. Refused (409) when it would point a remote
+    elsewhere while files are in the cloud there, unless `force`."""
+    path = DataDir(settings.data_dir).registry_path
+    if not path.exists():
+        raise ConfigError(f"no registry at {path}: nothing was saved")
+    registry = SqliteRegistry(path)
+    try:
+        if registry.schema_version() < SETTINGS_SCHEMA:  # a registry from before the page
+            raise ConfigError("nothing was saved from the admin page")
+        with registry.transaction() as tx:
+            try:
+                # Where the remotes are is all it needs: a secret it cannot decrypt (a lost
+                # key file) is no reason to refuse.
+                current = overrides.effective(settings, tx, secrets=False)
+            except ConfigError:
+                if not force:
+                    raise
+                current = settings  # a saved value no parser takes: forget it regardless
+            for name in overrides.moved_remotes(current, settings):
+                if not force:
+                    where = current.named_remotes()[name].url or "the default remote"
+                    overrides.refuse_stranding(tx, name, where)
+                tx.files.forget_copies_in(name)
+            return tx.settings.reset()
+    finally:
+        registry.close()

@@ -313,6 +313,12 @@ class RegistryCollector:
                                 value=counters.get("cache.bytes", 0))
         yield GaugeMetricFamily("filestore_cache_max_bytes", "cache.max_size",
                                 value=store.settings.cache.max_size)
+        yield GaugeMetricFamily("filestore_cache_pinned_entries",
+                                "Pinned cache entries (never evicted)",
+                                value=counters.get("cache.pinned.entries", 0))
+        yield GaugeMetricFamily("filestore_cache_pinned_bytes",
+                                "Bytes of pinned cache entries (within cache.max_size)",
+                                value=counters.get("cache.pinned.bytes", 0))
         for name, metric in _CACHE_COUNTERS.items():
             yield CounterMetricFamily(metric, f"Cache {name.replace('_', ' ')}",
                                       value=counters.get(f"cache.{name}", 0))

@@ -29,21 +29,22 @@ from typing import Any
 
 import anyio
 
-from . import account_storage, live_settings, logs, overrides, paths, plan, signing
+from . import account_storage, charts, live_settings, logs, overrides, paths, plan, signing, startup
 from .accounts import Accounts, Principal
+from .cache import pins, warm
 from .cache.gc import CacheGC
 from .cache.readthrough import ReadThrough
-from .cache.reconcile import reconcile
 from .config import Settings
-from .datadir import DataDir
-from .errors import BadRequest, ConfigError, Conflict, FilestoreError, NotFound, RemoteError
+from .errors import BadRequest, Conflict, FilestoreError, NotFound
 from .importer import Candidate, ImportReport, import_one
 from .probe import ProbeResult
 from .queue import moves, purge
 from .queue.moves import MoveRunner
 from .queue.worker import QueueWorkers
-from .registry import SETTINGS_SCHEMA, Entry, FileRecord, Job, SqliteRegistry
+from .registry import Entry, FileRecord, Job
 from .remote import Remote, connected_remotes, open_remotes
+from .s3api.keys import S3Keys
+from .secrets import SecretBox
 from .signing import SigningKey
 from .stats import figures
 from .store import Precondition, Store
@@ -66,6 +67,7 @@ class Service:
         self.reloader: live_settings.SettingsReloader | None = None
         self.signing = SigningKey(self.store.datadir.root)
         self.accounts = Accounts(self.store.registry, lambda: self.store.token)
+        self.s3_keys = S3Keys(self.store.registry, SecretBox(self.store.datadir.root))
 
     @property
     def settings(self) -> Settings:
@@ -121,13 +123,14 @@ class Service:
                     cache = service.cache = ReadThrough(store, service.remotes, tg)
                     if store.alone:
                         for remote in service.remotes.values():
-                            tg.start_soon(_cleanup_remote, remote)
-                        tg.start_soon(_repair_cache, store)
+                            tg.start_soon(startup.cleanup_remote, remote)
+                        tg.start_soon(startup.repair_cache, store)
                     tg.start_soon(workers.run)
                     tg.start_soon(cache.maintain)
                     tg.start_soon(reloader.run)
                     tg.start_soon(runner.run)
                     tg.start_soon(service.accounts.flush_every)
+                    tg.start_soon(charts.sampler.run, store.registry)
                     yield service
                     tg.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
@@ -411,6 +414,24 @@ class Service:
         """A consistent copy of the registry at `target`, safe while servers write to it."""
         self.store.registry.backup(target)
 
+    # -- the cache's pins and warming --------------------------------------------------------------
+
+    def cache_pins(self) -> list[dict[str, Any]]:
+        return pins.listing(self.store.registry.read)
+
+    async def pin_cache(self, prefix: str) -> pins.Pinned:
+        return await anyio.to_thread.run_sync(pins.pin, self.store, prefix)
+
+    async def unpin_cache(self, prefix: str) -> int:
+        return await anyio.to_thread.run_sync(pins.unpin, self.store, prefix)
+
+    async def warm_cache(self, prefix: str, concurrency: int,
+                         progress: warm.Progress = warm.quiet) -> warm.WarmReport:
+        return await warm.here(self.store, self.cache, prefix, concurrency, progress)
+
+    async def start_warming(self, prefix: str) -> warm.WarmPlan:
+        return await warm.start(self.read_through, prefix)
+
 
 def files_url(settings: Settings) -> str:
     """`http://server.host:server.port` as a client on this machine reaches it."""
@@ -418,59 +439,3 @@ def files_url(settings: Settings) -> str:
     host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     host = f"[{host}]" if ":" in host else host
     return f"http://{host}:{settings.server.port}"
-
-
-def reset_settings(settings: Settings, *, force: bool = False) -> int:
-    """Forget what the admin page saved (the config file rules again; servers apply it within
-    a second); how many values there were. Works even when a saved value stops the service
-    from opening, so it opens the registry alone. Refused (409) when it would point a remote
-    elsewhere while files are in the cloud there, unless `force`."""
-    path = DataDir(settings.data_dir).registry_path
-    if not path.exists():
-        raise ConfigError(f"no registry at {path}: nothing was saved")
-    registry = SqliteRegistry(path)
-    try:
-        if registry.schema_version() < SETTINGS_SCHEMA:  # a registry from before the page
-            raise ConfigError("nothing was saved from the admin page")
-        with registry.transaction() as tx:
-            try:
-                # Where the remotes are is all it needs: a secret it cannot decrypt (a lost
-                # key file) is no reason to refuse.
-                current = overrides.effective(settings, tx, secrets=False)
-            except ConfigError:
-                if not force:
-                    raise
-                current = settings  # a saved value no parser takes: forget it regardless
-            for name in overrides.moved_remotes(current, settings):
-                if not force:
-                    where = current.named_remotes()[name].url or "the default remote"
-                    overrides.refuse_stranding(tx, name, where)
-                tx.files.forget_copies_in(name)
-            return tx.settings.reset()
-    finally:
-        registry.close()
-
-
-async def _cleanup_remote(remote: Remote) -> None:
-    """Abort what crashed uploads left on the remote; a failure here only delays that."""
-    try:
-        count = await remote.cleanup()
-    except RemoteError as exc:
-        log.warning("could not clean up unfinished uploads on %s: %s", remote.display_url,
-                    exc.detail)
-        return
-    except Exception:
-        log.exception("could not clean up unfinished uploads on %s", remote.display_url)
-        return
-    if count:
-        log.info("aborted %d unfinished upload(s) on %s", count, remote.display_url)
-
-
-async def _repair_cache(store: Store) -> None:
-    """The cache area's start-up repair, in the background; a failure is logged, not fatal
-    (the cache then runs unrepaired until the next start)."""
-    try:
-        await anyio.to_thread.run_sync(reconcile, store.registry, store.local)
-    except Exception as exc:
-        log.error("cache: start-up repair failed: %s: %s", type(exc).__name__, exc)
-

@@ -1,10 +1,11 @@
-"""Running uvicorn for `filestore serve`: one listener, or two with `admin.listen`.
+"""Running uvicorn for `filestore serve`: one listener, or more with `admin.listen` and `s3.port`.
 
 With `admin.listen = "HOST:PORT"` the admin page gets a listener of its own, so it never shares
-an origin with the files (docs/deploy.md): both sockets are bound here, before any worker
-starts, and every worker process serves both. The app (`app.FastReads`) tells them apart by
-the local address a request arrived on (`scope["server"]`): `/admin` answers only on the admin
-listener, which answers nothing but `/admin...` and `/healthz`.
+an origin with the files (docs/deploy.md); with `s3.port` the S3 endpoint answers on
+`server.host:s3.port` (`s3api/`). Every socket is bound here, before any worker starts, and
+every worker process serves them all. The app (`app.FastReads`) tells them apart by the local
+address a request arrived on (`scope["server"]`): `/admin` answers only on the admin listener,
+which answers nothing but `/admin...` and `/healthz`; the S3 listener answers S3 alone.
 
 uvicorn's documented entry point, `uvicorn.run`, binds one socket. Two take its parts:
 `Config.bind_socket`, `Server.run(sockets=...)` and, with `server.workers > 1`, the supervisor
@@ -73,7 +74,12 @@ class AdminListener:
         return self.hosts is None or server[0] in self.hosts
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def listen_text(host: str, port: int) -> str:
+    """host:port as `admin.listen` writes it (an IPv6 host in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _bind(key: str, host: str, port: int) -> socket.socket:
     """A listening-ready TCP socket on host:port, as uvicorn's `Config.bind_socket` makes one."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -82,26 +88,29 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"admin.listen: cannot listen on {host}:{port}: "
+        raise ConfigError(f"{key}: cannot listen on {host}:{port}: "
                           f"{exc.strerror or exc}") from None
     sock.set_inheritable(True)  # handed to the worker processes
     return sock
 
 
-def run(listen: str, host: str, port: int, workers: int) -> None:
-    """Serve the app on host:port (and on `listen`, the admin listener, when set) until a
-    signal stops it; exit 3 (uvicorn's STARTUP_FAILURE) if it never started."""
+def run(listen: str, host: str, port: int, workers: int, s3_port: int = 0) -> None:
+    """Serve the app on host:port (and on `listen`, the admin listener, and on host:s3_port,
+    the S3 endpoint, when set) until a signal stops it; exit 3 (uvicorn's STARTUP_FAILURE) if
+    it never started."""
     import uvicorn
 
-    if not listen:
+    if not listen and not s3_port:
         uvicorn.run(APP, host=host, port=port, workers=workers, **_OPTIONS)
         return
     from uvicorn.config import STARTUP_FAILURE
 
     config = uvicorn.Config(APP, host=host, port=port, workers=workers, **_OPTIONS)
-    admin = _bind(*split_listen(listen))
+    more = [_bind("admin.listen", *split_listen(listen))] if listen else []
+    if s3_port:
+        more.append(_bind("s3.port", host, s3_port))
     main = config.bind_socket()  # uvicorn's own: an error there exits 3, as uvicorn.run does
-    sockets = [main, admin]
+    sockets = [main, *more]
     server = uvicorn.Server(config)
     try:
         if workers > 1:

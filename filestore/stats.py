@@ -35,6 +35,9 @@ def snapshot(counters: dict[str, int], settings: Settings) -> dict[str, Any]:
         bytes=counters.get("cache.bytes", 0),
         max_size=settings.cache.max_size,
         hit_ratio=round(cache["hits"] / reads, 4) if reads else None,
+        # Never evicted, counted toward max_size (cache/pins.py).
+        pinned_entries=counters.get("cache.pinned.entries", 0),
+        pinned_bytes=counters.get("cache.pinned.bytes", 0),
     )
     return {
         "files": {**pair(""), **{loc: pair(f".{loc}") for loc in LOCATIONS}},
@@ -182,6 +185,8 @@ def report(stats: dict[str, Any]) -> str:
         f"cache     {cache['entries']:,} entries, {size_text(cache['bytes'])} of "
         f"{size_text(cache['max_size'])}; hit ratio {ratio} ({cache['hits']:,} hits, "
         f"{cache['misses']:,} misses)",
+        f"          pinned {cache['pinned_entries']:,} entries "
+        f"({size_text(cache['pinned_bytes'])}), never evicted",
         f"          served from the cache {size_text(cache['hit_bytes'])}, downloaded "
         f"{size_text(cache['remote_bytes'])} in {cache['fills']:,} fills and "
         f"{cache['passthrough']:,} pass-through reads",

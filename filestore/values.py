@@ -225,6 +225,17 @@ def parse_remote_name(value: Any) -> str:
     return text
 
 
+_REGION_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
+def parse_region(value: Any) -> str:
+    """A region name as AWS writes one ("us-east-1", "eu-central-1"; any such word here)."""
+    text = parse_str(value)
+    if not 0 < len(text) <= 64 or not _REGION_RE.fullmatch(text):
+        raise ValueError('a region name like "us-east-1"')
+    return text
+
+
 # An account's own remote is recorded as "ACCOUNT:NAME": no configured name holds a ":", so the
 # two never collide, and the account a remote belongs to is read off its name.
 ACCOUNT_REMOTE_SEP = ":"

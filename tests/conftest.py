@@ -71,10 +71,19 @@ class LiveServer:
     """uvicorn serving `build_app(settings)` in a background thread until `stop()`, with the
     HTTP protocol `filestore serve` runs (httptools and its limits, see httpguard.py)."""
 
-    def __init__(self, data_dir: Path, config: Path | None = None, **overrides: str) -> None:
+    def __init__(self, data_dir: Path, config: Path | None = None, *, s3: bool = False,
+                 **overrides: str) -> None:
         # No free-disk floors: a test must not depend on how full the machine's disk is.
         env = {"FILESTORE_STORAGE__DATA_DIR": str(data_dir), "FILESTORE_STORAGE__MIN_FREE": "0",
                "FILESTORE_CACHE__MIN_FREE": "0"}
+        sockets = []
+        if s3:  # the S3 endpoint on a listener of its own, as `filestore serve` binds it
+            import socket
+
+            main, endpoint = (socket.create_server(("127.0.0.1", 0)) for _ in range(2))
+            sockets = [main, endpoint]
+            env["FILESTORE_S3__PORT"] = str(endpoint.getsockname()[1])
+            self.s3_url = f"http://127.0.0.1:{endpoint.getsockname()[1]}"
         env.update({f"FILESTORE_{k.upper()}": v for k, v in overrides.items()})
         self.settings = load_settings(config, environ=env)
         self.app = build_app(self.settings)
@@ -82,8 +91,8 @@ class LiveServer:
                                 http=GuardedHttpToolsProtocol, log_level="warning",
                                 access_log=False)
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=asyncio.run, args=(self.server.serve(),),
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=asyncio.run, args=(self.server.serve(sockets=sockets or None),), daemon=True)
         self.thread.start()
         wait_for(lambda: self.server.started or not self.thread.is_alive())
         if not self.server.started:
@@ -117,9 +126,9 @@ class LiveServer:
 def make_server(tmp_path: Path) -> Iterator[Any]:
     servers: list[LiveServer] = []
 
-    def make(data_dir: Path | None = None, config: Path | None = None,
+    def make(data_dir: Path | None = None, config: Path | None = None, *, s3: bool = False,
              **overrides: str) -> LiveServer:
-        server = LiveServer(data_dir or tmp_path / "data", config, **overrides)
+        server = LiveServer(data_dir or tmp_path / "data", config, s3=s3, **overrides)
         servers.append(server)
         return server
 

@@ -115,6 +115,28 @@ async def token(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def s3_keys(request: Request) -> Response:
+    """`GET`: the account's S3 key ids (never a secret); `POST`: a new pair, its secret shown
+    this once (`s3api/keys.py`). The account's own token may do both."""
+    account_id = _id(request)
+    keys = service_of(request.app.state).s3_keys
+    if request.method == "GET":
+        caller(request).check_account(account_id)
+        return JSONResponse({"items": keys.listing(account_id)})
+    caller(request, change=True).check_account(account_id)
+    pair = await anyio.to_thread.run_sync(keys.add, account_id)
+    return JSONResponse(pair.public(), status_code=201)
+
+
+async def s3_key(request: Request) -> Response:
+    """`DELETE`: revoke a pair, refused from the next request on in every process."""
+    account_id = _id(request)
+    caller(request, change=True).check_account(account_id)
+    await anyio.to_thread.run_sync(service_of(request.app.state).s3_keys.revoke, account_id,
+                                   str(request.path_params["key"]))
+    return Response(status_code=204)
+
+
 async def storage(request: Request) -> Response:
     """`GET`: the account's own remotes (never a secret: `secret_access_key_set` says whether
     one is stored) and plan rules; `PUT` replaces them, `PATCH` merges (`account_storage.py`).
@@ -142,4 +164,6 @@ routes = [
     Route("/admin/api/accounts/{id}/tokens", tokens, methods=["GET", "POST"]),
     Route("/admin/api/accounts/{id}/tokens/{name}", token, methods=["DELETE"]),
     Route("/admin/api/accounts/{id}/storage", storage, methods=["GET", "PUT", "PATCH"]),
+    Route("/admin/api/accounts/{id}/s3-keys", s3_keys, methods=["GET", "POST"]),
+    Route("/admin/api/accounts/{id}/s3-keys/{key}", s3_key, methods=["DELETE"]),
 ]

@@ -14,12 +14,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import overrides, paths, signing
+from ..cache.pins import PinDoesNotFit
 from ..errors import BadRequest
 from ..service import service_of
 from ..stats import figures
 from ..values import parse_duration
 from .accounts_api import routes as account_routes
-from .callers import MAX_PAGE, administrator, caller, json_body, whole_number
+from .callers import MAX_PAGE, administrator, caller, json_body, json_object, whole_number
 from .session import sign_out_everywhere
 
 _DIGITS = re.compile(r"[0-9]{1,18}")
@@ -184,6 +185,47 @@ async def sign(request: Request) -> Response:
                          "once": once, "account": account})
 
 
+async def cache_pins(request: Request) -> Response:
+    """`GET`: the pins (cache/pins.py). `POST {"prefix", "warm": true}`: pin the prefix (409
+    `pin_does_not_fit` with `needed`, `max_size` and `missing` bytes when it would not fit) and
+    start warming it in the background. `DELETE ?prefix=`: unpin (404 if not pinned)."""
+    service = service_of(request.app.state)
+    if request.method == "GET":
+        _session(request)
+        return JSONResponse({"items": service.cache_pins()})
+    _change(request)
+    if request.method == "DELETE":
+        prefix = request.query_params.get("prefix")
+        if prefix is None:
+            raise BadRequest("give the prefix to unpin: ?prefix=...")
+        return JSONResponse({"prefix": paths.normalize_prefix(prefix),
+                             "released": await service.unpin_cache(prefix)})
+    body = json_object(await json_body(request), ("prefix", "warm"),
+                       '{"prefix": "media/", "warm": true}')
+    prefix, warm = body.get("prefix"), body.get("warm", True)
+    if not isinstance(prefix, str) or not isinstance(warm, bool):
+        raise BadRequest('send {"prefix": "media/"} (and "warm": true or false)')
+    try:
+        pinned = await service.pin_cache(prefix)
+    except PinDoesNotFit as exc:
+        return JSONResponse({"error": exc.code, "detail": exc.detail, "needed": exc.needed,
+                             "max_size": exc.max_size, "missing": exc.missing}, status_code=409)
+    warming = (await service.start_warming(pinned.prefix)).public() if warm else None
+    return JSONResponse({**pinned.public(), "warm": warming},
+                        status_code=201 if pinned.new else 200)
+
+
+async def cache_warm(request: Request) -> Response:
+    """`{"prefix"}`: start warming the prefix in this server's background; 202 with what it
+    takes (`files`, `bytes`, `room`, `fits`)."""
+    _change(request)
+    body = json_object(await json_body(request), ("prefix",), '{"prefix": "media/"}')
+    if not isinstance(body.get("prefix"), str):
+        raise BadRequest('send {"prefix": "media/"}')
+    planned = await service_of(request.app.state).start_warming(body["prefix"])
+    return JSONResponse(planned.public(), status_code=202)
+
+
 async def end_sessions(request: Request) -> Response:
     """Sign out everywhere: every admin session ends, in every process (`session.py`)."""
     _change(request)
@@ -201,6 +243,8 @@ routes = [
     Route("/admin/api/queue/drop", drop, methods=["POST"]),
     Route("/admin/api/sign", sign, methods=["POST"]),
     Route("/admin/api/sessions/end-all", end_sessions, methods=["POST"]),
+    Route("/admin/api/cache/pins", cache_pins, methods=["GET", "POST", "DELETE"]),
+    Route("/admin/api/cache/warm", cache_warm, methods=["POST"]),
     Route("/admin/api/files/{path:path}/{action}", file_action, methods=["POST"]),
     Route("/admin/api/files/{path:path}", file_info, methods=["GET"]),
     *account_routes,

@@ -27,6 +27,7 @@ from ..probe import STEPS
 from ..service import service_of
 from ..stats import figures, size_text
 from .api import parse_job_id
+from .charts_views import section as charts_section
 from .files import describe
 from .session import (
     CSRF_FIELD,
@@ -196,7 +197,8 @@ async def dashboard(request: Request, session: Session) -> Response:
     store = service_of(request.app.state).store
     stats = figures(store.registry, store.settings)
     return _render(request, "dashboard.html", session, stats=stats,
-                   jobs=[j.public() for j in store.registry.read.jobs.recent(5)])
+                   jobs=[j.public() for j in store.registry.read.jobs.recent(5)],
+                   charts=charts_section(store.registry))
 
 
 @signed_in

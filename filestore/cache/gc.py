@@ -8,6 +8,11 @@ and with five samples the hit ratio stays within a few percent of an exact LRU (
 An entry a reader has open (in any process: readers hold a shared `flock`, see local.py) is
 passed over, so eviction never pulls bytes from under a response and the accounting stays honest.
 Evictions are batched, many to a transaction, so freeing a lot of space costs few fsyncs.
+
+Pinned entries (`pins.py`) are never evicted: the index's draws never reach them (their slots
+are apart, see registry/cache.py), so a cache full of pinned entries draws nothing and the
+collection ends at once. Their bytes count toward `cache.max_size`: what needs more room than
+the pinned bytes leave is refused at once (a fill then streams through), evicting nothing.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class CacheGC:
         # hundred times since the last flush would look as cold as one never read.
         self.last_read = last_read
         self._lock = threading.Lock()  # one collection at a time in this process
+        self._warned = False  # that the pinned bytes alone are over cache.max_size
 
     def cached_bytes(self) -> int:
         return self.registry.read.counters.get("cache.bytes")
@@ -105,13 +111,16 @@ class CacheGC:
         `incoming` fits)."""
         evicted = freed = 0
         with self.registry.transaction() as tx:
+            tx.pins.set_limit(self.settings.max_size)  # the pins follow the size in force
+            if self._pinned_over(tx, incoming) and incoming:
+                return 0, 0, False  # evicting everything else would not make room
             cached = tx.counters.get("cache.bytes")
             fruitless = 0
             while self._over(cached, incoming) and evicted < _BATCH:
                 victim = self._evict_one(tx)
                 if victim is None:
                     fruitless += 1
-                    if fruitless >= _FRUITLESS_DRAWS:
+                    if fruitless >= _FRUITLESS_DRAWS or not _evictable(tx):
                         break
                     continue
                 fruitless = 0
@@ -121,6 +130,19 @@ class CacheGC:
             fits = not self._over(cached, incoming)
             tx.counters.add({"cache.evictions": evicted})
         return evicted, freed, fits
+
+    def _pinned_over(self, tx: Tables, incoming: int) -> bool:
+        """Whether the pinned bytes leave no room for `incoming` (and say so, once, when they
+        alone are over `cache.max_size`: it was lowered since they were pinned)."""
+        pinned = tx.counters.get("cache.pinned.bytes")
+        over = pinned > self.settings.max_size
+        if over and not self._warned:
+            logs.event(log, "cache.pinned_over", "cache: pinned entries hold {bytes:,} bytes, "
+                       "more than cache.max_size ({max_size:,}): unpin a prefix or raise "
+                       "cache.max_size", level=logging.WARNING, bytes=pinned,
+                       max_size=self.settings.max_size)
+        self._warned = over
+        return pinned + incoming > self.settings.max_size
 
     def _evict_one(self, tx: Tables) -> int | None:
         """Evict the least recently read of a random sample: the bytes freed, or None if
@@ -137,6 +159,11 @@ class CacheGC:
             tx.cache.remove(entry.path)
             return entry.size
         return None
+
+
+def _evictable(tx: Tables) -> bool:
+    """Whether any entry is not pinned (two counters: no draw needed to know)."""
+    return tx.counters.get("cache.entries") > tx.counters.get("cache.pinned.entries")
 
 
 def _log_evicted(count: int, freed: int, reason: str) -> None:

@@ -4,7 +4,7 @@ Each module holds a group of commands; each command parses its options, calls on
 the application layer (`service.py`) and prints the answer. `base.py` holds what they share.
 """
 
-from . import accounts, inspect, maintenance, moves, queue, server
+from . import accounts, cache, inspect, maintenance, moves, queue, s3, server
 from .base import main
 
-__all__ = ["accounts", "inspect", "main", "maintenance", "moves", "queue", "server"]
+__all__ = ["accounts", "cache", "inspect", "main", "maintenance", "moves", "queue", "s3", "server"]

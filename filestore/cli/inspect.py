@@ -9,8 +9,9 @@ import click
 
 from .. import overrides, paths, plan
 from ..config import Settings
+from ..live_settings import reset_settings
 from ..remote import open_remotes
-from ..service import Service, reset_settings
+from ..service import Service
 from ..stats import report, size_text
 from ..store import guess_content_type
 from ..values import parse_duration, value_text

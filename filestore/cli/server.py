@@ -54,7 +54,11 @@ def serve(settings: Settings, host: str | None, port: int | None, workers: int |
     else:
         click.echo(f"filestore: API token in {store.datadir.token_path} "
                    "(`filestore token` prints it)")
-    serving.run(settings.admin.listen, host, port, workers)
+    if settings.s3.port:
+        where = serving.listen_text(host, settings.s3.port)
+        click.echo(f"filestore: S3 endpoint http://{where} (region {settings.s3.region}; "
+                   "`filestore s3 keys` prints the administrator's key pair)")
+    serving.run(settings.admin.listen, host, port, workers, settings.s3.port)
 
 
 async def _check_remotes(settings: Settings) -> None:

@@ -107,6 +107,8 @@ class AccountRows:
         """Forget the account, its tokens, its storage and its usage counters (its files stay
         files)."""
         self._conn.execute("DELETE FROM account_tokens WHERE account = ?", (account,))
+        self._conn.execute("DELETE FROM s3_keys WHERE account = ?", (account,))
+        self._conn.execute("DELETE FROM s3_buckets WHERE owner = ?", (account,))
         if self._conn.execute("DELETE FROM account_storage WHERE account = ?",
                               (account,)).rowcount:
             announce(self._conn, True)  # every process forgets its remotes and rules

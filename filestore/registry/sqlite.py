@@ -34,7 +34,10 @@ from .files import FileRows, IntentRows
 from .grants import GrantRows
 from .jobs import JobRows
 from .migrations import MIGRATIONS, SCHEMA_VERSION
+from .pins import PinRows
 from .queue import QueueRows
+from .s3 import BucketRows, S3KeyRows
+from .samples import SampleRows
 from .sessions import SessionRows
 from .settings import SettingRows
 
@@ -53,6 +56,7 @@ class Tables:
         self.queue = QueueRows(conn)
         self.jobs = JobRows(conn)
         self.cache = CacheRows(conn)
+        self.pins = PinRows(conn)
         self.settings = SettingRows(conn)
         self.counters = CounterRows(conn)
         self.sessions = SessionRows(conn)
@@ -60,6 +64,9 @@ class Tables:
         self.accounts = AccountRows(conn)
         self.tokens = TokenRows(conn)
         self.account_storage = StorageRows(conn)
+        self.s3_keys = S3KeyRows(conn)
+        self.buckets = BucketRows(conn)
+        self.samples = SampleRows(conn)
 
     @contextmanager
     def snapshot(self) -> Iterator[Tables]:

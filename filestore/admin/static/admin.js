@@ -110,3 +110,29 @@ document.addEventListener("DOMContentLoaded", () => {
   refresh(source);
   setInterval(() => refresh(source), REFRESH_MS);
 });
+
+// The charts of the last hour: drawn on the server as SVG; fetched again every sampling
+// interval (the section's `data-every`, in ms) and swapped in whole.
+const CHARTS_DEFAULT_MS = 10000;
+
+function chartsEvery(box) {
+  const inner = box.querySelector("[data-every]");
+  const every = inner ? Number(inner.dataset.every) : CHARTS_DEFAULT_MS;
+  return Number.isFinite(every) && every > 0 ? Math.max(every, 200) : CHARTS_DEFAULT_MS;
+}
+
+async function refreshCharts(box) {
+  try {
+    const response = await fetch(box.dataset.charts, {credentials: "same-origin", cache: "no-store"});
+    if (response.status === 401) { window.location.reload(); return; }
+    if (response.ok) box.innerHTML = await response.text();
+  } catch (error) {
+    // The server is restarting or unreachable: try again at the next tick.
+  }
+  setTimeout(() => refreshCharts(box), chartsEvery(box));
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const box = document.querySelector("[data-charts]");
+  if (box) setTimeout(() => refreshCharts(box), chartsEvery(box));
+});

@@ -1,0 +1,228 @@
+"""The S3 endpoint's ASGI app: authenticate, route by path style, answer in S3's dialect.
+
+`filestore serve` answers it on `s3.port` (serving.py binds the socket; `app.FastReads` sends
+every request that arrives there here), in the same worker processes and over the same service
+as `/files/`. Paths are path-style: `/` (ListBuckets), `/BUCKET` (the bucket's operations),
+`/BUCKET/KEY` (the object's). Every request must be signed by a key of the administrator or of
+an active account (`keys.py`); an anonymous one is 403 `AccessDenied`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import unquote
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from ..errors import FilestoreError
+from ..service import Service, service_of
+from . import buckets, listing, objects
+from .auth import Signed, authenticate, body_of
+from .buckets import Caller
+from .errors import S3Error, response, translated
+from .xml import element, group, s3_document, timestamp
+
+log = logging.getLogger("filestore.s3")
+
+# Bucket subresources this endpoint does not keep: an S3 client asking gets 501, not a wrong
+# answer (versioning is answered: never enabled).
+_UNSUPPORTED = ("acl", "policy", "lifecycle", "cors", "tagging", "encryption", "website",
+                "replication", "object-lock", "notification", "logging", "requestPayment",
+                "accelerate", "analytics", "inventory", "metrics", "ownershipControls",
+                "publicAccessBlock", "intelligent-tiering", "uploads", "uploadId",
+                "partNumber", "attributes", "restore", "select", "legal-hold", "retention",
+                "torrent")
+MAX_XML_BODY = 1024 * 1024
+
+
+class S3App:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        body = _Body(receive)
+        request = Request(scope, body.receive)
+        request_id = uuid.uuid4().hex[:16].upper()
+        answer: Any
+        try:
+            answer = await _handle(request)
+        except S3Error as exc:
+            answer = response(exc, scope.get("path", ""), request_id,
+                              head=request.method == "HEAD")
+        except FilestoreError as exc:
+            answer = response(translated(exc), scope.get("path", ""), request_id,
+                              head=request.method == "HEAD")
+        except ClientDisconnect:
+            return
+        except Exception:
+            log.exception("s3: %s %s failed", request.method, scope.get("path", ""))
+            answer = response(S3Error("InternalError", "We encountered an internal error. "
+                                      "Please try again.", 500), scope.get("path", ""),
+                              request_id, head=request.method == "HEAD")
+        if isinstance(answer, Response):
+            answer.headers.setdefault("x-amz-request-id", request_id)
+            if not body.read_all and _has_body(scope):
+                # Answered before the body was read (a refusal): the rest of it is still on
+                # the connection, where it would be taken for the next request.
+                answer.headers["connection"] = "close"
+        await answer(scope, body.receive, send)
+
+
+class _Body:
+    """The request's `receive`, noting whether the body was read to its end."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.read_all = False
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            self.read_all = True
+        return message
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return True
+    return False
+
+
+async def _handle(request: Request) -> Any:
+    service = service_of(request.app.state)
+    signed = authenticate(request, service)
+    bucket, _, key = request.url.path.lstrip("/").partition("/")
+    params = request.query_params
+    for name in _UNSUPPORTED:
+        if name in params:
+            raise S3Error("NotImplemented", f"?{name} is not implemented by this endpoint",
+                          501)
+    if not bucket:
+        if request.method != "GET":
+            raise _not_allowed(request.method)
+        return _xml(_list_buckets(service, signed.caller))
+    if not key:
+        return await _bucket(request, service, signed, bucket)
+    return await _object(request, service, signed, bucket, key)
+
+
+# -- the service and buckets -------------------------------------------------------------------
+
+
+def _list_buckets(service: Service, caller: Caller) -> bytes:
+    owner = caller.account or "filestore"
+    return s3_document("ListAllMyBucketsResult", [
+        group("Owner", [element("ID", owner), element("DisplayName", owner)]),
+        group("Buckets", [group("Bucket", [element("Name", name),
+                                           element("CreationDate", timestamp(created))])
+                          for name, created in buckets.listing(service, caller)])])
+
+
+async def _bucket(request: Request, service: Service, signed: Signed, bucket: str) -> Any:
+    caller, params, method = signed.caller, request.query_params, request.method
+    if method == "PUT":
+        await _drain(request)
+        buckets.create(service, caller, bucket)
+        return Response(status_code=200, headers={"location": f"/{bucket}"})
+    if method == "DELETE":
+        buckets.delete(service, caller, bucket)
+        return Response(status_code=204)
+    reader = service.store.registry.read
+    prefix = buckets.require(reader, caller, bucket)
+    if method == "HEAD":
+        return Response(status_code=200, headers={"x-amz-bucket-region":
+                                                  service.settings.s3.region})
+    if method == "POST" and "delete" in params:
+        body = await _small_body(request)
+        return _xml(await objects.delete_many(service, prefix, body))
+    if method != "GET":
+        raise _not_allowed(method)
+    if "location" in params:
+        region = service.settings.s3.region
+        return _xml(s3_document("LocationConstraint", [region if region != "us-east-1"
+                                                       else ""]))
+    if "versioning" in params:
+        return _xml(s3_document("VersioningConfiguration", []))
+    if params.get("list-type") == "2":
+        return _xml(listing.list_v2(reader, bucket, prefix, params))
+    return _xml(listing.list_v1(reader, bucket, prefix, params))
+
+
+# -- objects -------------------------------------------------------------------------------------
+
+
+async def _object(request: Request, service: Service, signed: Signed, bucket: str,
+                  key: str) -> Any:
+    method = request.method
+    prefix = buckets.require(service.store.registry.read, signed.caller, bucket)
+    path = objects.path_of(prefix, key)
+    if method in ("GET", "HEAD"):
+        return await objects.get(request, service, path, key)
+    if method == "PUT":
+        if "x-amz-copy-source" in request.headers:
+            return await _copy(request, service, signed, path)
+        body, length, sha256 = body_of(request, signed)
+        return await objects.put(service, path, body, content_type=request.headers.get(
+            "content-type"), content_length=length, expect_sha256=sha256,
+            expect_md5=objects.content_md5(request))
+    if method == "DELETE":
+        return await objects.delete(service, path)
+    raise _not_allowed(method)
+
+
+async def _copy(request: Request, service: Service, signed: Signed, path: str) -> Response:
+    """CopyObject: `x-amz-copy-source: /BUCKET/KEY` (URL-encoded), a bucket of the caller's."""
+    await _drain(request)
+    source = unquote(request.headers["x-amz-copy-source"]).split("?versionId=", 1)[0]
+    source_bucket, _, source_key = source.lstrip("/").partition("/")
+    if not source_bucket or not source_key:
+        raise S3Error("InvalidArgument", "x-amz-copy-source must be /bucket/key", 400)
+    prefix = buckets.require(service.store.registry.read, signed.caller, source_bucket)
+    directive = request.headers.get("x-amz-metadata-directive", "COPY").upper()
+    if directive not in ("COPY", "REPLACE"):
+        raise S3Error("InvalidArgument", "x-amz-metadata-directive is COPY or REPLACE", 400)
+    content_type = request.headers.get("content-type") if directive == "REPLACE" else None
+    return _xml(await objects.copy(service, objects.path_of(prefix, source_key), source_key,
+                                   path, content_type=content_type))
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _xml(body: bytes) -> Response:
+    return Response(body, media_type="application/xml")
+
+
+def _not_allowed(method: str) -> S3Error:
+    return S3Error("MethodNotAllowed", f"The specified method is not allowed against this "
+                   f"resource: {method}", 405)
+
+
+async def _small_body(request: Request) -> bytes:
+    body = b""
+    async for chunk in _chunks(request):
+        body += chunk
+        if len(body) > MAX_XML_BODY:
+            raise S3Error("MalformedXML", "the XML body is too large", 400)
+    return body
+
+
+async def _chunks(request: Request) -> AsyncIterator[bytes]:
+    async for chunk in request.stream():
+        if chunk:
+            yield chunk
+
+
+async def _drain(request: Request) -> None:
+    """Read and drop a body nothing here uses (CreateBucket's location constraint)."""
+    await _small_body(request)
+
+
+def _now() -> float:
+    return time.time()

@@ -1,0 +1,237 @@
+"""Objects: GetObject, HeadObject, PutObject, DeleteObject and DeleteObjects over filestore files.
+
+An object is the file at its bucket's prefix plus its key, so it has the same bytes, queue,
+plan, cache, quota and metrics as through `/files/`; only the dialect differs:
+
+- The ETag is what S3 clients compare: the MD5 hex of the bytes (filestore records it at PUT);
+  a file without one (imported before MD5s were recorded) shows its `/files/` ETag instead.
+- A GET is answered exactly as `/files/` answers it (local bytes, the cache, or the cloud read
+  through the cache), with Range and the conditional headers of RFC 9110 on that ETag, and the
+  same sandboxing headers (the bytes never run as a page of any origin).
+- A PUT's body is checked against every digest the request names (the signed
+  `x-amz-content-sha256`, `Content-MD5`, an `x-amz-checksum-*` header or trailer) before the
+  file is recorded: a mismatch keeps nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import os
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .. import paths
+from ..conditional import Validators, check_preconditions, etag_for, if_range_allows
+from ..errors import BadPath, ChecksumMismatch, NotFound, PreconditionFailed
+from ..ranges import RangeNotSatisfiable, parse_range
+from ..registry import FileRecord
+from ..responses import SANDBOX, ByteSource, FileBody, LocalBytes, NoBytes
+from ..service import Service
+from .errors import S3Error, no_such_key
+from .xml import BadXML, element, group, parse, s3_document, timestamp
+
+_SAFE = {"x-content-type-options": "nosniff", "accept-ranges": "bytes",
+         "content-security-policy": SANDBOX}
+# What a presigned GET may override in the answer (S3's `response-*` parameters).
+_OVERRIDES = {"response-content-type": "content-type",
+              "response-content-disposition": "content-disposition",
+              "response-cache-control": "cache-control",
+              "response-content-language": "content-language",
+              "response-content-encoding": "content-encoding",
+              "response-expires": "expires"}
+_CONDITIONAL = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since",
+                "range", "if-range")
+MAX_DELETE = 1000
+
+
+def etag_of(record: FileRecord) -> str:
+    return f'"{record.md5}"' if record.md5 else etag_for(record.sha256)
+
+
+def path_of(prefix: str, key: str) -> str:
+    """The filestore path of `key` in the bucket at `prefix`: the path checks `/files/` makes,
+    as S3 errors."""
+    if not key:
+        raise S3Error("InvalidArgument", "an object needs a key", 400)
+    try:
+        return paths.normalize(prefix + key)
+    except BadPath as exc:
+        raise S3Error("InvalidArgument", f"the key cannot be stored: {exc.detail}", 400) \
+            from None
+
+
+# -- GET and HEAD -------------------------------------------------------------------------------
+
+
+async def get(request: Request, service: Service, path: str, key: str) -> Response | FileBody:
+    try:
+        record, fd, cached = await service.open_current(path)
+    except NotFound:
+        raise no_such_key(key) from None
+    try:
+        answer = _answer(request, record)
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        raise
+    if isinstance(answer, Response):
+        if fd is not None:
+            os.close(fd)
+        return answer
+    headers, ranges = answer
+    send_body = request.method != "HEAD"
+    cache = service.read_through
+    source: ByteSource
+    if fd is not None:
+        source = LocalBytes(fd)
+    elif not send_body or record.size == 0:
+        source = NoBytes()
+    else:
+        source = await cache.open(record, ranges)
+    response = FileBody(source, record.size, headers, ranges=ranges, send_body=send_body)
+    if cached and send_body:
+        cache.usage.hit(path, response.length)
+    return response
+
+
+def _answer(request: Request, record: FileRecord
+            ) -> Response | tuple[dict[str, str], list[tuple[int, int]] | None]:
+    validators = Validators(etag_of(record), int(record.modified))
+    headers = {"etag": validators.etag, "last-modified": validators.http_date,
+               "content-type": record.content_type, **_SAFE}
+    for name, header in _OVERRIDES.items():
+        value = request.query_params.get(name)
+        if value is not None and "\n" not in value and "\r" not in value:
+            headers[header] = value
+    conditions = {name: request.headers[name] for name in _CONDITIONAL if name in request.headers}
+    if not conditions:
+        return headers, None
+    try:
+        if check_preconditions(request.method, conditions, validators) == 304:
+            headers.pop("content-type")
+            return Response(status_code=304, headers=headers)
+    except PreconditionFailed:
+        raise S3Error("PreconditionFailed", "At least one of the preconditions you specified "
+                      "did not hold", 412) from None
+    range_header = conditions.get("range")
+    if range_header is None or not if_range_allows(conditions, validators):
+        return headers, None
+    try:
+        return headers, parse_range(range_header, record.size)
+    except RangeNotSatisfiable:
+        raise S3Error("InvalidRange", "The requested range is not satisfiable", 416) from None
+
+
+# -- PUT ------------------------------------------------------------------------------------
+
+
+def content_md5(request: Request) -> str | None:
+    """`Content-MD5` (base64) as hex; 400 `InvalidDigest` when it is not an MD5."""
+    raw = request.headers.get("content-md5")
+    if raw is None:
+        return None
+    try:
+        digest = base64.b64decode(raw.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        digest = b""
+    if len(digest) != 16:
+        raise S3Error("InvalidDigest", "The Content-MD5 you specified was invalid", 400)
+    return digest.hex()
+
+
+async def put(service: Service, path: str, body: AsyncIterator[bytes], *,
+              content_type: str | None, content_length: int | None, expect_sha256: str | None,
+              expect_md5: str | None) -> Response:
+    try:
+        record, _ = await service.put(path, body, content_type=content_type,
+                                      content_length=content_length, expect_sha256=expect_sha256,
+                                      expect_md5=expect_md5)
+    except ChecksumMismatch as exc:
+        if exc.digest == "sha256" and expect_sha256 is not None:
+            raise S3Error("XAmzContentSHA256Mismatch", "The provided 'x-amz-content-sha256' "
+                          "header does not match what was computed.", 400) from None
+        raise S3Error("BadDigest", "The Content-MD5 you specified did not match what we "
+                      "received.", 400) from None
+    return Response(status_code=200, headers={"etag": etag_of(record)})
+
+
+# -- COPY ---------------------------------------------------------------------------------
+
+
+_COPY_CHUNK = 1024 * 1024
+
+
+async def copy(service: Service, source_path: str, source_key: str, path: str, *,
+               content_type: str | None) -> bytes:
+    """CopyObject within filestore: the source's bytes (local, cached or read through the
+    cache from the cloud) are stored at `path` as a PUT would store them, checked against the
+    source's SHA-256; no byte goes through the client. `content_type` (REPLACE) or the
+    source's (COPY, the default)."""
+    try:
+        record, fd, _ = await service.open_current(source_path)
+    except NotFound:
+        raise no_such_key(source_key) from None
+    source: ByteSource
+    if fd is not None:
+        source = LocalBytes(fd)
+    elif record.size == 0:
+        source = NoBytes()
+    else:
+        source = await service.read_through.open(record, None)
+
+    async def body() -> AsyncIterator[bytes]:
+        offset = 0
+        try:
+            while offset < record.size:
+                chunk = await source.read(min(_COPY_CHUNK, record.size - offset), offset)
+                if not chunk:
+                    raise S3Error("InternalError", "the source ended early", 500)
+                offset += len(chunk)
+                yield bytes(chunk)
+        finally:
+            await source.aclose()
+
+    copied, _ = await service.put(path, body(), content_type=content_type or
+                                  record.content_type, content_length=record.size,
+                                  expect_sha256=record.sha256)
+    return s3_document("CopyObjectResult", [element("LastModified", timestamp(copied.modified)),
+                                            element("ETag", etag_of(copied))])
+
+
+# -- DELETE ---------------------------------------------------------------------------------
+
+
+async def delete(service: Service, path: str) -> Response:
+    """204 whether or not there was an object, as S3 answers."""
+    with contextlib.suppress(NotFound):
+        await service.delete(path)
+    return Response(status_code=204)
+
+
+async def delete_many(service: Service, prefix: str, body: bytes) -> bytes:
+    """DeleteObjects: up to 1000 keys; each one's result (all but errors when Quiet)."""
+    try:
+        root = parse(body)
+    except BadXML as exc:
+        raise S3Error("MalformedXML", str(exc), 400) from None
+    if root.tag != "Delete":
+        raise S3Error("MalformedXML", "expected a <Delete> document", 400)
+    keys = [node.findtext("Key") or "" for node in root.findall("Object")]
+    if not keys or len(keys) > MAX_DELETE:
+        raise S3Error("MalformedXML", f"send 1 to {MAX_DELETE} <Object> keys", 400)
+    quiet = (root.findtext("Quiet") or "").strip().lower() == "true"
+    results: list[str] = []
+    for key in keys:
+        try:
+            await delete(service, path_of(prefix, key))
+        except S3Error as exc:
+            results.append(group("Error", [element("Key", key), element("Code", exc.code),
+                                           element("Message", exc.message)]))
+            continue
+        if not quiet:
+            results.append(group("Deleted", [element("Key", key)]))
+    return s3_document("DeleteResult", results)

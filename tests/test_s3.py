@@ -1,0 +1,241 @@
+"""The S3 endpoint (`s3api/`) driven by boto3, a client no one here wrote, against a real uvicorn
+that serves `/files/` and `s3.port` from one app: buckets, objects and listings with the bytes
+then at `/files/` and, once uploaded, in the moto bucket; presigned URLs (SigV4 and SigV2);
+every refusal as S3's XML with its code; an account's keys confined to its namespace."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import boto3
+import botocore
+import httpx
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from conftest import LiveServer, Moto, s3_overrides, uploaded, wait_for
+from test_accounts import create
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def s3_client(server: LiveServer, key_id: str, secret: str, **config: Any) -> Any:
+    return boto3.client(
+        "s3", endpoint_url=server.s3_url, region_name="us-east-1",
+        aws_access_key_id=key_id, aws_secret_access_key=secret,
+        config=Config(s3={"addressing_style": "path"}, signature_version="s3v4",
+                      retries={"max_attempts": 1}, **config))
+
+
+def admin_client(server: LiveServer, **config: Any) -> Any:
+    pair, _ = server.service.s3_keys.admin_pair()
+    return s3_client(server, pair.access_key_id, pair.secret_access_key, **config)
+
+
+def code_of(call: Any, *args: Any, **kwargs: Any) -> tuple[str, int]:
+    with pytest.raises(ClientError) as caught:
+        call(*args, **kwargs)
+    error = caught.value.response
+    return str(error["Error"]["Code"]), int(error["ResponseMetadata"]["HTTPStatusCode"])
+
+
+@pytest.fixture
+def s3_server(make_server: Any, moto: Moto, bucket: str) -> LiveServer:
+    server: LiveServer = make_server(s3=True, **s3_overrides(moto, bucket), upload__delay="0")
+    return server
+
+
+def test_objects_through_boto3_are_filestore_files(s3_server: LiveServer, moto: Moto,
+                                                   bucket: str) -> None:
+    s3 = admin_client(s3_server)
+    s3.create_bucket(Bucket="media")
+    assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["media"]
+    put = s3.put_object(Bucket="media", Key="2026/cat photo.jpg", Body=b"meow" * 1000,
+                        ContentType="image/jpeg")
+    assert put["ETag"] == f'"{hashlib.md5(b"meow" * 1000).hexdigest()}"'
+    head = s3.head_object(Bucket="media", Key="2026/cat photo.jpg")
+    assert head["ContentLength"] == 4000 and head["ContentType"] == "image/jpeg"
+    got = s3.get_object(Bucket="media", Key="2026/cat photo.jpg")
+    assert got["Body"].read() == b"meow" * 1000 and got["ETag"] == put["ETag"]
+    part = s3.get_object(Bucket="media", Key="2026/cat photo.jpg", Range="bytes=4-7")
+    assert part["Body"].read() == b"meow" and part["ContentRange"] == "bytes 4-7/4000"
+    # The same file at /files/, and in the cloud once uploaded.
+    with s3_server.client() as files:
+        assert files.get("/files/media/2026/cat photo.jpg").content == b"meow" * 1000
+        assert files.put("/files/media/2026/dog.txt", content=b"woof").status_code == 201
+    assert s3.get_object(Bucket="media", Key="2026/dog.txt")["Body"].read() == b"woof"
+    wait_for(lambda: uploaded(s3_server, "media/2026/cat photo.jpg"))
+    stored = moto.client().get_object(Bucket=bucket, Key="fs/media/2026/cat photo.jpg")
+    assert stored["Body"].read() == b"meow" * 1000
+    # Deleting: one, several, and one that is not there (204 all the same).
+    s3.delete_object(Bucket="media", Key="2026/dog.txt")
+    s3.delete_object(Bucket="media", Key="never-was")
+    with s3_server.client() as files:
+        assert files.get("/files/media/2026/dog.txt").status_code == 404
+
+
+def test_listings_page_and_group_by_delimiter(s3_server: LiveServer) -> None:
+    s3 = admin_client(s3_server)
+    s3.create_bucket(Bucket="logs")
+    keys = [f"{day}/{n:03}.log" for day in ("a", "b", "c") for n in range(5)] + ["top.txt"]
+    for key in keys:
+        s3.put_object(Bucket="logs", Key=key, Body=key.encode())
+    # Paged through a paginator: every key once, in order.
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket="logs",
+                                                         PaginationConfig={"PageSize": 4})
+    listed = [o["Key"] for page in pages for o in page.get("Contents", [])]
+    assert listed == sorted(keys)
+    grouped = s3.list_objects_v2(Bucket="logs", Delimiter="/")
+    assert [p["Prefix"] for p in grouped["CommonPrefixes"]] == ["a/", "b/", "c/"]
+    assert [o["Key"] for o in grouped["Contents"]] == ["top.txt"]
+    # Delimited pages: common prefixes count toward max-keys, and a token resumes after one.
+    first = s3.list_objects_v2(Bucket="logs", Delimiter="/", MaxKeys=2)
+    assert first["IsTruncated"] and [p["Prefix"] for p in first["CommonPrefixes"]] == ["a/", "b/"]
+    rest = s3.list_objects_v2(Bucket="logs", Delimiter="/", MaxKeys=2,
+                              ContinuationToken=first["NextContinuationToken"])
+    assert [p["Prefix"] for p in rest["CommonPrefixes"]] == ["c/"]
+    assert [o["Key"] for o in rest["Contents"]] == ["top.txt"] and not rest["IsTruncated"]
+    under = s3.list_objects_v2(Bucket="logs", Prefix="b/", StartAfter="b/001.log")
+    assert [o["Key"] for o in under["Contents"]] == ["b/002.log", "b/003.log", "b/004.log"]
+    v1 = s3.list_objects(Bucket="logs", Prefix="c/", Marker="c/002.log")
+    assert [o["Key"] for o in v1["Contents"]] == ["c/003.log", "c/004.log"]
+    assert s3.get_bucket_location(Bucket="logs")["LocationConstraint"] is None
+    assert code_of(s3.delete_bucket, Bucket="logs") == ("BucketNotEmpty", 409)
+    result = s3.delete_objects(Bucket="logs", Delete={"Objects": [{"Key": k} for k in keys]})
+    assert sorted(d["Key"] for d in result["Deleted"]) == sorted(keys)
+    s3.delete_bucket(Bucket="logs")
+    assert code_of(s3.head_bucket, Bucket="logs") == ("404", 404)
+
+
+def test_refusals_are_s3_errors(s3_server: LiveServer) -> None:
+    s3 = admin_client(s3_server)
+    s3.create_bucket(Bucket="media")
+    assert code_of(s3.get_object, Bucket="media", Key="nope") == ("NoSuchKey", 404)
+    assert code_of(s3.get_object, Bucket="nobucket", Key="x") == ("NoSuchBucket", 404)
+    assert code_of(s3.create_bucket, Bucket="Bad_Name") == ("InvalidBucketName", 400)
+    s3.put_object(Bucket="media", Key="a.txt", Body=b"abc")
+    assert code_of(s3.get_object, Bucket="media", Key="a.txt", Range="bytes=10-20") == (
+        "InvalidRange", 416)
+    assert code_of(s3.get_object, Bucket="media", Key="a.txt", IfMatch='"nope"') == (
+        "PreconditionFailed", 412)
+    etag = s3.head_object(Bucket="media", Key="a.txt")["ETag"]
+    assert code_of(s3.get_object, Bucket="media", Key="a.txt", IfNoneMatch=etag) == (
+        "304", 304)
+    for key in ("../escape", "a/../../b", "a//b", "dir/"):
+        code, status = code_of(s3.put_object, Bucket="media", Key=key, Body=b"x")
+        assert (code, status) == ("InvalidArgument", 400), key
+    pair, _ = s3_server.service.s3_keys.admin_pair()
+    bad = s3_client(s3_server, pair.access_key_id, "wrong-secret")
+    assert code_of(bad.list_buckets) == ("SignatureDoesNotMatch", 403)
+    unknown = s3_client(s3_server, "FSNOSUCHKEY000000000", "x" * 40)
+    assert code_of(unknown.list_buckets) == ("InvalidAccessKeyId", 403)
+    anonymous = boto3.client("s3", endpoint_url=s3_server.s3_url, region_name="us-east-1",
+                             config=Config(signature_version=botocore.UNSIGNED,
+                                           s3={"addressing_style": "path"}))
+    assert code_of(anonymous.list_objects_v2, Bucket="media") == ("AccessDenied", 403)
+    other_region = boto3.client(
+        "s3", endpoint_url=s3_server.s3_url, region_name="eu-west-1",
+        aws_access_key_id=pair.access_key_id, aws_secret_access_key=pair.secret_access_key,
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+    assert code_of(other_region.list_buckets)[1] == 400
+    # A raw request: the XML itself.
+    answer = httpx.get(f"{s3_server.s3_url}/media/a.txt")
+    assert answer.status_code == 403 and b"<Code>AccessDenied</Code>" in answer.content
+    assert answer.headers["content-type"] == "application/xml"
+
+
+def test_presigned_urls_v4_and_v2(s3_server: LiveServer) -> None:
+    s3 = admin_client(s3_server)
+    s3.create_bucket(Bucket="share")
+    s3.put_object(Bucket="share", Key="report.pdf", Body=b"%PDF-1.7", ContentType="text/plain")
+    v4 = s3.generate_presigned_url("get_object", ExpiresIn=60, Params={
+        "Bucket": "share", "Key": "report.pdf", "ResponseContentType": "application/pdf"})
+    answer = httpx.get(v4)
+    assert answer.status_code == 200 and answer.content == b"%PDF-1.7"
+    assert answer.headers["content-type"] == "application/pdf"
+    assert answer.headers["content-security-policy"]  # sandboxed as at /files/
+    assert httpx.get(v4.replace("report.pdf", "other.pdf")).status_code == 403
+    pair, _ = s3_server.service.s3_keys.admin_pair()
+    default = boto3.client("s3", endpoint_url=s3_server.s3_url, region_name="us-east-1",
+                           aws_access_key_id=pair.access_key_id,
+                           aws_secret_access_key=pair.secret_access_key,
+                           config=Config(s3={"addressing_style": "path"}))
+    v2 = default.generate_presigned_url("get_object", ExpiresIn=60,
+                                        Params={"Bucket": "share", "Key": "report.pdf"})
+    assert "AWSAccessKeyId=" in v2 and "Signature=" in v2  # boto3's default: SigV2
+    assert httpx.get(v2).content == b"%PDF-1.7"
+    expired = s3.generate_presigned_url("get_object", ExpiresIn=1,
+                                        Params={"Bucket": "share", "Key": "report.pdf"})
+    wait_for(lambda: httpx.get(expired).status_code == 403, timeout=5)
+    assert b"<Code>AccessDenied</Code>" in httpx.get(expired).content
+    # A presigned PUT stores what it carries.
+    put_url = s3.generate_presigned_url("put_object", ExpiresIn=60,
+                                        Params={"Bucket": "share", "Key": "up.bin"})
+    assert httpx.put(put_url, content=b"uploaded").status_code == 200
+    assert s3.get_object(Bucket="share", Key="up.bin")["Body"].read() == b"uploaded"
+
+
+def test_an_accounts_keys_see_its_own_namespace(s3_server: LiveServer) -> None:
+    with s3_server.client() as owner:
+        token = create(owner, "acme")
+        create(owner, "bob")
+    with httpx.Client(base_url=s3_server.url, timeout=30,
+                      headers={"authorization": f"Bearer {token}"}) as acme:
+        made = acme.post("/admin/api/accounts/acme/s3-keys")
+        assert made.status_code == 201, made.text
+        pair = made.json()
+        listed = acme.get("/admin/api/accounts/acme/s3-keys").json()["items"]
+        assert [k["access_key_id"] for k in listed] == [pair["access_key_id"]]
+        assert pair["secret_access_key"] not in acme.get("/admin/api/accounts/acme/s3-keys").text
+        assert acme.post("/admin/api/accounts/bob/s3-keys").status_code == 403
+    s3 = s3_client(s3_server, pair["access_key_id"], pair["secret_access_key"])
+    s3.create_bucket(Bucket="media")
+    s3.put_object(Bucket="media", Key="x.txt", Body=b"acme's")
+    with s3_server.client() as files:
+        assert files.get("/files/acme/media/x.txt").content == b"acme's"
+    admin = admin_client(s3_server)
+    assert [b["Name"] for b in admin.list_buckets()["Buckets"]] == []  # the account's own
+    assert code_of(s3.list_objects_v2, Bucket="acme") == ("NoSuchBucket", 404)
+    # Suspended: refused; revoked: unknown.
+    with s3_server.client() as owner:
+        assert owner.patch("/admin/api/accounts/acme",
+                           json={"state": "suspended"}).status_code == 200
+        assert code_of(s3.list_buckets) == ("AccessDenied", 403)
+        owner.patch("/admin/api/accounts/acme", json={"state": "active"})
+        assert owner.delete(f"/admin/api/accounts/acme/s3-keys/{pair['access_key_id']}"
+                            ).status_code == 204
+    assert code_of(s3.list_buckets) == ("InvalidAccessKeyId", 403)
+
+
+def signed_headers(server: LiveServer, method: str, path: str, body: bytes,
+                   **headers: str) -> dict[str, str]:
+    """The headers botocore's SigV4 signer gives a request for `body`."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    pair, _ = server.service.s3_keys.admin_pair()
+    request = AWSRequest(method=method, url=server.s3_url + path, data=body, headers=headers)
+    S3SigV4Auth(Credentials(pair.access_key_id, pair.secret_access_key), "s3",
+                "us-east-1").add_auth(request)
+    return {name: value.decode() if isinstance(value, bytes) else value
+            for name, value in request.headers.items()}
+
+
+def test_a_signed_payload_must_match_what_arrives(s3_server: LiveServer) -> None:
+    """boto3 over http signs the body's SHA-256: a body changed on the way is refused and
+    nothing is kept; so is one that fails its Content-MD5."""
+    s3 = admin_client(s3_server)
+    s3.create_bucket(Bucket="media")
+    headers = signed_headers(s3_server, "PUT", "/media/t.txt", b"good data")
+    answer = httpx.put(f"{s3_server.s3_url}/media/t.txt", content=b"evil data", headers=headers)
+    assert answer.status_code == 400, answer.text
+    assert b"<Code>XAmzContentSHA256Mismatch</Code>" in answer.content
+    good = httpx.put(f"{s3_server.s3_url}/media/t.txt", content=b"good data", headers=headers)
+    assert good.status_code == 200, good.text
+    assert code_of(s3.put_object, Bucket="media", Key="m.txt", Body=b"data",
+                   ContentMD5="AAAAAAAAAAAAAAAAAAAAAA==") == ("BadDigest", 400)
+    with s3_server.client() as files:
+        assert files.get("/files/media/t.txt").content == b"good data"
+        assert files.get("/files/media/m.txt").status_code == 404
