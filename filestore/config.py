@@ -69,6 +69,8 @@ class S3Settings:
     port: int = _field(0, int_between(0, 65535))
     # The region signatures must name (their credential scope), as a bucket's region would.
     region: str = _field("us-east-1", parse_region)
+    # Unfinished multipart uploads (their parts on disk) are removed this long after they began.
+    multipart_expiry: float = _field(7 * 86400.0, parse_duration)
 
 
 @dataclasses.dataclass(frozen=True)

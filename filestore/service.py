@@ -43,6 +43,7 @@ from .queue.moves import MoveRunner
 from .queue.worker import QueueWorkers
 from .registry import Entry, FileRecord, Job
 from .remote import Remote, connected_remotes, open_remotes
+from .s3api import multipart
 from .s3api.keys import S3Keys
 from .secrets import SecretBox
 from .signing import SigningKey
@@ -130,6 +131,8 @@ class Service:
                     tg.start_soon(reloader.run)
                     tg.start_soon(runner.run)
                     tg.start_soon(service.accounts.flush_every)
+                    if store.settings.s3.port:
+                        tg.start_soon(multipart.sweep_every, service)
                     tg.start_soon(charts.sampler.run, store.registry)
                     yield service
                     tg.cancel_scope.cancel()

@@ -6,6 +6,8 @@ every refusal as S3's XML with its code; an account's keys confined to its names
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from typing import Any
 
 import boto3
@@ -239,3 +241,97 @@ def test_a_signed_payload_must_match_what_arrives(s3_server: LiveServer) -> None
     with s3_server.client() as files:
         assert files.get("/files/media/t.txt").content == b"good data"
         assert files.get("/files/media/m.txt").status_code == 404
+
+
+# -- multipart -------------------------------------------------------------------------------
+
+
+def test_boto3_uploads_in_parts_and_the_object_is_one_file(s3_server: LiveServer,
+                                                           tmp_path: Any) -> None:
+    from boto3.s3.transfer import TransferConfig
+
+    s3 = admin_client(s3_server)
+    s3.create_bucket(Bucket="big")
+    source = tmp_path / "big.bin"
+    data = bytes(range(256)) * (12 * 4096 + 7)  # 12 MiB and a bit: three parts
+    source.write_bytes(data)
+    config = TransferConfig(multipart_threshold=5 * 1024**2, multipart_chunksize=5 * 1024**2,
+                            max_concurrency=3)
+    s3.upload_file(str(source), "big", "data/big.bin", Config=config)
+    head = s3.head_object(Bucket="big", Key="data/big.bin")
+    parts = [data[i:i + 5 * 1024**2] for i in range(0, len(data), 5 * 1024**2)]
+    expected = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest()
+    assert head["ETag"] == f'"{expected}-3"' and head["ContentLength"] == len(data)
+    listed = s3.list_objects_v2(Bucket="big")["Contents"]
+    assert [(o["Key"], o["ETag"]) for o in listed] == [("data/big.bin", f'"{expected}-3"')]
+    with s3_server.client() as files:
+        assert hashlib.sha256(files.get("/files/big/data/big.bin").content).hexdigest() == \
+            hashlib.sha256(data).hexdigest()
+    target = tmp_path / "back.bin"
+    s3.download_file("big", "data/big.bin", str(target), Config=config)
+    assert target.read_bytes() == data
+    uploads = s3_server.settings.data_dir / "s3-uploads"
+    assert not uploads.exists() or not list(uploads.iterdir())  # the parts went
+
+
+def test_multipart_refusals_and_abort(s3_server: LiveServer) -> None:
+    s3 = admin_client(s3_server)
+    s3.create_bucket(Bucket="mpu")
+    upload = s3.create_multipart_upload(Bucket="mpu", Key="x.bin")["UploadId"]
+    small = s3.upload_part(Bucket="mpu", Key="x.bin", UploadId=upload, PartNumber=1,
+                           Body=b"a" * 1000)
+    last = s3.upload_part(Bucket="mpu", Key="x.bin", UploadId=upload, PartNumber=2, Body=b"b")
+    listed = s3.list_parts(Bucket="mpu", Key="x.bin", UploadId=upload)["Parts"]
+    assert [(p["PartNumber"], p["Size"]) for p in listed] == [(1, 1000), (2, 1)]
+    ongoing = s3.list_multipart_uploads(Bucket="mpu")["Uploads"]
+    assert [(u["Key"], u["UploadId"]) for u in ongoing] == [("x.bin", upload)]
+
+    def complete(*parts: tuple[int, str]) -> tuple[str, int]:
+        return code_of(s3.complete_multipart_upload, Bucket="mpu", Key="x.bin", UploadId=upload,
+                       MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e}
+                                                  for n, e in parts]})
+
+    assert complete((2, last["ETag"]), (1, small["ETag"])) == ("InvalidPartOrder", 400)
+    assert complete((1, '"0000"'), (2, last["ETag"])) == ("InvalidPart", 400)
+    assert complete((1, small["ETag"]), (3, last["ETag"])) == ("InvalidPart", 400)
+    assert complete((1, small["ETag"]), (2, last["ETag"])) == ("EntityTooSmall", 400)
+    assert code_of(s3.upload_part, Bucket="mpu", Key="x.bin", UploadId="nope", PartNumber=1,
+                   Body=b"x") == ("NoSuchUpload", 404)
+    assert code_of(s3.upload_part, Bucket="mpu", Key="other.bin", UploadId=upload,
+                   PartNumber=1, Body=b"x") == ("NoSuchUpload", 404)  # another key's upload
+    s3.abort_multipart_upload(Bucket="mpu", Key="x.bin", UploadId=upload)
+    assert s3.list_multipart_uploads(Bucket="mpu").get("Uploads", []) == []
+    assert code_of(s3.list_parts, Bucket="mpu", Key="x.bin", UploadId=upload) == (
+        "NoSuchUpload", 404)
+    with s3_server.client() as files:
+        assert files.get("/files/mpu/x.bin").status_code == 404
+    # A part whose body is not what the signature says keeps nothing.
+    upload = s3.create_multipart_upload(Bucket="mpu", Key="y.bin")["UploadId"]
+    path = f"/mpu/y.bin?partNumber=1&uploadId={upload}"
+    headers = signed_headers(s3_server, "PUT", path, b"good part")
+    answer = httpx.put(f"{s3_server.s3_url}{path}", content=b"evil part", headers=headers)
+    assert answer.status_code == 400 and b"XAmzContentSHA256Mismatch" in answer.content
+    assert s3.list_parts(Bucket="mpu", Key="y.bin", UploadId=upload).get("Parts", []) == []
+
+
+def test_unfinished_uploads_expire_and_crash_leftovers_go(s3_server: LiveServer) -> None:
+    from filestore.s3api import multipart
+
+    s3 = admin_client(s3_server)
+    s3.create_bucket(Bucket="mpu")
+    upload = s3.create_multipart_upload(Bucket="mpu", Key="x.bin")["UploadId"]
+    s3.upload_part(Bucket="mpu", Key="x.bin", UploadId=upload, PartNumber=1, Body=b"a" * 100)
+    directory = s3_server.settings.data_dir / multipart.UPLOADS / upload
+    assert len(list(directory.iterdir())) == 1
+    # What a crash leaves: a part file no row names, a directory no upload has (both old).
+    stray, orphan = directory / "7-deadbeef", directory.parent / ("f" * 32)
+    stray.write_bytes(b"x")
+    orphan.mkdir()
+    for leftover in (stray, orphan):
+        os.utime(leftover, (time.time() - 7200, time.time() - 7200))
+    assert multipart.sweep(s3_server.service, expiry=3600) == 0
+    assert not stray.exists() and not orphan.exists() and len(list(directory.iterdir())) == 1
+    assert multipart.sweep(s3_server.service, expiry=0) == 1
+    assert not directory.exists()
+    assert code_of(s3.list_parts, Bucket="mpu", Key="x.bin", UploadId=upload) == (
+        "NoSuchUpload", 404)

@@ -23,12 +23,13 @@ from .jobs import LEASE_SECONDS as JOB_LEASE_SECONDS
 from .jobs import Job
 from .migrations import SCHEMA_VERSION, SETTINGS_SCHEMA
 from .queue import Entry, in_flight
+from .s3 import Part, Upload
 from .sqlite import SqliteRegistry, copy_backup
 
 __all__ = [
     "CACHE_EVENTS", "JOB_KINDS", "JOB_LEASE_SECONDS", "LOCATIONS", "SCHEMA_VERSION",
     "SETTINGS_SCHEMA", "Account", "AccountToken", "CacheEntry", "Entry", "FileRecord", "Intent",
-    "Job", "Registry",
-    "RemoteCounters", "SqliteRegistry", "Tables", "copy_backup", "in_flight",
+    "Job", "Part", "Registry", "RemoteCounters", "SqliteRegistry", "Tables", "Upload",
+    "copy_backup", "in_flight",
     "remote_counter_names", "usage_counter",
 ]

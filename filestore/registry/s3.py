@@ -1,8 +1,12 @@
-"""The S3 endpoint's tables: access keys (their secrets as stored: encrypted) and buckets."""
+"""The S3 endpoint's tables: access keys (their secrets as stored: encrypted), buckets, and
+multipart uploads with their parts and the ETags of what they assembled."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
+
+from .counters import MAX_CHAR
 
 
 class S3KeyRows:
@@ -54,3 +58,94 @@ class BucketRows:
     def delete(self, owner: str, name: str) -> bool:
         return self._conn.execute("DELETE FROM s3_buckets WHERE owner = ? AND name = ?",
                                   (owner, name)).rowcount > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    upload_id: str
+    owner: str
+    bucket: str
+    key: str
+    path: str
+    content_type: str | None
+    created: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    number: int
+    size: int
+    md5: str
+    file: str
+    created: float
+
+
+_UPLOAD = "upload_id, owner, bucket, key, path, content_type, created"
+
+
+class UploadRows:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def create(self, upload: Upload) -> None:
+        self._conn.execute(f"INSERT INTO s3_uploads ({_UPLOAD}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           dataclasses.astuple(upload))
+
+    def get(self, upload_id: str) -> Upload | None:
+        row = self._conn.execute(f"SELECT {_UPLOAD} FROM s3_uploads WHERE upload_id = ?",
+                                 (upload_id,)).fetchone()
+        return Upload(*row) if row else None
+
+    def listing(self, owner: str, bucket: str, prefix: str, after: tuple[str, str],
+                limit: int) -> list[Upload]:
+        """The bucket's uploads under `prefix` in (key, upload id) order, after `after`."""
+        rows = self._conn.execute(
+            f"SELECT {_UPLOAD} FROM s3_uploads WHERE owner = ? AND bucket = ? AND key >= ? "
+            "AND key < ? AND (key, upload_id) > (?, ?) ORDER BY key, upload_id LIMIT ?",
+            (owner, bucket, prefix, prefix + MAX_CHAR, *after, limit)).fetchall()
+        return [Upload(*row) for row in rows]
+
+    def older_than(self, when: float, limit: int) -> list[str]:
+        rows = self._conn.execute("SELECT upload_id FROM s3_uploads WHERE created < ? "
+                                  "ORDER BY created LIMIT ?", (when, limit)).fetchall()
+        return [upload_id for (upload_id,) in rows]
+
+    def ids(self) -> set[str]:
+        return {upload_id for (upload_id,) in
+                self._conn.execute("SELECT upload_id FROM s3_uploads").fetchall()}
+
+    def parts(self, upload_id: str, after: int = 0, limit: int = 10_000) -> list[Part]:
+        rows = self._conn.execute(
+            "SELECT number, size, md5, file, created FROM s3_parts WHERE upload_id = ? "
+            "AND number > ? ORDER BY number LIMIT ?", (upload_id, after, limit)).fetchall()
+        return [Part(*row) for row in rows]
+
+    def put_part(self, upload_id: str, part: Part) -> str | None:
+        """Record a part (replacing one of its number); the replaced part's file, if any."""
+        old = self._conn.execute("SELECT file FROM s3_parts WHERE upload_id = ? AND number = ?",
+                                 (upload_id, part.number)).fetchone()
+        self._conn.execute(
+            "INSERT INTO s3_parts (upload_id, number, size, md5, file, created) VALUES "
+            "(?, ?, ?, ?, ?, ?) ON CONFLICT (upload_id, number) DO UPDATE SET size = "
+            "excluded.size, md5 = excluded.md5, file = excluded.file, created = excluded.created",
+            (upload_id, *dataclasses.astuple(part)))
+        return str(old[0]) if old else None
+
+    def delete(self, upload_id: str) -> bool:
+        self._conn.execute("DELETE FROM s3_parts WHERE upload_id = ?", (upload_id,))
+        return self._conn.execute("DELETE FROM s3_uploads WHERE upload_id = ?",
+                                  (upload_id,)).rowcount > 0
+
+    def set_etag(self, path: str, sha256: str, etag: str) -> None:
+        self._conn.execute("INSERT INTO s3_etags (path, sha256, etag) VALUES (?, ?, ?) "
+                           "ON CONFLICT (path) DO UPDATE SET sha256 = excluded.sha256, "
+                           "etag = excluded.etag", (path, sha256, etag))
+
+    def etags(self, paths: list[str]) -> dict[str, tuple[str, str]]:
+        """{path: (sha256, etag)} of the multipart ETags recorded for these paths."""
+        if not paths:
+            return {}
+        marks = ", ".join("?" * len(paths))
+        rows = self._conn.execute(f"SELECT path, sha256, etag FROM s3_etags WHERE path IN "
+                                  f"({marks})", paths).fetchall()
+        return {path: (sha256, etag) for path, sha256, etag in rows}

@@ -36,7 +36,7 @@ from .jobs import JobRows
 from .migrations import MIGRATIONS, SCHEMA_VERSION
 from .pins import PinRows
 from .queue import QueueRows
-from .s3 import BucketRows, S3KeyRows
+from .s3 import BucketRows, S3KeyRows, UploadRows
 from .samples import SampleRows
 from .sessions import SessionRows
 from .settings import SettingRows
@@ -66,6 +66,7 @@ class Tables:
         self.account_storage = StorageRows(conn)
         self.s3_keys = S3KeyRows(conn)
         self.buckets = BucketRows(conn)
+        self.uploads = UploadRows(conn)
         self.samples = SampleRows(conn)
 
     @contextmanager

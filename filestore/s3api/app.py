@@ -9,20 +9,20 @@ an active account (`keys.py`); an anonymous one is 403 `AccessDenied`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import unquote
 
+import anyio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from ..errors import FilestoreError
 from ..service import Service, service_of
-from . import buckets, listing, objects
+from . import buckets, listing, multipart, objects
 from .auth import Signed, authenticate, body_of
 from .buckets import Caller
 from .errors import S3Error, response, translated
@@ -35,9 +35,8 @@ log = logging.getLogger("filestore.s3")
 _UNSUPPORTED = ("acl", "policy", "lifecycle", "cors", "tagging", "encryption", "website",
                 "replication", "object-lock", "notification", "logging", "requestPayment",
                 "accelerate", "analytics", "inventory", "metrics", "ownershipControls",
-                "publicAccessBlock", "intelligent-tiering", "uploads", "uploadId",
-                "partNumber", "attributes", "restore", "select", "legal-hold", "retention",
-                "torrent")
+                "publicAccessBlock", "intelligent-tiering", "attributes", "restore", "select",
+                "legal-hold", "retention", "torrent")
 MAX_XML_BODY = 1024 * 1024
 
 
@@ -139,10 +138,15 @@ async def _bucket(request: Request, service: Service, signed: Signed, bucket: st
         return Response(status_code=200, headers={"x-amz-bucket-region":
                                                   service.settings.s3.region})
     if method == "POST" and "delete" in params:
-        body = await _small_body(request)
+        body = await _small_body(request, signed)
         return _xml(await objects.delete_many(service, prefix, body))
     if method != "GET":
         raise _not_allowed(method)
+    if "uploads" in params:
+        return _xml(multipart.list_uploads(
+            service, caller, bucket, params.get("prefix", ""),
+            (params.get("key-marker", ""), params.get("upload-id-marker", "")),
+            _count(params.get("max-uploads"), "max-uploads", 1000)))
     if "location" in params:
         region = service.settings.s3.region
         return _xml(s3_document("LocationConstraint", [region if region != "us-east-1"
@@ -159,9 +163,19 @@ async def _bucket(request: Request, service: Service, signed: Signed, bucket: st
 
 async def _object(request: Request, service: Service, signed: Signed, bucket: str,
                   key: str) -> Any:
-    method = request.method
-    prefix = buckets.require(service.store.registry.read, signed.caller, bucket)
+    method, params, caller = request.method, request.query_params, signed.caller
+    prefix = buckets.require(service.store.registry.read, caller, bucket)
     path = objects.path_of(prefix, key)
+    upload_id = params.get("uploadId")
+    if upload_id is not None:
+        return await _multipart(request, service, signed, bucket, key, upload_id)
+    if method == "POST" and "uploads" in params:
+        await _drain(request)
+        return _xml(multipart.create(service, caller, bucket, key, path,
+                                     request.headers.get("content-type")))
+    if "partNumber" in params:
+        raise S3Error("NotImplemented", "reading one part of an object is not implemented",
+                      501)
     if method in ("GET", "HEAD"):
         return await objects.get(request, service, path, key)
     if method == "PUT":
@@ -174,6 +188,42 @@ async def _object(request: Request, service: Service, signed: Signed, bucket: st
     if method == "DELETE":
         return await objects.delete(service, path)
     raise _not_allowed(method)
+
+
+async def _multipart(request: Request, service: Service, signed: Signed, bucket: str,
+                     key: str, upload_id: str) -> Any:
+    """UploadPart (PUT), CompleteMultipartUpload (POST), AbortMultipartUpload (DELETE) and
+    ListParts (GET) of one upload."""
+    method, params, caller = request.method, request.query_params, signed.caller
+    if method == "PUT":
+        number = multipart.part_number(params.get("partNumber"))
+        if "x-amz-copy-source" in request.headers:
+            raise S3Error("NotImplemented", "UploadPartCopy is not implemented yet", 501)
+        body, length, sha256 = body_of(request, signed)
+        return await multipart.upload_part(service, caller, bucket, key, upload_id, number,
+                                           body, length, sha256, objects.content_md5(request))
+    if method == "POST":
+        return _xml(await multipart.complete(service, caller, bucket, key, upload_id,
+                                             await _small_body(request, signed)))
+    if method == "DELETE":
+        await anyio.to_thread.run_sync(multipart.abort, service, caller, bucket, key, upload_id)
+        return Response(status_code=204)
+    if method == "GET":
+        after = params.get("part-number-marker", "0")
+        return _xml(multipart.list_parts(
+            service, caller, bucket, key, upload_id,
+            _count(after, "part-number-marker", multipart.MAX_PARTS, low=0),
+            _count(params.get("max-parts"), "max-parts", 1000)))
+    raise _not_allowed(method)
+
+
+def _count(raw: str | None, name: str, high: int, *, low: int = 1) -> int:
+    """A whole-number query parameter (`high` when absent; capped at `high`)."""
+    if raw is None:
+        return high
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 9 or int(raw) < low:
+        raise S3Error("InvalidArgument", f"{name} must be a whole number", 400)
+    return min(int(raw), high)
 
 
 async def _copy(request: Request, service: Service, signed: Signed, path: str) -> Response:
@@ -204,25 +254,27 @@ def _not_allowed(method: str) -> S3Error:
                    f"resource: {method}", 405)
 
 
-async def _small_body(request: Request) -> bytes:
+async def _small_body(request: Request, signed: Signed) -> bytes:
+    """A request's XML body, whole (at most 1 MiB), checked as every body is (`auth.body_of`:
+    the signed SHA-256, aws-chunked signatures and checksums, Content-MD5)."""
+    stream, _, sha256 = body_of(request, signed)
     body = b""
-    async for chunk in _chunks(request):
+    async for chunk in stream:
         body += chunk
         if len(body) > MAX_XML_BODY:
             raise S3Error("MalformedXML", "the XML body is too large", 400)
+    if sha256 is not None and hashlib.sha256(body).hexdigest() != sha256:
+        raise S3Error("XAmzContentSHA256Mismatch", "The provided 'x-amz-content-sha256' header "
+                      "does not match what was computed.", 400)
+    md5 = objects.content_md5(request)
+    if md5 is not None and hashlib.md5(body).hexdigest() != md5:
+        raise S3Error("BadDigest", "The Content-MD5 you specified did not match what we "
+                      "received.", 400)
     return body
 
 
-async def _chunks(request: Request) -> AsyncIterator[bytes]:
-    async for chunk in request.stream():
-        if chunk:
-            yield chunk
-
-
 async def _drain(request: Request) -> None:
-    """Read and drop a body nothing here uses (CreateBucket's location constraint)."""
-    await _small_body(request)
-
-
-def _now() -> float:
-    return time.time()
+    """Read and drop a body nothing here uses (CreateBucket's location constraint), so the
+    connection stays usable."""
+    async for _ in request.stream():
+        pass

@@ -15,13 +15,15 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
-from ..service import Service
 from .buckets import Caller
 from .errors import S3Error
+
+if TYPE_CHECKING:
+    from ..service import Service
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,11 +14,14 @@ import dataclasses
 import ipaddress
 import re
 import time
+from typing import TYPE_CHECKING
 
 from ..registry import Tables
 from ..registry.counters import MAX_CHAR
-from ..service import Service
 from .errors import S3Error, no_such_bucket
+
+if TYPE_CHECKING:
+    from ..service import Service
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 

@@ -18,7 +18,7 @@ from urllib.parse import quote
 from ..registry import FileRecord, Tables
 from .buckets import AFTER_ALL
 from .errors import S3Error
-from .objects import etag_of
+from .objects import etags
 from .xml import element, group, s3_document, timestamp
 
 MAX_KEYS = 1000
@@ -93,10 +93,11 @@ def _encoder(params: Mapping[str, str]) -> tuple[bool, Encode]:
     return False, lambda text: text
 
 
-def _contents(records: list[FileRecord], base: str, encode: Encode) -> list[str]:
+def _contents(tx: Tables, records: list[FileRecord], base: str, encode: Encode) -> list[str]:
+    tags = etags(tx, records)
     return [group("Contents", [
         element("Key", encode(r.path[len(base):])), element("LastModified", timestamp(r.modified)),
-        element("ETag", etag_of(r)), element("Size", r.size),
+        element("ETag", tags[r.path]), element("Size", r.size),
         element("StorageClass", "STANDARD")]) for r in records]
 
 
@@ -123,7 +124,7 @@ def list_v2(tx: Tables, bucket: str, base: str, params: Mapping[str, str]) -> by
         element("ContinuationToken", token),
         element("NextContinuationToken", _token(page.last) if page.truncated else None),
         element("StartAfter", encode(start_after) if start_after else None),
-        *_contents(page.contents, base, encode), *_prefixes(page.prefixes, encode)])
+        *_contents(tx, page.contents, base, encode), *_prefixes(page.prefixes, encode)])
 
 
 def list_v1(tx: Tables, bucket: str, base: str, params: Mapping[str, str]) -> bytes:
@@ -141,4 +142,4 @@ def list_v1(tx: Tables, bucket: str, base: str, params: Mapping[str, str]) -> by
         element("EncodingType", "url" if url else None),
         element("IsTruncated", page.truncated),
         element("NextMarker", encode(next_marker) if next_marker else None),
-        *_contents(page.contents, base, encode), *_prefixes(page.prefixes, encode)])
+        *_contents(tx, page.contents, base, encode), *_prefixes(page.prefixes, encode)])

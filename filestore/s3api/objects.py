@@ -20,6 +20,7 @@ import binascii
 import contextlib
 import os
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -28,11 +29,13 @@ from .. import paths
 from ..conditional import Validators, check_preconditions, etag_for, if_range_allows
 from ..errors import BadPath, ChecksumMismatch, NotFound, PreconditionFailed
 from ..ranges import RangeNotSatisfiable, parse_range
-from ..registry import FileRecord
+from ..registry import FileRecord, Tables
 from ..responses import SANDBOX, ByteSource, FileBody, LocalBytes, NoBytes
-from ..service import Service
 from .errors import S3Error, no_such_key
 from .xml import BadXML, element, group, parse, s3_document, timestamp
+
+if TYPE_CHECKING:
+    from ..service import Service
 
 _SAFE = {"x-content-type-options": "nosniff", "accept-ranges": "bytes",
          "content-security-policy": SANDBOX}
@@ -49,7 +52,17 @@ MAX_DELETE = 1000
 
 
 def etag_of(record: FileRecord) -> str:
+    """A single-part object's ETag: the MD5 of its bytes."""
     return f'"{record.md5}"' if record.md5 else etag_for(record.sha256)
+
+
+def etags(tx: Tables, records: list[FileRecord]) -> dict[str, str]:
+    """Each object's ETag: the one its multipart upload gave it while it still has those
+    bytes, else its MD5's (one query for a page of them)."""
+    assembled = tx.uploads.etags([r.path for r in records]) if records else {}
+    return {r.path: assembled[r.path][1]
+            if r.path in assembled and assembled[r.path][0] == r.sha256 else etag_of(r)
+            for r in records}
 
 
 def path_of(prefix: str, key: str) -> str:
@@ -73,7 +86,7 @@ async def get(request: Request, service: Service, path: str, key: str) -> Respon
     except NotFound:
         raise no_such_key(key) from None
     try:
-        answer = _answer(request, record)
+        answer = _answer(request, record, etags(service.store.registry.read, [record])[path])
     except BaseException:
         if fd is not None:
             os.close(fd)
@@ -98,9 +111,9 @@ async def get(request: Request, service: Service, path: str, key: str) -> Respon
     return response
 
 
-def _answer(request: Request, record: FileRecord
+def _answer(request: Request, record: FileRecord, etag: str
             ) -> Response | tuple[dict[str, str], list[tuple[int, int]] | None]:
-    validators = Validators(etag_of(record), int(record.modified))
+    validators = Validators(etag, int(record.modified))
     headers = {"etag": validators.etag, "last-modified": validators.http_date,
                "content-type": record.content_type, **_SAFE}
     for name, header in _OVERRIDES.items():

@@ -1,4 +1,4 @@
-"""Migration 12: the S3 endpoint's access keys and buckets (`s3api/`)."""
+"""Migration 12: the S3 endpoint's access keys, buckets and multipart uploads (`s3api/`)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,34 @@ def migration_12(db: sqlite_utils.Database) -> None:
           name TEXT NOT NULL,
           created REAL NOT NULL,
           PRIMARY KEY (owner, name)
+        ) WITHOUT ROWID;
+        -- Multipart uploads in progress: each part a file in data_dir/s3-uploads/ID/.
+        CREATE TABLE IF NOT EXISTS s3_uploads (
+          upload_id TEXT PRIMARY KEY,
+          owner TEXT NOT NULL,
+          bucket TEXT NOT NULL,
+          key TEXT NOT NULL,
+          path TEXT NOT NULL,             -- the file it becomes
+          content_type TEXT,
+          created REAL NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS s3_uploads_bucket ON s3_uploads (owner, bucket, key);
+        CREATE INDEX IF NOT EXISTS s3_uploads_created ON s3_uploads (created);
+        CREATE TABLE IF NOT EXISTS s3_parts (
+          upload_id TEXT NOT NULL,
+          number INTEGER NOT NULL,
+          size INTEGER NOT NULL,
+          md5 TEXT NOT NULL,
+          file TEXT NOT NULL,             -- its name in the upload's directory
+          created REAL NOT NULL,
+          PRIMARY KEY (upload_id, number)
+        ) WITHOUT ROWID;
+        -- The ETag of an object assembled from parts ("MD5-of-part-MD5s-N"), while the file
+        -- still has those bytes (its SHA-256).
+        CREATE TABLE IF NOT EXISTS s3_etags (
+          path TEXT PRIMARY KEY,
+          sha256 TEXT NOT NULL,
+          etag TEXT NOT NULL
         ) WITHOUT ROWID;
         """
     )
