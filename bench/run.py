@@ -235,10 +235,16 @@ def serve_rows(data: dict[str, Any]) -> list[Row]:
             continue
         key, goal = targets.get(size, ("rps", None))
         unit = "req/s" if key == "rps" else "MB/s"
-        for other in ("nginx", "starlette"):
+        for other in ("nginx", "starlette", "asgi"):
+            if (other, size) not in found:  # (a run of an older serve.py had no asgi)
+                continue
             ref = found[other, size]
             ratio = fs[key] / ref[key]
-            text, met = ge(ratio, goal) if goal and other == "nginx" else ("-", None)
+            if other == "asgi":
+                asgi_goal = m.TARGET_ASGI_RATIOS.get(size)
+                text, met = ge(ratio, asgi_goal) if asgi_goal else ("-", None)
+            else:
+                text, met = ge(ratio, goal) if goal and other == "nginx" else ("-", None)
             rows.append(Row(f"GET {size} {unit}, filestore vs {other}", f"{fs[key]:,.0f}",
                             f"{ref[key]:,.0f}", x(ratio), text, met))
     put = data.get("put")
@@ -343,8 +349,8 @@ def rclone_rows(data: dict[str, Any]) -> list[Row]:
 
 
 TABLES: dict[str, tuple[str, str, Callable[[dict[str, Any]], list[Row]]]] = {
-    "serve": ("Local serving (bench/serve.py)", "nginx (and bare Starlette) serving the same "
-              "files, wrk", serve_rows),
+    "serve": ("Local serving (bench/serve.py)", "nginx, bare Starlette and a do-nothing ASGI "
+              "app under filestore's own server serving the same files, wrk", serve_rows),
     "accel": ("nginx offload (bench/accel.py)", "nginx alone serving the data directory",
               accel_rows),
     "upload": ("Upload queue (bench/upload.py)", "a plain aioboto3 script uploading the same "

@@ -1,14 +1,19 @@
-"""Serving benchmark: filestore GET throughput against nginx and bare Starlette, and PUT memory.
+"""Serving benchmark: filestore GET throughput against nginx, bare Starlette and a do-nothing
+ASGI app, and PUT memory.
 
 What is measured
     GET throughput of the same bytes (random files of each --sizes size, default 1 KiB, 64 KiB,
-    1 MiB, 32 MiB) from three servers on 127.0.0.1, all running at once and measured in turns:
+    1 MiB, 32 MiB) from four servers on 127.0.0.1, all running at once and measured in turns:
 
     1. nginx (one worker per core, sendfile, tcp_nopush, open_file_cache, no access log) with
        `root` = filestore's own `data_dir/files/`: the physical limit of this machine;
     2. a bare Starlette `FileResponse` app under uvicorn (uvloop, httptools, no access log, same
        worker count): what a straightforward Python server reaches;
-    3. `filestore serve --workers N`: the product, including its registry lookup, validators and
+    3. a do-nothing ASGI app ("asgi") answering each file's bytes from memory under exactly the
+       server filestore runs under (uvicorn with `filestore.serving`'s options: uvloop, the
+       `filestore.httpguard:GuardedHttpToolsProtocol` protocol, no access log; same workers):
+       the server's own cost per request, so filestore / asgi is what filestore's code costs;
+    4. `filestore serve --workers N`: the product, including its registry lookup, validators and
        headers on every request.
 
     Each figure comes from `wrk -t2 -c32 -dDURATION URL` (`-c4` for 32 MiB), after an unrecorded
@@ -24,10 +29,10 @@ What is measured
     high-water mark reset through /proc/<pid>/clear_refs first). A streaming server stays flat.
 
 Why
-    Ratios against nginx and Starlette on the same machine are what can be compared across
-    machines; absolute figures cannot. wrk shares the CPUs with the server under test, so absolute
-    req/s understate every server alike. The small files measure per-request overhead, the 32 MiB
-    file measures how fast the body is moved.
+    Ratios against nginx, Starlette and the do-nothing app on the same machine are what can be
+    compared across machines; absolute figures cannot. wrk shares the CPUs with the server
+    under test, so absolute req/s understate every server alike. The small files measure
+    per-request overhead, the 32 MiB file measures how fast the body is moved.
 
 Usage
     python bench/serve.py [--duration 5s] [--runs 1] [--sizes 1k,64k,1m,32m] [--workers 2]
@@ -102,6 +107,9 @@ LARGE_FILE = 32 * MIB
 # Targets for --workers 2 (for context; printed, never enforced).
 TARGET_1K_RPS_RATIO = 0.25
 TARGET_32M_MBPS_RATIO = 0.8
+# filestore against the do-nothing ASGI app under the same server (issue #17): what filestore's
+# own code costs per request, by size label.
+TARGET_ASGI_RATIOS = {"1k": 0.7, "64k": 0.6}
 
 _DURATION_RE = re.compile(r"^(\d+)([smh]?)$")
 
@@ -138,6 +146,54 @@ async def serve(request):
 
 
 app = Starlette(routes=[Route("/{name}", serve)])
+'''
+
+ASGI_APP = '''\
+"""A do-nothing ASGI app: the reference of bench/serve.py for filestore's own Python path.
+
+It answers `/<label>.bin` with that file's bytes, read into memory once at start, and does
+nothing else: no routing, no lookup, no file. It runs under the very server filestore runs under
+(uvicorn with filestore.serving's options: uvloop and `filestore.httpguard`'s protocol) with the
+same workers, so filestore / this app is what filestore's own code costs per request.
+"""
+import os
+import sys
+
+ROOT = os.environ["BENCH_ROOT"]
+BODIES = {}
+for name in os.listdir(ROOT):
+    with open(os.path.join(ROOT, name), "rb") as f:
+        BODIES["/" + name] = f.read()
+HEADS = {path: [(b"content-type", b"application/octet-stream"),
+                (b"content-length", str(len(body)).encode())] for path, body in BODIES.items()}
+NOT_FOUND = [(b"content-type", b"text/plain"), (b"content-length", b"10")]
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    body = BODIES.get(scope["path"])
+    if body is None:
+        await send({"type": "http.response.start", "status": 404, "headers": NOT_FOUND})
+        await send({"type": "http.response.body", "body": b"not found\\n"})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": HEADS[scope["path"]]})
+    await send({"type": "http.response.body", "body": body})
+
+
+if __name__ == "__main__":
+    import uvicorn
+    from filestore.serving import _OPTIONS
+
+    host, port, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    options = {**_OPTIONS, "factory": False}
+    uvicorn.run("bench_asgi_app:app", host=host, port=port, workers=workers, **options)
 '''
 
 # The reference server block; `http` and `after` are more of the http block before and after it
@@ -537,7 +593,7 @@ def measure_put_memory(server: Server, token: str, size: int) -> PutResult:
 
 # -- report -------------------------------------------------------------------------------------
 
-TARGETS = ("nginx", "starlette", "filestore")
+TARGETS = ("nginx", "starlette", "asgi", "filestore")
 
 
 def print_tables(results: dict[tuple[str, str], Measurement], sizes: list[tuple[str, int]],
@@ -571,7 +627,8 @@ def print_table(results: dict[tuple[str, str], Measurement], sizes: list[tuple[s
                                         results[other, label].rps)
 
     print_tables(results, sizes, TARGETS,
-                 {"fs/nginx": vs("nginx"), "fs/starlette": vs("starlette")})
+                 {"fs/nginx": vs("nginx"), "fs/starlette": vs("starlette"),
+                  "fs/asgi": vs("asgi")})
     labels = {label for label, _ in sizes}
     notes = []
     if "1k" in labels:
@@ -582,6 +639,11 @@ def print_table(results: dict[tuple[str, str], Measurement], sizes: list[tuple[s
         ratio = results["filestore", "32m"].mbps / results["nginx", "32m"].mbps
         notes.append(f"32m MB/s filestore/nginx {ratio:.2f}x "
                      f"(target >= {TARGET_32M_MBPS_RATIO}x with 2 workers)")
+    for label, goal in TARGET_ASGI_RATIOS.items():
+        if label in labels:
+            ratio = results["filestore", label].rps / results["asgi", label].rps
+            notes.append(f"{label} req/s filestore/do-nothing ASGI app {ratio:.2f}x "
+                         f"(target >= {goal}x)")
     if notes:
         print()
         print(f"targets (this run: {workers} worker(s)):")
@@ -723,16 +785,25 @@ def run(args: argparse.Namespace, work: Path, found_versions: dict[str, str]) ->
         logs / "starlette.log", {**os.environ, "BENCH_ROOT": str(files_root)},
         port=port, workers=args.workers,
     )
+    (app_dir / "bench_asgi_app.py").write_text(ASGI_APP)
+    port = free_port()
+    asgi = Server(
+        "asgi",
+        [sys.executable, str(app_dir / "bench_asgi_app.py"), HOST, str(port), str(args.workers)],
+        logs / "asgi.log", {**os.environ, "BENCH_ROOT": str(files_root)},
+        port=port, workers=args.workers,
+    )
     port = free_port()
     filestore = Server("filestore", [*fs_cmd, "serve", "--workers", str(args.workers)],
                        logs / "filestore.log", serve_env(data_dir, port), port=port,
                        workers=args.workers)
-    with running(nginx), running(starlette), running(filestore):
+    with running(nginx), running(starlette), running(asgi), running(filestore):
         time.sleep(1)  # let every uvicorn worker finish importing its app
         for label, data in files.items():
             found = measure_interleaved(
                 {"nginx": (nginx.port, f"/{label}.bin"),
                  "starlette": (starlette.port, f"/{label}.bin"),
+                 "asgi": (asgi.port, f"/{label}.bin"),
                  "filestore": (filestore.port, f"/files/{label}.bin")},
                 label, data, args, lua)
             for target, measurement in found.items():
@@ -750,7 +821,7 @@ def run(args: argparse.Namespace, work: Path, found_versions: dict[str, str]) ->
 
     # 3. Report.
     print()
-    print(f"GET throughput, {args.workers} worker(s) for starlette and filestore, nginx "
+    print(f"GET throughput, {args.workers} worker(s) for starlette, asgi and filestore, nginx "
           f"{nproc()} worker(s); wrk {args.duration}s x {args.runs} run(s) after a "
           f"{args.warmup}s warm-up, median; MB/s = payload 10^6 bytes/s; all on {HOST}")
     print(versions_text(found_versions))
