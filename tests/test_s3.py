@@ -335,3 +335,33 @@ def test_unfinished_uploads_expire_and_crash_leftovers_go(s3_server: LiveServer)
     assert not directory.exists()
     assert code_of(s3.list_parts, Bucket="mpu", Key="x.bin", UploadId=upload) == (
         "NoSuchUpload", 404)
+
+
+def test_metadata_is_stored_copied_and_returned(s3_server: LiveServer) -> None:
+    s3 = admin_client(s3_server)
+    s3.create_bucket(Bucket="meta")
+    s3.put_object(Bucket="meta", Key="a.txt", Body=b"a", ContentType="text/plain",
+                  Metadata={"owner": "alice", "Project": "x"})
+    head = s3.head_object(Bucket="meta", Key="a.txt")
+    assert head["Metadata"] == {"owner": "alice", "project": "x"}
+    assert s3.get_object(Bucket="meta", Key="a.txt")["Metadata"] == head["Metadata"]
+    s3.copy_object(Bucket="meta", Key="b.txt", CopySource={"Bucket": "meta", "Key": "a.txt"})
+    copied = s3.head_object(Bucket="meta", Key="b.txt")
+    assert copied["Metadata"] == head["Metadata"] and copied["ContentType"] == "text/plain"
+    s3.copy_object(Bucket="meta", Key="c.txt", CopySource={"Bucket": "meta", "Key": "a.txt"},
+                   MetadataDirective="REPLACE", Metadata={"owner": "bob"},
+                   ContentType="text/markdown")
+    replaced = s3.head_object(Bucket="meta", Key="c.txt")
+    assert replaced["Metadata"] == {"owner": "bob"} and replaced["ContentType"] == "text/markdown"
+    upload = s3.create_multipart_upload(Bucket="meta", Key="m.bin", Metadata={"kind": "parts"})
+    etag = s3.upload_part(Bucket="meta", Key="m.bin", UploadId=upload["UploadId"], PartNumber=1,
+                          Body=b"only part")["ETag"]
+    s3.complete_multipart_upload(Bucket="meta", Key="m.bin", UploadId=upload["UploadId"],
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+    assert s3.head_object(Bucket="meta", Key="m.bin")["Metadata"] == {"kind": "parts"}
+    # Replaced through /files/: the bytes are new, and what S3 kept of the old ones goes.
+    with s3_server.client() as files:
+        assert files.put("/files/meta/a.txt", content=b"new").status_code == 200
+    assert s3.head_object(Bucket="meta", Key="a.txt")["Metadata"] == {}
+    assert code_of(s3.put_object, Bucket="meta", Key="big-meta", Body=b"x",
+                   Metadata={"k": "v" * 3000}) == ("MetadataTooLarge", 400)

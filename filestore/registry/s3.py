@@ -68,6 +68,7 @@ class Upload:
     key: str
     path: str
     content_type: str | None
+    meta: str | None  # x-amz-meta-* as JSON
     created: float
 
 
@@ -80,7 +81,7 @@ class Part:
     created: float
 
 
-_UPLOAD = "upload_id, owner, bucket, key, path, content_type, created"
+_UPLOAD = "upload_id, owner, bucket, key, path, content_type, meta, created"
 
 
 class UploadRows:
@@ -88,7 +89,7 @@ class UploadRows:
         self._conn = conn
 
     def create(self, upload: Upload) -> None:
-        self._conn.execute(f"INSERT INTO s3_uploads ({_UPLOAD}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        self._conn.execute(f"INSERT INTO s3_uploads ({_UPLOAD}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                            dataclasses.astuple(upload))
 
     def get(self, upload_id: str) -> Upload | None:
@@ -136,16 +137,21 @@ class UploadRows:
         return self._conn.execute("DELETE FROM s3_uploads WHERE upload_id = ?",
                                   (upload_id,)).rowcount > 0
 
-    def set_etag(self, path: str, sha256: str, etag: str) -> None:
-        self._conn.execute("INSERT INTO s3_etags (path, sha256, etag) VALUES (?, ?, ?) "
-                           "ON CONFLICT (path) DO UPDATE SET sha256 = excluded.sha256, "
-                           "etag = excluded.etag", (path, sha256, etag))
+    def set_object(self, path: str, sha256: str, etag: str | None, meta: str | None) -> None:
+        """What S3 keeps of the object at `path` beside its file (nothing: the row goes)."""
+        if etag is None and meta is None:
+            self._conn.execute("DELETE FROM s3_objects WHERE path = ?", (path,))
+            return
+        self._conn.execute("INSERT INTO s3_objects (path, sha256, etag, meta) VALUES "
+                           "(?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET sha256 = "
+                           "excluded.sha256, etag = excluded.etag, meta = excluded.meta",
+                           (path, sha256, etag, meta))
 
-    def etags(self, paths: list[str]) -> dict[str, tuple[str, str]]:
-        """{path: (sha256, etag)} of the multipart ETags recorded for these paths."""
+    def objects(self, paths: list[str]) -> dict[str, tuple[str, str | None, str | None]]:
+        """{path: (sha256, etag, meta)} of what S3 keeps of these paths' objects."""
         if not paths:
             return {}
         marks = ", ".join("?" * len(paths))
-        rows = self._conn.execute(f"SELECT path, sha256, etag FROM s3_etags WHERE path IN "
-                                  f"({marks})", paths).fetchall()
-        return {path: (sha256, etag) for path, sha256, etag in rows}
+        rows = self._conn.execute(f"SELECT path, sha256, etag, meta FROM s3_objects WHERE "
+                                  f"path IN ({marks})", paths).fetchall()
+        return {path: (sha256, etag, meta) for path, sha256, etag, meta in rows}

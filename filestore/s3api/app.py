@@ -172,7 +172,8 @@ async def _object(request: Request, service: Service, signed: Signed, bucket: st
     if method == "POST" and "uploads" in params:
         await _drain(request)
         return _xml(multipart.create(service, caller, bucket, key, path,
-                                     request.headers.get("content-type")))
+                                     request.headers.get("content-type"),
+                                     objects.user_meta(request)))
     if "partNumber" in params:
         raise S3Error("NotImplemented", "reading one part of an object is not implemented",
                       501)
@@ -184,7 +185,7 @@ async def _object(request: Request, service: Service, signed: Signed, bucket: st
         body, length, sha256 = body_of(request, signed)
         return await objects.put(service, path, body, content_type=request.headers.get(
             "content-type"), content_length=length, expect_sha256=sha256,
-            expect_md5=objects.content_md5(request))
+            expect_md5=objects.content_md5(request), meta=objects.user_meta(request))
     if method == "DELETE":
         return await objects.delete(service, path)
     raise _not_allowed(method)
@@ -237,9 +238,11 @@ async def _copy(request: Request, service: Service, signed: Signed, path: str) -
     directive = request.headers.get("x-amz-metadata-directive", "COPY").upper()
     if directive not in ("COPY", "REPLACE"):
         raise S3Error("InvalidArgument", "x-amz-metadata-directive is COPY or REPLACE", 400)
-    content_type = request.headers.get("content-type") if directive == "REPLACE" else None
-    return _xml(await objects.copy(service, objects.path_of(prefix, source_key), source_key,
-                                   path, content_type=content_type))
+    replace = directive == "REPLACE"
+    return _xml(await objects.copy(
+        service, objects.path_of(prefix, source_key), source_key, path,
+        content_type=request.headers.get("content-type") if replace else None,
+        meta=objects.user_meta(request) if replace else None))
 
 
 # -- helpers ------------------------------------------------------------------------------------

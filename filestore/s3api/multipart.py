@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -80,9 +81,9 @@ def part_number(raw: str | None) -> int:
 
 
 def create(service: Service, caller: Caller, bucket: str, key: str, path: str,
-           content_type: str | None) -> bytes:
+           content_type: str | None, meta: dict[str, str]) -> bytes:
     upload = Upload(uuid.uuid4().hex, caller.account, bucket, key, path, content_type,
-                    time.time())
+                    json.dumps(meta, sort_keys=True) if meta else None, time.time())
     with service.store.registry.transaction() as tx:
         tx.uploads.create(upload)
     return s3_document("InitiateMultipartUploadResult", [
@@ -169,7 +170,7 @@ async def complete(service: Service, caller: Caller, bucket: str, key: str, uplo
 
     def finish() -> None:
         with service.store.registry.transaction() as tx:
-            tx.uploads.set_etag(record.path, record.sha256, etag)
+            tx.uploads.set_object(record.path, record.sha256, etag, upload.meta)
             tx.uploads.delete(upload_id)
         shutil.rmtree(directory, ignore_errors=True)
 

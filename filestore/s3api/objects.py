@@ -18,10 +18,12 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import json
 import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -59,10 +61,48 @@ def etag_of(record: FileRecord) -> str:
 def etags(tx: Tables, records: list[FileRecord]) -> dict[str, str]:
     """Each object's ETag: the one its multipart upload gave it while it still has those
     bytes, else its MD5's (one query for a page of them)."""
-    assembled = tx.uploads.etags([r.path for r in records]) if records else {}
-    return {r.path: assembled[r.path][1]
-            if r.path in assembled and assembled[r.path][0] == r.sha256 else etag_of(r)
+    kept = _kept(tx, records)
+    return {r.path: kept[r.path][0] or etag_of(r) if r.path in kept else etag_of(r)
             for r in records}
+
+
+def meta_of(tx: Tables, record: FileRecord) -> dict[str, str]:
+    """The object's `x-amz-meta-*` headers, as it was stored with them."""
+    kept = _kept(tx, [record]).get(record.path)
+    return json.loads(kept[1]) if kept and kept[1] else {}
+
+
+def _kept(tx: Tables, records: list[FileRecord]) -> dict[str, tuple[str | None, str | None]]:
+    """{path: (etag, meta)} S3 keeps beside the files that still have the bytes they came
+    with (a file replaced through `/files/` has neither)."""
+    rows = tx.uploads.objects([r.path for r in records]) if records else {}
+    sha256 = {r.path: r.sha256 for r in records}
+    return {path: (etag, meta) for path, (digest, etag, meta) in rows.items()
+            if digest == sha256[path]}
+
+
+MAX_META = 2048  # S3's limit on the user metadata of an object
+
+
+def user_meta(request: Request) -> dict[str, str]:
+    """The request's `x-amz-meta-*` headers (names lower case): 400 past S3's 2 KiB."""
+    meta = {name: value for name, value in request.headers.items()
+            if name.startswith("x-amz-meta-")}
+    if sum(len(name) + len(value) for name, value in meta.items()) > MAX_META:
+        raise S3Error("MetadataTooLarge", "Your metadata headers exceed the maximum allowed "
+                      "metadata size (2 KiB)", 400)
+    return meta
+
+
+async def keep(service: Service, record: FileRecord, etag: str | None,
+               meta: dict[str, str]) -> None:
+    """Record what S3 keeps of a stored object beside its file (or forget what was kept)."""
+    def write() -> None:
+        with service.store.registry.transaction() as tx:
+            tx.uploads.set_object(record.path, record.sha256, etag,
+                                  json.dumps(meta, sort_keys=True) if meta else None)
+
+    await anyio.to_thread.run_sync(write)
 
 
 def path_of(prefix: str, key: str) -> str:
@@ -85,8 +125,11 @@ async def get(request: Request, service: Service, path: str, key: str) -> Respon
         record, fd, cached = await service.open_current(path)
     except NotFound:
         raise no_such_key(key) from None
+    reader = service.store.registry.read
     try:
-        answer = _answer(request, record, etags(service.store.registry.read, [record])[path])
+        answer = _answer(request, record, etags(reader, [record])[path])
+        if not isinstance(answer, Response):
+            answer[0].update(meta_of(reader, record))
     except BaseException:
         if fd is not None:
             os.close(fd)
@@ -158,7 +201,7 @@ def content_md5(request: Request) -> str | None:
 
 async def put(service: Service, path: str, body: AsyncIterator[bytes], *,
               content_type: str | None, content_length: int | None, expect_sha256: str | None,
-              expect_md5: str | None) -> Response:
+              expect_md5: str | None, meta: dict[str, str]) -> Response:
     try:
         record, _ = await service.put(path, body, content_type=content_type,
                                       content_length=content_length, expect_sha256=expect_sha256,
@@ -169,6 +212,7 @@ async def put(service: Service, path: str, body: AsyncIterator[bytes], *,
                           "header does not match what was computed.", 400) from None
         raise S3Error("BadDigest", "The Content-MD5 you specified did not match what we "
                       "received.", 400) from None
+    await keep(service, record, None, meta)
     return Response(status_code=200, headers={"etag": etag_of(record)})
 
 
@@ -179,11 +223,11 @@ _COPY_CHUNK = 1024 * 1024
 
 
 async def copy(service: Service, source_path: str, source_key: str, path: str, *,
-               content_type: str | None) -> bytes:
+               content_type: str | None, meta: dict[str, str] | None) -> bytes:
     """CopyObject within filestore: the source's bytes (local, cached or read through the
     cache from the cloud) are stored at `path` as a PUT would store them, checked against the
-    source's SHA-256; no byte goes through the client. `content_type` (REPLACE) or the
-    source's (COPY, the default)."""
+    source's SHA-256; no byte goes through the client. `content_type` and `meta` (REPLACE)
+    or the source's (COPY, the default: None)."""
     try:
         record, fd, _ = await service.open_current(source_path)
     except NotFound:
@@ -208,9 +252,12 @@ async def copy(service: Service, source_path: str, source_key: str, path: str, *
         finally:
             await source.aclose()
 
+    if meta is None:
+        meta = meta_of(service.store.registry.read, record)
     copied, _ = await service.put(path, body(), content_type=content_type or
                                   record.content_type, content_length=record.size,
                                   expect_sha256=record.sha256)
+    await keep(service, copied, None, meta)
     return s3_document("CopyObjectResult", [element("LastModified", timestamp(copied.modified)),
                                             element("ETag", etag_of(copied))])
 

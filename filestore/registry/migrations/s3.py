@@ -33,6 +33,7 @@ def migration_12(db: sqlite_utils.Database) -> None:
           key TEXT NOT NULL,
           path TEXT NOT NULL,             -- the file it becomes
           content_type TEXT,
+          meta TEXT,                      -- its x-amz-meta-* headers, as JSON
           created REAL NOT NULL
         ) WITHOUT ROWID;
         CREATE INDEX IF NOT EXISTS s3_uploads_bucket ON s3_uploads (owner, bucket, key);
@@ -46,12 +47,14 @@ def migration_12(db: sqlite_utils.Database) -> None:
           created REAL NOT NULL,
           PRIMARY KEY (upload_id, number)
         ) WITHOUT ROWID;
-        -- The ETag of an object assembled from parts ("MD5-of-part-MD5s-N"), while the file
-        -- still has those bytes (its SHA-256).
-        CREATE TABLE IF NOT EXISTS s3_etags (
+        -- What S3 keeps of an object beyond the file: the ETag of one assembled from parts
+        -- ("MD5-of-part-MD5s-N") and its x-amz-meta-* headers (JSON), while the file still
+        -- has the bytes they came with (its SHA-256).
+        CREATE TABLE IF NOT EXISTS s3_objects (
           path TEXT PRIMARY KEY,
           sha256 TEXT NOT NULL,
-          etag TEXT NOT NULL
+          etag TEXT,
+          meta TEXT
         ) WITHOUT ROWID;
         """
     )
