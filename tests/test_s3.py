@@ -365,3 +365,54 @@ def test_metadata_is_stored_copied_and_returned(s3_server: LiveServer) -> None:
     assert s3.head_object(Bucket="meta", Key="a.txt")["Metadata"] == {}
     assert code_of(s3.put_object, Bucket="meta", Key="big-meta", Body=b"x",
                    Metadata={"k": "v" * 3000}) == ("MetadataTooLarge", 400)
+
+
+def test_limits_quota_and_methods(make_server: Any, moto: Moto, bucket: str) -> None:
+    server: LiveServer = make_server(s3=True, **s3_overrides(moto, bucket),
+                                     storage__max_upload_size="64KiB")
+    with server.client() as owner:
+        token = create(owner, "acme", quota="10KiB")
+    with httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {token}"}) as acme:
+        pair = acme.post("/admin/api/accounts/acme/s3-keys").json()
+    s3 = s3_client(server, pair["access_key_id"], pair["secret_access_key"])
+    s3.create_bucket(Bucket="box")
+    s3.put_object(Bucket="box", Key="fits.bin", Body=b"x" * 8000)
+    assert code_of(s3.put_object, Bucket="box", Key="over.bin", Body=b"x" * 4000) == (
+        "QuotaExceeded", 403)
+    upload = s3.create_multipart_upload(Bucket="box", Key="parts.bin")["UploadId"]
+    assert code_of(s3.upload_part, Bucket="box", Key="parts.bin", UploadId=upload,
+                   PartNumber=1, Body=b"x" * 4000) == ("QuotaExceeded", 403)
+    admin = admin_client(server)
+    admin.create_bucket(Bucket="wide")
+    assert code_of(admin.put_object, Bucket="wide", Key="huge.bin", Body=b"x" * 70000) == (
+        "EntityTooLarge", 400)
+    with server.client() as files:
+        assert files.get("/files/acme/box/over.bin").status_code == 404
+        assert files.get("/files/wide/huge.bin").status_code == 404
+    pair_admin, _ = server.service.s3_keys.admin_pair()
+    headers = signed_headers(server, "PATCH", "/wide/x", b"")
+    answer = httpx.request("PATCH", f"{server.s3_url}/wide/x", headers=headers)
+    assert answer.status_code == 405 and b"<Code>MethodNotAllowed</Code>" in answer.content
+    assert pair_admin.access_key_id not in answer.text
+
+
+def test_a_client_that_disconnects_mid_part_leaves_nothing(s3_server: LiveServer) -> None:
+    import socket
+
+    s3 = admin_client(s3_server)
+    s3.create_bucket(Bucket="cut")
+    upload = s3.create_multipart_upload(Bucket="cut", Key="x.bin")["UploadId"]
+    path = f"/cut/x.bin?partNumber=1&uploadId={upload}"
+    body = b"y" * (6 * 1024 * 1024)
+    headers = signed_headers(s3_server, "PUT", path, body)
+    host, port = s3_server.s3_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as conn:
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        conn.sendall(f"PUT {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{head}"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:1024 * 1024])
+        temp = s3_server.settings.data_dir / "tmp"
+        wait_for(lambda: list(temp.iterdir()), timeout=10)  # the part is being received
+    wait_for(lambda: not list(temp.iterdir()), timeout=10)  # cut off: its temp file went
+    assert s3.list_parts(Bucket="cut", Key="x.bin", UploadId=upload).get("Parts", []) == []
+    uploads = s3_server.settings.data_dir / "s3-uploads" / upload
+    assert not uploads.exists() or not list(uploads.iterdir())
