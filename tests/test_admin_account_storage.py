@@ -117,3 +117,25 @@ def test_a_remote_saved_in_the_browser(browser: Any, make_server: Any, moto: Mot
     page.reload()
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     page.close()
+
+
+def test_s3_keys_through_the_page(make_server: Any) -> None:
+    import re
+
+    server = make_server(s3=True)
+    b = Browser(server)
+    b.create("acme")
+    page = b.get("/admin/accounts/acme")
+    assert 'id="no-s3-keys"' in page.text
+    made = b.post("/admin/accounts/acme/s3-keys")
+    assert made.status_code == 201
+    secret = re.search(r'id="new-s3-secret" readonly value="([^"]+)"', made.text)
+    key_id = re.search(r'id="new-s3-key-id" readonly value="([^"]+)"', made.text)
+    assert secret and key_id
+    assert server.service.s3_keys.lookup(key_id.group(1)) == ("acme", secret.group(1))
+    later = b.get("/admin/accounts/acme")
+    assert f'data-s3-key="{key_id.group(1)}"' in later.text and secret.group(1) not in later.text
+    revoked = b.post("/admin/accounts/acme/s3-keys/revoke", key=key_id.group(1))
+    assert flash(revoked).startswith(f"info: Revoked the S3 key {key_id.group(1)}")
+    assert server.service.s3_keys.lookup(key_id.group(1)) is None
+    assert sum(secret.group(1) in r.text for r in b.seen) == 1  # shown once

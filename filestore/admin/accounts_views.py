@@ -79,7 +79,8 @@ def _list_page(request: Request, session: Session, *, status: int = 200,
 
 def _account_page(request: Request, session: Session, account_id: str, *, status: int = 200,
                   error: str | None = None, new_token: dict[str, str] | None = None,
-                  submitted: dict[str, str] | None = None) -> Response:
+                  submitted: dict[str, str] | None = None,
+                  new_s3_key: dict[str, str] | None = None) -> Response:
     accounts = service_of(request.app.state).accounts
     try:
         account = accounts.get(account_id)
@@ -92,7 +93,9 @@ def _account_page(request: Request, session: Session, account_id: str, *, status
                    quota_value=quota_text(account.quota), error=error, new_token=new_token,
                    submitted=submitted or {}, url=_url(account.id), storage=storage,
                    rule_texts=[plan.describe(rule) for rule in _rules(storage["plan"])],
-                   remote_choices=[*storage["remotes"], *service.settings.remotes, "default"])
+                   remote_choices=[*storage["remotes"], *service.settings.remotes, "default"],
+                   s3_keys=service.s3_keys.listing(account.id), new_s3_key=new_s3_key,
+                   s3_port=service.settings.s3.port)
 
 
 # -- pages ---------------------------------------------------------------------------------------
@@ -270,6 +273,30 @@ async def remove_account(request: Request, session: Session) -> Response:
 
 
 @signed_in
+async def add_s3_key(request: Request, session: Session) -> Response:
+    """A new S3 key pair, its secret on the page answering this request only."""
+    await _form(request, session)
+    account_id = request.path_params["id"]
+    try:
+        pair = await _off_loop(service_of(request.app.state).s3_keys.add, account_id)
+    except FilestoreError as exc:
+        return _account_page(request, session, account_id, status=exc.status, error=exc.detail)
+    return _account_page(request, session, account_id, status=201, new_s3_key=pair.public())
+
+
+@signed_in
+async def revoke_s3_key(request: Request, session: Session) -> Response:
+    form = await _form(request, session)
+    account_id, key = request.path_params["id"], _field(form, "key")
+    try:
+        await _off_loop(service_of(request.app.state).s3_keys.revoke, account_id, key)
+    except FilestoreError as exc:
+        return _account_page(request, session, account_id, status=exc.status, error=exc.detail)
+    return _back(_url(account_id), f"Revoked the S3 key {key} of {account_id}: it is refused "
+                 "from the next request on.")
+
+
+@signed_in
 async def purge_account(request: Request, session: Session) -> Response:
     """Suspend the account and start the job that deletes its files (cloud copies too), then
     the account."""
@@ -292,6 +319,8 @@ routes = [
     Route("/admin/accounts/{id}/tokens/revoke", revoke_token, methods=["POST"]),
     Route("/admin/accounts/{id}/remove", remove_account, methods=["POST"]),
     Route("/admin/accounts/{id}/purge", purge_account, methods=["POST"]),
+    Route("/admin/accounts/{id}/s3-keys", add_s3_key, methods=["POST"]),
+    Route("/admin/accounts/{id}/s3-keys/revoke", revoke_s3_key, methods=["POST"]),
     Route("/admin/accounts/{id}/storage/remote", save_remote, methods=["POST"]),
     Route("/admin/accounts/{id}/storage/remote/remove", remove_remote, methods=["POST"]),
     Route("/admin/accounts/{id}/storage/rule", add_rule, methods=["POST"]),
