@@ -63,6 +63,16 @@ class ServerSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class RegistrySettings:
+    # Empty: SQLite in the data directory (the embedded default). Else
+    # "postgresql://user:password@host:port/database": a PostgreSQL registry that several
+    # filestore nodes share (registry/postgres/).
+    url: str = _field("", parse_str, secret=True)
+    # Connections each process keeps to PostgreSQL (psycopg-pool); SQLite ignores it.
+    pool_size: int = _field(4, int_between(1, 64))
+
+
+@dataclasses.dataclass(frozen=True)
 class S3Settings:
     # The S3-compatible endpoint (`s3api/`): 0 is off; else it answers on server.host:port,
     # in the same worker processes as the files.
@@ -206,6 +216,7 @@ class Settings:
     cache: CacheSettings = dataclasses.field(default_factory=CacheSettings)
     log: LogSettings = dataclasses.field(default_factory=LogSettings)
     s3: S3Settings = dataclasses.field(default_factory=S3Settings)
+    registry: RegistrySettings = dataclasses.field(default_factory=RegistrySettings)
     # The other named remotes ([remotes.NAME]) and the plan's rules ([[plan]]), in file order.
     remotes: dict[str, RemoteSettings] = dataclasses.field(default_factory=dict)
     plan: tuple[PlanRule, ...] = ()
