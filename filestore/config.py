@@ -20,6 +20,7 @@ from .values import (
     parse_bandwidth,
     parse_bool,
     parse_dirs,
+    parse_domain,
     parse_duration,
     parse_duration_or_never,
     parse_header_value,
@@ -79,6 +80,9 @@ class S3Settings:
     port: int = _field(0, int_between(0, 65535))
     # The region signatures must name (their credential scope), as a bucket's region would.
     region: str = _field("us-east-1", parse_region)
+    # Virtual-hosted addressing: a request for Host "BUCKET.DOMAIN" names the bucket in its
+    # host ("s3.example.com"); empty: path-style alone (always accepted).
+    domain: str = _field("", parse_domain)
     # Unfinished multipart uploads (their parts on disk) are removed this long after they began.
     multipart_expiry: float = _field(7 * 86400.0, parse_duration)
 

@@ -225,6 +225,18 @@ def parse_remote_name(value: Any) -> str:
     return text
 
 
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN_RE = re.compile(rf"(?:{_LABEL}\.)+{_LABEL}")
+
+
+def parse_domain(value: Any) -> str:
+    """Empty, or a DNS name such as "s3.example.com" (lower case, at least two labels)."""
+    text = parse_str(value).strip().lower().rstrip(".")
+    if text and (len(text) > 253 or not _DOMAIN_RE.fullmatch(text)):
+        raise ValueError('"" or a host name like "s3.example.com"')
+    return text
+
+
 _REGION_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
 

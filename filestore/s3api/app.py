@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import uuid
 from typing import Any
 from urllib.parse import unquote
@@ -96,7 +97,7 @@ def _has_body(scope: Scope) -> bool:
 async def _handle(request: Request) -> Any:
     service = service_of(request.app.state)
     signed = authenticate(request, service)
-    bucket, _, key = request.url.path.lstrip("/").partition("/")
+    bucket, key = _bucket_and_key(request, service.settings.s3.domain)
     params = request.query_params
     for name in _UNSUPPORTED:
         if name in params:
@@ -109,6 +110,18 @@ async def _handle(request: Request) -> Any:
     if not key:
         return await _bucket(request, service, signed, bucket)
     return await _object(request, service, signed, bucket, key)
+
+
+def _bucket_and_key(request: Request, domain: str) -> tuple[str, str]:
+    """Path-style (`/BUCKET/KEY`), or virtual-hosted (`Host: BUCKET.DOMAIN`, path `/KEY`) when
+    `s3.domain` is set and the host names a bucket under it."""
+    path = request.url.path.lstrip("/")
+    if domain:
+        host = request.headers.get("host", "").rsplit(":", 1)[0].lower().rstrip(".")
+        if host.endswith("." + domain):
+            return host[:-len(domain) - 1], path
+    bucket, _, key = path.partition("/")
+    return bucket, key
 
 
 # -- the service and buckets -------------------------------------------------------------------
@@ -199,7 +212,7 @@ async def _multipart(request: Request, service: Service, signed: Signed, bucket:
     if method == "PUT":
         number = multipart.part_number(params.get("partNumber"))
         if "x-amz-copy-source" in request.headers:
-            raise S3Error("NotImplemented", "UploadPartCopy is not implemented yet", 501)
+            return await _copy_part(request, service, signed, bucket, key, upload_id, number)
         body, length, sha256 = body_of(request, signed)
         return await multipart.upload_part(service, caller, bucket, key, upload_id, number,
                                            body, length, sha256, objects.content_md5(request))
@@ -227,20 +240,53 @@ def _count(raw: str | None, name: str, high: int, *, low: int = 1) -> int:
     return min(int(raw), high)
 
 
-async def _copy(request: Request, service: Service, signed: Signed, path: str) -> Response:
-    """CopyObject: `x-amz-copy-source: /BUCKET/KEY` (URL-encoded), a bucket of the caller's."""
-    await _drain(request)
+def _copy_source(request: Request, service: Service, signed: Signed) -> tuple[str, str]:
+    """(path, key) of `x-amz-copy-source: /BUCKET/KEY` (URL-encoded), a bucket of the
+    caller's."""
     source = unquote(request.headers["x-amz-copy-source"]).split("?versionId=", 1)[0]
     source_bucket, _, source_key = source.lstrip("/").partition("/")
     if not source_bucket or not source_key:
         raise S3Error("InvalidArgument", "x-amz-copy-source must be /bucket/key", 400)
     prefix = buckets.require(service.store.registry.read, signed.caller, source_bucket)
+    return objects.path_of(prefix, source_key), source_key
+
+
+_RANGE = re.compile(r"bytes=([0-9]{1,18})-([0-9]{1,18})")
+
+
+async def _copy_part(request: Request, service: Service, signed: Signed, bucket: str,
+                     key: str, upload_id: str, number: int) -> Response:
+    """UploadPartCopy: a part made of (a range of) another object's bytes, within filestore."""
+    await _drain(request)
+    source_path, source_key = _copy_source(request, service, signed)
+    first, last = 0, None
+    raw = request.headers.get("x-amz-copy-source-range")
+    if raw is not None:
+        match = _RANGE.fullmatch(raw.strip())
+        if match is None:
+            raise S3Error("InvalidArgument", "x-amz-copy-source-range must be bytes=FIRST-LAST",
+                          400)
+        first, last = int(match.group(1)), int(match.group(2))
+    async with objects.source_bytes(service, source_path, source_key, first, last) as (
+            record, body):
+        size = record.size - first if last is None else last - first + 1
+        answer = await multipart.upload_part(service, signed.caller, bucket, key, upload_id,
+                                             number, body, size, None, None)
+    return _xml(s3_document("CopyPartResult", [
+        element("LastModified", timestamp(record.modified)),
+        element("ETag", answer.headers["etag"])]))
+
+
+async def _copy(request: Request, service: Service, signed: Signed, path: str) -> Response:
+    """CopyObject: `x-amz-copy-source: /BUCKET/KEY` (URL-encoded), a bucket of the caller's."""
+    await _drain(request)
+    source_path, source_key = _copy_source(request, service, signed)
     directive = request.headers.get("x-amz-metadata-directive", "COPY").upper()
     if directive not in ("COPY", "REPLACE"):
         raise S3Error("InvalidArgument", "x-amz-metadata-directive is COPY or REPLACE", 400)
     replace = directive == "REPLACE"
     return _xml(await objects.copy(
-        service, objects.path_of(prefix, source_key), source_key, path,
+        service, source_path, source_key, path,
         content_type=request.headers.get("content-type") if replace else None,
         meta=objects.user_meta(request) if replace else None))
 

@@ -222,41 +222,57 @@ async def put(service: Service, path: str, body: AsyncIterator[bytes], *,
 _COPY_CHUNK = 1024 * 1024
 
 
-async def copy(service: Service, source_path: str, source_key: str, path: str, *,
-               content_type: str | None, meta: dict[str, str] | None) -> bytes:
-    """CopyObject within filestore: the source's bytes (local, cached or read through the
-    cache from the cloud) are stored at `path` as a PUT would store them, checked against the
-    source's SHA-256; no byte goes through the client. `content_type` and `meta` (REPLACE)
-    or the source's (COPY, the default: None)."""
+@contextlib.asynccontextmanager
+async def source_bytes(service: Service, source_path: str, source_key: str,
+                       first: int = 0, last: int | None = None
+                       ) -> AsyncIterator[tuple[FileRecord, AsyncIterator[bytes]]]:
+    """The record of the object at `source_path` and its bytes `first`..`last` (inclusive;
+    all by default): local, cached, or read through the cache from the cloud; the source is
+    closed on leaving, read or not."""
     try:
         record, fd, _ = await service.open_current(source_path)
     except NotFound:
         raise no_such_key(source_key) from None
+    end = record.size - 1 if last is None else last
+    if first < 0 or end >= record.size or (first > end and record.size):
+        if fd is not None:
+            os.close(fd)
+        raise S3Error("InvalidRange", "The requested range is not satisfiable", 416)
     source: ByteSource
     if fd is not None:
         source = LocalBytes(fd)
     elif record.size == 0:
         source = NoBytes()
     else:
-        source = await service.read_through.open(record, None)
+        source = await service.read_through.open(record, [(first, end)])
 
     async def body() -> AsyncIterator[bytes]:
-        offset = 0
-        try:
-            while offset < record.size:
-                chunk = await source.read(min(_COPY_CHUNK, record.size - offset), offset)
-                if not chunk:
-                    raise S3Error("InternalError", "the source ended early", 500)
-                offset += len(chunk)
-                yield bytes(chunk)
-        finally:
-            await source.aclose()
+        offset = first
+        while offset <= end:
+            chunk = await source.read(min(_COPY_CHUNK, end + 1 - offset), offset)
+            if not chunk:
+                raise S3Error("InternalError", "the source ended early", 500)
+            offset += len(chunk)
+            yield bytes(chunk)
 
-    if meta is None:
-        meta = meta_of(service.store.registry.read, record)
-    copied, _ = await service.put(path, body(), content_type=content_type or
-                                  record.content_type, content_length=record.size,
-                                  expect_sha256=record.sha256)
+    try:
+        yield record, body()
+    finally:
+        await source.aclose()
+
+
+async def copy(service: Service, source_path: str, source_key: str, path: str, *,
+               content_type: str | None, meta: dict[str, str] | None) -> bytes:
+    """CopyObject within filestore: the source's bytes (local, cached or read through the
+    cache from the cloud) are stored at `path` as a PUT would store them, checked against the
+    source's SHA-256; no byte goes through the client. `content_type` and `meta` (REPLACE)
+    or the source's (COPY, the default: None)."""
+    async with source_bytes(service, source_path, source_key) as (record, body):
+        if meta is None:
+            meta = meta_of(service.store.registry.read, record)
+        copied, _ = await service.put(path, body, content_type=content_type or
+                                      record.content_type, content_length=record.size,
+                                      expect_sha256=record.sha256)
     await keep(service, copied, None, meta)
     return s3_document("CopyObjectResult", [element("LastModified", timestamp(copied.modified)),
                                             element("ETag", etag_of(copied))])
