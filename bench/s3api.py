@@ -35,9 +35,9 @@ What is measured
        endpoint and back down (the AWS CLI's defaults: multipart and ranged GETs, 8 MiB parts, 10
        threads), each timed, while VmRSS of the server process and any children it has is
        sampled every 0.1 s; growth = peak - the reading just before the copy (VmHWM, reset
-       through /proc/PID/clear_refs before each copy, is a cross-check that catches spikes
-       between samples). Target: < 64 MiB. The downloaded file's SHA-256 must equal the
-       source's.
+       through /proc/PID/clear_refs before each copy, catches spikes between samples: the
+       target is held to the larger of the two). Target: < 64 MiB. The downloaded file's
+       SHA-256 must equal the source's.
 
 Why
     An S3 client should not pay much for going through the S3 dialect rather than `/files/`:
@@ -375,17 +375,18 @@ def measure_size(clients: dict[str, Client], size: int, count: int, rounds: int,
             client = clients[side]
             paths = [f"{BUCKET}/{side}/{label}/r{round_number}/{n:06d}" for n in range(count)]
 
-            def get(path: str, client: Client = client) -> None:
+            def put(path: str, client: Client = client) -> None:
+                client.put(path, data)
+
+            def get(path: str, client: Client = client, name: str = SIDE_NAMES[side]) -> None:
                 got = client.get(path)
                 if got != size:
-                    raise BenchError(f"{SIDE_NAMES[side]}: GET {path} returned {got} bytes, "
-                                     f"not {size}")
+                    raise BenchError(f"{name}: GET {path} returned {got} bytes, not {size}")
 
-            put = timed(side, size, "PUT", round_number, paths,
-                        lambda path, client=client: client.put(path, data), server_pid)
-            got = timed(side, size, "GET", round_number, paths, get, server_pid)
-            loops += [put, got]
-            for loop in (put, got):
+            put_loop = timed(side, size, "PUT", round_number, paths, put, server_pid)
+            get_loop = timed(side, size, "GET", round_number, paths, get, server_pid)
+            loops += [put_loop, get_loop]
+            for loop in (put_loop, get_loop):
                 log(f"{label} {loop.op} round {round_number + 1}/{rounds}, {SIDE_NAMES[side]}: "
                     f"{loop.count} in {loop.seconds:.2f} s, {loop.figure:,.1f} "
                     f"{unit(size)}")
@@ -411,7 +412,7 @@ def sha256_seconds(size: int) -> float:
     return best
 
 
-# -- aws s3 cp and memory ---------------------------------------------------------------------------
+# -- aws s3 cp and memory -------------------------------------------------------------------------
 
 
 def descendants(pid: int) -> list[int]:
@@ -491,6 +492,11 @@ class Copy:
     @property
     def growth_mib(self) -> float:
         return self.peak_mib - self.baseline_mib
+
+    @property
+    def worst_mib(self) -> float:
+        """The growth the target is held to: sampled, or VmHWM's if that saw a higher peak."""
+        return max(self.growth_mib, self.hwm_growth_mib or 0.0)
 
     @property
     def mbps(self) -> float:
@@ -605,7 +611,7 @@ def report(args: argparse.Namespace, loops: list[Loop], copies: list[Copy],
     print(f"{versions_text(info['versions'])}; {info['cpus']} CPUs")
     print()
     rows = [["size", "op", "count", SIDE_NAMES[S3_SIDE], SIDE_NAMES[FILES_SIDE], "ratio",
-             "target", "", "ratio of each round"]]
+             "target", "verdict", "ratio of each round"]]
     comparisons: list[dict[str, Any]] = []
     for size, count in ((SMALL, args.small_count), (LARGE, args.large_count)):
         for op in ("PUT", "GET"):
@@ -653,22 +659,22 @@ def report(args: argparse.Namespace, loops: list[Loop], copies: list[Copy],
         print(f"aws s3 cp of {size_text(copies[0].size)} ({info.get('aws_version', '?')}, its "
               f"defaults), server VmRSS (and any children) every {SAMPLE_SECONDS * 1000:.0f} ms")
         rows = [["direction", "wall s", "MB/s", "RSS before MiB", "peak MiB", "growth MiB",
-                 "VmHWM growth MiB", "samples", "target", ""]]
-        for c in copies:
-            rows.append([c.direction, f"{c.seconds:.2f}", f"{c.mbps:,.1f}",
-                         f"{c.baseline_mib:.1f}", f"{c.peak_mib:.1f}", f"{c.growth_mib:.1f}",
-                         "-" if c.hwm_growth_mib is None else f"{c.hwm_growth_mib:.1f}",
-                         str(c.samples), f"< {RSS_TARGET_MIB:.0f} MiB",
-                         "met" if c.growth_mib < RSS_TARGET_MIB else "MISSED"])
+                 "VmHWM growth MiB", "samples", "target", "verdict"]]
+        for cp in copies:
+            rows.append([cp.direction, f"{cp.seconds:.2f}", f"{cp.mbps:,.1f}",
+                         f"{cp.baseline_mib:.1f}", f"{cp.peak_mib:.1f}", f"{cp.growth_mib:.1f}",
+                         "-" if cp.hwm_growth_mib is None else f"{cp.hwm_growth_mib:.1f}",
+                         str(cp.samples), f"< {RSS_TARGET_MIB:.0f} MiB",
+                         "met" if cp.worst_mib < RSS_TARGET_MIB else "MISSED"])
         print_rows(rows)
-        worst = max(c.growth_mib for c in copies)
-        print(f"peak RSS growth {worst:.1f} MiB {verdict(worst < RSS_TARGET_MIB)} the target "
-              f"< {RSS_TARGET_MIB:.0f} MiB; the downloaded file's SHA-256 equals the source's "
-              f"({info['big_sha256'][:16]}...)")
+        worst = max(cp.worst_mib for cp in copies)
+        print(f"peak RSS growth {worst:.1f} MiB (the larger of the sampled growth and the VmHWM "
+              f"one) {verdict(worst < RSS_TARGET_MIB)} the target < {RSS_TARGET_MIB:.0f} MiB; "
+              f"the downloaded file's SHA-256 equals the source's ({info['big_sha256'][:16]}...)")
         big = {"size": copies[0].size, "sha256": info["big_sha256"], "worst_growth_mib": worst,
                "target_mib": RSS_TARGET_MIB, "met": worst < RSS_TARGET_MIB,
-               "copies": [{**dataclasses.asdict(c), "growth_mib": c.growth_mib,
-                           "mbps": c.mbps} for c in copies]}
+               "copies": [{**dataclasses.asdict(cp), "growth_mib": cp.growth_mib,
+                           "worst_mib": cp.worst_mib, "mbps": cp.mbps} for cp in copies]}
 
     print()
     print("configuration:")

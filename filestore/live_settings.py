@@ -174,10 +174,7 @@ async def save(store: Store, reloader: SettingsReloader | None,
     logs.event(log, "settings.saved", "settings saved: " + (", ".join(keys) or "nothing")
                + (" (tested on {tested_on})" if changed else ""), keys=keys, remotes=changed,
                tested_on=result.remote if changed else None)
-    if reloader is not None:
-        await reloader.apply()
-    else:
-        store.settings = proposed
+    await _take_up(store, reloader, proposed)
     return result
 
 
@@ -228,11 +225,17 @@ async def save_account_storage(store: Store, reloader: SettingsReloader | None,
                account=account, remotes=sorted(storage.remotes), count=len(storage.remotes),
                rules=len(storage.plan),
                tested_on=result.remote if changed else None)
+    await _take_up(store, reloader, proposed)
+    return result
+
+
+async def _take_up(store: Store, reloader: SettingsReloader | None, proposed: Settings) -> None:
+    """Apply what was just saved in this process at once (the others within a second): through
+    the reloader in a server, which also swaps remote clients; else (a command) directly."""
     if reloader is not None:
         await reloader.apply()
     else:
         store.settings = proposed
-    return result
 
 
 def _check_places(settings: Settings) -> None:
