@@ -80,7 +80,7 @@ def test_the_aws_cli(served: Any, moto: Moto, bucket: str, tmp_path: Path) -> No
         return done.stdout
 
     run("s3", "mb", "s3://cli")
-    sizes = {"empty.bin": 0, "small.txt": 1024, "big.bin": 20 * 1024**2 + 3}  # big: multipart
+    sizes = {"empty.bin": 0, "small.txt": 1024, "big.bin": 100 * 1024**2 + 3}  # big: multipart
     source = tmp_path / "up"
     make_tree(source, {name: os.urandom(size) for name, size in sizes.items()})
     for name in sizes:
