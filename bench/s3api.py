@@ -33,8 +33,9 @@ What is measured
        server's.
     2. `aws s3 cp` of a --big file (1 GiB of random bytes, in the scratch directory) up to the
        endpoint and back down (the AWS CLI's defaults: multipart and ranged GETs, 8 MiB parts, 10
-       threads), each timed, while VmRSS of the server process and any children it has is
-       sampled every 0.1 s; growth = peak - the reading just before the copy (VmHWM, reset
+       threads; it sends each part's CRC32 in `x-amz-checksum-crc32`, which the server checks
+       too), each timed, while VmRSS of the server process and any children it has is sampled
+       every 0.1 s; growth = peak - the reading just before the copy (VmHWM, reset
        through /proc/PID/clear_refs before each copy, catches spikes between samples: the
        target is held to the larger of the two). Target: < 64 MiB. The downloaded file's
        SHA-256 must equal the source's.
@@ -643,6 +644,10 @@ def report(args: argparse.Namespace, loops: list[Loop], copies: list[Copy],
             ms = c[key]
             rows.append([size_text(c["size"]), c["op"], SIDE_NAMES[side], f"{ms['wall']:.3f}",
                          f"{ms['client_cpu']:.3f}", f"{ms['server_cpu']:.3f}"])
+        s3_ms, ref_ms = c["s3_ms_per_op"], c["files_ms_per_op"]
+        rows.append([size_text(c["size"]), c["op"], "S3 - /files/",
+                     *(f"{s3_ms[k] - ref_ms[k]:+.3f}" for k in ("wall", "client_cpu",
+                                                                 "server_cpu"))])
     print_rows(rows)
     large_put = next(c for c in comparisons if c["size"] == LARGE and c["op"] == "PUT")
     hash_ms = info["client_sha256_ms"]
@@ -657,7 +662,8 @@ def report(args: argparse.Namespace, loops: list[Loop], copies: list[Copy],
     if copies:
         print()
         print(f"aws s3 cp of {size_text(copies[0].size)} ({info.get('aws_version', '?')}, its "
-              f"defaults), server VmRSS (and any children) every {SAMPLE_SECONDS * 1000:.0f} ms")
+              f"defaults: 8 MiB parts, 10 threads, a CRC32 per part over http), server VmRSS "
+              f"(and any children) every {SAMPLE_SECONDS * 1000:.0f} ms")
         rows = [["direction", "wall s", "MB/s", "RSS before MiB", "peak MiB", "growth MiB",
                  "VmHWM growth MiB", "samples", "target", "verdict"]]
         for cp in copies:

@@ -97,6 +97,10 @@ def user_meta(request: Request) -> dict[str, str]:
 async def keep(service: Service, record: FileRecord, etag: str | None,
                meta: dict[str, str]) -> None:
     """Record what S3 keeps of a stored object beside its file (or forget what was kept)."""
+    if etag is None and not meta and not service.store.registry.read.uploads.objects(
+            [record.path]):
+        return  # nothing to keep, nothing kept: no transaction (most PUTs)
+
     def write() -> None:
         with service.store.registry.transaction() as tx:
             tx.uploads.set_object(record.path, record.sha256, etag,

@@ -5,12 +5,11 @@ presigned query, SigV2 in a presigned query or the header), checks their form, s
 and returns an `Auth` naming the access key; the caller looks the secret up and `verify()`
 recomputes the signature. Both are pure: no I/O, the clock is an argument.
 
-What is signed is what the client computed, so the request is read as sent: the path and the
-query as on the wire (the ASGI scope's `raw_path` and `query_string`, decoded as latin-1), the
-headers with their duplicates. S3 neither normalises nor double-encodes the path: botocore
-signs the path it sends, and so do the Go and Java SDKs. A client that encodes a character they
-leave alone (or the reverse) is still understood: the path is also tried re-encoded with the
-RFC 3986 rules, segment by segment (so a `%2F` stays inside its segment).
+What is signed is what the client computed, so the request is read as sent (the ASGI scope's
+`raw_path` and `query_string` as latin-1, the headers with their duplicates). S3 neither
+normalises nor double-encodes the path, as botocore and the Go and Java SDKs sign it; a client
+that encodes a character they leave alone (or the reverse) is still understood: the path is also
+tried re-encoded with the RFC 3986 rules, segment by segment (a `%2F` stays in its segment).
 
 The body is read as the signed payload hash says (`Verified.payload`); an aws-chunked one
 (`streaming-*`) also needs the headers `chunked_headers()` names, and its `Content-Encoding:
@@ -23,6 +22,7 @@ import base64
 import binascii
 import calendar
 import datetime
+import functools
 import hashlib
 import hmac
 import re
@@ -189,8 +189,10 @@ def verify(auth: Auth, secret_access_key: str) -> Verified:
                     auth.payload_hash.lower() if mode == "sha256" else None, chunk_signing)
 
 
+@functools.lru_cache(maxsize=256)
 def signing_key(secret: str, date: str, region: str, service: str = "s3") -> bytes:
-    """The SigV4 signing key of a day, region and service: the HMAC chain from the secret."""
+    """The SigV4 signing key of a day, region and service: the HMAC chain from the secret
+    (four HMACs; the same all day for a key, so kept for the keys in use)."""
     key = ("AWS4" + secret).encode()
     for part in (date, region, service, "aws4_request"):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
