@@ -30,7 +30,7 @@ from .config import DEFAULT_REMOTE, RemoteSettings, Settings, override
 from .datadir import DataDir
 from .errors import BadRequest, ConfigError, NotFound
 from .probe import ProbeResult, probe
-from .registry import SETTINGS_SCHEMA, SqliteRegistry
+from .registry import SETTINGS_SCHEMA, open_registry, registry_exists
 from .remote import Remote, display_url, open_remote, open_remotes
 from .secrets import SecretBox
 from .store import Store
@@ -264,10 +264,10 @@ def reset_settings(settings: Settings, *, force: bool = False) -> int:
     a second); how many values there were. Works even when a saved value stops the service
     from opening, so it opens the registry alone. Refused (409) when it would point a remote
     elsewhere while files are in the cloud there, unless `force`."""
-    path = DataDir(settings.data_dir).registry_path
-    if not path.exists():
-        raise ConfigError(f"no registry at {path}: nothing was saved")
-    registry = SqliteRegistry(path)
+    if not registry_exists(settings):
+        raise ConfigError(f"no registry at {DataDir(settings.data_dir).registry_path}: "
+                          "nothing was saved")
+    registry = open_registry(settings)
     try:
         if registry.schema_version() < SETTINGS_SCHEMA:  # a registry from before the page
             raise ConfigError("nothing was saved from the admin page")

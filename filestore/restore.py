@@ -27,7 +27,7 @@ from .config import Settings
 from .datadir import DataDir
 from .errors import ConfigError, Conflict
 from .fsutil import fsync_dir
-from .registry import SETTINGS_SCHEMA, SqliteRegistry, copy_backup
+from .registry import SETTINGS_SCHEMA, SqliteRegistry, copy_backup, require_sqlite
 from .secrets import SecretBox, SecretError
 
 
@@ -40,6 +40,7 @@ def restore_registry(settings: Settings, source: Path) -> tuple[Path | None, str
     Refused while any process uses the directory (`Conflict`, exit 1), or when `source` is not a
     sound SQLite registry of a schema this filestore knows (`ConfigError`, exit 2).
     """
+    require_sqlite(settings, "filestore restore", "pg_restore")
     datadir = DataDir(settings.data_dir)
     datadir.create()
     source = source.absolute()

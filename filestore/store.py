@@ -37,9 +37,11 @@ from .registry import (
     SCHEMA_VERSION,
     FileRecord,
     Intent,
-    SqliteRegistry,
+    Registry,
     Tables,
     in_flight,
+    open_registry,
+    registry_exists,
     usage_counter,
 )
 
@@ -124,7 +126,7 @@ class Store:
             return
         start_fd = self.datadir.start_lock()
         try:
-            self.registry: SqliteRegistry = SqliteRegistry(self.datadir.registry_path)
+            self.registry: Registry = open_registry(settings)
             self.registry.migrate()
             # The saved settings and their generation, read together: a save in between
             # would otherwise never be applied here.
@@ -139,10 +141,9 @@ class Store:
 
     def _open_read_only(self) -> bool:
         """Open the registry without a writer; False if it cannot be (missing, older schema)."""
-        path = self.datadir.registry_path
-        if not path.exists():
+        if not registry_exists(self.base_settings):
             return False
-        registry = SqliteRegistry(path, read_only=True)
+        registry = open_registry(self.base_settings, read_only=True)
         if registry.schema_version() != SCHEMA_VERSION:
             registry.close()
             return False

@@ -3,11 +3,13 @@ for it, the move jobs, the cache index, the saved settings, the counters, the ad
 and the spent single-use signed URLs.
 
 `interface.py` writes down what the rest of filestore uses (`Registry`, `Tables` and one
-protocol per table group); `sqlite.py` is the backend (SQLite in the data directory), with one
+protocol per table group); `opening.py` opens the configured backend: `sqlite.py` (SQLite in the
+data directory, the default) or `postgres/` (a PostgreSQL database several processes or nodes
+share, its own module per table group and the same numbered migrations). SQLite has one
 module per table group (`files.py`, `queue.py`, `jobs.py`, `cache.py`, `settings.py`,
 `counters.py`, `sessions.py` the admin sessions, `grants.py` the single-use signed URLs,
 `accounts.py`, `account_storage.py`) and the schema's numbered migrations (`migrations/`).
-Nothing outside this package writes SQL or imports `sqlite3`.
+Nothing outside this package writes SQL or imports `sqlite3` or `psycopg`.
 
 Use: `registry.read.files.get(path)` reads (event loop's thread); `with registry.transaction()
 as tx: tx.files.upsert(...); tx.queue.schedule(...)` writes, all or nothing.
@@ -22,6 +24,7 @@ from .jobs import KINDS as JOB_KINDS
 from .jobs import LEASE_SECONDS as JOB_LEASE_SECONDS
 from .jobs import Job
 from .migrations import SCHEMA_VERSION, SETTINGS_SCHEMA
+from .opening import open_registry, registry_exists, require_sqlite
 from .queue import Entry, in_flight
 from .s3 import Part, Upload
 from .sqlite import SqliteRegistry, copy_backup
@@ -30,6 +33,6 @@ __all__ = [
     "CACHE_EVENTS", "JOB_KINDS", "JOB_LEASE_SECONDS", "LOCATIONS", "SCHEMA_VERSION",
     "SETTINGS_SCHEMA", "Account", "AccountToken", "CacheEntry", "Entry", "FileRecord", "Intent",
     "Job", "Part", "Registry", "RemoteCounters", "SqliteRegistry", "Tables", "Upload",
-    "copy_backup", "in_flight",
-    "remote_counter_names", "usage_counter",
+    "copy_backup", "in_flight", "open_registry", "registry_exists",
+    "remote_counter_names", "require_sqlite", "usage_counter",
 ]

@@ -1,8 +1,9 @@
 """What filestore needs of a registry, written down: the protocols every backend meets.
 
-`sqlite.py` is the one backend today. A PostgreSQL backend (for a cluster of nodes over one
-bucket) implements exactly these, numbering its migrations as `migrations.py` does. What the
-SQLite backend does with tools that have no PostgreSQL twin, and what stands in for each there:
+Two backends meet them: `sqlite.py` (the embedded default) and `postgres/` (a registry several
+nodes share, `registry.url`), whose migrations are numbered as `migrations/` are. What the
+SQLite backend does with tools that have no PostgreSQL twin, and what stands in for each there
+(`postgres/registry.py` says how each is done):
 
 - `BEGIN IMMEDIATE` takes the database's one write lock up front, so a transaction's reads see
   what it writes on top of (`transaction()`); there: `SERIALIZABLE`, or `SELECT ... FOR UPDATE`

@@ -1,0 +1,178 @@
+"""The files and intents tables in PostgreSQL (see `registry/files.py` for what they mean).
+
+The same statements as SQLite's, in PostgreSQL's dialect: `%s` parameters, `= ANY(%s)` for a
+list, `RETURNING id` for a new intent's id. Paths compare byte by byte (`COLLATE "C"` on the
+columns, migration 1), so the range `path >= P AND path < P || MAX_CHAR` is exactly the paths
+under `P`, as in SQLite, whatever the database's own collation.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..counters import MAX_CHAR, remote_counter_names
+from ..files import _FILE_COLUMNS, FileRecord, Intent
+from .link import Link
+
+_UPSERT_COUNTER = ("INSERT INTO counters (name, value) VALUES (%s, %s) ON CONFLICT (name) "
+                   "DO UPDATE SET value = counters.value + excluded.value")
+
+
+class FileRows:
+    def __init__(self, link: Link) -> None:
+        self._link = link
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def get(self, path: str) -> FileRecord | None:
+        row = self._link.one(f"SELECT {_FILE_COLUMNS} FROM files WHERE path = %s", (path,))
+        return FileRecord(*row) if row else None
+
+    def page(self, after: str, limit: int) -> list[FileRecord]:
+        rows = self._link.rows(
+            f"SELECT {_FILE_COLUMNS} FROM files WHERE path > %s ORDER BY path LIMIT %s",
+            (after, limit))
+        return [FileRecord(*row) for row in rows]
+
+    def listing(self, prefix: str = "", after: str = "", limit: int = 100) -> list[FileRecord]:
+        rows = self._link.rows(
+            f"SELECT {_FILE_COLUMNS} FROM files WHERE path >= %s AND path < %s AND path > %s "
+            "ORDER BY path LIMIT %s", (prefix, prefix + MAX_CHAR, after, limit))
+        return [FileRecord(*row) for row in rows]
+
+    def recorded_remotes(self) -> list[str]:
+        """The distinct remote names files record, one seek of `files_remote` each."""
+        found: list[str] = []
+        name = ""
+        while (row := self._link.one("SELECT remote FROM files WHERE remote > %s "
+                                     "ORDER BY remote LIMIT 1", (name,))) is not None:
+            name = row[0]
+            found.append(name)
+        return found
+
+    def namespace_conflict(self, path: str) -> str | None:
+        parts = path.split("/")
+        parents = ["/".join(parts[:i]) for i in range(1, len(parts))]
+        if parents:
+            row = self._link.one("SELECT path FROM files WHERE path = ANY(%s) LIMIT 1",
+                                 (parents,))
+            if row:
+                return f"{row[0]!r} is a file, so it cannot be a directory of {path!r}"
+        # '0' follows '/' in byte order: the range is "path/..." exactly.
+        row = self._link.one("SELECT path FROM files WHERE path >= %s AND path < %s LIMIT 1",
+                             (path + "/", path + "0"))
+        if row:
+            return f"{path!r} is a directory of other files (such as {row[0]!r})"
+        return None
+
+    # -- writes (in a transaction) --------------------------------------------------------------
+
+    def upsert(self, path: str, size: int, sha256: str, content_type: str, inode: int,
+               now: float, md5: str | None = None) -> tuple[bool, int]:
+        """Record new content for `path`: (whether the path is new, its new version). The
+        `seq.version` row and the file's row are locked until the commit (the registry lock
+        makes that so already; `FOR UPDATE` says what this read-then-write relies on)."""
+        version = int(self._link.value(
+            "UPDATE counters SET value = value + 1 WHERE name = 'seq.version' RETURNING value"))
+        row = self._link.one("SELECT created FROM files WHERE path = %s FOR UPDATE", (path,))
+        if row is None:
+            self._link.execute(
+                "INSERT INTO files (path, size, sha256, content_type, created, modified, "
+                "location, version, inode, md5) VALUES (%s, %s, %s, %s, %s, %s, 'local', %s, "
+                "%s, %s)", (path, size, sha256, content_type, now, now, version, inode, md5))
+            return True, version
+        self._link.execute(
+            "UPDATE files SET size = %s, sha256 = %s, content_type = %s, modified = %s, "
+            "inode = %s, location = 'local', version = %s, remote_etag = NULL, "
+            "uploaded_at = NULL, last_error = NULL, md5 = %s WHERE path = %s",
+            (size, sha256, content_type, now, inode, version, md5, path))
+        return False, version
+
+    def mark_uploaded(self, path: str, remote: str, key: str, etag: str, size: int,
+                      now: float) -> None:
+        self._link.execute(
+            "UPDATE files SET location = 'remote', remote = %s, remote_key = %s, "
+            "remote_etag = %s, uploaded_at = %s WHERE path = %s", (remote, key, etag, now, path))
+        names = remote_counter_names(remote)
+        self._link.many(_UPSERT_COUNTER, [("uploads.done", 1), ("uploads.bytes", size),
+                                          (names.uploads, 1), (names.uploaded_bytes, size)])
+        account, slash, _ = path.partition("/")
+        if slash:
+            self._link.execute(
+                "INSERT INTO counters (name, value) SELECT 'account.' || id || '.uploads', 1 "
+                "FROM accounts WHERE id = %s ON CONFLICT (name) "
+                "DO UPDATE SET value = counters.value + 1", (account,))
+
+    def point_at_copy(self, path: str, version: int, remote: str, key: str, now: float) -> None:
+        self._link.execute(
+            "UPDATE files SET location = 'remote', remote = %s, remote_key = %s, "
+            "remote_etag = NULL, uploaded_at = %s, last_error = NULL "
+            "WHERE path = %s AND version = %s", (remote, key, now, path, version))
+
+    def set_inode(self, path: str, inode: int) -> None:
+        self._link.execute("UPDATE files SET inode = %s WHERE path = %s", (inode, path))
+
+    def mark_local(self, path: str, inode: int) -> None:
+        self._link.execute(
+            "UPDATE files SET location = 'local', inode = %s, remote_etag = NULL, "
+            "uploaded_at = NULL, last_error = NULL WHERE path = %s", (inode, path))
+
+    def forget_remote_copy(self, path: str, version: int, remote: str) -> None:
+        self._link.execute(
+            "UPDATE files SET remote = NULL, remote_key = NULL WHERE path = %s AND version = %s "
+            "AND location = 'local' AND remote = %s", (path, version, remote))
+
+    def forget_copies_in(self, remote: str) -> int:
+        return self._link.count("UPDATE files SET remote = NULL, remote_key = NULL "
+                                "WHERE remote = %s AND location = 'local'", (remote,))
+
+    def move_remote_copy(self, path: str, old: str, new: str) -> None:
+        self._link.execute("UPDATE files SET remote = %s, remote_key = NULL WHERE path = %s "
+                           "AND (remote = %s OR remote IS NULL)", (new, path, old))
+
+    def note_possible_copy(self, path: str, remote: str) -> None:
+        self._link.execute("UPDATE files SET remote = %s WHERE path = %s AND remote IS NULL",
+                           (remote, path))
+
+    def note_remote_copy(self, path: str, remote: str, key: str | None) -> None:
+        self._link.execute("UPDATE files SET remote = %s, remote_key = %s WHERE path = %s",
+                           (remote, key, path))
+
+    def set_error(self, path: str, version: int, error: str | None) -> None:
+        self._link.execute("UPDATE files SET last_error = %s WHERE path = %s AND version = %s",
+                           (error, path, version))
+
+    def delete(self, path: str) -> bool:
+        return self._link.count("DELETE FROM files WHERE path = %s", (path,)) > 0
+
+
+_INTENT = "id, op, path, tmp, size, sha256, content_type"
+
+
+class IntentRows:
+    def __init__(self, link: Link) -> None:
+        self._link = link
+
+    def add(self, op: str, path: str, tmp: str = "", size: int = 0, sha256: str = "",
+            content_type: str = "") -> int:
+        return int(self._link.value(
+            "INSERT INTO intents (op, path, tmp, size, sha256, content_type, created) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            (op, path, tmp, size, sha256, content_type, time.time())))
+
+    def remove(self, intent_id: int) -> None:
+        self._link.execute("DELETE FROM intents WHERE id = %s", (intent_id,))
+
+    def all(self) -> list[Intent]:
+        return [Intent(*row) for row in self._link.rows(
+            f"SELECT {_INTENT} FROM intents ORDER BY id")]
+
+    def for_path(self, path: str, op: str | None = None) -> list[Intent]:
+        where, args = ("AND op = %s", (op,)) if op is not None else ("", ())
+        return [Intent(*row) for row in self._link.rows(
+            f"SELECT {_INTENT} FROM intents WHERE path = %s {where} ORDER BY id",
+            (path, *args))]
+
+    def writing(self, path: str) -> bool:
+        return self._link.one("SELECT 1 FROM intents WHERE path = %s LIMIT 1",
+                              (path,)) is not None

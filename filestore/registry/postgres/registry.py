@@ -1,0 +1,261 @@
+"""The PostgreSQL registry: one database that several filestore processes (and, with the cluster
+work of #16, several nodes) share. Chosen by `[registry] url = "postgresql://..."`.
+
+Connections. Write transactions take a connection from a pool (psycopg-pool, `registry.pool_size`
+per process, checked before each use so a connection PostgreSQL dropped is replaced, not handed
+out). `read` is one dedicated autocommit connection, read-only (`default_transaction_read_only`,
+SQLite's `PRAGMA query_only`), for the event loop's cheap lookups, reconnected at the next
+statement when PostgreSQL dropped it. What that costs: in SQLite a primary-key lookup is a few
+microseconds in the process; here every statement is a round trip to the server (some 50-100 us
+on the same host, a network RTT across machines), and it blocks the event loop's thread for that
+long. A view that reads several rows pays one round trip per statement.
+
+What SQLite's `BEGIN IMMEDIATE` gave, and what stands in for it here, table group by table group:
+
+- Every write transaction: SQLite's one writer means a read inside a transaction sees the
+  state its writes land on. Here `pg_advisory_xact_lock(REGISTRY_LOCK)` comes first (the
+  registry lock): one write transaction at a time across every process sharing the database.
+  Reads never wait for it (MVCC), and it goes with the commit or the rollback.
+- files: `upsert` reads the row and `seq.version`, then writes. The same, under the registry
+  lock; the row is read `FOR UPDATE` and `seq.version` moved by `UPDATE ... RETURNING`, the row
+  locks it would need without it.
+- counters: hot rows, moved by triggers in whatever order a transaction touches them. Row locks
+  alone could deadlock two transactions moving the same counters in opposite orders; the
+  registry lock never lets them meet.
+- queue: a lease goes to one worker. `SELECT ... FOR UPDATE SKIP LOCKED`, correct without the
+  registry lock and never waiting for another leaser. `finish`, `fail`, `upload_now` and
+  `release_job` read the row, then rewrite it: the registry lock.
+- jobs: at most one active job (`create` checks, then inserts): the registry lock. The lease is
+  also `FOR UPDATE SKIP LOCKED`.
+- cache: dense slots (a new entry takes `max(slot) + 1`; a trigger fills a freed slot from the
+  top) and the pinned bytes checked against `cache.pin_limit`: the registry lock; the unique
+  index on `slot` would refuse a breach rather than let two entries share a slot.
+- accounts, tokens, S3 keys, buckets: a name checked free, then inserted: the registry lock;
+  the primary keys refuse a duplicate anyway.
+- settings, account storage, sessions: a save moves the generations every process watches
+  (counters): the registry lock.
+- grants, samples: one winner per nonce or interval, decided by `INSERT ... ON CONFLICT DO
+  NOTHING` on the primary key, as in SQLite.
+- schema: SQLite migrates under the data directory's start lock; here each migration runs under
+  `pg_advisory_xact_lock(MIGRATE_LOCK)`, so nodes starting at once migrate once.
+
+The registry lock serializes writers as SQLite does within one data directory, now across every
+process sharing the database; reads run beside it. Narrowing it (row locks per group, the lease
+paths first) is the cluster's work, and this list says what each group would need.
+
+SQLite-only: `backup` (`VACUUM INTO`) is refused here in one line naming `pg_dump`;
+`copy_backup` and `filestore restore` work on SQLite files (PostgreSQL's is `pg_restore`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+import psycopg_pool
+
+from ...errors import ConfigError, InsufficientStorage
+from ..migrations import SCHEMA_VERSION
+from .accounts import AccountRows, TokenRows
+from .cache import CacheRows, PinRows
+from .files import FileRows, IntentRows
+from .jobs import JobRows
+from .link import Connection, Link
+from .migrations import MIGRATIONS, SCHEMA_TABLE
+from .queue import QueueRows
+from .s3 import BucketRows, S3KeyRows, UploadRows
+from .sessions import GrantRows, SampleRows, SessionRows
+from .settings import CounterRows, SettingRows, StorageRows
+
+# Advisory lock keys (64-bit, chosen once): the registry's writers, and its migrations.
+REGISTRY_LOCK = 0x66_73_72_65_67_00_00_01  # "fsreg" 1
+MIGRATE_LOCK = 0x66_73_72_65_67_00_00_02
+_CONNECT_TIMEOUT = 10  # seconds, unless the URL says otherwise
+_POOL_TIMEOUT = 30.0  # seconds a transaction waits for a free pooled connection
+
+
+def redacted(url: str) -> str:
+    """The URL without its password (in the user part or a `password=` parameter), for
+    messages and logs."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # unparsable: say nothing of it
+        return "postgresql://***"
+    query = urlencode([(k, "***" if k == "password" else v)
+                       for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{parts.username or ''}:***@{host}"
+        if port is not None:
+            netloc += f":{port}"
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+class Tables:
+    """The registry's tables over one link: a transaction's pooled connection, or a reader's
+    (whose writes fail: `default_transaction_read_only`)."""
+
+    def __init__(self, link: Link) -> None:
+        self._link = link
+        self.files = FileRows(link)
+        self.intents = IntentRows(link)
+        self.queue = QueueRows(link)
+        self.jobs = JobRows(link)
+        self.cache = CacheRows(link)
+        self.pins = PinRows(link)
+        self.settings = SettingRows(link)
+        self.counters = CounterRows(link)
+        self.sessions = SessionRows(link)
+        self.grants = GrantRows(link)
+        self.accounts = AccountRows(link)
+        self.tokens = TokenRows(link)
+        self.account_storage = StorageRows(link)
+        self.s3_keys = S3KeyRows(link)
+        self.buckets = BucketRows(link)
+        self.uploads = UploadRows(link)
+        self.samples = SampleRows(link)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Tables]:
+        """Several reads that see one state: a `REPEATABLE READ` read transaction on a reader;
+        inside a write transaction, that transaction already is one."""
+        conn = self._link.conn
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            yield self
+            return
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield self
+
+    def ping(self) -> None:
+        self._link.execute("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        self._link.close()
+
+
+class PostgresRegistry:
+    """The registry in the PostgreSQL database at `url`. `read_only`: no pool at all (commands
+    that only look never migrate, recover or write)."""
+
+    def __init__(self, url: str, *, pool_size: int = 4, read_only: bool = False) -> None:
+        self._url = url  # holds the password: never shown (see `where`)
+        self.where = redacted(url)
+        self.read_only = read_only
+        self._pool: psycopg_pool.ConnectionPool[Connection] | None = None
+        # Opened first: an unreachable server or a refused login fails here, in one line.
+        self.read = self.open_reader()
+        if not read_only:
+            self._pool = psycopg_pool.ConnectionPool(
+                url, min_size=1, max_size=pool_size, open=True, timeout=_POOL_TIMEOUT,
+                kwargs={"autocommit": True, **self._connect_options()},
+                check=psycopg_pool.ConnectionPool.check_connection,
+                name="filestore-registry")
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"PostgresRegistry({self.where!r}, read_only={self.read_only})"
+
+    def _connect_options(self) -> dict[str, Any]:
+        return {} if "connect_timeout" in self._url else {"connect_timeout": _CONNECT_TIMEOUT}
+
+    def _connect(self, *, read_only: bool) -> Connection:
+        try:
+            conn = psycopg.connect(self._url, autocommit=True, **self._connect_options())
+        except psycopg.OperationalError as exc:
+            # libpq's first line says why (refused, unknown host, failed login); it never
+            # holds the password.
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"cannot reach the PostgreSQL registry at {self.where}: "
+                              f"{reason}") from None
+        except psycopg.ProgrammingError:
+            # An unparsable URL: libpq's message may quote it, password and all.
+            raise ConfigError(f"registry.url is no PostgreSQL URL libpq can read "
+                              f"({self.where})") from None
+        if read_only:
+            conn.execute("SET default_transaction_read_only = on")
+        return conn
+
+    def open_reader(self) -> Tables:
+        """Another read-only view on a connection of its own (the caller closes it)."""
+        return Tables(Link(self._connect(read_only=True),
+                           reconnect=lambda: self._connect(read_only=True)))
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        """0 for a database no filestore migrated yet."""
+        if self.read._link.value("SELECT to_regclass('schema_version')") is None:
+            return 0
+        version = self.read._link.value("SELECT version FROM schema_version")
+        return int(version or 0)
+
+    def migrate(self) -> None:
+        """Bring the schema to `SCHEMA_VERSION`, one transaction per migration, each under the
+        migrations' advisory lock and re-reading the version (another node may have run it)."""
+        with self._writable().connection() as conn:
+            for number in range(1, SCHEMA_VERSION + 1):
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+                    conn.execute(SCHEMA_TABLE)
+                    conn.execute("INSERT INTO schema_version (version) VALUES (0) "
+                                 "ON CONFLICT DO NOTHING")
+                    row = conn.execute("SELECT version FROM schema_version").fetchone()
+                    version = int(row[0]) if row else 0
+                    if version > SCHEMA_VERSION:
+                        raise RuntimeError(
+                            f"the registry has schema version {version}, newer than this "
+                            f"filestore ({SCHEMA_VERSION}); upgrade filestore")
+                    if version >= number:
+                        continue
+                    for statement in MIGRATIONS[number - 1]():
+                        conn.execute(statement)
+                    conn.execute("UPDATE schema_version SET version = %s", (number,))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.read.close()
+        if self._pool is not None:
+            self._pool.close()
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def _writable(self) -> psycopg_pool.ConnectionPool[Connection]:
+        if self._pool is None:
+            raise RuntimeError("the registry was opened read-only")
+        return self._pool
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tables]:
+        """One write transaction, all or nothing, under the registry lock (see the module
+        docstring): PostgreSQL's `BEGIN IMMEDIATE`."""
+        pool = self._writable()
+        try:
+            with pool.connection() as conn, conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (REGISTRY_LOCK,))
+                yield Tables(Link(conn))
+        except psycopg.errors.DiskFull:
+            raise InsufficientStorage("the PostgreSQL registry's disk is full") from None
+
+    # -- copies ---------------------------------------------------------------------------------
+
+    def backup(self, target: Path) -> None:
+        raise ConfigError(f"the registry is in PostgreSQL ({self.where}): back it up with "
+                          "pg_dump, not filestore backup")
+
+
+if TYPE_CHECKING:  # mypy checks here that this backend meets the protocols, as sqlite.py's does
+    from ..interface import Registry
+
+    def _postgres_conforms(registry: PostgresRegistry) -> Registry:
+        return registry
