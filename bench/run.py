@@ -107,6 +107,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="the report to write (default bench/RESULTS.md)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temp directory (each script's JSON, output and log)")
+    parser.add_argument("--merge", action="store_true",
+                        help="with --only: replace those benchmarks' rows and sections in the "
+                             "existing report and keep the rest")
     args = parser.parse_args(argv)
     names = list(PROFILES)
     if args.only is not None:
@@ -116,6 +119,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--only: unknown benchmark(s) {','.join(unknown) or '(none)'}; "
                          f"choose from {','.join(PROFILES)}")
     args.names = names
+    if args.merge and (args.only is None or not args.out.exists()):
+        parser.error("--merge needs --only and an existing report to merge into")
     return args
 
 
@@ -400,36 +405,83 @@ def report(args: argparse.Namespace, outcomes: list[Outcome], info: dict[str, An
     ]
     tables: list[str] = []
     for outcome in outcomes:
-        title, reference, rows_of = TABLES[outcome.name]
-        rows: list[Row] = []
-        problem = outcome.note
-        if outcome.data is not None:
-            try:
-                rows = rows_of(outcome.data)
-            except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
-                problem = f"its results could not be read: {exc!r}"
-        judged = [r for r in rows if r.met is not None]
-        met = sum(1 for r in judged if r.met)
-        status = "ok" if outcome.status == 0 and not problem else (problem or "failed")
-        lines.append(f"| {outcome.name} | {cell(status)} | {outcome.seconds:.0f} | "
-                     f"{f'{met}/{len(judged)}' if judged else '-'} |")
-        tables += ["", f"## {title}", "", f"Reference: {reference}.",
-                   "", f"Command: `{' '.join(outcome.argv)}`"]
-        if rows:
-            tables += ["", "| figure | filestore | reference | ratio | target | result |",
-                       "|---|---:|---:|---:|---|---|"]
-            tables += [f"| {cell(r.figure)} | {r.value} | {r.reference} | {r.ratio} | "
-                       f"{cell(r.target)} | "
-                       f"{'-' if r.met is None else ('met' if r.met else '**missed**')} |"
-                       for r in rows]
-        if problem:
-            tables += ["", f"Not measured: {problem}."]
-            if outcome.stderr_tail:
-                tables += ["", "```", outcome.stderr_tail, "```"]
-        if outcome.data and outcome.data.get("problems"):
-            tables += ["", "Problems the script reported:", ""]
-            tables += [f"- {cell(str(p))}" for p in outcome.data["problems"]]
+        row, section = summary_and_section(outcome)
+        lines.append(row)
+        tables += section
     return "\n".join([*lines, *tables, ""])
+
+
+def summary_and_section(outcome: Outcome, note: str = "") -> tuple[str, list[str]]:
+    """The benchmark's row of the summary table and its section (from a blank line and its
+    `## title` on); `note` goes under the title."""
+    title, reference, rows_of = TABLES[outcome.name]
+    rows: list[Row] = []
+    problem = outcome.note
+    if outcome.data is not None:
+        try:
+            rows = rows_of(outcome.data)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            problem = f"its results could not be read: {exc!r}"
+    judged = [r for r in rows if r.met is not None]
+    met = sum(1 for r in judged if r.met)
+    status = "ok" if outcome.status == 0 and not problem else (problem or "failed")
+    row = (f"| {outcome.name} | {cell(status)} | {outcome.seconds:.0f} | "
+           f"{f'{met}/{len(judged)}' if judged else '-'} |")
+    tables = ["", f"## {title}", *(["", note] if note else []), "", f"Reference: {reference}.",
+              "", f"Command: `{' '.join(outcome.argv)}`"]
+    if rows:
+        tables += ["", "| figure | filestore | reference | ratio | target | result |",
+                   "|---|---:|---:|---:|---|---|"]
+        tables += [f"| {cell(r.figure)} | {r.value} | {r.reference} | {r.ratio} | "
+                   f"{cell(r.target)} | "
+                   f"{'-' if r.met is None else ('met' if r.met else '**missed**')} |"
+                   for r in rows]
+    if problem:
+        tables += ["", f"Not measured: {problem}."]
+        if outcome.stderr_tail:
+            tables += ["", "```", outcome.stderr_tail, "```"]
+    if outcome.data and outcome.data.get("problems"):
+        tables += ["", "Problems the script reported:", ""]
+        tables += [f"- {cell(str(p))}" for p in outcome.data["problems"]]
+    return row, tables
+
+
+def merged(existing: str, args: argparse.Namespace, outcomes: list[Outcome],
+           info: dict[str, Any]) -> str:
+    """`existing` (a report of this script) with the summary rows and sections of the
+    benchmarks just run replaced (added, if it had none), the others as they were; each new
+    section says when, where and at which revision it was measured."""
+    note = (f"Regenerated on its own by `python bench/run.py{' --quick' if args.quick else ''} "
+            f"--only {args.only} --merge` on {info['date']} (filestore git "
+            f"{info['versions'].get('filestore git', '?')}; load average before / after "
+            f"{info['load_before']} / {info['load_after']}; CPUs busy with other work "
+            f"{info['busy_before']:.0%} / {info['busy_after']:.0%}); the rest of the report is "
+            "the earlier run's.")
+    new = {o.name: summary_and_section(o, note) for o in outcomes}
+    titles = {f"## {TABLES[name][0]}": name for name in new}
+    lines = existing.rstrip("\n").split("\n")
+    out: list[str] = []
+    skipping = False
+    for line in lines:
+        if line.startswith("## "):
+            if skipping:
+                out.append("")  # the blank line before this title went with the old section
+            skipping = line in titles
+            if skipping:
+                if out and out[-1] == "":
+                    out.pop()
+                out += new.pop(titles[line])[1]
+                continue
+        if skipping:
+            continue
+        name = line.split("|")[1].strip() if line.startswith("| ") else ""
+        if name in new and line.count("|") == 5:  # its summary row: replace it, keep the section
+            out.append(new[name][0])
+            continue
+        out.append(line)
+    for _, section in new.values():  # benchmarks the report had no section of yet
+        out += section
+    return "\n".join([*out, ""])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -447,7 +499,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
     info["busy_after"] = cpu_busy()
     info["load_after"] = load_average()
-    args.out.write_text(report(args, outcomes, info))
+    if args.merge:
+        args.out.write_text(merged(args.out.read_text(), args, outcomes, info))
+    else:
+        args.out.write_text(report(args, outcomes, info))
     log(f"report written to {args.out}")
     failed = [o.name for o in outcomes if o.status != 0 and o.note != "rclone is not installed"]
     if failed:

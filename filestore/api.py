@@ -2,7 +2,9 @@
 
 Handlers translate HTTP into `Store` calls and domain errors into JSON `{"error", "detail"}`
 responses (see `app.py`). The GET path of a small local file does no thread hop at all: the
-registry lookup, `open` and `fstat` are each a few microseconds on the event loop.
+registry lookup, `open` and `fstat` are each a few microseconds on the event loop, and a small
+file read recently is still open (`kept.KeptFiles`), so its next GET costs one `stat` instead,
+answered with the headers made for its version once (`_whole_headers`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import base64
 import binascii
 import logging
 import mimetypes
-import os
 import re
 from typing import Any
 from urllib.parse import quote
@@ -19,15 +20,25 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Scope
 
 from . import accel, paths, plan, signing
 from .accounts import Principal
 from .conditional import Validators, check_preconditions, etag_for, if_range_allows
 from .config import Settings
 from .errors import BadRequest, TooLarge
+from .kept import KEEP_MAX_SIZE
 from .ranges import RangeNotSatisfiable, parse_range
 from .registry import FileRecord
-from .responses import SANDBOX, ByteSource, FileBody, LocalBytes, NoBytes, attachment
+from .responses import (
+    SANDBOX,
+    ByteSource,
+    FileBody,
+    LocalBytes,
+    MemoryBytes,
+    NoBytes,
+    attachment,
+)
 from .service import Service, service_of
 from .store import Precondition
 
@@ -135,6 +146,30 @@ def _file_headers(settings: Settings, record: FileRecord, private: bool) -> dict
     return headers
 
 
+# path -> (record, settings, private, the encoded headers of a 200 of the whole file): one
+# version's headers are the same for every GET of it, so a file kept open (whose record is the
+# same object from GET to GET) has them made once. Bounded: the paths are the clients' to pick.
+_whole: dict[str, tuple[FileRecord, Settings, bool, list[tuple[bytes, bytes]]]] = {}
+_WHOLE_MAX = 4096
+
+
+def _whole_headers(settings: Settings, record: FileRecord, private: bool
+                   ) -> list[tuple[bytes, bytes]]:
+    """The headers of a 200 (or HEAD) of the whole file, content-length included."""
+    found = _whole.get(record.path)
+    if (found is not None and found[0] is record and found[1] is settings
+            and found[2] == private):
+        return found[3]
+    headers = _file_headers(settings, record, private)
+    headers["content-length"] = str(record.size)
+    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    if record.size <= KEEP_MAX_SIZE:  # larger files are not kept: their records never repeat
+        if len(_whole) >= _WHOLE_MAX:
+            _whole.clear()
+        _whole[record.path] = (record, settings, private, raw)
+    return raw
+
+
 # Request headers that make a GET conditional or partial; most GETs carry none of them.
 _CONDITIONAL = frozenset(
     (b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since", b"range",
@@ -154,9 +189,41 @@ def _conditional_headers(request: Request) -> dict[str, str]:
     return found
 
 
+def ready_answer(service: Service, scope: Scope) -> tuple[list[tuple[bytes, bytes]], bytes] | None:
+    """The headers and body of the commonest GET (or HEAD), when it needs nothing but sending:
+    a public read with no query, no conditional or Range header and no nginx to hand it to, of
+    a kept file whose bytes are in memory (`kept.KeptFiles`). These are exactly what
+    `read_file` would answer (a 200 of the whole file, `_whole_headers`); None otherwise, and
+    `read_file` answers. Most of a small file's GETs come here after its first one."""
+    settings = service.settings
+    if scope["query_string"] or not settings.auth.public_read or settings.server.accel_redirect:
+        return None
+    for name, _ in scope["headers"]:
+        if name in _CONDITIONAL:
+            return None
+    path = scope["path"][len("/files/"):]  # a kept path is a normalized one (see read_file)
+    kept = service.store.local.kept.find(path)
+    if kept is None:
+        return None
+    data = kept.memory()
+    if data is None:
+        return None
+    if kept.cached and scope["method"] == "GET":
+        service.read_through.usage.hit(path, len(data))
+    return _whole_headers(settings, kept.record, False), data
+
+
 async def get_file(request: Request) -> Response | FileBody:
-    path = _file_path(request)
-    service = _service(request)
+    """The route's endpoint; `app.FastReads` calls `read_file` itself, with its service."""
+    return await read_file(_service(request), request)
+
+
+async def read_file(service: Service, request: Request) -> Response | FileBody:
+    """GET or HEAD of `/files/{path}`."""
+    raw = request.path_params["path"]
+    # A kept file's path went through the path check when it was kept (and the check gives
+    # back what it took), so a GET of it skips the check.
+    path = raw if service.store.local.kept.holds(raw) else paths.normalize(raw)
     public = service.settings.auth.public_read
     grant = None
     if not public or request.scope["query_string"]:  # most GETs: public, no query
@@ -171,50 +238,83 @@ async def get_file(request: Request) -> Response | FileBody:
     return await _read_file(request, service, path, private)
 
 
+async def _open(service: Service, path: str
+                ) -> tuple[FileRecord, LocalBytes | MemoryBytes | None, bool]:
+    """The record, its very bytes if they are on local disk (None: only the cloud has them),
+    and whether those are the cache's. A small file is kept open after its first GET
+    (`kept.KeptFiles`): the next ones find it there, proven current by one `stat`."""
+    kept_files = service.store.local.kept
+    kept = kept_files.find(path)
+    if kept is not None:
+        borrowed = kept.borrow()
+        if borrowed is not None:
+            return kept.record, borrowed, kept.cached
+    record, fd, cached = await service.open_current(path)
+    if fd is None:
+        return record, None, cached
+    kept = kept_files.keep(path, record, fd, cached, service.store.local.opened_at(path, cached))
+    if kept is not None:  # it owns the fd now
+        borrowed = kept.borrow()  # a cache entry's fd holds its shared lock already: no fail
+        assert borrowed is not None
+        return record, borrowed, cached
+    return record, LocalBytes(fd), cached
+
+
 async def _read_file(request: Request, service: Service, path: str, private: bool
                      ) -> Response | FileBody:
     settings = service.settings
-    record, fd, cached = await service.open_current(path)
+    accel_prefix = settings.server.accel_redirect
+    record, local, cached = await _open(service, path)
+    headers: dict[str, str] | None = None
+    ranges: list[tuple[int, int]] | None = None
     try:
-        answer = _answer_conditions(request, settings, record, private)
+        conditions = _conditional_headers(request)
+        if conditions or accel_prefix:
+            answer = _answer_conditions(request, settings, record, private, conditions)
+            if isinstance(answer, Response):  # 304 or 416: no bytes needed
+                if local is not None:
+                    local.close()
+                return answer
+            headers, ranges = answer
     except BaseException:
-        if fd is not None:
-            os.close(fd)
+        if local is not None:
+            local.close()
         raise
-    if isinstance(answer, Response):  # 304 or 416: no bytes needed
-        if fd is not None:
-            os.close(fd)
-        return answer
-    headers, ranges = answer
     send_body = request.method != "HEAD"
     cache = service.read_through
-    if fd is not None and send_body and settings.server.accel_redirect:
-        handed = accel.redirect(request, settings.server.accel_redirect, path,
-                                record.size, cached, headers, ranges)
+    if local is not None and send_body and accel_prefix:
+        assert headers is not None
+        handed = accel.redirect(request, accel_prefix, path, record.size, cached, headers,
+                                ranges)
         if handed is not None:  # nginx sends the bytes: it opens the file itself
-            os.close(fd)
+            local.close()
             if cached:
                 cache.usage.hit(path, handed.length)
             return handed
     source: ByteSource
-    if fd is not None:
-        source = LocalBytes(fd)
+    if local is not None:
+        source = local
     elif not send_body or record.size == 0:
         source = NoBytes()
     else:  # only the cloud has the bytes: read them through the cache
         source = await cache.open(record, ranges)
-    response = FileBody(source, record.size, headers, ranges=ranges, send_body=send_body)
+    response: FileBody
+    if headers is None:  # most GETs: no conditions, the whole file
+        response = FileBody.whole(source, record.size,
+                                  _whole_headers(settings, record, private), send_body)
+    else:
+        response = FileBody(source, record.size, headers, ranges=ranges, send_body=send_body)
     if cached and send_body:
         cache.usage.hit(path, response.length)
     return response
 
 
 def _answer_conditions(
-    request: Request, settings: Settings, record: FileRecord, private: bool
+    request: Request, settings: Settings, record: FileRecord, private: bool,
+    conditions: dict[str, str],
 ) -> Response | tuple[dict[str, str], list[tuple[int, int]] | None]:
     """The response headers and the ranges to send, or a finished answer (304, 416)."""
     headers = _file_headers(settings, record, private)
-    conditions = _conditional_headers(request)
     if not conditions:
         return headers, None
     validators = _validators(record)

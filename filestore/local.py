@@ -4,6 +4,8 @@ A write streams into a temp file in `data_dir/tmp` (same filesystem, so the fina
 hashing as it goes; then fsync, rename over the final name and fsync the directory. A reader
 therefore sees the old file or the new one whole, never a torn one, and an acknowledged file
 survives a crash. The disk work for each 1 MiB of body is one thread call (write + hash together).
+
+Small files just read are kept open for the next GETs (`kept.KeptFiles`, one table per store).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import anyio
 
 from .errors import BadPath, Conflict, InsufficientStorage, InUse, TooLarge
 from .fsutil import fsync_dir, prune_empty_dirs
+from .kept import KeptFiles
 from .paths import resolve_below
 from .registry import FileRecord
 
@@ -126,6 +129,7 @@ class LocalStore:
             directory.mkdir(parents=True, exist_ok=True)
         self._root_str = str(self.root) + os.sep
         self._cache_str = str(self.cache_root) + os.sep
+        self.kept = KeptFiles()
 
     def path_of(self, path: str) -> Path:
         """The local file for a normalised path; symlinks may not lead outside the store."""
@@ -161,6 +165,10 @@ class LocalStore:
                 return None
             return fd, cached
         return None
+
+    def opened_at(self, path: str, cached: bool) -> str:
+        """The name `open_bytes` opened `path`'s bytes at (`cached`: in the cache area)."""
+        return (self._cache_str if cached else self._root_str) + path
 
     def open_version(self, path: str, record: FileRecord | None, version: int) -> BinaryIO | None:
         """The local bytes of `version` of `path` for uploading, or None if it is gone."""

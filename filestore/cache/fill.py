@@ -1,17 +1,20 @@
 """One download of one remote object into a file that readers follow while it grows.
 
 The process that holds the object's fill lock (`lock.py`) runs a `Fill`: it writes the download to
-`tmp/fill-<key>` (1 MiB blocks, write and SHA-256 in one thread call each), announcing progress
-after every block. Other processes serving the same object follow that file with a `ForeignFill`,
-which watches its size grow instead of being told. Readers (`FillBytes`) read what is written and
-wait for the rest. A reader right behind the download takes its bytes from the last blocks,
-which the fill keeps in memory for it (reading them back would cost a zeroed buffer and a copy
-of every byte); one further behind reads the file. A response that ends with the object's last
-byte gets it only once the whole body's SHA-256 matched the registry, so a corrupt download
-never ends cleanly: its readers fail mid-body instead. A verified fill is installed into the
-cache area by its `install` callback (another name for the same inode); the temp name is removed
-either way. A fill downloads at the node's `cache.download_bandwidth`: its `pace` callback waits
-after each chunk arrives, before the next is asked for (see bandwidth.py).
+`tmp/fill-<key>` in 1 MiB blocks, announcing progress after every block, and hashes the same
+blocks alongside (writing and hashing are two stages, one thread call per block each, so they
+run at once and neither holds the download back by the other's time). Other processes serving
+the same object follow that file with a `ForeignFill`, which watches its size grow instead of
+being told. Readers (`FillBytes`) read what is written and wait for the rest. A reader right
+behind the download takes its bytes from the last blocks, which the fill keeps in memory for it
+(reading them back would cost a zeroed buffer and a copy of every byte); one further behind
+reads the file. A response that ends with the object's last byte gets it only once the whole
+body's SHA-256 matched the registry, so a corrupt download never ends cleanly: its readers fail
+mid-body instead. A verified fill is installed into the cache area by its `install` callback
+(another name for the same inode); the temp name is removed either way. A fill downloads at the
+node's `cache.download_bandwidth`: its `pace` callback waits after each chunk arrives, before
+the next is asked for (see bandwidth.py). A download that gets nothing from the store for
+`cache.fill_timeout` fails (one watchdog timer per fill).
 
 Everything here runs on the event loop's thread, except the blocks handed to a worker thread;
 `written`, `verified` and `error` change only on the loop, so readers check them without locks.
@@ -40,7 +43,9 @@ from .lock import FillLock, held_elsewhere
 
 log = logging.getLogger("filestore.cache")
 
-# Blocks the download may run ahead of the writer: overlap, with memory bounded to a few MiB.
+# Blocks the download may run ahead of the writer or the hasher: overlap, with memory bounded to
+# a few MiB. (4 or 8 measured no faster with bench/miss.py: the hasher then only falls further
+# behind while the download takes the cores, and the last byte waits for it.)
 _BLOCKS_AHEAD = 2
 # Blocks a fill keeps in memory after writing them, for the readers right behind it.
 _KEPT_BLOCKS = 2
@@ -104,6 +109,9 @@ class Fill(Filling):
         self._kept: list[bytes] = []
         self._kept_at: list[int] = []
         self._kept_blocks: list[int] = []  # chunks per kept block, oldest first
+        # Since when the download waits for the remote's next chunk (None: it does not now,
+        # it is handing a block on or pacing), for the stall watchdog.
+        self._waiting_since: float | None = None
 
     def open_reader(self) -> int:
         # The name exists for as long as the fill is registered as running (see readthrough).
@@ -136,17 +144,23 @@ class Fill(Filling):
                   pace: Pace = _unpaced) -> None:
         """Download, verify, install. Never raises: the outcome is in `verified` / `error`.
 
-        Downloading and writing overlap: the download hands blocks of about 1 MiB (the store's
-        chunks as they came, never joined: no copy) to a writer task through a channel of
-        `_BLOCKS_AHEAD` blocks (so memory stays bounded), and the writer writes and hashes each
-        in one thread call while the next block arrives."""
+        Downloading, writing and hashing overlap: the download hands blocks of about 1 MiB (the
+        store's chunks as they came, never joined: no copy) to a writer task and a hasher task,
+        each through a channel of `_BLOCKS_AHEAD` blocks (so memory stays bounded), and each
+        works on a block in one thread call while the next block arrives. One stage doing both
+        made every block wait for the two in turn (about 0.9 ms a MiB here), which held the
+        download of a 32 MiB miss to about twice the store's own pace (bench/miss.py)."""
         digest = hashlib.sha256()
         try:
-            send, receive = anyio.create_memory_object_stream[list[bytes]](_BLOCKS_AHEAD)
+            to_write, writes = anyio.create_memory_object_stream[list[bytes]](_BLOCKS_AHEAD)
+            to_hash, hashes = anyio.create_memory_object_stream[list[bytes]](_BLOCKS_AHEAD)
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._writer, receive, digest)
-                async with send:
-                    await self._download(remote, send, stall, pace)
+                tg.start_soon(self._writer, writes)
+                tg.start_soon(self._hasher, hashes, digest)
+                async with to_write, to_hash, anyio.create_task_group() as watched:
+                    watched.start_soon(self._watchdog, stall)
+                    await self._download(remote, (to_write, to_hash), pace)
+                    watched.cancel_scope.cancel()  # the download is done: nothing to watch
             if self.written != self.record.size or digest.hexdigest() != self.record.sha256:
                 raise RemoteIntegrityError(
                     f"the remote copy of {self.record.path!r} is not the recorded file "
@@ -161,7 +175,9 @@ class Fill(Filling):
             await anyio.to_thread.run_sync(install, self)
         except Exception as exc:
             if not self.verified:
-                error = exc.exceptions[0] if isinstance(exc, ExceptionGroup) else exc
+                error: BaseException = exc
+                while isinstance(error, ExceptionGroup):  # a stage's, or the watchdog's (nested)
+                    error = error.exceptions[0]
                 self.error = error if isinstance(error, FilestoreError) else RemoteError(
                     f"the download of {self.record.path!r} failed: "
                     f"{type(error).__name__}: {error}")
@@ -186,55 +202,80 @@ class Fill(Filling):
             self._kept, self._kept_at, self._kept_blocks = [], [], []
             self._announce()
 
-    async def _download(self, remote: Remote, blocks: MemoryObjectSendStream[list[bytes]],
-                        stall: float, pace: Pace) -> None:
+    async def _download(self, remote: Remote,
+                        stages: tuple[MemoryObjectSendStream[list[bytes]], ...],
+                        pace: Pace) -> None:
         chunks = remote.get(self.record.path).__aiter__()
         block: list[bytes] = []
         size = 0
         first = True
         while True:
+            self._waiting_since = time.monotonic()
             try:
-                with anyio.fail_after(stall):
-                    chunk = await chunks.__anext__()
+                chunk = await chunks.__anext__()
             except StopAsyncIteration:
                 break
-            except TimeoutError:
-                raise RemoteUnavailable(
-                    f"the download of {self.record.path!r} stalled for {stall:.0f}s") from None
+            finally:
+                self._waiting_since = None
             block.append(chunk)
             size += len(chunk)
             # 1 MiB blocks, except the first: it goes at once, so the first byte reaches the
             # clients as soon as the store sends it.
             if size >= CHUNK_SIZE or first or len(block) == _MAX_PARTS:
-                await blocks.send(block)
+                for stage in stages:
+                    await stage.send(block)
                 block, size, first = [], 0, False
             # After the chunk is on its way to the readers, before the next is read: the cap
-            # delays the download, never bytes already here. (Not under the stall deadline.)
+            # delays the download, never bytes already here. (No stall is counted meanwhile.)
             await pace(len(chunk))
         if block:
-            await blocks.send(block)
+            for stage in stages:
+                await stage.send(block)
 
-    async def _writer(self, blocks: MemoryObjectReceiveStream[list[bytes]],
-                      digest: hashlib._Hash) -> None:
+    async def _watchdog(self, stall: float) -> None:
+        """Fail the download when the remote sent nothing for `stall` seconds. One timer for
+        the whole download, looking again at each deadline, instead of a deadline per chunk
+        (`anyio.fail_after` around each read cost about 9 µs a chunk)."""
+        while True:
+            since = self._waiting_since
+            if since is None:  # handing a block on, or pacing: no wait for the remote to time
+                await anyio.sleep(max(stall / 4, 0.01))
+                continue
+            left = since + stall - time.monotonic()
+            if left <= 0:
+                raise RemoteUnavailable(
+                    f"the download of {self.record.path!r} stalled for {stall:.0f}s")
+            await anyio.sleep(left)
+
+    async def _writer(self, blocks: MemoryObjectReceiveStream[list[bytes]]) -> None:
         async with blocks:
             async for block in blocks:
-                size = await anyio.to_thread.run_sync(self._write_block, block, digest)
+                size = await anyio.to_thread.run_sync(self._write_block, block)
                 self._keep(block, self.written)
                 self.written += size
                 self._announce()
 
-    def _write_block(self, block: list[bytes], digest: hashlib._Hash) -> int:
-        """One thread call per block: write its chunks (one writev, no joining copy), then
-        hash them."""
+    async def _hasher(self, blocks: MemoryObjectReceiveStream[list[bytes]],
+                      digest: hashlib._Hash) -> None:
+        async with blocks:
+            async for block in blocks:
+                await anyio.to_thread.run_sync(_hash_block, digest, block)
+
+    def _write_block(self, block: list[bytes]) -> int:
+        """One thread call per block: write its chunks (one writev, no joining copy)."""
         size = sum(map(len, block))
         written = os.writev(self._fd, block)
         if written < size:  # a short write (rare: a full disk raises): the rest, joined
             rest = memoryview(b"".join(block))[written:]
             while rest:
                 rest = rest[os.write(self._fd, rest):]
-        for chunk in block:
-            digest.update(chunk)
         return size
+
+
+def _hash_block(digest: hashlib._Hash, block: list[bytes]) -> None:
+    """One thread call per block (hashlib lets go of the GIL while it hashes a chunk)."""
+    for chunk in block:
+        digest.update(chunk)
 
 
 class ForeignFill(Filling):
