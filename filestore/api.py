@@ -9,8 +9,6 @@ answered with the headers made for its version once (`_whole_headers`).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import mimetypes
 import re
@@ -41,6 +39,7 @@ from .responses import (
 )
 from .service import Service, service_of
 from .store import Precondition
+from .values import parse_content_md5
 
 log = logging.getLogger("filestore")
 
@@ -347,12 +346,9 @@ def _expected_md5(request: Request) -> str | None:
     if value is None:
         return None
     try:
-        digest = base64.b64decode(value.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        digest = b""
-    if len(digest) != 16:
-        raise BadRequest("Content-MD5 must be the base64 of a 16-byte MD5 digest")
-    return digest.hex()
+        return parse_content_md5(value)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _expected_sha256(request: Request) -> str | None:

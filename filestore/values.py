@@ -7,6 +7,8 @@ which `config.py` turns into one line naming the key and the value.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import os
 import re
@@ -341,6 +343,17 @@ def parse_hours(value: Any) -> str:
     """`upload.hours`, checked (see `hours_spans`) and written the one way: "01:00-06:00, ..."."""
     return ", ".join(f"{start // 60:02}:{start % 60:02}-{end // 60:02}:{end % 60:02}"
                      for start, end in hours_spans(value))
+
+
+def parse_content_md5(value: str) -> str:
+    """A `Content-MD5` header (the base64 of a 16-byte MD5) as hex; ValueError otherwise."""
+    try:
+        digest = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        digest = b""
+    if len(digest) != 16:
+        raise ValueError("Content-MD5 must be the base64 of a 16-byte MD5 digest")
+    return digest.hex()
 
 
 def value_text(value: Any, kind: Callable[[Any], Any]) -> str:

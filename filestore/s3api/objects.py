@@ -15,8 +15,6 @@ plan, cache, quota and metrics as through `/files/`; only the dialect differs:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import json
 import os
@@ -33,6 +31,7 @@ from ..errors import BadPath, ChecksumMismatch, NotFound, PreconditionFailed
 from ..ranges import RangeNotSatisfiable, parse_range
 from ..registry import FileRecord, Tables
 from ..responses import SANDBOX, ByteSource, FileBody, LocalBytes, NoBytes
+from ..values import parse_content_md5
 from .errors import S3Error, no_such_key
 from .xml import BadXML, element, group, parse, s3_document, timestamp
 
@@ -195,12 +194,10 @@ def content_md5(request: Request) -> str | None:
     if raw is None:
         return None
     try:
-        digest = base64.b64decode(raw.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        digest = b""
-    if len(digest) != 16:
-        raise S3Error("InvalidDigest", "The Content-MD5 you specified was invalid", 400)
-    return digest.hex()
+        return parse_content_md5(raw)
+    except ValueError:
+        raise S3Error("InvalidDigest", "The Content-MD5 you specified was invalid",
+                      400) from None
 
 
 async def put(service: Service, path: str, body: AsyncIterator[bytes], *,
