@@ -312,8 +312,8 @@ def encoded(document: Mapping[str, Any], storage: Storage, box: SecretBox) -> tu
 def public(tx: Tables, account: str, settings: Settings) -> dict[str, Any]:
     """The account's storage as the API shows it: no secret, only whether one is set; each
     remote with the files and bytes the registry records there."""
-    storage = stored(tx, account, None)
     row = tx.account_storage.get(account)
+    storage = _decoded(account, *row, None) if row else Storage()
     secrets = {name for name, values in json.loads(row[0]).items()
                if values.get(SECRET_KEY)} if row else set()
     counters = tx.counters.with_prefix(f"files.remote.{account}:", f"bytes.remote.{account}:")

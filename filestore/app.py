@@ -187,11 +187,14 @@ class FastReads:
             headers, body = ready
             if scope["method"] == "HEAD":
                 body = b""
+            status = sent = 0  # as counted when the client went away before the answer did
             try:
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
+                status = 200
                 await send({"type": "http.response.body", "body": body})
+                sent = len(body)
             finally:
-                self._counted.count(scope, "files", 200, 0, len(body), started)
+                self._counted.count(scope, "files", status, 0, sent, started)
             return
         path = scope["path"]
         scope["app"] = self.app

@@ -60,10 +60,6 @@ _FOLLOW_INTERVAL = 0.005
 Pace = Callable[[int], Awaitable[None]]
 
 
-async def _unpaced(size: int) -> None:
-    return None
-
-
 class Filling:
     """What readers see of a fill, wherever it runs: bytes written so far, and the outcome."""
 
@@ -141,7 +137,7 @@ class Fill(Filling):
             del self._kept[:drop], self._kept_at[:drop]
 
     async def run(self, remote: Remote, install: Callable[[Fill], None], stall: float,
-                  pace: Pace = _unpaced) -> None:
+                  pace: Pace | None = None) -> None:
         """Download, verify, install. Never raises: the outcome is in `verified` / `error`.
 
         Downloading, writing and hashing overlap: the download hands blocks of about 1 MiB (the
@@ -204,7 +200,7 @@ class Fill(Filling):
 
     async def _download(self, remote: Remote,
                         stages: tuple[MemoryObjectSendStream[list[bytes]], ...],
-                        pace: Pace) -> None:
+                        pace: Pace | None) -> None:
         chunks = remote.get(self.record.path).__aiter__()
         block: list[bytes] = []
         size = 0
@@ -227,7 +223,8 @@ class Fill(Filling):
                 block, size, first = [], 0, False
             # After the chunk is on its way to the readers, before the next is read: the cap
             # delays the download, never bytes already here. (No stall is counted meanwhile.)
-            await pace(len(chunk))
+            if pace is not None:  # a download cap (cache.download_bandwidth)
+                await pace(len(chunk))
         if block:
             for stage in stages:
                 await stage.send(block)

@@ -27,18 +27,17 @@ from . import buckets, listing, multipart, objects
 from .auth import Signed, authenticate, body_of
 from .buckets import Caller
 from .errors import S3Error, response, translated
-from .xml import element, group, s3_document, timestamp
+from .xml import MAX_BODY, element, group, s3_document, timestamp
 
 log = logging.getLogger("filestore.s3")
 
 # Bucket subresources this endpoint does not keep: an S3 client asking gets 501, not a wrong
 # answer (versioning is answered: never enabled).
-_UNSUPPORTED = ("acl", "policy", "lifecycle", "cors", "tagging", "encryption", "website",
+_UNSUPPORTED = frozenset(("acl", "policy", "lifecycle", "cors", "tagging", "encryption", "website",
                 "replication", "object-lock", "notification", "logging", "requestPayment",
                 "accelerate", "analytics", "inventory", "metrics", "ownershipControls",
                 "publicAccessBlock", "intelligent-tiering", "attributes", "restore", "select",
-                "legal-hold", "retention", "torrent")
-MAX_XML_BODY = 1024 * 1024
+                "legal-hold", "retention", "torrent"))
 
 
 class S3App:
@@ -99,10 +98,10 @@ async def _handle(request: Request) -> Any:
     signed = authenticate(request, service)
     bucket, key = _bucket_and_key(request, service.settings.s3.domain)
     params = request.query_params
-    for name in _UNSUPPORTED:
-        if name in params:
-            raise S3Error("NotImplemented", f"?{name} is not implemented by this endpoint",
-                          501)
+    asked = _UNSUPPORTED.intersection(params.keys()) if params else None
+    if asked:
+        raise S3Error("NotImplemented", f"?{min(asked)} is not implemented by this endpoint",
+                      501)
     if not bucket:
         if request.method != "GET":
             raise _not_allowed(request.method)
@@ -310,7 +309,7 @@ async def _small_body(request: Request, signed: Signed) -> bytes:
     body = b""
     async for chunk in stream:
         body += chunk
-        if len(body) > MAX_XML_BODY:
+        if len(body) > MAX_BODY:
             raise S3Error("MalformedXML", "the XML body is too large", 400)
     if sha256 is not None and hashlib.sha256(body).hexdigest() != sha256:
         raise S3Error("XAmzContentSHA256Mismatch", "The provided 'x-amz-content-sha256' header "

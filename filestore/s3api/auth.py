@@ -15,10 +15,11 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
+from . import chunked, sigv4
 from .buckets import Caller
 from .errors import S3Error
 
@@ -29,14 +30,12 @@ if TYPE_CHECKING:
 @dataclasses.dataclass(frozen=True)
 class Signed:
     caller: Caller
-    verified: Any  # sigv4.Verified
+    verified: sigv4.Verified
 
 
 def authenticate(request: Request, service: Service) -> Signed:
     """The caller of a signed request: 403 `AccessDenied` for an anonymous one or a suspended
     account's, `InvalidAccessKeyId` for an unknown key, `SignatureDoesNotMatch`..."""
-    from . import sigv4
-
     scope = request.scope
     raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
     headers = [(name.decode("latin-1"), value.decode("latin-1"))
@@ -65,8 +64,6 @@ def authenticate(request: Request, service: Service) -> Signed:
 def body_of(request: Request, signed: Signed
             ) -> tuple[AsyncIterator[bytes], int | None, str | None]:
     """(the body's decoded bytes, their length if known, the SHA-256 the body must have)."""
-    from . import chunked
-
     verified = signed.verified
     mode = verified.payload
     headers = request.headers
@@ -91,7 +88,8 @@ async def _raw(request: Request) -> AsyncIterator[bytes]:
             yield chunk
 
 
-async def _checked(stream: AsyncIterator[bytes], checksum: Any) -> AsyncIterator[bytes]:
+async def _checked(stream: AsyncIterator[bytes], checksum: chunked.ChecksumVerifier
+                   ) -> AsyncIterator[bytes]:
     async for chunk in stream:
         checksum.update(chunk)
         yield chunk
@@ -100,8 +98,6 @@ async def _checked(stream: AsyncIterator[bytes], checksum: Any) -> AsyncIterator
 
 async def _translated(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """The body, its payload errors as S3 errors (raised before anything is recorded)."""
-    from . import chunked
-
     try:
         async for chunk in stream:
             yield chunk

@@ -17,7 +17,6 @@ import time
 from typing import TYPE_CHECKING
 
 from ..registry import Tables
-from ..registry.counters import MAX_CHAR
 from .errors import S3Error, no_such_bucket
 
 if TYPE_CHECKING:
@@ -85,12 +84,3 @@ def delete(service: Service, caller: Caller, bucket: str) -> None:
         if tx.files.listing(prefix, "", 1):
             raise S3Error("BucketNotEmpty", "The bucket you tried to delete is not empty", 409)
         tx.buckets.delete(caller.account, bucket)
-
-
-def is_empty(tx: Tables, prefix: str) -> bool:
-    return not tx.files.listing(prefix, "", 1)
-
-
-# Sorts after every path that starts with a given prefix: `listing(after=p + AFTER_ALL)` skips
-# the whole subtree under `p` (a common prefix of a delimited listing).
-AFTER_ALL = MAX_CHAR

@@ -26,8 +26,6 @@ from ..errors import (
 )
 from .xml import document, element
 
-NAMESPACE = "http://s3.amazonaws.com/doc/2006-03-01/"
-
 
 class S3Error(Exception):
     def __init__(self, code: str, message: str, status: int) -> None:

@@ -16,12 +16,15 @@ from collections.abc import Callable, Mapping
 from urllib.parse import quote
 
 from ..registry import FileRecord, Tables
-from .buckets import AFTER_ALL
+from ..registry.counters import MAX_CHAR
 from .errors import S3Error
 from .objects import etags
 from .xml import element, group, s3_document, timestamp
 
 MAX_KEYS = 1000
+# Sorts after every path that starts with a given prefix: `listing(after=p + AFTER_ALL)` skips
+# the whole subtree under `p` (a common prefix of a delimited listing).
+AFTER_ALL = MAX_CHAR
 _PAGE = 1000
 
 

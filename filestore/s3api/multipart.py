@@ -71,7 +71,8 @@ def _upload(service: Service, caller: Caller, bucket: str, key: str, upload_id: 
 
 
 def part_number(raw: str | None) -> int:
-    if raw is None or not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_PARTS:
+    if raw is None or not raw.isascii() or not raw.isdigit() or len(raw) > 5 \
+            or not 1 <= int(raw) <= MAX_PARTS:
         raise S3Error("InvalidArgument", f"Part number must be an integer between 1 and "
                       f"{MAX_PARTS}, inclusive", 400)
     return int(raw)

@@ -27,12 +27,12 @@ from starlette.responses import Response
 
 from .. import paths
 from ..conditional import Validators, check_preconditions, etag_for, if_range_allows
-from ..errors import BadPath, ChecksumMismatch, NotFound, PreconditionFailed
+from ..errors import BadPath, ChecksumMismatch, FilestoreError, NotFound, PreconditionFailed
 from ..ranges import RangeNotSatisfiable, parse_range
 from ..registry import FileRecord, Tables
 from ..responses import SANDBOX, ByteSource, FileBody, LocalBytes, NoBytes
 from ..values import parse_content_md5
-from .errors import S3Error, no_such_key
+from .errors import S3Error, no_such_key, translated
 from .xml import BadXML, element, group, parse, s3_document, timestamp
 
 if TYPE_CHECKING:
@@ -128,11 +128,11 @@ async def get(request: Request, service: Service, path: str, key: str) -> Respon
         record, fd, cached = await service.open_current(path)
     except NotFound:
         raise no_such_key(key) from None
-    reader = service.store.registry.read
+    etag, meta = _kept(service.store.registry.read, [record]).get(path, (None, None))
     try:
-        answer = _answer(request, record, etags(reader, [record])[path])
-        if not isinstance(answer, Response):
-            answer[0].update(meta_of(reader, record))
+        answer = _answer(request, record, etag or etag_of(record))
+        if not isinstance(answer, Response) and meta:
+            answer[0].update(json.loads(meta))
     except BaseException:
         if fd is not None:
             os.close(fd)
@@ -305,9 +305,10 @@ async def delete_many(service: Service, prefix: str, body: bytes) -> bytes:
     for key in keys:
         try:
             await delete(service, path_of(prefix, key))
-        except S3Error as exc:
-            results.append(group("Error", [element("Key", key), element("Code", exc.code),
-                                           element("Message", exc.message)]))
+        except (S3Error, FilestoreError) as exc:  # one key's failure is that key's answer
+            error = exc if isinstance(exc, S3Error) else translated(exc)
+            results.append(group("Error", [element("Key", key), element("Code", error.code),
+                                           element("Message", error.message)]))
             continue
         if not quiet:
             results.append(group("Deleted", [element("Key", key)]))
