@@ -156,20 +156,39 @@ class Accounts:
         return self.registry.read.accounts.get(account)
 
     async def flush_every(self) -> None:
-        """Write when tokens were last used, once a minute (a server's background task)."""
+        """Write when tokens were last used, once a minute (a server's background task). A
+        write that fails (the registry's server away) is said once and tried again next minute
+        with what came since: it never ends the task, which would stop the server."""
+        writes = logs.Failing(log, "accounts: writing when tokens were last used")
         try:
             while True:
                 await anyio.sleep(USED_FLUSH_SECONDS)
-                await anyio.to_thread.run_sync(self.flush)
+                try:
+                    await anyio.to_thread.run_sync(self.flush)
+                except Exception as exc:
+                    writes.failed(exc)
+                else:
+                    writes.ok()
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self.flush)
+                try:
+                    await anyio.to_thread.run_sync(self.flush)
+                except Exception as exc:  # stopping: the times are lost, nothing else
+                    log.warning("accounts: when tokens were last used is not written at "
+                                "shutdown: %s: %s", type(exc).__name__,
+                                getattr(exc, "detail", "") or exc)
 
     def flush(self) -> None:
         used, self._used = self._used, {}
         if used:
-            with self.registry.transaction() as tx:
-                tx.tokens.used(used)
+            try:
+                with self.registry.transaction() as tx:
+                    tx.tokens.used(used)
+            except BaseException:
+                # Not written: the batch waits for the next flush (newer uses noted meanwhile
+                # win). Written again if it landed after all, which changes nothing.
+                self._used = {**used, **self._used}
+                raise
 
     # -- accounts --------------------------------------------------------------------------------
 

@@ -78,9 +78,9 @@ class FileRoute(Route):
     `/files/victim%0A` would reach `victim`; here it reaches the path check and gets a 400.
     """
 
-    def __init__(self, endpoint: Any, methods: list[str]) -> None:
-        super().__init__("/files/{path:path}", endpoint, methods=methods)
-        self.path_regex = re.compile(r"^/files/(?P<path>.*)\Z", re.DOTALL)
+    def __init__(self, endpoint: Any, methods: list[str], prefix: str = "/files/") -> None:
+        super().__init__(prefix + "{path:path}", endpoint, methods=methods)
+        self.path_regex = re.compile(rf"^{re.escape(prefix)}(?P<path>.*)\Z", re.DOTALL)
 
 
 def _principal(request: Request) -> Principal:

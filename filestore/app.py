@@ -20,8 +20,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import admin, api, logs, metrics, serving
+from .cluster import endpoint as cluster_endpoint
 from .config import Settings, load_settings
-from .errors import FilestoreError, RemoteUnavailable
+from .errors import FilestoreError, RegistryUnavailable, RemoteUnavailable
 from .health import healthz, readyz
 from .responses import FileBody
 from .s3api.app import S3App
@@ -29,8 +30,10 @@ from .service import Service, service_of
 
 log = logging.getLogger("filestore")
 
-# What a 503 tells a client when the cloud is unreachable for a file only the cloud has.
+# What a 503 tells a client when the cloud is unreachable for a file only the cloud has, or the
+# registry's database server is away (both pass: the work resumes by itself).
 RETRY_AFTER_SECONDS = 5
+_TRANSIENT = (RemoteUnavailable, RegistryUnavailable)
 
 
 def error_response(status: int, code: str, detail: str) -> JSONResponse:
@@ -42,7 +45,7 @@ async def _domain_error(request: Request, exc: Exception) -> Response:
     if exc.status >= 500 and exc.status != 507:
         log.error("%s %s: %s", request.method, request.url.path, exc.detail)
     response = error_response(exc.status, exc.code, exc.detail)
-    if isinstance(exc, RemoteUnavailable):
+    if isinstance(exc, _TRANSIENT):
         response.headers["retry-after"] = str(RETRY_AFTER_SECONDS)
     if exc.status == 401:
         response.headers["www-authenticate"] = 'Bearer realm="filestore"'
@@ -255,7 +258,8 @@ def build_app(settings: Settings) -> FastReads:
 
     return FastReads(Starlette(
         routes=[Route("/healthz", healthz), Route("/readyz", readyz),
-                Route("/metrics", metrics.metrics), *api.routes, *admin.routes],
+                Route("/metrics", metrics.metrics), *api.routes, *admin.routes,
+                *cluster_endpoint.routes],
         middleware=[Middleware(CatchUnexpected)],
         exception_handlers={
             FilestoreError: _domain_error,

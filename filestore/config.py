@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,6 +28,7 @@ from .values import (
     parse_header_value_or_unset,
     parse_hours,
     parse_listen,
+    parse_node_name,
     parse_path,
     parse_path_prefix,
     parse_region,
@@ -35,6 +37,7 @@ from .values import (
     parse_str,
     parse_type_glob,
     parse_url_list,
+    parse_url_or_empty,
     parse_url_prefix,
     size_at_least,
 )
@@ -71,6 +74,24 @@ class RegistrySettings:
     url: str = _field("", parse_str, secret=True)
     # Connections each process keeps to PostgreSQL (psycopg-pool); SQLite ignores it.
     pool_size: int = _field(4, int_between(1, 64))
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSettings:
+    # This node's name, unique among the nodes sharing a registry: the registry records it as
+    # the holder of the files PUT here (cluster.py). Empty: the host name.
+    node: str = _field("", parse_node_name)
+    # The URL the other nodes reach this one on ("http://10.0.0.5:8080"). Empty:
+    # http://server.host:server.port.
+    advertise: str = _field("", parse_url_or_empty)
+    # Shared by every node: node-to-node calls are signed with it (HMAC-SHA256). Empty: no
+    # peer may read this node's files (and this node reads none of theirs).
+    secret: str = _field("", parse_str, secret=True)
+    # A node whose last heartbeat is older than this is shown dead, and not asked for bytes.
+    dead_after: float = _field(30.0, parse_duration)
+    # 1: a PUT is acknowledged only once another live node holds its bytes too (fsync'd), so
+    # losing a node before an upload loses nothing acknowledged; 0: the receiving node alone.
+    replicas: int = _field(0, int_between(0, 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +242,7 @@ class Settings:
     log: LogSettings = dataclasses.field(default_factory=LogSettings)
     s3: S3Settings = dataclasses.field(default_factory=S3Settings)
     registry: RegistrySettings = dataclasses.field(default_factory=RegistrySettings)
+    cluster: ClusterSettings = dataclasses.field(default_factory=ClusterSettings)
     # The other named remotes ([remotes.NAME]) and the plan's rules ([[plan]]), in file order.
     remotes: dict[str, RemoteSettings] = dataclasses.field(default_factory=dict)
     plan: tuple[PlanRule, ...] = ()
@@ -234,6 +256,17 @@ class Settings:
     @property
     def data_dir(self) -> Path:
         return Path(self.storage.data_dir).expanduser().absolute()
+
+    @property
+    def node(self) -> str:
+        """This node's name: `cluster.node`, or the host name."""
+        return self.cluster.node or socket.gethostname()
+
+    @property
+    def advertise(self) -> str:
+        """The URL this node's peers reach it on."""
+        host = self.server.host if ":" not in self.server.host else f"[{self.server.host}]"
+        return self.cluster.advertise or f"http://{host}:{self.server.port}"
 
     def named_remotes(self) -> dict[str, RemoteSettings]:
         """Every remote by name: "default" first, the config's, then the accounts' own."""

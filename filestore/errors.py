@@ -88,6 +88,17 @@ class QuotaExceeded(InsufficientStorage):
     code = "quota_exceeded"
 
 
+class RegistryUnavailable(FilestoreError):
+    """The registry's database server cannot be talked to now (PostgreSQL stopped, restarting,
+    out of connection slots, the network cut): worth trying again in a few seconds, and work
+    resumes by itself once it is back. The detail names the server by its redacted URL, never
+    its password. A transaction cut off at its COMMIT may have landed or not: what it recorded
+    is read again, never assumed."""
+
+    status = 503
+    code = "registry_unavailable"
+
+
 class RemoteError(FilestoreError):
     """A remote store failed. `retryable`: worth trying again later (network, 5xx, throttling);
     otherwise permanent until someone fixes something (credentials, bucket, permissions)."""

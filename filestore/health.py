@@ -10,9 +10,10 @@ Readiness checks, each with its result in the JSON, 503 if any fails:
 - `remote.NAME`: each remote in use answers a HEAD of a path nobody stores (so a missing bucket
   or wrong credentials show) within `TIMEOUT` seconds. Nothing is ever written.
 
-Every check runs at once and is bounded by `TIMEOUT`, so a probe answers within it. Without the
-API token the answer is only `{"status"}` and its status code: the checks' details name the data
-directory and the remotes' endpoints, which are nobody else's business.
+Every check runs at once and is bounded by `TIMEOUT`, so a probe answers within it; a 503 has
+`Retry-After`. Without the API token the answer is only `{"status"}` and its status code: the
+checks' details name the data directory and the remotes' endpoints, which are nobody else's
+business.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from .service import service_of
 from .store import Store
 
 TIMEOUT = 2.0
+# A `/readyz` that fails says when to ask again, as every 503 of the registry's or the cloud's
+# absence does (`app.RETRY_AFTER_SECONDS`; app.py imports this module).
+RETRY_AFTER_SECONDS = 5
 # A path nobody is expected to store; a HEAD only reads, so a file there would change nothing.
 PROBE_PATH = ".filestore-readyz"
 
@@ -112,4 +116,7 @@ async def readyz(request: Request) -> Response:
         answer["checks"] = dict(sorted(checks.items()))
     except Unauthorized:
         pass  # the status alone
-    return JSONResponse(answer, status_code=200 if ready else 503)
+    if ready:
+        return JSONResponse(answer)
+    return JSONResponse(answer, status_code=503,
+                        headers={"retry-after": str(RETRY_AFTER_SECONDS)})

@@ -18,9 +18,8 @@ holding the fd is what makes the check sound. Only a row whose inode is the fd's
 the "restored copy" case of `Store.open_current`), so the check is the one the store's own read
 makes, and the fd was opened by `LocalStore.open_bytes`, which checked that the name leads to a
 file below the data directory. This holds for every process of one data directory, whatever the
-registry; nodes sharing a registry (issue 16) keep it only while a change made on one node
-reaches the local bytes it supersedes on another (unlinked there), else a kept file must be
-looked up again before it answers.
+registry but one nodes share: there a change made on one node reaches the bytes it supersedes on
+another only when that node's sweeper unlinks them, so nothing is kept (`enabled`).
 
 A cache entry kept here is locked shared (as `local.mark_in_use` locks a reader's fd) only while
 a response reads it from disk, so eviction can take it between GETs; one in memory needs no lock.
@@ -133,7 +132,11 @@ class KeptBytes(LocalBytes):
 class KeptFiles:
     """Small local files kept open between GETs, by path (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, enabled: bool = True) -> None:
+        # Off for a registry nodes share: a change on another node reaches this node's bytes
+        # only when its sweeper unlinks them (cluster/sweeper.py), a second or so after the
+        # change was acknowledged, and a kept file must never answer in between.
+        self.enabled = enabled
         self._files: dict[str, KeptFile] = {}  # in the order they were kept
         self._bytes = 0  # the sizes of the files in `_files`
         self._sweep: asyncio.TimerHandle | None = None
@@ -167,7 +170,8 @@ class KeptFiles:
              ) -> KeptFile | None:
         """Take over `fd`, just opened by `open_bytes` for `record` (whose bytes are in `full`),
         if it is worth keeping and is the row's very inode; None leaves the fd to the caller."""
-        if record.size > KEEP_MAX_SIZE or path in self._files or self._closed:
+        if (record.size > KEEP_MAX_SIZE or path in self._files or self._closed
+                or not self.enabled):
             return None
         stat = os.fstat(fd)
         if stat.st_ino != record.inode or stat.st_size != record.size:

@@ -28,7 +28,7 @@ import anyio
 from . import account_storage, logs, overrides
 from .config import DEFAULT_REMOTE, RemoteSettings, Settings, override
 from .datadir import DataDir
-from .errors import BadRequest, ConfigError, NotFound
+from .errors import BadRequest, ConfigError, NotFound, RegistryUnavailable
 from .probe import ProbeResult, probe
 from .registry import SETTINGS_SCHEMA, open_registry, registry_exists
 from .remote import Remote, display_url, open_remote, open_remotes
@@ -61,6 +61,8 @@ class SettingsReloader:
         self.opened = opened
         self._retired: list[tuple[Remote, float]] = []
         self._last_error = ""
+        # The registry's server away: said once per outage, and once when it is back.
+        self._away = logs.Failing(log, "settings: looking for saved settings")
         self._lock = anyio.Lock()
 
     async def run(self) -> None:
@@ -68,7 +70,10 @@ class SettingsReloader:
             await anyio.sleep(POLL_SECONDS)
             try:
                 await self.apply()
+            except RegistryUnavailable as exc:
+                self._away.failed(exc)
             except ConfigError as exc:  # one line that says what to do (never a secret), once
+                self._away.ok()
                 if exc.detail != self._last_error:
                     logs.event(log, "settings.apply_failed", "settings: cannot apply the saved "
                                "settings: {error}", level=logging.ERROR, error=exc.detail)
@@ -76,6 +81,7 @@ class SettingsReloader:
             except Exception:
                 log.exception("settings: applying saved settings failed; trying again")
             else:
+                self._away.ok()
                 self._last_error = ""
             try:
                 if self.store.reload_token():

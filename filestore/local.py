@@ -15,6 +15,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -38,6 +39,7 @@ ROOM_AHEAD = 64 * CHUNK_SIZE
 # worker thread.
 MakeRoom = Callable[[int], object]
 TEMP_PREFIX = "put-"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def mark_in_use(fd: int) -> bool:
@@ -120,16 +122,19 @@ class LocalStore:
     """`files/`: bytes not yet uploaded (or kept, in backup mode). `cache/`: bytes of uploaded
     files, handed over by rename after a verified upload; the cache may evict them."""
 
-    def __init__(self, data_dir: Path, *, min_free: int = 0) -> None:
+    def __init__(self, data_dir: Path, *, min_free: int = 0, keep_open: bool = True) -> None:
         self.root = (data_dir / "files").resolve()
         self.cache_root = (data_dir / "cache").resolve()
         self.tmp_dir = (data_dir / "tmp").resolve()
+        # Copies of other nodes' files not uploaded yet (cluster/replicas.py), each named by
+        # its path and its SHA-256: `replicas/<path>@<sha256>`.
+        self.replica_root = (data_dir / "replicas").resolve()
         self.min_free = max(min_free, REGISTRY_HEADROOM)
-        for directory in (self.root, self.cache_root, self.tmp_dir):
+        for directory in (self.root, self.cache_root, self.tmp_dir, self.replica_root):
             directory.mkdir(parents=True, exist_ok=True)
         self._root_str = str(self.root) + os.sep
         self._cache_str = str(self.cache_root) + os.sep
-        self.kept = KeptFiles()
+        self.kept = KeptFiles(enabled=keep_open)
 
     def path_of(self, path: str) -> Path:
         """The local file for a normalised path; symlinks may not lead outside the store."""
@@ -138,16 +143,61 @@ class LocalStore:
     def cached_path_of(self, path: str) -> Path:
         return resolve_below(self.cache_root, path)
 
+    def replica_path_of(self, path: str, sha256: str) -> Path:
+        """Where this node keeps its copy of another node's `path` with these bytes: named by
+        their SHA-256 (checked when they arrived), so the name alone says which bytes they
+        are, and a newer version's copy never replaces an older one still in use."""
+        return resolve_below(self.replica_root, f"{path}@{sha256}")
+
+    def open_replica(self, path: str, sha256: str) -> int | None:
+        try:
+            return os.open(self.replica_path_of(path, sha256), os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def install_replica(self, tmp: Path, path: str, sha256: str) -> None:
+        """Rename a received, fsync'd and checked copy into place, durably."""
+        final = self.replica_path_of(path, sha256)
+        created = [d for d in final.parents if d != self.replica_root
+                   and self.replica_root in d.parents and not d.exists()]
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+        except (NotADirectoryError, FileExistsError, IsADirectoryError):
+            raise Conflict(f"a replica of {path!r} clashes with another file's") from None
+        for directory in [final.parent, *(d.parent for d in created)]:
+            fsync_dir(directory)
+
+    def replicas_of(self, path: str) -> list[tuple[Path, str]]:
+        """This node's copies of `path`, with their SHA-256s."""
+        base = self.replica_path_of(path, "0" * 64)
+        stem = path.rsplit("/", 1)[-1] + "@"
+        try:
+            names = os.listdir(base.parent)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [(base.parent / name, name[len(stem):]) for name in names
+                if name.startswith(stem) and _HEX64.fullmatch(name[len(stem):])]
+
+    def remove_replicas(self, path: str, keep: str | None = None) -> None:
+        """Unlink this node's copies of `path` but the one with SHA-256 `keep`."""
+        for copy, sha256 in self.replicas_of(path):
+            if sha256 != keep:
+                copy.unlink(missing_ok=True)
+                prune_empty_dirs(copy.parent, self.replica_root)
+
     def candidates(self, path: str) -> tuple[Path, Path]:
         """Where a file's bytes may be, in the order to look: kept local, then cached."""
         return self.path_of(path), self.cached_path_of(path)
 
-    def open_bytes(self, path: str) -> tuple[int, bool] | None:
+    def open_bytes(self, path: str, *, local: bool = True) -> tuple[int, bool] | None:
         """An fd of `path`'s bytes (local, else cached) and whether they are the cache's, or
         None. The hot read path: it opens first and then asks the kernel where the fd really
         is, one readlink instead of the lstat per component that resolving the path beforehand
-        would cost. A cached fd holds a shared lock while open, so eviction passes it by."""
-        for root in (self._root_str, self._cache_str):
+        would cost. A cached fd holds a shared lock while open, so eviction passes it by.
+        `local=False`: the cache area only (another node holds the file's local bytes, so any
+        in files/ here are an older version's, on their way out)."""
+        for root in (self._root_str, self._cache_str) if local else (self._cache_str,):
             try:
                 fd = os.open(root + path, os.O_RDONLY | os.O_CLOEXEC)
             except (FileNotFoundError, NotADirectoryError):
@@ -174,7 +224,8 @@ class LocalStore:
         """The local bytes of `version` of `path` for uploading, or None if it is gone."""
         if record is None or record.version != version:
             return None
-        for candidate in self.candidates(path):
+        replica = self.replica_path_of(path, record.sha256)  # a replica's node uploads too
+        for candidate in (*self.candidates(path), replica):
             try:
                 return open(candidate, "rb")  # the caller closes it
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
@@ -296,6 +347,13 @@ class LocalStore:
             os.close(fd)
         prune_empty_dirs(cached.parent, self.cache_root)
         return True
+
+    def remove_local(self, path: str) -> None:
+        """Unlink `path`'s local bytes (files/, not the cache area's copy). Inside the write
+        transaction."""
+        final = self.path_of(path)
+        final.unlink(missing_ok=True)
+        prune_empty_dirs(final.parent, self.root)
 
     def remove(self, path: str) -> None:
         """Unlink `path`'s bytes (local and cached) and the directories that leaves empty.

@@ -11,7 +11,10 @@ Secrets are never passed to a log line; as a safety net, a figure whose name say
 (secret, token, password, ...) is written as `[redacted]`. The JSON access log
 (`server.access_log`, metrics.py) is a logger of its own on stdout, and stays as it is; uvicorn's
 own lines stay at `warning` (in the JSON format they are JSON objects too, where this process
-set up its log after uvicorn did).
+set up its log after uvicorn did); psycopg's pool's at `error`.
+
+A background loop says an outage (the registry's server away) once and once more when it is over
+(`Failing`), not with a traceback a round.
 """
 
 from __future__ import annotations
@@ -55,6 +58,30 @@ def event(logger: logging.Logger, name: str, message: str, /, *, level: int = lo
         text = message  # a template that does not fit its figures must not lose the event
     extra = {"event": name, "fields": {"path": path, **fields} if path is not None else fields}
     logger.log(level, "%s", text, exc_info=exc_info, extra=extra, stacklevel=2)
+
+
+class Failing:
+    """A background loop's failures, said once per run of them: a warning (the error's type and
+    message, no traceback) at the first round that fails, nothing while the next ones fail too,
+    and one info line ("... resumed") at the first round that works again. A PostgreSQL outage
+    thus costs each loop two lines, however long it lasts, never a traceback a round."""
+
+    def __init__(self, logger: logging.Logger, what: str) -> None:
+        self.logger = logger
+        self.what = what  # "cache upkeep": what failed and resumed
+        self.failing = False
+
+    def failed(self, exc: BaseException) -> None:
+        if not self.failing:
+            detail = getattr(exc, "detail", "") or str(exc)
+            self.logger.warning("%s failed: %s: %s; it tries again by itself", self.what,
+                                type(exc).__name__, detail, stacklevel=2)
+        self.failing = True
+
+    def ok(self) -> None:
+        if self.failing:
+            self.logger.info("%s resumed", self.what, stacklevel=2)
+        self.failing = False
 
 
 def _time(record: logging.LogRecord) -> str:
@@ -118,6 +145,9 @@ def configure(settings: Settings, floor: int = logging.NOTSET) -> logging.Logger
     handler.setFormatter(formatter(settings.log.format))
     logger.setLevel(max(_LEVELS[settings.log.level], floor))
     logger.propagate = False  # never twice, through a handler someone put on the root logger
+    # The pool's own lines while PostgreSQL is away ("error connecting in ..." at every retry)
+    # say nothing the registry's `RegistryUnavailable` and the loops' warnings do not.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     if settings.log.format == "json":
         # uvicorn's own handlers (it configured them before it built the app): their rare
         # lines (a worker that died, a broken request) must not break a JSON reader.

@@ -140,6 +140,8 @@ def route_of(path: str) -> str:
         return "admin"
     if path in ("/healthz", "/readyz", "/metrics"):
         return path[1:]
+    if path.startswith("/_cluster/"):
+        return "cluster"  # other nodes reading the files this one holds (cluster/endpoint.py)
     return "other"
 
 
@@ -301,6 +303,17 @@ class RegistryCollector:
         self.ready = ready
 
     def collect(self) -> Iterator[Metric]:
+        import contextlib
+
+        from .errors import RegistryUnavailable
+
+        # The registry's server away: the scrape still answers, with the figures that need no
+        # registry, `filestore_ready{check="registry"} 0` among them (an alert's cue).
+        with contextlib.suppress(RegistryUnavailable):
+            yield from self._registry_figures()
+        yield from self._disk()
+
+    def _registry_figures(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         store = self.store
@@ -350,7 +363,6 @@ class RegistryCollector:
             oldest.add_metric((op,), max(0.0, now - due) if due is not None else 0.0)
         yield oldest
         yield from self._at_risk(counters, now)
-        yield from self._disk()
 
     def _at_risk(self, counters: dict[str, int], now: float) -> Iterator[Metric]:
         """The data at risk (see `stats.at_risk`); the ages are 0 when there is none."""

@@ -29,7 +29,18 @@ from typing import Any
 
 import anyio
 
-from . import account_storage, charts, live_settings, logs, overrides, paths, plan, signing, startup
+from . import (
+    account_storage,
+    charts,
+    cluster,
+    live_settings,
+    logs,
+    overrides,
+    paths,
+    plan,
+    signing,
+    startup,
+)
 from .accounts import Accounts, Principal
 from .cache import pins, warm
 from .cache.gc import CacheGC
@@ -37,6 +48,7 @@ from .cache.readthrough import ReadThrough
 from .config import Settings
 from .errors import BadRequest, Conflict, FilestoreError, NotFound
 from .importer import Candidate, ImportReport, import_one
+from .local import Received
 from .probe import ProbeResult
 from .queue import moves, purge
 from .queue.moves import MoveRunner
@@ -124,7 +136,7 @@ class Service:
                     cache = service.cache = ReadThrough(store, service.remotes, tg)
                     if store.alone:
                         for remote in service.remotes.values():
-                            tg.start_soon(startup.cleanup_remote, remote)
+                            tg.start_soon(startup.cleanup_remote, remote, store)
                         tg.start_soon(startup.repair_cache, store)
                     tg.start_soon(workers.run)
                     tg.start_soon(cache.maintain)
@@ -134,10 +146,12 @@ class Service:
                     if store.settings.s3.port:
                         tg.start_soon(multipart.sweep_every, service)
                     tg.start_soon(charts.sampler.run, store.registry)
+                    tg.start_soon(cluster.run, store)
                     yield service
                     tg.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
                     await cache.usage.flush()  # the last second of statistics
+                    await cache.peers.close()
             finally:
                 with anyio.CancelScope(shield=True):
                     for remote in opened:
@@ -162,6 +176,9 @@ class Service:
 
     def make_room(self, free: int) -> object:
         return self.cache.gc.make_free(free) if self.cache is not None else None
+
+    async def replicate(self, path: str, received: Received) -> str:
+        return await cluster.replicas.push(self.store, self.read_through.peers, path, received)
 
     # -- files -----------------------------------------------------------------------------------
 

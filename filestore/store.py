@@ -40,6 +40,7 @@ from .registry import (
     Registry,
     Tables,
     in_flight,
+    is_postgres,
     open_registry,
     registry_exists,
     usage_counter,
@@ -94,6 +95,10 @@ class StoreEvents(Protocol):
     def make_room(self, free: int) -> object:
         """Evict cached bytes until `free` bytes are free on the disk, if it can. In a thread."""
 
+    async def replicate(self, path: str, received: Received) -> str:
+        """Have another node keep a copy of a received body before it is recorded
+        (`cluster.replicas`); that node's name."""
+
 
 class NoEvents:
     """A store nobody listens to (a command with no queue workers and no cache)."""
@@ -106,6 +111,9 @@ class NoEvents:
 
     def make_room(self, free: int) -> object:
         return None
+
+    async def replicate(self, path: str, received: Received) -> str:
+        return ""  # nobody to copy to: recorded without a replica
 
 
 class Store:
@@ -121,6 +129,10 @@ class Store:
         self.events: StoreEvents = events or NoEvents()
         self.datadir = DataDir(settings.data_dir)
         self.datadir.create()
+        # A registry other nodes share (PostgreSQL): this node is `node` among them, and a
+        # file another node holds is read from that node, never from bytes here in files/.
+        self.shared = is_postgres(settings)
+        self.node = settings.node
         self.alone = False
         if read_only and self._open_read_only():
             return
@@ -154,7 +166,8 @@ class Store:
         return True
 
     def _open_parts(self) -> None:
-        self.local = LocalStore(self.datadir.root, min_free=self.settings.storage.min_free)
+        self.local = LocalStore(self.datadir.root, min_free=self.settings.storage.min_free,
+                                keep_open=not self.shared)
         self.token, self.token_created = load_or_create_token(
             self.datadir.token_path, self.settings.auth.token
         )
@@ -182,6 +195,10 @@ class Store:
             raise NotFound(f"no file at {path!r}")
         return record
 
+    def holds(self, record: FileRecord) -> bool:
+        """Whether this node holds the file's local bytes ("": a single node's row)."""
+        return record.holder in ("", self.node)
+
     def list_files(self, prefix: str, after: str, limit: int) -> list[FileRecord]:
         return self.registry.read.files.listing(prefix, after, limit)
 
@@ -194,14 +211,26 @@ class Store:
         waits for the commit (a few ms, backing off) and looks again. A data directory restored
         from a copy has new inodes throughout: there (no PUT in flight), after the retries, a file
         of the recorded size is taken as the recorded one.
+
+        With a shared registry, a file another node holds (not uploaded yet) has no bytes here
+        but a cached copy read from that node (None: the read-through reads it from there); and
+        bytes here of another inode than this node's record names are an older version's, left
+        until the sweeper drops them: never served, read anew instead.
         """
         attempt = waits = 0
         deadline = 0.0
         while True:
             record = self.lookup(path)
-            opened = self.local.open_bytes(path)
+            if record.replica == self.node and record.location == "local" and self.shared:
+                fd = self.local.open_replica(path, record.sha256)  # named by its bytes
+                if fd is not None and os.fstat(fd).st_size == record.size:
+                    return record, fd, False
+                if fd is not None:
+                    os.close(fd)
+            mine = self.holds(record)
+            opened = self.local.open_bytes(path, local=mine)
             if opened is None:
-                if record.location == "remote":
+                if record.location == "remote" or not mine:
                     return record, None, False
             else:
                 fd, cached = opened
@@ -209,7 +238,8 @@ class Store:
                 if stat.st_ino == record.inode:
                     return record, fd, cached
                 writing = self.registry.read.intents.writing(path)
-                if not writing and attempt >= 2 and stat.st_size == record.size:
+                if (not writing and attempt >= 2 and stat.st_size == record.size
+                        and not self.shared):
                     return record, fd, cached
                 os.close(fd)
                 if writing:
@@ -221,6 +251,8 @@ class Store:
             attempt += 1
             if attempt == 3:
                 break
+        if self.shared and (record.location == "remote" or not mine):
+            return record, None, False
         logs.event(log, "file.bytes_missing", "registered file {path!r} has no matching local "
                    "bytes", level=logging.ERROR, path=path)
         raise NotFound(f"{path!r} is registered but its bytes are missing; run filestore verify")
@@ -270,8 +302,11 @@ class Store:
                     f"Content-MD5 is {expect_md5} but the body's MD5 is {received.md5}", "md5"
                 )
             ctype = content_type or guess_content_type(path)
+            replica = ""
+            if self.shared and self.settings.cluster.replicas:
+                replica = await self.events.replicate(path, received)
             record, created = await anyio.to_thread.run_sync(
-                self._commit_put, path, received, ctype, precondition
+                self._commit_put, path, received, ctype, precondition, replica
             )
         except BaseException:
             self.local.discard(received)
@@ -290,7 +325,8 @@ class Store:
         return record
 
     def _commit_put(
-        self, path: str, received: Received, ctype: str, precondition: Precondition | None
+        self, path: str, received: Received, ctype: str, precondition: Precondition | None,
+        replica: str = "",
     ) -> tuple[FileRecord, bool]:
         """Install and record the body: (what was recorded, whether the path is new)."""
         with self.registry.transaction() as tx:
@@ -309,7 +345,7 @@ class Store:
                 inode = os.stat(received.tmp).st_ino
                 self.local.install(received.tmp, path)
                 created = self._record_put(tx, path, received.size, received.sha256, ctype,
-                                           inode, received.md5)
+                                           inode, received.md5, replica)
                 tx.intents.remove(intent_id)
                 self._settle_intents(tx, path)
                 record = tx.files.get(path)
@@ -332,13 +368,12 @@ class Store:
             raise
 
     def _record_put(self, tx: Tables, path: str, size: int, sha256: str,
-                    ctype: str, inode: int, md5: str | None = None) -> bool:
+                    ctype: str, inode: int, md5: str | None = None, replica: str = "") -> bool:
         """Record new bytes for `path` and queue their upload, in the caller's transaction:
         acknowledged means queued. True if the path is new."""
         now = time.time()
         previous = tx.queue.get(path)
-        created, version = tx.files.upsert(path, size, sha256, ctype, inode, now,
-                                                     md5)
+        created, version = tx.files.upsert(path, size, sha256, ctype, inode, now, md5, replica)
         route = self.route(path, ctype)
         if not route.upload and not in_flight(previous, now):
             # The plan keeps it local: no upload, and an older copy in the cloud goes (as a

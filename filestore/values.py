@@ -192,6 +192,19 @@ def parse_duration_or_never(value: Any) -> float | None:
         raise ValueError("a duration like \"0s\" or \"1h\", or \"never\"") from None
 
 
+def _host_url(item: str, expected: str) -> str:
+    """An http(s) URL of a host (no user, query or fragment), without a trailing "/"."""
+    try:
+        parts = urlsplit(item.strip())
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError:
+        raise ValueError(f"{expected}; {item!r} is not a URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username \
+            or parts.password or parts.query or parts.fragment:
+        raise ValueError(f"{expected}; {item!r} is not an http(s) URL of a host")
+    return item.strip().rstrip("/")
+
+
 def parse_url_list(value: Any) -> tuple[str, ...]:
     """http(s) URLs (a scheme and a host, no user, query or fragment): a TOML array of
     strings, or one string of them separated by spaces or commas (an environment variable)."""
@@ -199,18 +212,26 @@ def parse_url_list(value: Any) -> tuple[str, ...]:
     expected = 'a list of URLs like ["https://s3.example.com"]'
     if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
         raise ValueError(expected)
-    urls = []
-    for item in items:
-        try:
-            parts = urlsplit(item.strip())
-            parts.port  # noqa: B018 (raises on a port that is not a number)
-        except ValueError:
-            raise ValueError(f"{expected}; {item!r} is not a URL") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username \
-                or parts.password or parts.query or parts.fragment:
-            raise ValueError(f"{expected}; {item!r} is not an http(s) URL of a host")
-        urls.append(item.strip().rstrip("/"))
-    return tuple(urls)
+    return tuple(_host_url(item, expected) for item in items)
+
+
+def parse_url_or_empty(value: Any) -> str:
+    """Empty, or one http(s) URL of a host ("http://10.0.0.5:8080")."""
+    text = parse_str(value).strip()
+    return _host_url(text, 'an URL like "http://10.0.0.5:8080"') if text else ""
+
+
+# A node's name: recorded as the holder of files, shown in `cluster status`, in metric labels.
+_NODE_NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?")
+
+
+def parse_node_name(value: Any) -> str:
+    """Empty (the host name), or a name of letters, digits, ".", "_" and "-" (64 at most)."""
+    text = parse_str(value).strip()
+    if text and not _NODE_NAME_RE.fullmatch(text):
+        raise ValueError('a node name of at most 64 letters, digits, ".", "_" or "-", '
+                         'like "node-1"')
+    return text
 
 
 # Remote names are recorded per file and appear in env names (FILESTORE_REMOTES__NAME__KEY),

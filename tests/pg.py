@@ -69,6 +69,7 @@ class PostgresServer:
             f"-c unix_socket_directories={self.root}", "-c fsync=off",
             "-c synchronous_commit=off", "-c full_page_writes=off", "-c max_connections=300",
             "-c shared_buffers=32MB"])
+        self._options = options  # for `start()` after `halt()`
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w",
                   "-t", "60", "start")
         self.url = f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
@@ -109,6 +110,17 @@ class PostgresServer:
                 registry.close()  # a template has no connections while it is copied
             self._template = url.rsplit("/", 1)[1]
         return self.database(self._template)
+
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server and keep its data, as an outage would: `fast` ends every session
+        with `admin_shutdown`, `immediate` drops them unannounced. `start()` brings it back;
+        the session's server must be running again when the test ends."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def start(self) -> None:
+        """Start the halted server again: the same port, options and databases."""
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", self._options,
+                  "-w", "-t", "60", "start")
 
     def stop(self) -> None:
         try:

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from filestore.config import load_settings
-from filestore.errors import ConfigError, Conflict, NotFound
+from filestore.errors import ConfigError, Conflict, NotFound, RegistryUnavailable
 from filestore.registry import (
     SCHEMA_VERSION,
     Part,
@@ -795,10 +795,16 @@ def assert_counted(backend: Backend) -> None:
     assert dense(slots(backend))
 
 
+# Counted by one backend only: PostgreSQL's local-only files per holder node (migration 13).
+ONE_BACKEND = ("local.",)
+
+
 def state(registry: Any) -> tuple[Any, ...]:
     read = registry.read
+    counters = {name: value for name, value in read.counters.all().items()
+                if not name.startswith(ONE_BACKEND)}
     return (read.files.page("", 10_000), list(read.queue.listing()),
-            read.cache.page("", 10_000), read.counters.all(), read.accounts.page("", 100))
+            read.cache.page("", 10_000), counters, read.accounts.page("", 100))
 
 
 @pytest.fixture
@@ -897,7 +903,7 @@ def test_a_reader_reconnects_after_its_connection_dropped(pg_registry_url):
         pid = registry.read._link.value("SELECT pg_backend_pid()")
         with psycopg.connect(pg_url, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        with pytest.raises(psycopg.OperationalError):
+        with pytest.raises(RegistryUnavailable):
             registry.read.files.get("a")  # the statement that finds it gone fails
         assert registry.read.files.get("a").size == 2  # the next one reconnects
         with registry.transaction() as tx:  # and the pool hands out live connections

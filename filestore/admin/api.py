@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from .. import overrides, paths, signing
 from ..cache.pins import PinDoesNotFit
+from ..cluster import status as cluster_status
 from ..errors import BadRequest
 from ..service import service_of
 from ..stats import figures
@@ -38,6 +39,12 @@ async def stats(request: Request) -> Response:
     _session(request)
     store = service_of(request.app.state).store
     return JSONResponse(figures(store.registry, store.settings))
+
+
+async def cluster(request: Request) -> Response:
+    _session(request)
+    store = service_of(request.app.state).store
+    return JSONResponse(cluster_status.overview(store.registry.read, store.settings))
 
 
 async def file_info(request: Request) -> Response:
@@ -234,6 +241,7 @@ async def end_sessions(request: Request) -> Response:
 
 routes = [
     Route("/admin/api/stats", stats, methods=["GET"]),
+    Route("/admin/api/cluster", cluster, methods=["GET"]),
     Route("/admin/api/settings", settings, methods=["GET", "PUT"]),
     Route("/admin/api/jobs", job_list, methods=["GET", "POST"]),
     Route("/admin/api/jobs/{id}", job_info, methods=["GET"]),

@@ -33,6 +33,8 @@ class FileState:
         return {
             **record.public(),
             "version": record.version,
+            "holder": record.holder,  # the node with its local bytes ("": a single node)
+            "replica": record.replica,  # the other node with a copy (cluster.replicas)
             "remote": record.remote,
             "state": self.state,
             "label": self.label,

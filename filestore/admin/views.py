@@ -2,7 +2,8 @@
 
 Every page works without JavaScript: actions are forms that POST and redirect back (with a
 one-shot message in a short-lived cookie), and figures are rendered on the server. The script only
-refreshes the statistics and the running job every few seconds from `/admin/api/stats`.
+refreshes the statistics and the running job every few seconds from `/admin/api/stats`, and the
+nodes from `/admin/api/cluster`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import overrides, paths
+from ..cluster import status as cluster_status
 from ..errors import BadRequest, FilestoreError
 from ..probe import STEPS
 from ..service import service_of
@@ -198,7 +200,8 @@ async def dashboard(request: Request, session: Session) -> Response:
     stats = figures(store.registry, store.settings)
     return _render(request, "dashboard.html", session, stats=stats,
                    jobs=[j.public() for j in store.registry.read.jobs.recent(5)],
-                   charts=charts_section(store.registry))
+                   charts=charts_section(store.registry),
+                   cluster=cluster_status.overview(store.registry.read, store.settings))
 
 
 @signed_in

@@ -37,7 +37,7 @@ from .. import logs
 from ..errors import FilestoreError, RemoteError, RemoteIntegrityError, RemoteUnavailable
 from ..local import mark_in_use
 from ..registry import FileRecord
-from ..remote import Remote
+from ..remote import Readable
 from ..responses import CHUNK_SIZE, pread
 from .lock import FillLock, held_elsewhere
 
@@ -136,7 +136,7 @@ class Fill(Filling):
             drop = self._kept_blocks.pop(0)
             del self._kept[:drop], self._kept_at[:drop]
 
-    async def run(self, remote: Remote, install: Callable[[Fill], None], stall: float,
+    async def run(self, remote: Readable, install: Callable[[Fill], None], stall: float,
                   pace: Pace | None = None) -> None:
         """Download, verify, install. Never raises: the outcome is in `verified` / `error`.
 
@@ -198,7 +198,7 @@ class Fill(Filling):
             self._kept, self._kept_at, self._kept_blocks = [], [], []
             self._announce()
 
-    async def _download(self, remote: Remote,
+    async def _download(self, remote: Readable,
                         stages: tuple[MemoryObjectSendStream[list[bytes]], ...],
                         pace: Pace | None) -> None:
         chunks = remote.get(self.record.path).__aiter__()

@@ -20,14 +20,14 @@ import anyio
 
 from ..errors import RemoteIntegrityError, RemoteUnavailable
 from ..registry import FileRecord
-from ..remote import Remote
+from ..remote import Readable
 from .usage import Usage
 
 log = logging.getLogger("filestore.cache")
 
 
 class RemoteBytes:
-    def __init__(self, remote: Remote, record: FileRecord, ranges: list[tuple[int, int]],
+    def __init__(self, remote: Readable, record: FileRecord, ranges: list[tuple[int, int]],
                  stall: float, usage: Usage) -> None:
         self.remote = remote
         self.record = record

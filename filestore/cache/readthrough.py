@@ -29,11 +29,12 @@ from anyio.abc import TaskGroup
 
 from .. import logs
 from ..bandwidth import DOWNLOAD, node_bucket
+from ..cluster.peers import Peers
 from ..config import DEFAULT_REMOTE
 from ..errors import FilestoreError, RemoteError, RemoteIntegrityError, RemoteNotFound
 from ..fsutil import fsync_dir
-from ..registry import FileRecord
-from ..remote import Remote
+from ..registry import FileRecord, Tables
+from ..remote import Readable, Remote
 from ..responses import ByteSource, LocalBytes
 from ..store import Store
 from .fill import Fill, FillBytes, Filling, ForeignFill
@@ -58,6 +59,7 @@ class ReadThrough:
     def __init__(self, store: Store, remotes: dict[str, Remote], task_group: TaskGroup) -> None:
         self.store = store
         self.remotes = remotes
+        self.peers = Peers(store)  # files only another node holds are read from it
         self.task_group = task_group  # fills outlive the request that started them
         self.stall = store.settings.cache.fill_timeout
         self.usage = Usage(store.registry)
@@ -75,7 +77,7 @@ class ReadThrough:
         sent). Waits for the first bytes, and raises the download's error if it failed before
         them, so the client gets a status, not a broken body."""
         parts = ranges or [(0, record.size - 1)]
-        remote = self._remote_for(record)
+        remote = self._source_for(record)
         self.usage.count("misses")
         fill = self._running_fill(record)
         if fill is None:
@@ -96,14 +98,17 @@ class ReadThrough:
             raise
         return reader
 
-    def _remote_for(self, record: FileRecord) -> Remote:
+    def _source_for(self, record: FileRecord) -> Readable:
+        """The cloud, or the node holding bytes not uploaded yet (a shared registry's)."""
+        if record.location == "local" and not self.store.holds(record):
+            return self.peers.source(record)
         remote = self.remotes.get(record.remote or DEFAULT_REMOTE)
         if remote is None:
             raise RemoteError(f"{record.path!r} is in the remote {record.remote!r}, "
                               "which is not configured")
         return remote
 
-    async def _pass_through(self, record: FileRecord, remote: Remote,
+    async def _pass_through(self, record: FileRecord, remote: Readable,
                             parts: list[tuple[int, int]]) -> RemoteBytes:
         self.usage.count("passthrough")
         source = RemoteBytes(remote, record, parts, self.stall, self.usage)
@@ -119,7 +124,8 @@ class ReadThrough:
 
     # -- starting or joining a fill --------------------------------------------------------------
 
-    async def _start(self, record: FileRecord, remote: Remote) -> Filling | LocalBytes | None:
+    async def _start(self, record: FileRecord, remote: Readable
+                     ) -> Filling | LocalBytes | None:
         """A fill of `record`, run here or followed in another process; the cached bytes if
         another process has just installed them; None if the cache cannot hold it."""
         if record.size > self.gc.settings.max_size:
@@ -161,7 +167,7 @@ class ReadThrough:
             del self._fills[fill.record.path]
 
     def _open_installed(self, record: FileRecord) -> LocalBytes | None:
-        opened = self.store.local.open_bytes(record.path)
+        opened = self.store.local.open_bytes(record.path, local=self.store.holds(record))
         if opened is None:
             return None
         fd, _ = opened
@@ -172,7 +178,8 @@ class ReadThrough:
         os.close(fd)
         return None
 
-    def _run_here(self, record: FileRecord, remote: Remote, name: str, lock: FillLock) -> Fill:
+    def _run_here(self, record: FileRecord, remote: Readable, name: str,
+                  lock: FillLock) -> Fill:
         tmp = self.store.local.tmp_dir / name
         try:
             tmp.unlink(missing_ok=True)  # left by a process that died filling it
@@ -218,7 +225,7 @@ class ReadThrough:
 
     # -- running a fill --------------------------------------------------------------------------
 
-    async def _run(self, fill: Fill, remote: Remote) -> None:
+    async def _run(self, fill: Fill, remote: Readable) -> None:
         try:
             await fill.run(remote, self._install, self.stall, self.bandwidth.pace)
         finally:
@@ -253,21 +260,38 @@ class ReadThrough:
     def _install(self, fill: Fill) -> None:
         """Link a verified fill into the cache area and index it, if it still is the current
         version and no bytes arrived meanwhile; else drop it. In a worker thread."""
-        registry, local = self.store.registry, self.store.local
+        store, local = self.store, self.store.local
         record = fill.record
-        with registry.transaction() as tx:
+        with store.registry.transaction() as tx:
             current = tx.files.get(record.path)
-            has_bytes = any(p.exists() for p in local.candidates(record.path))
-            if current is None or current.version != record.version or has_bytes:
+            if current is None or current.version != record.version or self._has_bytes(tx,
+                                                                                   current):
                 return
             target = local.cached_path_of(record.path)
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(fill.tmp, target)  # a second name: the temp one stays for joining readers
+            # A second name (the temp one stays for joining readers), put in place by rename:
+            # it replaces an older version's bytes a shared registry's sweeper has yet to drop.
+            linked = fill.tmp.with_name(fill.tmp.name + ".link")
+            linked.unlink(missing_ok=True)
+            os.link(fill.tmp, linked)
+            os.replace(linked, target)
             fsync_dir(target.parent)
-            tx.files.set_inode(record.path, os.stat(target).st_ino)
+            inode = os.stat(target).st_ino
+            tx.files.set_inode(record.path, inode)
             tx.files.set_error(record.path, record.version, None)
             tx.cache.add(record.path, record.version, record.size, record.sha256,
-                      time.time())
+                         time.time(), inode)
+
+    def _has_bytes(self, tx: Tables, record: FileRecord) -> bool:
+        """Whether this node has `record`'s bytes already (another process installed them, or
+        they are local). With a shared registry, bytes its row does not name are stale."""
+        local = self.store.local
+        if not self.store.shared:
+            return any(p.exists() for p in local.candidates(record.path))
+        if self.store.holds(record) and local.path_of(record.path).exists():
+            return True
+        entry = tx.cache.get(record.path)
+        return entry is not None and entry.version == record.version
 
     # -- upkeep ----------------------------------------------------------------------------------
 
@@ -277,7 +301,10 @@ class ReadThrough:
 
     async def maintain(self) -> None:
         """Every `MAINTAIN_INTERVAL`, and after each fill or upload: write the batched usage,
-        then evict if the cache is over its budget. Runs for the server's lifetime."""
+        then evict if the cache is over its budget. Runs for the server's lifetime. A round that
+        fails (the disk, the registry's server away) is said once, however many follow, and
+        once more when a round works again."""
+        upkeep = logs.Failing(log, "cache upkeep")
         while True:
             with anyio.move_on_after(MAINTAIN_INTERVAL):
                 await self._wake.wait()
@@ -287,4 +314,6 @@ class ReadThrough:
                 if self.gc.over_budget(self._reserved):
                     await anyio.to_thread.run_sync(self.gc.collect, self._reserved)
             except Exception as exc:  # the disk or the registry: try again next round
-                log.warning("cache upkeep failed: %s: %s", type(exc).__name__, exc)
+                upkeep.failed(exc)
+            else:
+                upkeep.ok()

@@ -29,19 +29,23 @@ log = logging.getLogger("filestore.cache")
 _BATCH = 1000
 
 
-def reconcile(registry: Registry, local: LocalStore) -> tuple[int, int, int]:
+def reconcile(registry: Registry, local: LocalStore, *,
+              adopt: bool = True) -> tuple[int, int, int]:
     """Repair the cache area: (rows dropped, files adopted, files removed). Blocking; memory
-    stays at one batch however many entries there are."""
+    stays at one batch however many entries there are. `adopt=False` (a registry nodes
+    share): bytes with no entry of this node's are an older version's, superseded by a change
+    on another node that took their entry with it, or a fill that never committed; none is
+    adopted on its size, all go."""
     dropped = _drop_rows(registry, local)
     adopted = removed = 0
     batch: list[tuple[str, int]] = []
     for found in _walk(local.cache_root):
         batch.append(found)
         if len(batch) >= _BATCH:
-            a, r = _settle_files(registry, local, batch)
+            a, r = _settle_files(registry, local, batch, adopt)
             adopted, removed, batch = adopted + a, removed + r, []
     if batch:
-        a, r = _settle_files(registry, local, batch)
+        a, r = _settle_files(registry, local, batch, adopt)
         adopted, removed = adopted + a, removed + r
     if dropped or adopted or removed:
         log.warning("cache: start-up repair dropped %d index rows, adopted %d files and "
@@ -101,7 +105,7 @@ def _drop_rows(registry: Registry, local: LocalStore) -> int:
 
 
 def _settle_files(registry: Registry, local: LocalStore,
-                  files: list[tuple[str, int]]) -> tuple[int, int]:
+                  files: list[tuple[str, int]], adopt: bool) -> tuple[int, int]:
     adopted = removed = 0
     now = time.time()
     with registry.transaction() as tx:
@@ -115,7 +119,7 @@ def _settle_files(registry: Registry, local: LocalStore,
             if tx.cache.get(path) is not None:
                 continue  # indexed (its size was checked above), or installed meanwhile
             record = tx.files.get(path)
-            only_copy = (record is not None and record.size == size
+            only_copy = (adopt and record is not None and record.size == size
                          and _size(cached) == size and _size(local.root / path) is None)
             if only_copy and record is not None and record.location == "remote":
                 tx.cache.add(path, record.version, size, record.sha256, now)

@@ -191,7 +191,7 @@ async def _one(cache: ReadThrough, record: FileRecord, report: WarmReport,
         return
     taken[0] += record.size
     try:
-        fill = await cache._start(record, cache._remote_for(record))
+        fill = await cache._start(record, cache._source_for(record))
         if isinstance(fill, LocalBytes):  # another process installed it just now
             fill.close()
         elif fill is not None:

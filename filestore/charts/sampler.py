@@ -25,7 +25,8 @@ import time
 
 import anyio
 
-from .. import metrics
+from .. import logs, metrics
+from ..errors import RegistryUnavailable
 from ..registry import Registry
 from ..registry.samples import Sample
 from ..stats import at_risk
@@ -100,16 +101,21 @@ def take(registry: Registry, now: float, sent: int | None) -> bool:
 async def run(registry: Registry) -> None:
     """Sample at every interval boundary, forever (a server's background task). A failed
     sample (a locked or full registry) is logged and leaves a gap in the charts; the loop goes
-    on."""
+    on. The registry's server away is one warning per outage, and one line when it is back."""
+    away = logs.Failing(log, "charts: taking the sample")
     while True:
         step = interval()
         await anyio.sleep(step - time.time() % step)
         now = time.time()
         try:
-            if registry.read.samples.has(int(now // step)):
-                continue  # another process was first (a primary-key lookup, no write lock)
-            sent = await anyio.to_thread.run_sync(files_sent)
-            await anyio.to_thread.run_sync(take, registry, now, sent)
+            # Another process may have been first (a primary-key lookup, no write lock).
+            if not registry.read.samples.has(int(now // step)):
+                sent = await anyio.to_thread.run_sync(files_sent)
+                await anyio.to_thread.run_sync(take, registry, now, sent)
+        except RegistryUnavailable as exc:
+            away.failed(exc)
         except Exception:
             log.exception("taking the charts' sample failed; the next one is due in %.0f s",
                           step)
+        else:
+            away.ok()

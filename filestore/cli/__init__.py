@@ -4,7 +4,8 @@ Each module holds a group of commands; each command parses its options, calls on
 the application layer (`service.py`) and prints the answer. `base.py` holds what they share.
 """
 
-from . import accounts, cache, inspect, maintenance, moves, queue, s3, server
+from . import accounts, cache, cluster, inspect, maintenance, moves, queue, s3, server
 from .base import main
 
-__all__ = ["accounts", "cache", "inspect", "main", "maintenance", "moves", "queue", "s3", "server"]
+__all__ = ["accounts", "cache", "cluster", "inspect", "main", "maintenance", "moves", "queue",
+           "s3", "server"]

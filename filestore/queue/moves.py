@@ -33,6 +33,7 @@ from ..errors import (
     FilestoreError,
     InsufficientStorage,
     NotFound,
+    RegistryUnavailable,
     RemoteError,
     RemoteIntegrityError,
 )
@@ -186,6 +187,19 @@ class JobLost(Exception):
     """The job was cancelled, or another process took it over: stop working on it."""
 
 
+def outage_in(exc: BaseException) -> RegistryUnavailable | None:
+    """The `RegistryUnavailable` that `exc` is, or one a task group's `exc` holds; None if
+    neither (the job's tasks run in task groups, so the registry's outage may come grouped)."""
+    if isinstance(exc, RegistryUnavailable):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = outage_in(inner)
+            if found is not None:
+                return found
+    return None
+
+
 class MoveRunner:
     """Takes up the active move job (from this process, another one or the CLI) and runs it."""
 
@@ -216,21 +230,40 @@ class MoveRunner:
         return self._thread_reader
 
     async def run(self) -> None:
-        """Forever: look for a job each second (or when woken) and run it."""
+        """Forever: look for a job each second (or when woken) and run it. The registry's
+        server away is one warning per outage (and one line when it is back), not a traceback
+        a second; a job it cut off stays active and is taken up again, here or elsewhere."""
+        away = logs.Failing(log, "move jobs: looking for work")
         while True:
             self._wakeup = anyio.Event()
+            ran = False
             try:
-                # A read first: the write lock is taken only when there is a job to take.
-                waiting = self.registry.read.jobs.active()
-                free = waiting is not None and (waiting.leased_until or 0) <= time.time()
-                job = await anyio.to_thread.run_sync(self.lease) if free else None
-                if job is not None:
-                    await self.run_job(job)
-                    continue
-            except Exception:
-                log.exception("move jobs: looking for work failed")
+                ran = await self._run_next()
+            except Exception as exc:
+                outage = outage_in(exc)
+                if outage is None:
+                    log.exception("move jobs: looking for work failed")
+                else:
+                    away.failed(outage)
+            else:
+                away.ok()
+            if ran:
+                continue
             with anyio.move_on_after(POLL_SECONDS):
                 await self._wakeup.wait()
+
+    async def _run_next(self) -> bool:
+        """Run the active job if it is free (its lease ran out, or it is this runner's own,
+        left by an outage); whether there was one."""
+        # A read first: the write lock is taken only when there is a job to take.
+        waiting = self.registry.read.jobs.active()
+        free = waiting is not None and ((waiting.leased_until or 0) <= time.time()
+                                        or waiting.lease_owner == self.owner)
+        job = await anyio.to_thread.run_sync(self.lease) if free else None
+        if job is None:
+            return False
+        await self.run_job(job)
+        return True
 
     def lease(self) -> Job | None:
         """Take the active job, if no other process holds it."""
@@ -265,22 +298,32 @@ class MoveRunner:
             tx.jobs.release(job_id, self.owner)
 
     async def _work_on(self, job: Job) -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._keep_lease, job, tg.cancel_scope)
-            try:
-                if job.kind == "move-to-cloud":
-                    await self._to_cloud(job)
-                elif job.kind == "purge-account":
-                    await purge.run(self, job)
-                else:
-                    await self._to_local(job)
-            except JobLost:
-                pass
-            except Exception as exc:
-                detail = exc.detail if isinstance(exc, FilestoreError) else f"{exc!r}"
-                # (`move.finished` says it, with the job's figures)
-                await anyio.to_thread.run_sync(self._finish, job, "failed", detail)
-            tg.cancel_scope.cancel()
+        """The job's work, with its lease kept. The registry's server away is no failure of the
+        job: `RegistryUnavailable` comes out (alone, not in a group, when nothing else went
+        wrong), and the job stays active, to be taken again once the registry answers."""
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._keep_lease, job, tg.cancel_scope)
+                try:
+                    if job.kind == "move-to-cloud":
+                        await self._to_cloud(job)
+                    elif job.kind == "purge-account":
+                        await purge.run(self, job)
+                    else:
+                        await self._to_local(job)
+                except JobLost:
+                    pass
+                except Exception as exc:
+                    if outage_in(exc) is not None:
+                        raise
+                    detail = exc.detail if isinstance(exc, FilestoreError) else f"{exc!r}"
+                    # (`move.finished` says it, with the job's figures)
+                    await anyio.to_thread.run_sync(self._finish, job, "failed", detail)
+                tg.cancel_scope.cancel()
+        except* RegistryUnavailable as group:  # from the work or from `_keep_lease`'s renewal
+            found = outage_in(group)
+            assert found is not None
+            raise found from None
 
     async def _keep_lease(self, job: Job, scope: anyio.CancelScope) -> None:
         """Renew the lease; stop the job's work when it was cancelled or taken over."""
@@ -400,6 +443,8 @@ class MoveRunner:
                     return  # local already (a PUT, or before a restart): nothing to count
             except NotFound:
                 return  # deleted meanwhile: nothing to move
+            except RegistryUnavailable:
+                raise  # no failure of the file's: the job stops, and is taken up again
             except InsufficientStorage as exc:
                 self._full = exc  # every later file would fail the same way
                 error = exc.detail

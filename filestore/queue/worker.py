@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -33,7 +32,7 @@ from anyio.abc import TaskGroup
 from .. import logs, metrics
 from ..bandwidth import UPLOAD, PacedSource, node_bucket
 from ..config import UploadSettings
-from ..errors import RemoteError, RemoteUnavailable
+from ..errors import RegistryUnavailable, RemoteError, RemoteUnavailable
 from ..registry import Entry, Tables
 from ..remote import Remote
 from ..upload_window import window_of
@@ -46,6 +45,7 @@ log = logging.getLogger("filestore.queue")
 
 LEASE_SECONDS = 60.0
 MAX_IDLE = LEASE_SECONDS
+SHARED_IDLE = 2.0
 
 
 class QueueWorkers:
@@ -53,7 +53,8 @@ class QueueWorkers:
         self.store = store
         self.registry = store.registry
         self.remotes = remotes
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # "NODE:PID:RANDOM": a node starting again clears its own leases, never its peers'.
+        self.owner = f"{store.settings.node}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         # The remote settings these remotes were opened with (see overrides.py): an upload
         # that began under older ones is not recorded, it goes again to the new remote. (Any
         # remote's change counts, an account's included: saves are rare, and an upload in
@@ -95,14 +96,17 @@ class QueueWorkers:
                 for entry in await anyio.to_thread.run_sync(self._lease, free):
                     self._in_flight[entry.path] = entry
                     tg.start_soon(self._work, entry)
-            delay = MAX_IDLE
+            # Other nodes' changes (a move-to-cloud job, "upload now") wake nobody here: with a
+            # shared registry the queue is looked at every SHARED_IDLE seconds at least.
+            idle = SHARED_IDLE if self.store.shared else MAX_IDLE
+            delay = idle
             if opens is not None:
-                delay = min(max(opens - self.clock(), 0.0), MAX_IDLE)
+                delay = min(max(opens - self.clock(), 0.0), idle)
             elif working and len(self._in_flight) < self.settings.concurrency:
                 now = time.time()
                 due = self.registry.read.queue.next_due(now)
                 if due is not None:
-                    delay = min(max(due - now, 0.0), MAX_IDLE)
+                    delay = min(max(due - now, 0.0), idle)
             with anyio.move_on_after(delay):
                 await self._wakeup.wait()
 
@@ -159,12 +163,20 @@ class QueueWorkers:
         return entry
 
     async def _heartbeat(self) -> None:
+        # The registry's server away: said once, and the next round tries again (the leases
+        # last three rounds).
+        renewing = logs.Failing(log, "queue: renewing the leases of work in flight")
         while True:
             await anyio.sleep(LEASE_SECONDS / 3)
             if self._in_flight:
                 paths = list(self._in_flight)
                 until = time.time() + LEASE_SECONDS
-                await anyio.to_thread.run_sync(self._renew, paths, until)
+                try:
+                    await anyio.to_thread.run_sync(self._renew, paths, until)
+                except RegistryUnavailable as exc:
+                    renewing.failed(exc)
+                else:
+                    renewing.ok()
 
     def _renew(self, paths: list[str], until: float) -> None:
         with self.registry.transaction() as tx:
@@ -183,10 +195,16 @@ class QueueWorkers:
                     await anyio.to_thread.run_sync(self._finish_delete, entry)
                     logs.event(log, "remote_delete.done", "deleted the remote copy of {path!r} "
                                "in {remote}", path=entry.path, remote=remote.name)
+            except RegistryUnavailable:
+                raise  # not the remote's failure: no attempt counted, either way
             except Exception:
                 metrics.remote_attempt(entry.op, remote.name, ok=False)
                 raise
             metrics.remote_attempt(entry.op, remote.name, ok=True)
+        except RegistryUnavailable as exc:
+            # The registry's server is away (before, during or after the remote's part): no
+            # attempt is spent, the entry goes back to the queue as it was and runs again.
+            await self._put_back(entry, exc)
         except Exception as exc:
             retryable = is_retryable(exc)
             error = getattr(exc, "detail", "") or f"{type(exc).__name__}: {exc}"
@@ -194,6 +212,9 @@ class QueueWorkers:
                 with anyio.CancelScope(shield=True):
                     retry_at = await anyio.to_thread.run_sync(self._fail, entry, error,
                                                               retryable)
+            except RegistryUnavailable as again:  # the lease runs out, as below
+                log.warning("could not record the failure of %s of %r (%s): %s", entry.op,
+                            entry.path, error, again.detail)
             except Exception:
                 # Not even the failure could be recorded (the registry is failing too): the
                 # lease runs out and the row is taken again later.
@@ -205,6 +226,23 @@ class QueueWorkers:
         finally:
             self._in_flight.pop(entry.path, None)
             self.wake()
+
+    async def _put_back(self, entry: Entry, exc: RegistryUnavailable) -> None:
+        """Release the lease of an entry the registry's outage cut off; if that fails too (the
+        server is still away), the lease runs out and the entry is taken again then."""
+        try:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._release, entry)
+        except Exception as again:
+            log.warning("%s of %r waits for the registry: %s; it goes again when its lease "
+                        "runs out (%.0f s at most)", entry.op, entry.path,
+                        getattr(again, "detail", "") or again, LEASE_SECONDS)
+        else:
+            log.info("%s of %r goes again: %s", entry.op, entry.path, exc.detail)
+
+    def _release(self, entry: Entry) -> None:
+        with self.registry.transaction() as tx:
+            tx.queue.release(entry)
 
     async def _upload(self, entry: Entry, remote: Remote) -> None:
         record = self.registry.read.files.get(entry.path)
@@ -266,7 +304,7 @@ class QueueWorkers:
                         and again.location == "remote"
                         and self.store.local.move_to_cache(entry.path)):
                     tx.cache.add(entry.path, again.version, again.size, again.sha256,
-                                    time.time())
+                                 time.time(), again.inode)  # a rename keeps the inode
 
     async def _leave_old_remote(self, entry: Entry, old: str) -> bool:
         """The file goes to another remote than the one holding its older copy (the plan
@@ -361,14 +399,48 @@ class QueueWorkers:
                    error=error, reason=reason, exc_info=unexpected)
 
 
+OUTAGE_PAUSE = 5.0  # at most between restarts while the registry's server is away
+
+
 async def _supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
     """Run a background loop forever: an error (a locked or full registry, say) is logged and
-    the loop starts again after a pause, instead of ending the task group that serves requests."""
+    the loop starts again after a pause, instead of ending the task group that serves requests.
+    The pause doubles while the loop keeps failing, and starts again at 1 s once it ran longer
+    than the pause. The registry's server away (`RegistryUnavailable`) is one warning without a
+    traceback, however many restarts the outage takes (each at most `OUTAGE_PAUSE` apart), and
+    one info line once a restarted loop ran longer than its pause."""
     pause = 1.0
-    while True:
-        try:
-            await loop()
-        except Exception:
-            log.exception("%s failed; restarting it in %.0f s", name, pause)
-            await anyio.sleep(pause)
-            pause = min(pause * 2, 60.0)
+    runs = 0  # the loop's starts: a watch that still sees its own knows the loop kept running
+    away = False
+
+    async def resumed(run: int, after: float) -> None:
+        nonlocal away
+        await anyio.sleep(after)
+        if run == runs and away:
+            away = False
+            log.info("%s resumed", name)
+
+    async with anyio.create_task_group() as watches:
+        while True:
+            runs += 1
+            if away:
+                watches.start_soon(resumed, runs, pause)
+            began = time.monotonic()
+            try:
+                await loop()
+            except RegistryUnavailable as exc:
+                if time.monotonic() - began > pause:
+                    pause = 1.0
+                wait = min(pause, OUTAGE_PAUSE)
+                if not away:
+                    log.warning("%s stopped: %s; it starts again every %.0f s or less until "
+                                "the registry answers", name, exc.detail, OUTAGE_PAUSE)
+                away = True
+                await anyio.sleep(wait)
+                pause = min(pause * 2, OUTAGE_PAUSE)
+            except Exception:
+                if time.monotonic() - began > pause:
+                    pause = 1.0
+                log.exception("%s failed; restarting it in %.0f s", name, pause)
+                await anyio.sleep(pause)
+                pause = min(pause * 2, 60.0)

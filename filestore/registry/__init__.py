@@ -8,7 +8,8 @@ data directory, the default) or `postgres/` (a PostgreSQL database several proce
 share, its own module per table group and the same numbered migrations). SQLite has one
 module per table group (`files.py`, `queue.py`, `jobs.py`, `cache.py`, `settings.py`,
 `counters.py`, `sessions.py` the admin sessions, `grants.py` the single-use signed URLs,
-`accounts.py`, `account_storage.py`) and the schema's numbered migrations (`migrations/`).
+`accounts.py`, `account_storage.py`, `nodes.py` the nodes and their stale bytes) and the
+schema's numbered migrations (`migrations/`).
 Nothing outside this package writes SQL or imports `sqlite3` or `psycopg`.
 
 Use: `registry.read.files.get(path)` reads (event loop's thread); `with registry.transaction()
@@ -24,7 +25,8 @@ from .jobs import KINDS as JOB_KINDS
 from .jobs import LEASE_SECONDS as JOB_LEASE_SECONDS
 from .jobs import Job
 from .migrations import SCHEMA_VERSION, SETTINGS_SCHEMA
-from .opening import open_registry, registry_exists, require_sqlite
+from .nodes import Node, NodeFigures
+from .opening import is_postgres, open_registry, registry_exists, require_sqlite
 from .queue import Entry, in_flight
 from .s3 import Part, Upload
 from .sqlite import SqliteRegistry, copy_backup
@@ -32,7 +34,8 @@ from .sqlite import SqliteRegistry, copy_backup
 __all__ = [
     "CACHE_EVENTS", "JOB_KINDS", "JOB_LEASE_SECONDS", "LOCATIONS", "SCHEMA_VERSION",
     "SETTINGS_SCHEMA", "Account", "AccountToken", "CacheEntry", "Entry", "FileRecord", "Intent",
-    "Job", "Part", "Registry", "RemoteCounters", "SqliteRegistry", "Tables", "Upload",
-    "copy_backup", "in_flight", "open_registry", "registry_exists",
+    "Job", "Node", "NodeFigures", "Part", "Registry", "RemoteCounters", "SqliteRegistry",
+    "Tables", "Upload",
+    "copy_backup", "in_flight", "is_postgres", "open_registry", "registry_exists",
     "remote_counter_names", "require_sqlite", "usage_counter",
 ]

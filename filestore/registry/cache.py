@@ -53,10 +53,12 @@ class CacheRows:
         self._conn = conn
 
     def add(self, path: str, version: int, size: int, sha256: str,
-            now: float) -> None:
+            now: float, inode: int = 0) -> None:
         """Index an entry (a new one takes the next free slot; a known path keeps its own). A
         new entry under a pinned prefix is pinned, if the pinned bytes stay within
-        `cache.pin_limit` (else it is an ordinary one: the cache stays within its bound)."""
+        `cache.pin_limit` (else it is an ordinary one: the cache stays within its bound).
+        `inode`: of the cached bytes; a shared registry keeps it per node, here the file's
+        row holds it (`FileRows.set_inode`: one node, one inode)."""
         pinned = self._conn.execute(
             "SELECT EXISTS (SELECT 1 FROM cache_pins WHERE substr(?1, 1, length(prefix)) = prefix)"
             " AND (SELECT value FROM counters WHERE name = 'cache.pinned.bytes') + ?2 <= "

@@ -31,6 +31,12 @@ class FileRecord:
     md5: str | None = None
     remote_key: str | None = None  # the object's key in `remote`, once uploaded there
     uploaded_at: float | None = None  # when this version's upload was verified
+    # The node whose disk holds the local bytes (cluster.py); "": this data directory's (a
+    # SQLite registry's one node). Only it uploads them, and the other nodes read them from it.
+    holder: str = ""
+    # The other node holding a copy of the local bytes until they are uploaded
+    # (`cluster.replicas = 1`, cluster/replicas.py); "": none.
+    replica: str = ""
 
     @property
     def uploaded(self) -> bool:
@@ -63,7 +69,7 @@ class Intent:
 
 
 _FILE_COLUMNS = ("path, size, sha256, content_type, created, modified, location, version, inode, "
-                 "remote, md5, remote_key, uploaded_at")
+                 "remote, md5, remote_key, uploaded_at, holder, replica")
 
 
 class FileRows:
@@ -125,8 +131,9 @@ class FileRows:
     # -- writes (in a transaction) --------------------------------------------------------------
 
     def upsert(self, path: str, size: int, sha256: str, content_type: str, inode: int,
-               now: float, md5: str | None = None) -> tuple[bool, int]:
-        """Record new content for `path`: (whether the path is new, its new version)."""
+               now: float, md5: str | None = None, replica: str = "") -> tuple[bool, int]:
+        """Record new content for `path`: (whether the path is new, its new version).
+        `replica`: the other node holding a copy (a shared registry's; none here)."""
         version = self._conn.execute(
             "UPDATE counters SET value = value + 1 WHERE name = 'seq.version' RETURNING value"
         ).fetchone()[0]

@@ -30,7 +30,8 @@ def open_registry(settings: Settings, *, read_only: bool = False) -> Registry:
                           "or empty for SQLite in the data directory")
     from .postgres import PostgresRegistry
 
-    return PostgresRegistry(url, pool_size=settings.registry.pool_size, read_only=read_only)
+    return PostgresRegistry(url, node=settings.node, pool_size=settings.registry.pool_size,
+                            read_only=read_only)
 
 
 def registry_exists(settings: Settings) -> bool:

@@ -34,6 +34,7 @@ from .files import FileRows, IntentRows
 from .grants import GrantRows
 from .jobs import JobRows
 from .migrations import MIGRATIONS, SCHEMA_VERSION
+from .nodes import NodeRows, StaleRows
 from .pins import PinRows
 from .queue import QueueRows
 from .s3 import BucketRows, S3KeyRows, UploadRows
@@ -68,6 +69,8 @@ class Tables:
         self.buckets = BucketRows(conn)
         self.uploads = UploadRows(conn)
         self.samples = SampleRows(conn)
+        self.nodes = NodeRows(conn)
+        self.stale = StaleRows(conn)
 
     @contextmanager
     def snapshot(self) -> Iterator[Tables]:

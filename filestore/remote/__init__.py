@@ -12,11 +12,11 @@ import anyio
 from ..config import DEFAULT_REMOTE, RemoteSettings, Settings
 from ..errors import ConfigError, RemoteError
 from ..values import ACCOUNT_REMOTE_SEP, remote_account
-from .base import Remote, RemoteObject
+from .base import Readable, Remote, RemoteObject
 from .file import FileRemote
 from .s3 import S3Remote
 
-__all__ = ["Remote", "RemoteObject", "check_apart", "connected_remotes", "display_url",
+__all__ = ["Readable", "Remote", "RemoteObject", "check_apart", "connected_remotes", "display_url",
            "open_remote", "open_remotes"]
 
 

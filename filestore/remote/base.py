@@ -8,8 +8,11 @@ bucket stays readable as plain files without filestore.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import BinaryIO, Protocol
+
+# Whether the upload of a path is running right now (on any node): see `Remote.cleanup`.
+InFlight = Callable[[str], bool]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +22,14 @@ class RemoteObject:
     etag: str = ""
     # Hex SHA-256 of the whole object when the store reports it (None: not reported).
     sha256: str | None = None
+
+
+class Readable(Protocol):
+    """What a cache fill reads an object's bytes from: a remote, or the node holding them."""
+
+    def get(self, path: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Stream the object's bytes `start..end` (inclusive; None: to the end)."""
+        ...
 
 
 class Remote(Protocol):
@@ -34,9 +45,11 @@ class Remote(Protocol):
         """Connect (once, in the server's lifespan)."""
         ...
 
-    async def cleanup(self) -> int:
+    async def cleanup(self, in_flight: InFlight | None = None) -> int:
         """Remove what a crashed upload left behind (unfinished multipart uploads, temp files);
-        only called when no other process uses the data directory. How many were removed."""
+        only called when no other process uses the data directory. How many were removed.
+        `in_flight`: other nodes share the remote (a shared registry), and it tells whether a
+        path's upload is running on one of them right now: that upload's leftovers stay."""
         ...
 
     async def put(self, path: str, source: BinaryIO, size: int, sha256: str,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,9 +19,18 @@ import anyio
 
 from ..errors import RemoteError, RemoteIntegrityError, RemoteNotFound, RemoteUnavailable
 from ..fsutil import fsync_dir, prune_empty_dirs
-from .base import RemoteObject
+from .base import InFlight, RemoteObject
 
 CHUNK_SIZE = 1024 * 1024
+# A temp file nobody wrote for this long belongs to no running upload (see `cleanup`).
+_IDLE_TEMP_SECONDS = 600.0
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")  # gone meanwhile: nothing to remove
 
 
 class FileRemote:
@@ -40,9 +50,14 @@ class FileRemote:
         except OSError as exc:
             raise RemoteError(f"{self.display_url}: cannot create it ({exc.strerror})") from None
 
-    async def cleanup(self) -> int:
+    async def cleanup(self, in_flight: InFlight | None = None) -> int:
         def clean() -> int:
             leftovers = list(self._tmp.iterdir()) if self._tmp.exists() else []
+            if in_flight is not None:
+                # Other nodes write here too, under names that say no path: only what nobody
+                # wrote for a while is a crashed upload's.
+                cutoff = time.time() - _IDLE_TEMP_SECONDS
+                leftovers = [p for p in leftovers if _mtime(p) < cutoff]
             for leftover in leftovers:
                 leftover.unlink(missing_ok=True)
             return len(leftovers)

@@ -35,7 +35,7 @@ from botocore.config import Config
 
 from ..config import RemoteSettings
 from ..errors import RemoteError, RemoteIntegrityError, RemoteNotFound, RemoteUnavailable
-from .base import RemoteObject
+from .base import InFlight, RemoteObject
 
 log = logging.getLogger("filestore.remote")
 
@@ -138,6 +138,10 @@ class S3Remote:
 
     def key_for(self, path: str) -> str:
         return f"{self.prefix}/{path}" if self.prefix else path
+
+    def _path_of(self, key: str) -> str:
+        """The file path a key of this remote stands for (`key_for` undone)."""
+        return key[len(self.prefix) + 1:] if self.prefix else key
 
     async def open(self) -> None:
         try:
@@ -290,8 +294,9 @@ class S3Remote:
             raise
         return {**done, "expected": _b64(hashlib.sha256(b"".join(digests)).digest())}
 
-    async def cleanup(self) -> int:
-        """Abort multipart uploads under the prefix left open by a crash; how many."""
+    async def cleanup(self, in_flight: InFlight | None = None) -> int:
+        """Abort multipart uploads under the prefix left open by a crash; how many. Never one
+        begun after this process started, nor one of a path another node uploads now."""
         aborted = 0
         started_before = time.time()
         with _translated(f"listing unfinished uploads in {self.display_url}"):
@@ -301,6 +306,8 @@ class S3Remote:
                 for upload in page.get("Uploads", []):
                     initiated = upload.get("Initiated")
                     if initiated is not None and initiated.timestamp() > started_before:
+                        continue
+                    if in_flight is not None and in_flight(self._path_of(upload["Key"])):
                         continue
                     await self._client.abort_multipart_upload(
                         Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]

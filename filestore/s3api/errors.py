@@ -20,6 +20,7 @@ from ..errors import (
     NotFound,
     PreconditionFailed,
     QuotaExceeded,
+    RegistryUnavailable,
     RemoteError,
     TooLarge,
     Unauthorized,
@@ -43,7 +44,8 @@ def no_such_key(key: str) -> S3Error:
     return S3Error("NoSuchKey", f"The specified key does not exist: {key}", 404)
 
 
-# filestore's domain errors, most specific first.
+# filestore's domain errors, most specific first (the first match wins: a subclass listed after
+# its base would never be reached).
 _TRANSLATIONS: list[tuple[type[FilestoreError], str, int]] = [
     (BadPath, "InvalidArgument", 400),
     (ChecksumMismatch, "BadDigest", 400),
@@ -57,6 +59,9 @@ _TRANSLATIONS: list[tuple[type[FilestoreError], str, int]] = [
     (Conflict, "OperationAborted", 409),
     (BadRequest, "InvalidRequest", 400),
     (RemoteError, "ServiceUnavailable", 503),
+    # The registry's server away: S3's own answer when it cannot serve now, which every S3
+    # client retries with backoff (never an InternalError 500).
+    (RegistryUnavailable, "ServiceUnavailable", 503),
 ]
 
 

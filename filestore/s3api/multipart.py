@@ -32,7 +32,7 @@ import anyio
 from starlette.responses import Response
 
 from .. import logs
-from ..errors import ChecksumMismatch, QuotaExceeded
+from ..errors import ChecksumMismatch, QuotaExceeded, RegistryUnavailable
 from ..fsutil import fsync_dir
 from ..registry import Part, Upload
 from ..store import quota_room, quota_text
@@ -304,6 +304,9 @@ async def sweep_every(service: Service) -> None:
     while True:
         try:
             await anyio.to_thread.run_sync(sweep, service, service.settings.s3.multipart_expiry)
+        except RegistryUnavailable as exc:  # the registry's server away: no traceback
+            log.warning("s3: the sweep of unfinished multipart uploads failed: %s; the next "
+                        "one is in %.0f s", exc.detail, SWEEP_SECONDS)
         except Exception:
             log.exception("s3: the sweep of unfinished multipart uploads failed")
         await anyio.sleep(SWEEP_SECONDS)

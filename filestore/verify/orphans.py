@@ -96,8 +96,10 @@ class Unclaimed:
             path = str(copy.file.relative_to(self.scanner.root(copy.area)))
             with self.registry.transaction() as tx:
                 if (tx.files.get(path) is not None or stat_key(copy.file) != key(copy)
-                        or tx.intents.writing(path)):
-                    continue  # recorded, changed or being written meanwhile: not an orphan
+                        or tx.intents.writing(path) or tx.stale.has(path)):
+                    # Recorded, changed or being written meanwhile, or the bytes a change on
+                    # another node superseded (the sweeper drops them): not an orphan.
+                    continue
                 repair = None
                 if self.repair:
                     try:

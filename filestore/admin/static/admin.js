@@ -1,4 +1,4 @@
-// filestore admin: refresh the statistics and the move job every few seconds.
+// filestore admin: refresh the statistics, the move job and the nodes every few seconds.
 // The page works without this script; it only keeps the figures current.
 "use strict";
 
@@ -103,12 +103,70 @@ async function refresh(source) {
   }
 }
 
+// The nodes sharing the registry: the table rebuilt from /admin/api/cluster as the server renders
+// it (dashboard.html). Names and URLs come from the registry: only ever set as text.
+function nodeRow(node) {
+  const element = (tag, props) => Object.assign(document.createElement(tag), props || {});
+  const cell = (field, text) => {
+    const td = element("td", {className: "num", textContent: text});
+    td.dataset.nodeField = field;
+    return td;
+  };
+  const row = element("tr");
+  row.dataset.node = node.name;
+  if (!node.alive) row.className = "dead";
+  const name = element("span", {textContent: node.name});
+  name.dataset.nodeField = "name";
+  const head = element("th", {scope: "row"});
+  head.append(name);
+  if (node.this) head.append(" ", element("span", {className: "badge", textContent: "this node"}));
+  const url = element("td");
+  url.dataset.nodeField = "url";
+  url.append(element("code", {textContent: node.url}));
+  const state = element("span", {className: `state ${node.alive ? "alive" : "dead"}`,
+                                 textContent: node.alive ? "alive" : "dead"});
+  state.dataset.nodeField = "state";
+  const stateCell = element("td");
+  stateCell.append(state);
+  row.append(head, url, stateCell,
+             cell("heartbeat", format(Math.max(node.seconds_since_heartbeat, 0), "ago")),
+             cell("local_files", format(node.local_files)),
+             cell("local_bytes", sizeText(node.local_bytes)),
+             cell("uploads_in_flight", format(node.uploads_in_flight)),
+             cell("cache_bytes", sizeText(node.cache_bytes)));
+  return row;
+}
+
+async function refreshNodes(box) {
+  try {
+    const response = await fetch(box.dataset.nodes, {credentials: "same-origin", cache: "no-store"});
+    if (response.status === 401) { window.location.reload(); return; }
+    if (!response.ok) return;
+    const cluster = await response.json();
+    const body = box.querySelector("tbody");
+    if (body) body.replaceChildren(...cluster.nodes.map(nodeRow));
+    const set = (field, text) => {
+      const node = box.querySelector(`[data-nodes-field="${field}"]`);
+      if (node) node.textContent = text;
+    };
+    set("alive", format(cluster.alive));
+    set("count", format(cluster.nodes.length));
+  } catch (error) {
+    // The server is restarting or unreachable: try again at the next tick.
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const live = document.querySelector("[data-live]");
   if (!live) return;
   const source = live.dataset.live;
-  refresh(source);
-  setInterval(() => refresh(source), REFRESH_MS);
+  const nodes = document.querySelector("[data-nodes]");
+  const tick = () => {
+    refresh(source);
+    if (nodes) refreshNodes(nodes);
+  };
+  tick();
+  setInterval(tick, REFRESH_MS);
 });
 
 // The charts of the last hour: drawn on the server as SVG; fetched again every sampling

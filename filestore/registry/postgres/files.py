@@ -18,26 +18,41 @@ _UPSERT_COUNTER = ("INSERT INTO counters (name, value) VALUES (%s, %s) ON CONFLI
                    "DO UPDATE SET value = counters.value + excluded.value")
 
 
+def _node_view() -> str:
+    """The file columns as one node sees them (`f`: files, `c`: that node's cache entry): the
+    inode is that of the bytes on *its* disk, the holder's own for the holder, else its cached
+    copy's (0: none). A node never compares its bytes with another node's inode."""
+    columns = [f"f.{column.strip()}" for column in _FILE_COLUMNS.split(",")]
+    columns[columns.index("f.inode")] = ("CASE WHEN f.holder = %s THEN f.inode "
+                                         "ELSE coalesce(c.inode, 0) END")
+    return (f"SELECT {', '.join(columns)} FROM files f "
+            "LEFT JOIN cache_entries c ON c.node = %s AND c.path = f.path")
+
+
+NODE_VIEW = _node_view()
+
+
 class FileRows:
-    def __init__(self, link: Link) -> None:
+    def __init__(self, link: Link, node: str) -> None:
         self._link = link
+        self._node = node
 
     # -- reads ----------------------------------------------------------------------------------
 
     def get(self, path: str) -> FileRecord | None:
-        row = self._link.one(f"SELECT {_FILE_COLUMNS} FROM files WHERE path = %s", (path,))
+        row = self._link.one(f"{NODE_VIEW} WHERE f.path = %s", (self._node, self._node, path))
         return FileRecord(*row) if row else None
 
     def page(self, after: str, limit: int) -> list[FileRecord]:
-        rows = self._link.rows(
-            f"SELECT {_FILE_COLUMNS} FROM files WHERE path > %s ORDER BY path LIMIT %s",
-            (after, limit))
+        rows = self._link.rows(f"{NODE_VIEW} WHERE f.path > %s ORDER BY f.path LIMIT %s",
+                               (self._node, self._node, after, limit))
         return [FileRecord(*row) for row in rows]
 
     def listing(self, prefix: str = "", after: str = "", limit: int = 100) -> list[FileRecord]:
         rows = self._link.rows(
-            f"SELECT {_FILE_COLUMNS} FROM files WHERE path >= %s AND path < %s AND path > %s "
-            "ORDER BY path LIMIT %s", (prefix, prefix + MAX_CHAR, after, limit))
+            f"{NODE_VIEW} WHERE f.path >= %s AND f.path < %s AND f.path > %s "
+            "ORDER BY f.path LIMIT %s",
+            (self._node, self._node, prefix, prefix + MAX_CHAR, after, limit))
         return [FileRecord(*row) for row in rows]
 
     def recorded_remotes(self) -> list[str]:
@@ -68,7 +83,7 @@ class FileRows:
     # -- writes (in a transaction) --------------------------------------------------------------
 
     def upsert(self, path: str, size: int, sha256: str, content_type: str, inode: int,
-               now: float, md5: str | None = None) -> tuple[bool, int]:
+               now: float, md5: str | None = None, replica: str = "") -> tuple[bool, int]:
         """Record new content for `path`: (whether the path is new, its new version). The
         `seq.version` row and the file's row are locked until the commit (the registry lock
         makes that so already; `FOR UPDATE` says what this read-then-write relies on)."""
@@ -78,14 +93,17 @@ class FileRows:
         if row is None:
             self._link.execute(
                 "INSERT INTO files (path, size, sha256, content_type, created, modified, "
-                "location, version, inode, md5) VALUES (%s, %s, %s, %s, %s, %s, 'local', %s, "
-                "%s, %s)", (path, size, sha256, content_type, now, now, version, inode, md5))
+                "location, version, inode, md5, holder, replica) VALUES (%s, %s, %s, %s, %s, "
+                "%s, 'local', %s, %s, %s, %s, %s)",
+                (path, size, sha256, content_type, now, now, version, inode, md5, self._node,
+                 replica))
             return True, version
         self._link.execute(
             "UPDATE files SET size = %s, sha256 = %s, content_type = %s, modified = %s, "
             "inode = %s, location = 'local', version = %s, remote_etag = NULL, "
-            "uploaded_at = NULL, last_error = NULL, md5 = %s WHERE path = %s",
-            (size, sha256, content_type, now, inode, version, md5, path))
+            "uploaded_at = NULL, last_error = NULL, md5 = %s, holder = %s, replica = %s "
+            "WHERE path = %s",
+            (size, sha256, content_type, now, inode, version, md5, self._node, replica, path))
         return False, version
 
     def mark_uploaded(self, path: str, remote: str, key: str, etag: str, size: int,
@@ -110,12 +128,19 @@ class FileRows:
             "WHERE path = %s AND version = %s", (remote, key, now, path, version))
 
     def set_inode(self, path: str, inode: int) -> None:
-        self._link.execute("UPDATE files SET inode = %s WHERE path = %s", (inode, path))
+        """The inode of this node's bytes: the row's if it holds the file, else its cache
+        entry's (see `NODE_VIEW`)."""
+        self._link.execute("UPDATE files SET inode = %s WHERE path = %s AND holder = %s",
+                           (inode, path, self._node))
+        self._link.execute("UPDATE cache_entries SET inode = %s WHERE node = %s AND path = %s",
+                           (inode, self._node, path))
 
     def mark_local(self, path: str, inode: int) -> None:
+        """The bytes are local again, on this node's disk: it holds them now."""
         self._link.execute(
             "UPDATE files SET location = 'local', inode = %s, remote_etag = NULL, "
-            "uploaded_at = NULL, last_error = NULL WHERE path = %s", (inode, path))
+            "uploaded_at = NULL, last_error = NULL, holder = %s, replica = '' WHERE path = %s",
+            (inode, self._node, path))
 
     def forget_remote_copy(self, path: str, version: int, remote: str) -> None:
         self._link.execute(
@@ -150,29 +175,32 @@ _INTENT = "id, op, path, tmp, size, sha256, content_type"
 
 
 class IntentRows:
-    def __init__(self, link: Link) -> None:
+    """This node's intents: each names a temp file on its own disk, so only it recovers them."""
+
+    def __init__(self, link: Link, node: str) -> None:
         self._link = link
+        self._node = node
 
     def add(self, op: str, path: str, tmp: str = "", size: int = 0, sha256: str = "",
             content_type: str = "") -> int:
         return int(self._link.value(
-            "INSERT INTO intents (op, path, tmp, size, sha256, content_type, created) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-            (op, path, tmp, size, sha256, content_type, time.time())))
+            "INSERT INTO intents (op, path, tmp, size, sha256, content_type, created, node) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            (op, path, tmp, size, sha256, content_type, time.time(), self._node)))
 
     def remove(self, intent_id: int) -> None:
         self._link.execute("DELETE FROM intents WHERE id = %s", (intent_id,))
 
     def all(self) -> list[Intent]:
         return [Intent(*row) for row in self._link.rows(
-            f"SELECT {_INTENT} FROM intents ORDER BY id")]
+            f"SELECT {_INTENT} FROM intents WHERE node = %s ORDER BY id", (self._node,))]
 
     def for_path(self, path: str, op: str | None = None) -> list[Intent]:
         where, args = ("AND op = %s", (op,)) if op is not None else ("", ())
         return [Intent(*row) for row in self._link.rows(
-            f"SELECT {_INTENT} FROM intents WHERE path = %s {where} ORDER BY id",
-            (path, *args))]
+            f"SELECT {_INTENT} FROM intents WHERE path = %s AND node = %s {where} ORDER BY id",
+            (path, self._node, *args))]
 
     def writing(self, path: str) -> bool:
-        return self._link.one("SELECT 1 FROM intents WHERE path = %s LIMIT 1",
-                              (path,)) is not None
+        return self._link.one("SELECT 1 FROM intents WHERE path = %s AND node = %s LIMIT 1",
+                              (path, self._node)) is not None

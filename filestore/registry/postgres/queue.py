@@ -20,9 +20,21 @@ _Q_COLUMNS = ", ".join(f"q.{column.strip()}" for column in _COLUMNS.split(","))
 _LISTING_PAGE = 500
 
 
+# Where a row is workable by this node: a remote delete by any node; an upload by a node
+# whose disk holds the bytes (files.holder or files.replica, migration 13; a holder "" is a row
+# from before it, or a single node's), or by anyone when the file is gone meanwhile (the worker
+# then drops it). The lease makes one of the two holders upload, whichever takes it.
+_WORKABLE = ("(q.op <> 'upload' OR NOT EXISTS (SELECT 1 FROM files f WHERE f.path = q.path "
+             "AND f.holder NOT IN ('', %(node)s) AND f.replica <> %(node)s))")
+
+
 class QueueRows:
-    def __init__(self, link: Link) -> None:
+    """The cluster's queue; this node (`node`) leases the rows it can work (`_WORKABLE`), and
+    clears only its own leases."""
+
+    def __init__(self, link: Link, node: str) -> None:
         self._link = link
+        self._node = node
 
     def get(self, path: str) -> Entry | None:
         row = self._link.one(f"SELECT {_COLUMNS} FROM queue WHERE path = %s", (path,))
@@ -83,12 +95,12 @@ class QueueRows:
         """Take up to `limit` due, pending, unleased rows for `owner` until `until`, skipping
         the rows another transaction holds."""
         rows = self._link.rows(
-            "WITH due AS (SELECT path FROM queue WHERE state = 'pending' AND not_before <= %s "
-            "AND (leased_until IS NULL OR leased_until <= %s) ORDER BY not_before LIMIT %s "
-            "FOR UPDATE SKIP LOCKED) "
-            "UPDATE queue q SET leased_until = %s, lease_owner = %s FROM due "
+            "WITH due AS (SELECT path FROM queue q WHERE state = 'pending' "
+            "AND not_before <= %(now)s AND (leased_until IS NULL OR leased_until <= %(now)s) "
+            f"AND {_WORKABLE} ORDER BY not_before LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+            "UPDATE queue q SET leased_until = %(until)s, lease_owner = %(owner)s FROM due "
             f"WHERE q.path = due.path RETURNING {_Q_COLUMNS}",
-            (now, now, limit, until, owner))
+            {"now": now, "limit": limit, "until": until, "owner": owner, "node": self._node})
         return sorted((Entry(*row) for row in rows), key=lambda e: (e.not_before, e.path))
 
     def renew(self, owner: str, paths: list[str], until: float) -> None:
@@ -127,14 +139,17 @@ class QueueRows:
             (error, now, "pending" if retry_at is not None else "failed", retry_at, entry.path))
 
     def clear_leases(self) -> None:
+        """This node's leases (its workers' owners start with "NODE:"): its processes are gone,
+        the other nodes' are not. A registry opened for no node ("") clears them all."""
         self._link.execute("UPDATE queue SET leased_until = NULL, lease_owner = NULL "
-                           "WHERE leased_until IS NOT NULL")
+                           "WHERE leased_until IS NOT NULL AND (%s = '' OR "
+                           "starts_with(lease_owner, %s))", (self._node, self._node + ":"))
 
     def next_due(self, now: float) -> float | None:
         free = self._link.value(
-            "SELECT not_before FROM queue WHERE state = 'pending' "
-            "AND (leased_until IS NULL OR leased_until <= %s) ORDER BY not_before LIMIT 1",
-            (now,))
+            "SELECT not_before FROM queue q WHERE state = 'pending' "
+            f"AND (leased_until IS NULL OR leased_until <= %(now)s) AND {_WORKABLE} "
+            "ORDER BY not_before LIMIT 1", {"now": now, "node": self._node})
         lease = self._link.value("SELECT MIN(leased_until) FROM queue WHERE leased_until > %s",
                                  (now,))
         times = [float(t) for t in (free, lease) if t is not None]

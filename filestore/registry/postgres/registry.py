@@ -50,7 +50,7 @@ SQLite-only: `backup` (`VACUUM INTO`) is refused here in one line naming `pg_dum
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -64,8 +64,9 @@ from .accounts import AccountRows, TokenRows
 from .cache import CacheRows, PinRows
 from .files import FileRows, IntentRows
 from .jobs import JobRows
-from .link import Connection, Link
+from .link import Connection, Link, connection_lost, unavailable
 from .migrations import MIGRATIONS, SCHEMA_TABLE
+from .nodes import NodeRows, StaleRows
 from .queue import QueueRows
 from .s3 import BucketRows, S3KeyRows, UploadRows
 from .sessions import GrantRows, SampleRows, SessionRows
@@ -76,6 +77,8 @@ REGISTRY_LOCK = 0x66_73_72_65_67_00_00_01  # "fsreg" 1
 MIGRATE_LOCK = 0x66_73_72_65_67_00_00_02
 _CONNECT_TIMEOUT = 10  # seconds, unless the URL says otherwise
 _POOL_TIMEOUT = 30.0  # seconds a transaction waits for a free pooled connection
+# After this long without one, the reader asks whether the server is there at all.
+_FIRST_WAIT = 1.0
 
 
 def redacted(url: str) -> str:
@@ -103,16 +106,20 @@ class Tables:
     """The registry's tables over one link: a transaction's pooled connection, or a reader's
     (whose writes fail: `default_transaction_read_only`)."""
 
-    def __init__(self, link: Link) -> None:
+    def __init__(self, link: Link, node: str) -> None:
         self._link = link
-        self.files = FileRows(link)
-        self.intents = IntentRows(link)
-        self.queue = QueueRows(link)
+        # What stays per node though the registry is shared (migration 13) is this node's:
+        # its view of a file's inode, its intents, its cache index and counters, its leases.
+        self.files = FileRows(link, node)
+        self.intents = IntentRows(link, node)
+        self.queue = QueueRows(link, node)
         self.jobs = JobRows(link)
-        self.cache = CacheRows(link)
-        self.pins = PinRows(link)
+        self.cache = CacheRows(link, node)
+        self.pins = PinRows(link, node)
         self.settings = SettingRows(link)
-        self.counters = CounterRows(link)
+        self.counters = CounterRows(link, node)
+        self.nodes = NodeRows(link)
+        self.stale = StaleRows(link, node)
         self.sessions = SessionRows(link)
         self.grants = GrantRows(link)
         self.accounts = AccountRows(link)
@@ -146,8 +153,10 @@ class PostgresRegistry:
     """The registry in the PostgreSQL database at `url`. `read_only`: no pool at all (commands
     that only look never migrate, recover or write)."""
 
-    def __init__(self, url: str, *, pool_size: int = 4, read_only: bool = False) -> None:
+    def __init__(self, url: str, *, node: str = "", pool_size: int = 4,
+                 read_only: bool = False) -> None:
         self._url = url  # holds the password: never shown (see `where`)
+        self.node = node  # whose per-node rows its tables read and write
         self.where = redacted(url)
         self.read_only = read_only
         self._pool: psycopg_pool.ConnectionPool[Connection] | None = None
@@ -158,6 +167,9 @@ class PostgresRegistry:
                 url, min_size=1, max_size=pool_size, open=True, timeout=_POOL_TIMEOUT,
                 kwargs={"autocommit": True, **self._connect_options()},
                 check=psycopg_pool.ConnectionPool.check_connection,
+                # After an outage of this long the pool stops trying to reconnect, and starts
+                # again at the next transaction (its 300 s default backs off to minutes).
+                reconnect_timeout=30,
                 name="filestore-registry")
         self._closed = False
 
@@ -167,10 +179,17 @@ class PostgresRegistry:
     def _connect_options(self) -> dict[str, Any]:
         return {} if "connect_timeout" in self._url else {"connect_timeout": _CONNECT_TIMEOUT}
 
-    def _connect(self, *, read_only: bool) -> Connection:
+    def _connect(self, *, read_only: bool, first: bool = False) -> Connection:
+        """A connection of its own. A server it cannot reach is a `ConfigError` when `first`
+        (the registry opening: a wrong URL is as likely as a stopped server, and the command
+        ends in one line), later `RegistryUnavailable` (it went away: try again soon)."""
         try:
             conn = psycopg.connect(self._url, autocommit=True, **self._connect_options())
+            if read_only:
+                conn.execute("SET default_transaction_read_only = on")
         except psycopg.OperationalError as exc:
+            if not first:
+                raise unavailable(self.where, exc) from None
             # libpq's first line says why (refused, unknown host, failed login); it never
             # holds the password.
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -180,14 +199,15 @@ class PostgresRegistry:
             # An unparsable URL: libpq's message may quote it, password and all.
             raise ConfigError(f"registry.url is no PostgreSQL URL libpq can read "
                               f"({self.where})") from None
-        if read_only:
-            conn.execute("SET default_transaction_read_only = on")
         return conn
 
     def open_reader(self) -> Tables:
-        """Another read-only view on a connection of its own (the caller closes it)."""
-        return Tables(Link(self._connect(read_only=True),
-                           reconnect=lambda: self._connect(read_only=True)))
+        """Another read-only view on a connection of its own (the caller closes it). The first
+        is the registry's `read`, opened with it (see `_connect`)."""
+        first = getattr(self, "read", None) is None
+        return Tables(Link(self._connect(read_only=True, first=first),
+                           reconnect=lambda: self._connect(read_only=True), where=self.where),
+                      self.node)
 
     # -- schema ---------------------------------------------------------------------------------
 
@@ -238,14 +258,31 @@ class PostgresRegistry:
     @contextmanager
     def transaction(self) -> Iterator[Tables]:
         """One write transaction, all or nothing, under the registry lock (see the module
-        docstring): PostgreSQL's `BEGIN IMMEDIATE`."""
+        docstring): PostgreSQL's `BEGIN IMMEDIATE`. A server that cannot be talked to (gone
+        before, during or at the COMMIT) is `RegistryUnavailable`, within about `_FIRST_WAIT`
+        when it is away before the transaction begins."""
         pool = self._writable()
+        conn: Connection | None = None
         try:
-            with pool.connection() as conn, conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (REGISTRY_LOCK,))
-                yield Tables(Link(conn))
+            with ExitStack() as held:
+                try:
+                    conn = held.enter_context(pool.connection(timeout=_FIRST_WAIT))
+                except psycopg_pool.PoolTimeout:
+                    # Every connection busy (a burst of writers), or the server away (the pool
+                    # cannot replace the connections it lost)? The reader asks the server:
+                    # away raises now rather than after the pool's timeout; busy waits on.
+                    self.read.ping()
+                    conn = held.enter_context(
+                        pool.connection(timeout=_POOL_TIMEOUT - _FIRST_WAIT))
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (REGISTRY_LOCK,))
+                    yield Tables(Link(conn, where=self.where), self.node)
         except psycopg.errors.DiskFull:
             raise InsufficientStorage("the PostgreSQL registry's disk is full") from None
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if not connection_lost(exc, conn):
+                raise
+            raise unavailable(self.where, exc) from exc
 
     # -- copies ---------------------------------------------------------------------------------
 

@@ -17,30 +17,57 @@ from ..counters import MAX_CHAR
 from ..settings import _GENERATIONS
 from .link import Link
 
+# What is counted per node (migration 13): its cache, and its local-only files.
+NODE_COUNTED = ("cache.", "local.")
+
+
+def _per_node(name: str) -> bool:
+    return name.startswith(NODE_COUNTED)
+
 
 class CounterRows:
-    def __init__(self, link: Link) -> None:
+    """The cluster's counters and, for the names `NODE_COUNTED` starts, this node's (`node`):
+    a caller reads `cache.bytes` as in SQLite and gets its own node's."""
+
+    def __init__(self, link: Link, node: str) -> None:
         self._link = link
+        self._node = node
 
     def all(self) -> dict[str, int]:
-        return {name: int(value) for name, value in self._link.rows(
+        found = {name: int(value) for name, value in self._link.rows(
             "SELECT name, value FROM counters")}
+        found.update((name, int(value)) for name, value in self._link.rows(
+            "SELECT name, value FROM node_counters WHERE node = %s", (self._node,)))
+        return found
 
     def get(self, name: str) -> int:
-        value = self._link.value("SELECT value FROM counters WHERE name = %s", (name,))
+        if _per_node(name):
+            value = self._link.value("SELECT value FROM node_counters WHERE node = %s AND "
+                                     "name = %s", (self._node, name))
+        else:
+            value = self._link.value("SELECT value FROM counters WHERE name = %s", (name,))
         return int(value) if value is not None else 0
 
     def with_prefix(self, *prefixes: str) -> dict[str, int]:
         found: dict[str, int] = {}
         for prefix in prefixes:
-            found.update((name, int(value)) for name, value in self._link.rows(
-                "SELECT name, value FROM counters WHERE name >= %s AND name < %s",
-                (prefix, prefix + MAX_CHAR)))
+            if _per_node(prefix):
+                rows = self._link.rows(
+                    "SELECT name, value FROM node_counters WHERE node = %s AND name >= %s "
+                    "AND name < %s", (self._node, prefix, prefix + MAX_CHAR))
+            else:
+                rows = self._link.rows(
+                    "SELECT name, value FROM counters WHERE name >= %s AND name < %s",
+                    (prefix, prefix + MAX_CHAR))
+            found.update((name, int(value)) for name, value in rows)
         return found
 
     def add(self, deltas: Mapping[str, int]) -> None:
+        moved = sorted((name, delta) for name, delta in deltas.items() if delta)
         self._link.many("UPDATE counters SET value = value + %s WHERE name = %s",
-                        [(delta, name) for name, delta in sorted(deltas.items()) if delta])
+                        [(delta, name) for name, delta in moved if not _per_node(name)])
+        self._link.many("SELECT bump_node(%s, %s, %s)",
+                        [(self._node, name, delta) for name, delta in moved if _per_node(name)])
 
 
 def announce(link: Link, remote_changed: bool) -> None:

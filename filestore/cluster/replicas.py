@@ -1,0 +1,68 @@
+"""`cluster.replicas = 1`: a PUT is acknowledged only once another live node holds its bytes.
+
+The receiving node (the holder) takes the body into its temp file as always (hashed, fsync'd),
+then, before it records anything, sends that file to another live node over
+`PUT /_cluster/replicas/{path}` (signed, as every node-to-node call). That node receives it into
+a temp file of its own, checks the SHA-256 the holder names, fsyncs it and renames it to
+`replicas/<path>@<sha256>` (`LocalStore.install_replica`) before it answers 201
+(`endpoint.replica_put`). Only then does
+the holder record the file, naming the other node as its `replica` in the same transaction as
+the bytes, and acknowledge the PUT. From then on either node may upload it (the queue's lease
+makes it one), and either serves it to the others (`peers.py` asks the replica when the holder
+is dead): a whole node lost before the upload loses nothing acknowledged.
+
+Which node: the live nodes ranked by rendezvous hashing of the path (the same path goes to the
+same node while the cluster stays the same), the first that takes the copy. None took it: the
+PUT fails with 503 and nothing is recorded. A copy whose PUT then failed to commit is named by
+no row; the sweeper removes such copies once nobody wrote them for a while.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+import aiohttp
+
+from ..errors import RemoteUnavailable
+from ..local import Received
+from .calls import signed_headers
+
+if TYPE_CHECKING:
+    from ..store import Store
+    from .peers import Peers
+
+ENDPOINT = "/_cluster/replicas/"
+
+
+def ranked(store: Store, path: str) -> list[tuple[str, str]]:
+    """The other live nodes (name, URL), in this path's rendezvous order."""
+    now, settings = time.time(), store.settings
+    nodes = [(n.name, n.url) for n in store.registry.read.nodes.all()
+             if n.name != settings.node and n.alive(now, settings.cluster.dead_after)]
+    return sorted(nodes, key=lambda node: hashlib.sha256(
+        f"{node[0]}\n{path}".encode()).digest(), reverse=True)
+
+
+async def push(store: Store, peers: Peers, path: str, received: Received) -> str:
+    """Have another live node keep `received` for `path`; its name."""
+    settings = store.settings
+    failures: list[str] = []
+    for name, url in ranked(store, path):
+        headers = signed_headers(settings.cluster.secret, "PUT", ENDPOINT + path, "",
+                                 settings.node)
+        headers["x-checksum-sha256"] = received.sha256
+        try:
+            with open(received.tmp, "rb") as body:
+                async with peers.session().put(f"{url}{ENDPOINT}{quote(path, safe='/')}",
+                                               data=body, headers=headers) as answer:
+                    if answer.status == 201:
+                        return name
+                    failures.append(f"{name}: HTTP {answer.status}")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            failures.append(f"{name}: {type(exc).__name__}")
+    tried = "; ".join(failures) or "no other node is alive"
+    raise RemoteUnavailable(f"no other node took a copy of {path!r} (cluster.replicas = 1): "
+                            f"{tried}")

@@ -1,0 +1,141 @@
+"""What stays per node in a PostgreSQL registry several nodes share (migration 13): each node's
+cache index, slots and counters, its view of a file's inode, its intents and leases; the holder
+and replica of local bytes, who may lease their upload, and the stale bytes a change on one
+node lists for the others. Three registries on one database, one per node name."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from filestore.registry.postgres import PostgresRegistry
+
+pytest_plugins = ["pg"]
+pytestmark = pytest.mark.timeout(60)
+
+SHA = "0" * 64
+
+
+@pytest.fixture
+def nodes(pg_registry_url: str) -> Iterator[dict[str, PostgresRegistry]]:
+    made = {name: PostgresRegistry(pg_registry_url, node=name, pool_size=2)
+            for name in ("a", "b", "c")}
+    yield made
+    for registry in made.values():
+        registry.close()
+
+
+def put(registry: PostgresRegistry, path: str, size: int = 10, inode: int = 1,
+        replica: str = "") -> int:
+    with registry.transaction() as tx:
+        return int(tx.files.upsert(path, size, SHA, "text/plain", inode, 0.0, None, replica)[1])
+
+
+def stale(registry: PostgresRegistry) -> list[str]:
+    return registry.read.stale.pending(100)
+
+
+def sql(url: str, query: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(query).fetchall()
+
+
+def test_each_node_has_its_own_cache_index_slots_and_counters(nodes, pg_registry_url):
+    a, b = nodes["a"], nodes["b"]
+    for i in range(5):
+        version = put(a, f"f{i}", size=100 + i)
+        for registry in (a, b) if i % 2 == 0 else (a,):
+            with registry.transaction() as tx:
+                tx.cache.add(f"f{i}", version, 100 + i, SHA, float(i), inode=1000 + i)
+    assert [e.path for e in a.read.cache.page("", 100)] == [f"f{i}" for i in range(5)]
+    assert [e.path for e in b.read.cache.page("", 100)] == ["f0", "f2", "f4"]
+    assert a.read.counters.get("cache.entries") == 5
+    assert b.read.counters.get("cache.bytes") == 100 + 102 + 104
+    assert nodes["c"].read.counters.get("cache.bytes") == 0
+    assert nodes["c"].read.cache.sample(5, random.Random(1)) == []
+    for name in ("a", "b"):  # dense slots 0..n-1 on each node
+        slots = sorted(s for (s,) in sql(pg_registry_url,
+                                         f"SELECT slot FROM cache_entries WHERE node = '{name}'"))
+        assert slots == list(range(len(slots)))
+    with a.transaction() as tx:
+        assert tx.cache.remove("f0")
+    assert b.read.cache.get("f0") is not None  # another node's entry stays
+    slots = sorted(s for (s,) in sql(pg_registry_url,
+                                     "SELECT slot FROM cache_entries WHERE node = 'a'"))
+    assert slots == [0, 1, 2, 3]
+    # A node's view of the inode: the holder's own, else its cached copy's, else none.
+    assert a.read.files.get("f2").inode == 1  # a holds it
+    assert b.read.files.get("f2").inode == 1002
+    assert nodes["c"].read.files.get("f2").inode == 0
+
+
+def test_only_a_holder_leases_an_upload_and_each_node_clears_its_own_leases(nodes):
+    a, b, c = nodes["a"], nodes["b"], nodes["c"]
+    version = put(a, "up")
+    other = put(b, "other", replica="c")
+    with a.transaction() as tx:
+        tx.queue.schedule("up", "upload", version, "default", 0.0, 0.0)
+        tx.queue.schedule("other", "upload", other, "default", 0.0, 0.0)
+        tx.queue.schedule("gone", "delete", 1, "default", 0.0, 0.0)
+    assert b.read.queue.next_due(10.0) == 0.0  # "other" (b holds it) and the delete
+    with b.transaction() as tx:
+        leased = {e.path for e in tx.queue.lease_due("b:1:x", 10.0, 100.0, 10)}
+    assert leased == {"other", "gone"}
+    with c.transaction() as tx:  # c keeps a copy of "other", leased by b already
+        assert tx.queue.lease_due("c:1:x", 10.0, 100.0, 10) == []
+    with a.transaction() as tx:
+        assert [e.path for e in tx.queue.lease_due("a:1:x", 10.0, 100.0, 10)] == ["up"]
+    with b.transaction() as tx:
+        tx.queue.clear_leases()  # b restarted: its leases go, a's stay
+    assert a.read.queue.get("up").lease_owner == "a:1:x"
+    assert a.read.queue.get("other").lease_owner is None
+    with c.transaction() as tx:  # the replica may take it now (and the delete, anyone)
+        assert {e.path for e in tx.queue.lease_due("c:1:x", 10.0, 100.0, 10)} == {"other",
+                                                                                  "gone"}
+
+
+def test_changes_list_the_bytes_other_nodes_must_drop(nodes):
+    a, b, c = nodes["a"], nodes["b"], nodes["c"]
+    version = put(a, "x")
+    with c.transaction() as tx:
+        tx.cache.add("x", version, 10, SHA, 0.0, inode=7)
+    assert stale(a) == stale(b) == stale(c) == []
+    put(b, "x")  # a re-PUT on b: a's local bytes and c's cached copy are superseded
+    assert stale(a) == ["x"] and stale(c) == ["x"] and stale(b) == []
+    assert c.read.cache.get("x") is None and c.read.counters.get("cache.entries") == 0
+    with a.transaction() as tx:
+        tx.stale.remove("x")
+    assert stale(a) == [] and stale(c) == ["x"]
+    put(b, "y", replica="c")
+    with a.transaction() as tx:  # a DELETE on a of what b holds and c keeps a copy of
+        assert tx.files.delete("y")
+    assert stale(b) == ["y"] and set(stale(c)) == {"x", "y"}
+    put(a, "z", replica="b")
+    with c.transaction() as tx:  # uploaded (by either): the copies are no longer needed
+        tx.files.mark_uploaded("z", "default", "fs/z", "etag", 10, 1.0)
+    assert "z" in stale(a) and "z" in stale(b)
+
+
+def test_intents_and_local_counters_are_per_node(nodes, pg_registry_url):
+    a, b = nodes["a"], nodes["b"]
+    with a.transaction() as tx:
+        tx.intents.add("put", "p", "/a/tmp/put-1", 5, SHA, "text/plain")
+    assert [i.path for i in a.read.intents.all()] == ["p"]
+    assert b.read.intents.all() == [] and not b.read.intents.writing("p")
+    put(a, "one", size=3)
+    put(a, "two", size=4)
+    put(b, "three", size=5)
+    put(b, "one", size=6)  # moves from a to b
+    counted = dict(((node, name), int(value)) for node, name, value in sql(
+        pg_registry_url, "SELECT node, name, value FROM node_counters WHERE name LIKE 'local.%'"))
+    recount = sql(pg_registry_url, "SELECT holder, count(*), sum(size) FROM files "
+                                   "WHERE location = 'local' GROUP BY holder")
+    for holder, files, size in recount:
+        assert counted[(holder, "local.files")] == files
+        assert counted[(holder, "local.bytes")] == size
+    assert a.read.nodes.figures("a", 0.0).local_files == 1
+    assert b.read.nodes.figures("b", 0.0).local_bytes == 11
