@@ -33,6 +33,7 @@ from .config import DEFAULT_REMOTE, Settings
 from .datadir import DataDir
 from .errors import ChecksumMismatch, Conflict, NotFound, QuotaExceeded, TooLarge
 from .local import LocalStore, Received
+from .quota import quota_room, quota_text
 from .registry import (
     SCHEMA_VERSION,
     FileRecord,
@@ -43,7 +44,6 @@ from .registry import (
     is_postgres,
     open_registry,
     registry_exists,
-    usage_counter,
 )
 
 log = logging.getLogger("filestore")
@@ -57,25 +57,6 @@ Precondition = Callable[[FileRecord | None], None]
 # How long a read waits for a PUT of its path to commit (looking again after 1 ms, doubling to
 # 50 ms): a commit takes milliseconds, but waits for the write lock and an fsync on a busy disk.
 _COMMIT_WAIT_SECONDS = 5.0
-
-
-def quota_room(tables: Tables, path: str) -> int | None:
-    """How large the file at `path` may be within its account's quota (None: no quota). A
-    path's account is its first segment, if that names one; the bytes the file holds now are
-    the account's to reuse."""
-    account_id, slash, _ = path.partition("/")
-    account = tables.accounts.get(account_id) if slash else None
-    if account is None or not account.quota:
-        return None
-    used = tables.counters.get(usage_counter(account.id, "bytes"))
-    existing = tables.files.get(path)
-    return account.quota - used + (existing.size if existing is not None else 0)
-
-
-def quota_text(path: str, size: int | None, room: int) -> str:
-    what = f"{size:,} bytes" if size is not None else "this body"
-    return (f"{what} at {path!r} would take its account past its quota "
-            f"({max(room, 0):,} bytes left)")
 
 
 def guess_content_type(path: str) -> str:

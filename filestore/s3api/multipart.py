@@ -34,8 +34,8 @@ from starlette.responses import Response
 from .. import logs
 from ..errors import ChecksumMismatch, QuotaExceeded, RegistryUnavailable
 from ..fsutil import fsync_dir
+from ..quota import quota_room, quota_text
 from ..registry import Part, Upload
-from ..store import quota_room, quota_text
 from .buckets import Caller
 from .errors import S3Error
 from .xml import BadXML, element, group, parse, s3_document, timestamp
