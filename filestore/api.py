@@ -262,7 +262,9 @@ async def _open(service: Service, path: str
 async def _read_file(request: Request, service: Service, path: str, private: bool
                      ) -> Response | FileBody:
     settings = service.settings
-    accel_prefix = settings.server.accel_redirect
+    # Not with a shared registry: a fill of a newer version may rename over cache/PATH, and a
+    # replica's copy is not in files/, between this answer and nginx's open (docs/cluster.md).
+    accel_prefix = "" if service.store.shared else settings.server.accel_redirect
     record, local, cached = await _open(service, path)
     headers: dict[str, str] | None = None
     ranges: list[tuple[int, int]] | None = None

@@ -10,6 +10,7 @@ Small files just read are kept open for the next GETs (`kept.KeptFiles`, one tab
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -18,7 +19,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -126,8 +127,7 @@ class LocalStore:
         self.root = (data_dir / "files").resolve()
         self.cache_root = (data_dir / "cache").resolve()
         self.tmp_dir = (data_dir / "tmp").resolve()
-        # Copies of other nodes' files not uploaded yet (cluster/replicas.py), each named by
-        # its path and its SHA-256: `replicas/<path>@<sha256>`.
+        # Copies of other nodes' files not uploaded yet (cluster/replicas.py).
         self.replica_root = (data_dir / "replicas").resolve()
         self.min_free = max(min_free, REGISTRY_HEADROOM)
         for directory in (self.root, self.cache_root, self.tmp_dir, self.replica_root):
@@ -144,10 +144,12 @@ class LocalStore:
         return resolve_below(self.cache_root, path)
 
     def replica_path_of(self, path: str, sha256: str) -> Path:
-        """Where this node keeps its copy of another node's `path` with these bytes: named by
-        their SHA-256 (checked when they arrived), so the name alone says which bytes they
-        are, and a newer version's copy never replaces an older one still in use."""
-        return resolve_below(self.replica_root, f"{path}@{sha256}")
+        """Where this node keeps its copy of another node's `path` with these bytes:
+        `replicas/<sha256 of the path>/<sha256 of the bytes>`. Fixed-length names (a path's
+        segment may be as long as a name can be), and named by the bytes (checked when they
+        arrived), so the name alone says which bytes they are and a newer version's copy
+        never replaces an older one still in use."""
+        return self.replica_root / hashlib.sha256(path.encode()).hexdigest() / sha256
 
     def open_replica(self, path: str, sha256: str) -> int | None:
         try:
@@ -158,33 +160,37 @@ class LocalStore:
     def install_replica(self, tmp: Path, path: str, sha256: str) -> None:
         """Rename a received, fsync'd and checked copy into place, durably."""
         final = self.replica_path_of(path, sha256)
-        created = [d for d in final.parents if d != self.replica_root
-                   and self.replica_root in d.parents and not d.exists()]
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, final)
-        except (NotADirectoryError, FileExistsError, IsADirectoryError):
-            raise Conflict(f"a replica of {path!r} clashes with another file's") from None
-        for directory in [final.parent, *(d.parent for d in created)]:
-            fsync_dir(directory)
+        if not final.parent.exists():
+            final.parent.mkdir(exist_ok=True)
+            fsync_dir(self.replica_root)
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
 
-    def replicas_of(self, path: str) -> list[tuple[Path, str]]:
-        """This node's copies of `path`, with their SHA-256s."""
-        base = self.replica_path_of(path, "0" * 64)
-        stem = path.rsplit("/", 1)[-1] + "@"
-        try:
-            names = os.listdir(base.parent)
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        return [(base.parent / name, name[len(stem):]) for name in names
-                if name.startswith(stem) and _HEX64.fullmatch(name[len(stem):])]
+    def replica_copies(self) -> Iterator[tuple[str, str, Path]]:
+        """Every copy kept here: (sha256 of its path, sha256 of its bytes, where)."""
+        for directory in os.scandir(self.replica_root):
+            if directory.is_dir(follow_symlinks=False) and _HEX64.fullmatch(directory.name):
+                for copy in os.scandir(directory.path):
+                    if _HEX64.fullmatch(copy.name):
+                        yield directory.name, copy.name, Path(copy.path)
 
-    def remove_replicas(self, path: str, keep: str | None = None) -> None:
-        """Unlink this node's copies of `path` but the one with SHA-256 `keep`."""
-        for copy, sha256 in self.replicas_of(path):
-            if sha256 != keep:
-                copy.unlink(missing_ok=True)
-                prune_empty_dirs(copy.parent, self.replica_root)
+    def drop_replica(self, copy: Path, written_before: float) -> bool:
+        """Unlink a copy nobody wrote since `written_before`; whether it went. A copy of the
+        same bytes installed meanwhile (the same name: the same bytes) is put back."""
+        trash = self.tmp_dir / f"replica-{uuid.uuid4().hex}"
+        try:
+            os.rename(copy, trash)
+        except FileNotFoundError:
+            return False
+        fresh = trash.stat().st_mtime >= written_before
+        if fresh:
+            with contextlib.suppress(FileExistsError):
+                os.link(trash, copy)
+        trash.unlink()
+        if not fresh:
+            with contextlib.suppress(OSError):
+                copy.parent.rmdir()  # the path's last copy
+        return not fresh
 
     def candidates(self, path: str) -> tuple[Path, Path]:
         """Where a file's bytes may be, in the order to look: kept local, then cached."""
@@ -220,12 +226,16 @@ class LocalStore:
         """The name `open_bytes` opened `path`'s bytes at (`cached`: in the cache area)."""
         return (self._cache_str if cached else self._root_str) + path
 
-    def open_version(self, path: str, record: FileRecord | None, version: int) -> BinaryIO | None:
-        """The local bytes of `version` of `path` for uploading, or None if it is gone."""
+    def open_version(self, path: str, record: FileRecord | None, version: int, *,
+                     replica: bool = False) -> BinaryIO | None:
+        """The local bytes of `version` of `path` for uploading, or None if it is gone.
+        `replica`: this node keeps a copy for the holder (cluster.replicas), read from there
+        only: files/ and cache/ here may hold an older version's bytes on their way out."""
         if record is None or record.version != version:
             return None
-        replica = self.replica_path_of(path, record.sha256)  # a replica's node uploads too
-        for candidate in (*self.candidates(path), replica):
+        where = ((self.replica_path_of(path, record.sha256),) if replica
+                 else self.candidates(path))
+        for candidate in where:
             try:
                 return open(candidate, "rb")  # the caller closes it
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):

@@ -23,12 +23,13 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import anyio
 
 from . import logs, overrides, plan
 from .auth import load_or_create_token, read_token
+from .cluster import identity
 from .config import DEFAULT_REMOTE, Settings
 from .datadir import DataDir
 from .errors import ChecksumMismatch, Conflict, NotFound, QuotaExceeded, TooLarge
@@ -125,6 +126,8 @@ class Store:
             # would otherwise never be applied here.
             self.settings, self.settings_generation = overrides.snapshot(
                 settings, self.registry.read)
+            if self.shared:
+                identity.claim(self.datadir.root, self.registry.read, settings)
             self._open_parts()
             self.alone = self.datadir.join()
             if self.alone:
@@ -177,8 +180,30 @@ class Store:
         return record
 
     def holds(self, record: FileRecord) -> bool:
-        """Whether this node holds the file's local bytes ("": a single node's row)."""
-        return record.holder in ("", self.node)
+        """Whether this node holds the file's local bytes: a SQLite registry's rows are all
+        its one node's (holder ""); a shared one names the node (migration 13 claimed the
+        rows from before it for the node that ran it)."""
+        return record.holder == self.node if self.shared else True
+
+    def open_for_upload(self, path: str, record: FileRecord | None,
+                        version: int) -> BinaryIO | None:
+        """The local bytes of `version` to upload: the holder's, or the copy this node keeps
+        for it (cluster.replicas); None if they are gone."""
+        replica = (record is not None and not self.holds(record)
+                   and record.replica == self.node)
+        return self.local.open_version(path, record, version, replica=replica)
+
+    def hand_to_cache(self, tx: Tables, record: FileRecord) -> bool:
+        """After a verified upload, in the caller's write transaction: this node's local bytes
+        of `record` go to the cache area by rename (no copy; a rename keeps the inode) and are
+        indexed, unless the plan keeps them local. Not a replica's copy: the sweep drops it."""
+        if not self.holds(record) or self.route(record.path, record.content_type).keep_local:
+            return False
+        if not self.local.move_to_cache(record.path):
+            return False
+        tx.cache.add(record.path, record.version, record.size, record.sha256, time.time(),
+                     record.inode)
+        return True
 
     def list_files(self, prefix: str, after: str, limit: int) -> list[FileRecord]:
         return self.registry.read.files.listing(prefix, after, limit)

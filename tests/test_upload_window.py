@@ -40,6 +40,13 @@ def hhmm(moment: float) -> str:
     return time.strftime("%H:%M", time.localtime(moment))
 
 
+def as_stated(moment: float) -> str:
+    """How the stats name a time: its hour, with its date when that is not today's."""
+    same_day = time.localtime(moment)[:3] == time.localtime()[:3]
+    return hhmm(moment) if same_day else time.strftime("%Y-%m-%d %H:%M",
+                                                       time.localtime(moment))
+
+
 def span(start: float, end: float) -> str:
     """`upload.hours` for the local times of two moments (to the minute)."""
     return f"{hhmm(start)}-{hhmm(end)}"
@@ -189,12 +196,12 @@ def test_outside_the_window_nothing_goes_and_the_stats_say_until_when(
     expected = datetime.fromtimestamp(opens).replace(second=0, microsecond=0).timestamp()
     assert window["hours"] == hours and window["open"] is False and window["closes_at"] is None
     assert window["opens_at"] == expected and 0 < window["opens_in"] <= 2 * 3600
-    assert f"wait until {hhmm(opens)}" in window["text"]
+    assert f"wait until {as_stated(opens)}" in window["text"]
     assert stats["queue"]["upload"]["due"] == 1  # due, and waiting for the window
     browser, _ = sign_in(server)
-    assert f"wait until {hhmm(opens)}" in browser.get("/admin").text
+    assert f"wait until {as_stated(opens)}" in browser.get("/admin").text
     browser.close()
-    assert f"wait until {hhmm(opens)}" in report(stats)
+    assert f"wait until {as_stated(opens)}" in report(stats)
 
     # `filestore stats`, from a shell while the server runs, says the same.
     env = {**os.environ, "FILESTORE_STORAGE__DATA_DIR": str(server.settings.data_dir),
@@ -203,7 +210,7 @@ def test_outside_the_window_nothing_goes_and_the_stats_say_until_when(
                            capture_output=True, text=True, timeout=30)
     assert shown.returncode == 0, shown.stderr
     window_line = next(line for line in shown.stdout.splitlines() if line.startswith("window"))
-    assert f"wait until {hhmm(opens)}" in window_line and hours in window_line
+    assert f"wait until {as_stated(opens)}" in window_line and hours in window_line
     as_json = subprocess.run([sys.executable, "-m", "filestore", "stats", "--json"], env=env,
                              capture_output=True, text=True, timeout=30)
     assert json.loads(as_json.stdout)["upload_window"]["opens_at"] == expected

@@ -30,7 +30,7 @@ async def peer_file(request: Request) -> FileBody:
     service = service_of(request.app.state)
     secret = service.settings.cluster.secret
     verify(secret, request.method, request.scope["path"],
-           request.scope["query_string"].decode("latin-1"), dict(request.headers))
+           request.scope["query_string"].decode("latin-1"), request.headers, service.settings.node)
     path = paths.normalize(request.path_params["path"])
     version = request.query_params.get("version", "")
     if not version.isdigit() or len(version) > 18:
@@ -59,7 +59,7 @@ async def replica_put(request: Request) -> JSONResponse:
     service = service_of(request.app.state)
     store = service.store
     verify(service.settings.cluster.secret, request.method, request.scope["path"],
-           request.scope["query_string"].decode("latin-1"), dict(request.headers))
+           request.scope["query_string"].decode("latin-1"), request.headers, service.settings.node)
     path = paths.normalize(request.path_params["path"])
     sha256 = request.headers.get("x-checksum-sha256", "")
     if len(sha256) != 64 or sha256.strip("0123456789abcdef"):

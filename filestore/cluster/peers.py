@@ -10,6 +10,7 @@ heartbeat for `cluster.dead_after`), unreachable, or that no longer holds this v
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -19,10 +20,12 @@ import aiohttp
 
 from ..errors import RemoteUnavailable
 from ..registry import FileRecord, Node
-from .calls import signed_headers
+from .calls import sign
 
 if TYPE_CHECKING:
     from ..store import Store
+
+log = logging.getLogger("filestore.cluster")
 
 ENDPOINT = "/_cluster/files/"
 _CHUNK = 1024 * 1024
@@ -102,20 +105,27 @@ class PeerBytes:
                     ) -> AsyncIterator[bytes]:
         settings = self.peers.store.settings
         query = f"version={self.version}"
-        headers = signed_headers(settings.cluster.secret, "GET", ENDPOINT + path, query,
-                                 settings.node)
-        if start or end is not None:
-            headers["range"] = f"bytes={start}-{'' if end is None else end}"
+        asked = {"range": f"bytes={start}-{'' if end is None else end}"} if (
+            start or end is not None) else {}
+        headers = sign(asked, settings.cluster.secret, "GET", ENDPOINT + path, query,
+                       settings.node, node.name)
         url = f"{node.url}{ENDPOINT}{quote(path, safe='/')}?{query}"
-        what = f"{path!r} from node {node.name!r} ({node.url})"
+        # What the client is told names the node, never its address or the error's text (the
+        # log has them).
+        unreachable = (f"{path!r} is on node {node.name!r} (not uploaded yet), which cannot "
+                       "be read from now")
         try:
             async with self.peers.session().get(url, headers=headers) as response:
                 if response.status == 404:
                     raise RemoteUnavailable(f"node {node.name!r} no longer holds this "
                                             f"version of {path!r}: it changed meanwhile")
                 if response.status not in (200, 206):
-                    raise RemoteUnavailable(f"reading {what}: HTTP {response.status}")
+                    log.warning("cluster: reading %r from node %r (%s): HTTP %d", path,
+                                node.name, node.url, response.status)
+                    raise RemoteUnavailable(unreachable)
                 async for chunk in response.content.iter_chunked(_CHUNK):
                     yield chunk
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise RemoteUnavailable(f"reading {what}: {type(exc).__name__}: {exc}") from None
+            log.warning("cluster: reading %r from node %r (%s): %s: %s", path, node.name,
+                        node.url, type(exc).__name__, exc)
+            raise RemoteUnavailable(unreachable) from None

@@ -3,8 +3,8 @@
 The receiving node (the holder) takes the body into its temp file as always (hashed, fsync'd),
 then, before it records anything, sends that file to another live node over
 `PUT /_cluster/replicas/{path}` (signed, as every node-to-node call). That node receives it into
-a temp file of its own, checks the SHA-256 the holder names, fsyncs it and renames it to
-`replicas/<path>@<sha256>` (`LocalStore.install_replica`) before it answers 201
+a temp file of its own, checks the SHA-256 the holder names, fsyncs it and renames it into
+`replicas/` (`LocalStore.install_replica`) before it answers 201
 (`endpoint.replica_put`). Only then does
 the holder record the file, naming the other node as its `replica` in the same transaction as
 the bytes, and acknowledge the PUT. From then on either node may upload it (the queue's lease
@@ -14,27 +14,38 @@ is dead): a whole node lost before the upload loses nothing acknowledged.
 Which node: the live nodes ranked by rendezvous hashing of the path (the same path goes to the
 same node while the cluster stays the same), the first that takes the copy. None took it: the
 PUT fails with 503 and nothing is recorded. A copy whose PUT then failed to commit is named by
-no row; the sweeper removes such copies once nobody wrote them for a while.
+no row; the sweeper removes such copies once nobody wrote them for a while
+(`sweeper.sweep_replicas`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import aiohttp
 
+from ..config import Settings
 from ..errors import RemoteUnavailable
 from ..local import Received
-from .calls import signed_headers
+from .calls import sign
 
 if TYPE_CHECKING:
     from ..store import Store
     from .peers import Peers
 
+log = logging.getLogger("filestore.cluster")
+
 ENDPOINT = "/_cluster/replicas/"
+
+
+def _timeout(settings: Settings) -> aiohttp.ClientTimeout:
+    """A node that takes the connection and then stalls does not hold the PUT forever."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=3.0,
+                                 sock_read=settings.cache.fill_timeout)
 
 
 def ranked(store: Store, path: str) -> list[tuple[str, str]]:
@@ -51,18 +62,19 @@ async def push(store: Store, peers: Peers, path: str, received: Received) -> str
     settings = store.settings
     failures: list[str] = []
     for name, url in ranked(store, path):
-        headers = signed_headers(settings.cluster.secret, "PUT", ENDPOINT + path, "",
-                                 settings.node)
-        headers["x-checksum-sha256"] = received.sha256
+        headers = sign({"x-checksum-sha256": received.sha256}, settings.cluster.secret,
+                       "PUT", ENDPOINT + path, "", settings.node, name)
         try:
             with open(received.tmp, "rb") as body:
                 async with peers.session().put(f"{url}{ENDPOINT}{quote(path, safe='/')}",
-                                               data=body, headers=headers) as answer:
+                                               data=body, headers=headers,
+                                               timeout=_timeout(settings)) as answer:
                     if answer.status == 201:
                         return name
                     failures.append(f"{name}: HTTP {answer.status}")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            failures.append(f"{name}: {type(exc).__name__}")
-    tried = "; ".join(failures) or "no other node is alive"
-    raise RemoteUnavailable(f"no other node took a copy of {path!r} (cluster.replicas = 1): "
-                            f"{tried}")
+            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+    if failures:
+        log.warning("cluster: no node took a copy of %r: %s", path, "; ".join(failures))
+    raise RemoteUnavailable(f"no other node took a copy of {path!r} (cluster.replicas = 1"
+                            f"{'' if failures else ', and no other node is alive'})")

@@ -11,11 +11,9 @@ cached copy a reader has open stays until the next round (its reader finishes fi
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import logging
-import os
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -33,58 +31,58 @@ _BATCH = 200
 # The copies kept for other nodes are looked over every this many rounds; one no row names is
 # removed once nobody wrote it for this long (a PUT's copy is made before its commit).
 _REPLICA_ROUNDS = 60
-_ORPHAN_SECONDS = 600.0
+REPLICA_GRACE = 600.0
 
 
 def sweep(store: Store) -> int:
-    """One round: how many paths' stale bytes were dropped."""
-    dropped = 0
-    local = store.local
-    for path in store.registry.read.stale.pending(_BATCH):
-        with store.registry.transaction() as tx:
-            record = tx.files.get(path)
-            if record is None or not store.holds(record):
-                local.remove_local(path)
-            elif record.location == "remote" and local.path_of(path).is_file() and not \
-                    store.route(path, record.content_type).keep_local:
-                # The node keeping a copy uploaded it: these bytes go to the cache area, as
-                # after an upload of this node's own (queue/worker.py).
-                local.move_to_cache(path)
-                tx.cache.add(path, record.version, record.size, record.sha256, time.time(),
-                             record.inode)
-            keep = (record.sha256 if record is not None and record.replica == store.node
-                    and record.location == "local" else None)
-            local.remove_replicas(path, keep)
-            if tx.cache.get(path) is None:
-                try:
-                    local.drop_cached(path)
-                except InUse:
-                    continue  # a reader has it open: next round
-            tx.stale.remove(path)
-        dropped += 1
-        logs.event(log, "cluster.stale_dropped", "cluster: dropped the bytes of {path!r} a "
-                   "change on another node superseded", level=logging.DEBUG, path=path)
+    """One round over this node's stale rows: how many paths' stale bytes were dropped. A
+    path that fails (a reader holds its cached copy, the disk refuses) keeps its row for the
+    next round; the others go on."""
+    dropped, after = 0, ""
+    while page := store.registry.read.stale.pending(_BATCH, after):
+        for path in page:
+            try:
+                dropped += _settle(store, path)
+            except Exception as exc:
+                log.warning("cluster: could not drop the stale bytes of %r: %s: %s", path,
+                            type(exc).__name__, exc)
+        after = page[-1]
     return dropped
 
 
+def _settle(store: Store, path: str) -> int:
+    """Drop what this node has of `path` that its row no longer names, in one transaction
+    (no install of the path here interleaves); 1 if done, 0 if it must wait."""
+    local = store.local
+    with store.registry.transaction() as tx:
+        record = tx.files.get(path)
+        if record is None or not store.holds(record):
+            local.remove_local(path)
+        elif record.location == "remote" and local.path_of(path).is_file():
+            # The node keeping a copy uploaded it: these bytes go to the cache area, as
+            # after an upload of this node's own.
+            store.hand_to_cache(tx, record)
+        if tx.cache.get(path) is None:
+            try:
+                local.drop_cached(path)
+            except InUse:
+                return 0  # a reader has it open: next round
+        tx.stale.remove(path)
+    logs.event(log, "cluster.stale_dropped", "cluster: dropped the bytes of {path!r} a "
+               "change on another node superseded", level=logging.DEBUG, path=path)
+    return 1
+
+
 def sweep_replicas(store: Store, now: float) -> int:
-    """Copies kept for another node that no row names (their PUT failed after the copy was
-    made, or the row's change was missed), once nobody wrote them for `_ORPHAN_SECONDS`."""
+    """The copies kept for other nodes that the registry no longer names (uploaded,
+    replaced, deleted, or made for a PUT that then failed), once nobody wrote them for
+    `REPLICA_GRACE` seconds: a PUT's copy is made before its row, which then names it."""
+    named = {(hashlib.sha256(path.encode()).hexdigest(), sha256)
+             for path, sha256 in store.registry.read.files.held_copies()}
     dropped = 0
-    local, read = store.local, store.registry.read
-    for directory, _, names in os.walk(local.replica_root):
-        for name in names:
-            copy = Path(directory) / name
-            stem, _, sha256 = name.rpartition("@")
-            path = str(copy.parent.relative_to(local.replica_root) / stem).removeprefix("./")
-            record = read.files.get(path)
-            if record is not None and record.replica == store.node and \
-                    record.location == "local" and record.sha256 == sha256:
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                if copy.stat().st_mtime < now - _ORPHAN_SECONDS:
-                    copy.unlink()
-                    dropped += 1
+    for path_hash, sha256, copy in list(store.local.replica_copies()):
+        if (path_hash, sha256) not in named:
+            dropped += store.local.drop_replica(copy, now - REPLICA_GRACE)
     return dropped
 
 

@@ -251,7 +251,7 @@ class QueueWorkers:
             if not await self._leave_old_remote(entry, record.remote):
                 return
             record = self.registry.read.files.get(entry.path)
-        source = self.store.local.open_version(entry.path, record, entry.version)
+        source = self.store.open_for_upload(entry.path, record, entry.version)
         if source is None:
             await anyio.to_thread.run_sync(self._settle_stale, entry)
             return
@@ -281,7 +281,10 @@ class QueueWorkers:
                 raise RemoteUnavailable("the remote settings changed during the upload; it "
                                         "goes again, to the remote they name now")
             record = tx.files.get(entry.path)
-            current = record is not None and record.version == entry.version
+            # This version, and still this lease's: a lease that ran out (its renewals failed)
+            # may be another worker's now, whose upload then records it, once.
+            current = (record is not None and record.version == entry.version
+                       and tx.queue.is_current(entry))
             if record is not None and current:
                 tx.files.mark_uploaded(entry.path, remote.name, key, etag,
                                             record.size, now)
@@ -290,9 +293,7 @@ class QueueWorkers:
                 # but until then a DELETE must know the remote holds one.
                 tx.files.note_remote_copy(entry.path, remote.name, key)
             tx.queue.finish(entry)
-        keep_local = record is not None and self.store.route(
-            record.path, record.content_type).keep_local
-        if current and not keep_local:
+        if current:
             # A step of its own, after the commit: a rename cannot be rolled back with a
             # transaction, and a crash here only leaves the bytes in files/, where reads (and a
             # later move) still find them.
@@ -301,10 +302,8 @@ class QueueWorkers:
                 # Still this version and still in the cloud: a move back to local in between
                 # made these bytes the only copy again, and they stay in files/.
                 if (again is not None and again.version == entry.version
-                        and again.location == "remote"
-                        and self.store.local.move_to_cache(entry.path)):
-                    tx.cache.add(entry.path, again.version, again.size, again.sha256,
-                                 time.time(), again.inode)  # a rename keeps the inode
+                        and again.location == "remote"):
+                    self.store.hand_to_cache(tx, again)
 
     async def _leave_old_remote(self, entry: Entry, old: str) -> bool:
         """The file goes to another remote than the one holding its older copy (the plan

@@ -228,6 +228,11 @@ class FileRows:
         self._conn.execute("UPDATE files SET last_error = ? WHERE path = ? AND version = ?",
                            (error, path, version))
 
+    def held_copies(self) -> list[tuple[str, str]]:
+        """(path, sha256) of the files this node keeps a copy of for another (none here: a
+        SQLite registry has one node)."""
+        return []
+
     def delete(self, path: str) -> bool:
         return self._conn.execute("DELETE FROM files WHERE path = ?", (path,)).rowcount > 0
 

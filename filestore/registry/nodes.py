@@ -76,10 +76,10 @@ class StaleRows:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
-    def pending(self, limit: int) -> list[str]:
+    def pending(self, limit: int, after: str = "") -> list[str]:
         return [row[0] for row in self._conn.execute(
-            "SELECT path FROM stale_bytes WHERE node = '' ORDER BY path LIMIT ?",
-            (limit,)).fetchall()]
+            "SELECT path FROM stale_bytes WHERE node = '' AND path > ? ORDER BY path LIMIT ?",
+            (after, limit)).fetchall()]
 
     def remove(self, path: str) -> None:
         self._conn.execute("DELETE FROM stale_bytes WHERE node = '' AND path = ?", (path,))

@@ -167,6 +167,14 @@ class FileRows:
         self._link.execute("UPDATE files SET last_error = %s WHERE path = %s AND version = %s",
                            (error, path, version))
 
+    def held_copies(self) -> list[tuple[str, str]]:
+        """(path, sha256) of the files not uploaded yet this node keeps a copy of for their
+        holder (cluster.replicas): found by the `files_replica` index, as many as there are
+        such files, never a scan of the others."""
+        return [(row[0], row[1]) for row in self._link.rows(
+            "SELECT path, sha256 FROM files WHERE replica = %s AND location = 'local'",
+            (self._node,))]
+
     def delete(self, path: str) -> bool:
         return self._link.count("DELETE FROM files WHERE path = %s", (path,)) > 0
 

@@ -51,10 +51,10 @@ class StaleRows:
         self._link = link
         self._node = node
 
-    def pending(self, limit: int) -> list[str]:
+    def pending(self, limit: int, after: str = "") -> list[str]:
         return [row[0] for row in self._link.rows(
-            "SELECT path FROM stale_bytes WHERE node = %s ORDER BY path LIMIT %s",
-            (self._node, limit))]
+            "SELECT path FROM stale_bytes WHERE node = %s AND path > %s ORDER BY path LIMIT %s",
+            (self._node, after, limit))]
 
     def remove(self, path: str) -> None:
         self._link.execute("DELETE FROM stale_bytes WHERE node = %s AND path = %s",

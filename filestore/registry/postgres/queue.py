@@ -21,11 +21,11 @@ _LISTING_PAGE = 500
 
 
 # Where a row is workable by this node: a remote delete by any node; an upload by a node
-# whose disk holds the bytes (files.holder or files.replica, migration 13; a holder "" is a row
-# from before it, or a single node's), or by anyone when the file is gone meanwhile (the worker
+# whose disk holds the bytes (files.holder or files.replica, migration 13, whose first node
+# claimed the rows from before it), or by anyone when the file is gone meanwhile (the worker
 # then drops it). The lease makes one of the two holders upload, whichever takes it.
 _WORKABLE = ("(q.op <> 'upload' OR NOT EXISTS (SELECT 1 FROM files f WHERE f.path = q.path "
-             "AND f.holder NOT IN ('', %(node)s) AND f.replica <> %(node)s))")
+             "AND f.holder <> %(node)s AND f.replica <> %(node)s))")
 
 
 class QueueRows:

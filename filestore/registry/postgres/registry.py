@@ -65,7 +65,7 @@ from .cache import CacheRows, PinRows
 from .files import FileRows, IntentRows
 from .jobs import JobRows
 from .link import Connection, Link, connection_lost, unavailable
-from .migrations import MIGRATIONS, SCHEMA_TABLE
+from .migrations import CLAIMS, MIGRATIONS, SCHEMA_TABLE
 from .nodes import NodeRows, StaleRows
 from .queue import QueueRows
 from .s3 import BucketRows, S3KeyRows, UploadRows
@@ -238,6 +238,9 @@ class PostgresRegistry:
                         continue
                     for statement in MIGRATIONS[number - 1]():
                         conn.execute(statement)
+                    if self.node and number in CLAIMS:
+                        for statement, params in CLAIMS[number](self.node):
+                            conn.execute(statement, params)
                     conn.execute("UPDATE schema_version SET version = %s", (number,))
 
     def close(self) -> None:

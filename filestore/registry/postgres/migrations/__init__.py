@@ -16,7 +16,7 @@ from ...migrations import SCHEMA_VERSION
 from .accounts import migration_6, migration_7, migration_9
 from .at_risk import migration_8
 from .cache_pins import migration_10
-from .cluster import migration_13
+from .cluster import claim, migration_13
 from .s3 import migration_11, migration_12
 from .single_node import migration_1, migration_2, migration_3, migration_4, migration_5
 
@@ -26,6 +26,9 @@ MIGRATIONS: list[Callable[[], list[str]]] = [
     migration_13,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION, "a migration has no PostgreSQL twin"
+# Run after a migration by the node that ran it, with its name: what the registry held until
+# then becomes that node's (13: the first with several nodes).
+CLAIMS: dict[int, Callable[[str], list[tuple[str, tuple[str, ...]]]]] = {13: claim}
 
 # The one-row table that numbers the schema (SQLite: `PRAGMA user_version`).
 SCHEMA_TABLE = ("CREATE TABLE IF NOT EXISTS schema_version (one boolean PRIMARY KEY DEFAULT true "

@@ -62,6 +62,7 @@ def migration_13() -> list[str]:
         )""",
         f"ALTER TABLE files ADD COLUMN holder {TEXT} NOT NULL DEFAULT ''",
         f"ALTER TABLE files ADD COLUMN replica {TEXT} NOT NULL DEFAULT ''",
+        "CREATE INDEX files_replica ON files (replica) WHERE replica <> ''",
         f"ALTER TABLE intents ADD COLUMN node {TEXT} NOT NULL DEFAULT ''",
         f"ALTER TABLE cache_entries ADD COLUMN node {TEXT} NOT NULL DEFAULT ''",
         "ALTER TABLE cache_entries ADD COLUMN inode bigint NOT NULL DEFAULT 0",
@@ -128,4 +129,19 @@ def migration_13() -> list[str]:
         trigger("files_stale_delete", "DELETE", "files", "files_stale"),
         trigger("files_stale_update", "UPDATE OF holder, replica, version, location", "files",
                 "files_stale"),
+    ]
+
+
+def claim(node: str) -> list[tuple[str, tuple[str, ...]]]:
+    """Run by the node that migrates to 13 (the one node a registry had until then): what was
+    there is its own. Its files, intents, cache entries and counters move from "" to its name
+    (the local counters by the `files_local_count` trigger, the rest merged here)."""
+    return [
+        ("UPDATE files SET holder = %s WHERE holder = ''", (node,)),
+        ("UPDATE intents SET node = %s WHERE node = ''", (node,)),
+        ("UPDATE cache_entries SET node = %s WHERE node = ''", (node,)),
+        ("INSERT INTO node_counters (node, name, value) SELECT %s, name, value "
+         "FROM node_counters WHERE node = '' ON CONFLICT (node, name) "
+         "DO UPDATE SET value = node_counters.value + excluded.value", (node,)),
+        ("DELETE FROM node_counters WHERE node = ''", ()),
     ]
