@@ -27,7 +27,7 @@ from typing import BinaryIO, Protocol
 
 import anyio
 
-from . import logs, overrides, plan
+from . import logs, overrides, plan, recovery
 from .auth import load_or_create_token, read_token
 from .cluster import identity
 from .config import DEFAULT_REMOTE, Settings
@@ -38,7 +38,6 @@ from .quota import quota_room, quota_text
 from .registry import (
     SCHEMA_VERSION,
     FileRecord,
-    Intent,
     Registry,
     Tables,
     in_flight,
@@ -131,7 +130,7 @@ class Store:
             self._open_parts()
             self.alone = self.datadir.join()
             if self.alone:
-                self._recover()
+                recovery.at_start(self)
         finally:
             os.close(start_fd)
 
@@ -350,7 +349,7 @@ class Store:
                     raise Conflict(conflict)
                 inode = os.stat(received.tmp).st_ino
                 self.local.install(received.tmp, path)
-                created = self._record_put(tx, path, received.size, received.sha256, ctype,
+                created = self.record_put(tx, path, received.size, received.sha256, ctype,
                                            inode, received.md5, replica)
                 tx.intents.remove(intent_id)
                 self._settle_intents(tx, path)
@@ -370,10 +369,10 @@ class Store:
                                if i.id == intent_id), None)
                 if intent is not None:
                     with contextlib.suppress(Exception):
-                        self._recover_intent(intent)
+                        recovery.finish(self, intent)
             raise
 
-    def _record_put(self, tx: Tables, path: str, size: int, sha256: str,
+    def record_put(self, tx: Tables, path: str, size: int, sha256: str,
                     ctype: str, inode: int, md5: str | None = None, replica: str = "") -> bool:
         """Record new bytes for `path` and queue their upload, in the caller's transaction:
         acknowledged means queued. True if the path is new."""
@@ -474,45 +473,3 @@ class Store:
         for intent in tx.intents.for_path(path, "put"):
             if not Path(intent.tmp).exists():
                 tx.intents.remove(intent.id)
-
-    # -- crash recovery (only when no other process uses the data directory) ---------------------
-
-    def _recover(self) -> None:
-        with self.registry.transaction() as tx:
-            tx.queue.clear_leases()  # their holders are gone
-        pending = self.registry.read.intents.all()
-        for intent in pending:
-            self._recover_intent(intent)
-        referenced = {intent.tmp for intent in pending}
-        for tmp in self.local.temp_files():
-            if str(tmp) not in referenced:
-                tmp.unlink(missing_ok=True)
-                logs.event(log, "recovery.temp_removed", "recovery: removed an unfinished "
-                           "upload body {file}", file=tmp.name)
-
-    def _recover_intent(self, intent: Intent) -> None:
-        with self.registry.transaction() as tx:
-            if intent.op == "delete":
-                # The row went, the bytes may not have: finish, unless a PUT made it anew.
-                if tx.files.get(intent.path) is None:
-                    self.local.remove(intent.path)
-                tx.intents.remove(intent.id)
-                logs.event(log, "recovery.delete_finished", "recovery: finished the DELETE of "
-                           "{path!r} a crash interrupted", path=intent.path)
-                return
-            tmp = Path(intent.tmp)
-            final = self.local.path_of(intent.path)
-            if tmp.exists():
-                tmp.unlink()  # never renamed: the PUT was not acknowledged
-                logs.event(log, "recovery.temp_removed", "recovery: removed the body of an "
-                           "unacknowledged PUT of {path!r} ({file})", path=intent.path,
-                           file=tmp.name)
-            elif final.exists():
-                # Renamed, not recorded: the bytes on disk are the intent's; record them.
-                self._record_put(tx, intent.path, intent.size, intent.sha256,
-                                 intent.content_type, final.stat().st_ino)
-                logs.event(log, "recovery.recorded", "recovery: recorded {path!r} ({size:,} "
-                           "bytes), installed just before a crash", level=logging.WARNING,
-                           path=intent.path, size=intent.size)
-            tx.intents.remove(intent.id)
-

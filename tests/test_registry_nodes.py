@@ -5,6 +5,7 @@ node lists for the others. Three registries on one database, one per node name."
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -139,3 +140,40 @@ def test_intents_and_local_counters_are_per_node(nodes, pg_registry_url):
         assert counted[(holder, "local.bytes")] == size
     assert a.read.nodes.figures("a", 0.0).local_files == 1
     assert b.read.nodes.figures("b", 0.0).local_bytes == 11
+
+
+def test_a_put_whose_commit_was_lost_is_recorded_while_the_node_runs(tmp_path,
+                                                                      pg_registry_url):
+    """The registry went away at COMMIT, after the rename: the node records the bytes on its
+    disk without waiting for a restart (what start-up recovery would do); an intent another
+    node left is not this node's to finish."""
+    import hashlib
+
+    from filestore import recovery
+    from filestore.config import load_settings
+    from filestore.store import Store
+
+    settings = load_settings(None, environ={
+        "FILESTORE_STORAGE__DATA_DIR": str(tmp_path / "d"), "FILESTORE_REGISTRY__URL":
+        pg_registry_url, "FILESTORE_CLUSTER__NODE": "a", "FILESTORE_STORAGE__MIN_FREE": "0"})
+    store = Store(settings)
+    other = PostgresRegistry(pg_registry_url, node="b")
+    try:
+        body = b"renamed, never recorded"
+        tmp = store.local.tmp_dir / "put-lost"
+        tmp.write_bytes(body)
+        digest = hashlib.sha256(body).hexdigest()
+        with store.registry.transaction() as tx:
+            tx.intents.add("put", "lost.txt", str(tmp), len(body), digest, "text/plain")
+        with other.transaction() as tx:  # b's, naming a temp file b's disk no longer has
+            tx.intents.add("put", "theirs.txt", str(tmp_path / "gone"), 1, SHA, "text/plain")
+        os.replace(tmp, store.local.path_of("lost.txt"))
+        assert recovery.interrupted(store) == 1
+        record = store.lookup("lost.txt")
+        assert (record.sha256, record.holder) == (digest, "a")
+        assert store.registry.read.intents.all() == []
+        assert [i.path for i in other.read.intents.all()] == ["theirs.txt"]
+        assert recovery.interrupted(store) == 0
+    finally:
+        other.close()
+        store.close()

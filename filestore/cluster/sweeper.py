@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from .. import logs
+from .. import logs, recovery
 from ..errors import InUse
 
 if TYPE_CHECKING:
@@ -92,6 +92,8 @@ async def sweep_every(store: Store) -> None:
     while True:
         try:
             await anyio.to_thread.run_sync(sweep, store)
+            # PUTs the registry lost at COMMIT (an outage): recorded as a restart would.
+            await anyio.to_thread.run_sync(recovery.interrupted, store)
             if rounds % _REPLICA_ROUNDS == 0:
                 await anyio.to_thread.run_sync(sweep_replicas, store, time.time())
             rounds += 1

@@ -213,7 +213,7 @@ class Repairer:
         assert copy.sha256 is not None  # hashed: the expected size was its own
         # Recorded exactly as a PUT records its bytes (new version, upload queued after the
         # cool-down), in this transaction, which re-checked that no row exists.
-        self.store._record_put(tx, path, copy.size, copy.sha256, guess_content_type(path),
+        self.store.record_put(tx, path, copy.size, copy.sha256, guess_content_type(path),
                                copy.ino)
         return "adopted as a new file, as a PUT would store it (its upload is queued)"
 

@@ -1,0 +1,83 @@
+"""Crash recovery: what a PUT or a DELETE left half done (see store.py for the two halves).
+
+At start (`at_start`, when no other process uses the data directory): this node's queue leases
+are cleared (their holders are gone), every intent is finished, and temp files no intent names
+are removed. While the node runs (`interrupted`, from the cluster's sweeper): the PUTs whose
+commit the registry lost after their rename, as a restart would.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import logs
+from .registry import Intent
+
+if TYPE_CHECKING:
+    from .store import Store
+
+log = logging.getLogger("filestore")
+
+
+def at_start(store: Store) -> None:
+    """Only when no other process uses the data directory: this node's leases and intents
+    are left by processes that are gone."""
+    with store.registry.transaction() as tx:
+        tx.queue.clear_leases()  # their holders are gone
+    pending = store.registry.read.intents.all()
+    for intent in pending:
+        finish(store, intent)
+    referenced = {intent.tmp for intent in pending}
+    for tmp in store.local.temp_files():
+        if str(tmp) not in referenced:
+            tmp.unlink(missing_ok=True)
+            logs.event(log, "recovery.temp_removed", "recovery: removed an unfinished "
+                       "upload body {file}", file=tmp.name)
+
+
+def interrupted(store: Store) -> int:
+    """Record the PUTs whose bytes were renamed into place but whose commit failed (the
+    registry went away at COMMIT) and that nobody records now: what start-up recovery would
+    do, while the node runs. The bytes on disk are the intent's already; until then reads
+    of the path wait on the intent and then find no matching row. How many."""
+    done = 0
+    for intent in store.registry.read.intents.all():
+        if intent.op == "put" and not Path(intent.tmp).exists():
+            done += finish(store, intent)
+    return done
+
+
+def finish(store: Store, intent: Intent) -> bool:
+    """Finish `intent`, if it is still there once this holds the registry's write lock (a
+    PUT of another process renames and commits under that lock, so none is half done
+    then); whether it was."""
+    with store.registry.transaction() as tx:
+        if not any(i.id == intent.id for i in tx.intents.for_path(intent.path)):
+            return False  # finished meanwhile, by its PUT or another recovery
+        if intent.op == "delete":
+            # The row went, the bytes may not have: finish, unless a PUT made it anew.
+            if tx.files.get(intent.path) is None:
+                store.local.remove(intent.path)
+            tx.intents.remove(intent.id)
+            logs.event(log, "recovery.delete_finished", "recovery: finished the DELETE of "
+                       "{path!r} a crash interrupted", path=intent.path)
+            return True
+        tmp = Path(intent.tmp)
+        final = store.local.path_of(intent.path)
+        if tmp.exists():
+            tmp.unlink()  # never renamed: the PUT was not acknowledged
+            logs.event(log, "recovery.temp_removed", "recovery: removed the body of an "
+                       "unacknowledged PUT of {path!r} ({file})", path=intent.path,
+                       file=tmp.name)
+        elif final.exists():
+            # Renamed, not recorded: the bytes on disk are the intent's; record them.
+            store.record_put(tx, intent.path, intent.size, intent.sha256,
+                             intent.content_type, final.stat().st_ino)
+            logs.event(log, "recovery.recorded", "recovery: recorded {path!r} ({size:,} "
+                       "bytes), installed just before a crash", level=logging.WARNING,
+                       path=intent.path, size=intent.size)
+        tx.intents.remove(intent.id)
+        return True
+
