@@ -1,9 +1,9 @@
 """Every benchmark of the project in one go, and `bench/RESULTS.md` from their figures.
 
 What it does
-    Runs bench/serve.py, accel.py, upload.py, miss.py, gc.py, admin.py and rclone.py one after
-    the other, each as a subprocess with `--json` into a temp directory, with their shortest
-    options under --quick or their defaults otherwise. A script that fails (or is missing a
+    Runs bench/serve.py, accel.py, upload.py, miss.py, gc.py, admin.py, rclone.py and cluster.py
+    one after the other, each as a subprocess with `--json` into a temp directory, with their
+    shortest options under --quick or their defaults otherwise. A script that fails (or is missing a
     tool: nginx, wrk, rclone) is recorded as such and the others still run. Then it writes
     the report: the date, the machine (cores, memory, CPU model, load average, how busy the
     CPUs were before and after), the versions, and a table per benchmark: each figure beside
@@ -64,6 +64,7 @@ PROFILES: dict[str, tuple[list[str], list[str]]] = {
     "gc": (["--quick"], []),
     "admin": (["--quick"], []),
     "rclone": (["--size", "1MiB", "--runs", "1", "--warm-runs", "2"], []),
+    "cluster": (["--quick"], []),
 }
 TIMEOUT = {True: 900.0, False: 3600.0}  # seconds a script may take, quick / full
 
@@ -353,6 +354,35 @@ def rclone_rows(data: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def cluster_rows(data: dict[str, Any]) -> list[Row]:
+    put, tp = data["put"], data["throughput"]["results"]
+    rows = [Row("PUT 1 KiB median ms, PostgreSQL registry vs SQLite",
+                f"{put['postgres']['median_ms']:.2f}", f"{put['sqlite']['median_ms']:.2f}",
+                x(put["ratio"]), f"<= {put['target']}x", put["met"]),
+            Row("PUT 1 KiB p95 ms, PostgreSQL registry vs SQLite",
+                f"{put['postgres']['p95_ms']:.2f}", f"{put['sqlite']['p95_ms']:.2f}",
+                x(put["ratio_p95"]), "- (context)", None)]
+    for peer in data["peer"]:
+        size = f"{peer['size'] // 2**20} MiB" if peer["size"] >= 2**20 else \
+            f"{peer['size'] // 2**10} KiB"
+        local = peer["local"]
+        for kind, name, key, goal in (("peer_cold", "peer (cold)", "ttfb", peer["target"]),
+                                      ("peer_cold", "peer (cold)", "total", None),
+                                      ("peer_warm", "warm on B", "ttfb", None),
+                                      ("peer_warm", "warm on B", "total", None)):
+            value, ref = peer[kind][f"{key}_ms"], local[f"{key}_ms"]
+            rows.append(Row(f"GET {size} {key.upper() if key == 'ttfb' else key} ms, {name} vs "
+                            "local on A", f"{value:.2f}", f"{ref:.2f}", x(value / ref),
+                            f"<= {goal}x" if goal else "- (context)",
+                            value / ref <= goal if goal else None))
+    base = tp["one sqlite node"]["rps"]
+    for target in ("3 nodes behind nginx", "one postgres node (n1)"):
+        rows.append(Row(f"GET 1 KiB req/s, {target} vs one SQLite node",
+                        f"{tp[target]['rps']:,.0f}", f"{base:,.0f}", x(tp[target]["rps"] / base),
+                        "- (context)", None))
+    return rows
+
+
 TABLES: dict[str, tuple[str, str, Callable[[dict[str, Any]], list[Row]]]] = {
     "serve": ("Local serving (bench/serve.py)", "nginx, bare Starlette and a do-nothing ASGI "
               "app under filestore's own server serving the same files, wrk", serve_rows),
@@ -366,6 +396,8 @@ TABLES: dict[str, tuple[str, str, Callable[[dict[str, Any]], list[Row]]]] = {
     "admin": ("Admin pages (bench/admin.py)", "the same pages of a 10-file store", admin_rows),
     "rclone": ("rclone (bench/rclone.py)", "`rclone serve http --vfs-cache-mode full` over the "
                "same moto bucket", rclone_rows),
+    "cluster": ("Cluster (bench/cluster.py)", "a node with the default SQLite registry for "
+                "PUTs and GET throughput; node A's own local read for peer reads", cluster_rows),
 }
 
 
