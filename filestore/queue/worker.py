@@ -92,10 +92,18 @@ class QueueWorkers:
             opens = self._window_opens()
             working = self.settings.enabled and opens is None
             free = self.settings.concurrency - len(self._in_flight)
+            due: float | None = None
+            looked = False  # `due` is still what the queue says (nothing leased since)
             if working and free > 0:
-                for entry in await anyio.to_thread.run_sync(self._lease, free):
-                    self._in_flight[entry.path] = entry
-                    tg.start_soon(self._work, entry)
+                # A lease is a write transaction: taken only when a row is due (a PUT wakes
+                # this, and its upload is usually minutes away).
+                now = time.time()
+                due, looked = self.registry.read.queue.next_due(now), True
+                if due is not None and due <= now:
+                    looked = False
+                    for entry in await anyio.to_thread.run_sync(self._lease, free):
+                        self._in_flight[entry.path] = entry
+                        tg.start_soon(self._work, entry)
             # Other nodes' changes (a move-to-cloud job, "upload now") wake nobody here: with a
             # shared registry the queue is looked at every SHARED_IDLE seconds at least.
             idle = SHARED_IDLE if self.store.shared else MAX_IDLE
@@ -104,7 +112,8 @@ class QueueWorkers:
                 delay = min(max(opens - self.clock(), 0.0), idle)
             elif working and len(self._in_flight) < self.settings.concurrency:
                 now = time.time()
-                due = self.registry.read.queue.next_due(now)
+                if not looked:
+                    due = self.registry.read.queue.next_due(now)
                 if due is not None:
                     delay = min(max(due - now, 0.0), idle)
             with anyio.move_on_after(delay):
