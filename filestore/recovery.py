@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import logs
-from .registry import Intent
+from .registry import Intent, Tables
 
 if TYPE_CHECKING:
     from .store import Store
@@ -71,6 +71,12 @@ def finish(store: Store, intent: Intent) -> bool:
             logs.event(log, "recovery.temp_removed", "recovery: removed the body of an "
                        "unacknowledged PUT of {path!r} ({file})", path=intent.path,
                        file=tmp.name)
+        elif final.exists() and store.shared and not _still_ours(store, tx, intent.path):
+            # Renamed, not recorded, and since then another node's change of the path was
+            # acknowledged (a PUT there, a DELETE): it wins; this PUT never was acknowledged.
+            store.local.remove_local(intent.path)
+            logs.event(log, "recovery.superseded", "recovery: dropped the unacknowledged PUT "
+                       "of {path!r}: another node changed the path since", path=intent.path)
         elif final.exists():
             # Renamed, not recorded: the bytes on disk are the intent's; record them.
             store.record_put(tx, intent.path, intent.size, intent.sha256,
@@ -81,3 +87,11 @@ def finish(store: Store, intent: Intent) -> bool:
         tx.intents.remove(intent.id)
         return True
 
+
+
+def _still_ours(store: Store, tx: Tables, path: str) -> bool:
+    """Whether the path's row is still this node's: the rename replaced the bytes it names,
+    so they must be recorded. A row gone, or held by another node, came from a change on
+    another node after the cut PUT (this node's own later PUTs settle its intents)."""
+    record = tx.files.get(path)
+    return record is not None and store.holds(record)
