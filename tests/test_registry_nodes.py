@@ -144,10 +144,13 @@ def test_intents_and_local_counters_are_per_node(nodes, pg_registry_url):
 
 def test_a_put_whose_commit_was_lost_is_recorded_while_the_node_runs(tmp_path,
                                                                       pg_registry_url):
-    """The registry went away at COMMIT, after the rename: the node records the bytes on its
-    disk without waiting for a restart (what start-up recovery would do); an intent another
-    node left is not this node's to finish."""
+    """The registry went away at COMMIT, after the rename of a re-PUT: the node records the
+    bytes on its disk (the rename replaced the old version's) without waiting for a restart,
+    as start-up recovery would; an intent another node left is not this node's to finish, and
+    a cut PUT of a path another node changed since is dropped."""
     import hashlib
+
+    import anyio
 
     from filestore import recovery
     from filestore.config import load_settings
@@ -159,6 +162,8 @@ def test_a_put_whose_commit_was_lost_is_recorded_while_the_node_runs(tmp_path,
     store = Store(settings)
     other = PostgresRegistry(pg_registry_url, node="b")
     try:
+        anyio.run(lambda: store.put("lost.txt", _chunks(b"old"), content_type=None,
+                                    content_length=None))
         body = b"renamed, never recorded"
         tmp = store.local.tmp_dir / "put-lost"
         tmp.write_bytes(body)
@@ -174,6 +179,19 @@ def test_a_put_whose_commit_was_lost_is_recorded_while_the_node_runs(tmp_path,
         assert store.registry.read.intents.all() == []
         assert [i.path for i in other.read.intents.all()] == ["theirs.txt"]
         assert recovery.interrupted(store) == 0
+        # A cut re-PUT here, then a PUT on b acknowledged: b's wins, the cut bytes go.
+        tmp.write_bytes(b"cut")
+        with store.registry.transaction() as tx:
+            tx.intents.add("put", "lost.txt", str(tmp), 3, SHA, "text/plain")
+        os.replace(tmp, store.local.path_of("lost.txt"))
+        put(other, "lost.txt", size=5)
+        assert recovery.interrupted(store) == 1
+        assert store.lookup("lost.txt").holder == "b"
+        assert not store.local.path_of("lost.txt").exists()
     finally:
         other.close()
         store.close()
+
+
+async def _chunks(data: bytes) -> Any:
+    yield data
