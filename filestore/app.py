@@ -23,16 +23,16 @@ from . import admin, api, logs, metrics, serving
 from .cluster import endpoint as cluster_endpoint
 from .config import Settings, load_settings
 from .errors import FilestoreError, RegistryUnavailable, RemoteUnavailable
-from .health import healthz, readyz
+from .health import RETRY_AFTER_SECONDS, healthz, readyz
 from .responses import FileBody
 from .s3api.app import S3App
 from .service import Service, service_of
 
 log = logging.getLogger("filestore")
 
-# What a 503 tells a client when the cloud is unreachable for a file only the cloud has, or the
-# registry's database server is away (both pass: the work resumes by itself).
-RETRY_AFTER_SECONDS = 5
+# A 503 for the cloud unreachable (a file only the cloud has) or the registry's database server
+# away passes: the work resumes by itself, and the answer says when to ask again
+# (`health.RETRY_AFTER_SECONDS`, the one value).
 _TRANSIENT = (RemoteUnavailable, RegistryUnavailable)
 
 

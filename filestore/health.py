@@ -35,7 +35,7 @@ from .store import Store
 
 TIMEOUT = 2.0
 # A `/readyz` that fails says when to ask again, as every 503 of the registry's or the cloud's
-# absence does (`app.RETRY_AFTER_SECONDS`; app.py imports this module).
+# absence does (app.py answers those with this value too).
 RETRY_AFTER_SECONDS = 5
 # A path nobody is expected to store; a HEAD only reads, so a file there would change nothing.
 PROBE_PATH = ".filestore-readyz"

@@ -25,6 +25,7 @@ The request middleware's cost on the hot path (a 1 KiB GET) is measured in the R
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .datadir import DataDir
+from .errors import RegistryUnavailable
 from .registry import CACHE_EVENTS, LOCATIONS, remote_counter_names
 from .stats import at_risk
 
@@ -303,10 +305,6 @@ class RegistryCollector:
         self.ready = ready
 
     def collect(self) -> Iterator[Metric]:
-        import contextlib
-
-        from .errors import RegistryUnavailable
-
         # The registry's server away: the scrape still answers, with the figures that need no
         # registry, `filestore_ready{check="registry"} 0` among them (an alert's cue).
         with contextlib.suppress(RegistryUnavailable):

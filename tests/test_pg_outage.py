@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # imported by pytest as the plugin below: only its type here
 
 pytest_plugins = ["pg"]
 
-RETRY_AFTER = "5"  # app.RETRY_AFTER_SECONDS
+RETRY_AFTER = "5"  # health.RETRY_AFTER_SECONDS
 READY = 'filestore_ready{check="registry"}'
 # The loops that look at the registry every second: each says an outage once, then "resumed".
 LOOPS = ("cache upkeep", "move jobs: looking for work", "settings: looking for saved settings")

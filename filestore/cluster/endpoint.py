@@ -20,18 +20,23 @@ from ..api import FileRoute
 from ..errors import BadRequest, ChecksumMismatch, NotFound
 from ..ranges import RangeNotSatisfiable, parse_range
 from ..responses import FileBody, LocalBytes
-from ..service import service_of
+from ..service import Service, service_of
 from . import replicas
 from .calls import verify
 from .peers import ENDPOINT
 
 
-async def peer_file(request: Request) -> FileBody:
+def _called(request: Request) -> tuple[Service, str]:
+    """The service and the call's path, once the call proved it comes from another node."""
     service = service_of(request.app.state)
-    secret = service.settings.cluster.secret
-    verify(secret, request.method, request.scope["path"],
-           request.scope["query_string"].decode("latin-1"), request.headers, service.settings.node)
-    path = paths.normalize(request.path_params["path"])
+    settings = service.settings
+    verify(settings.cluster.secret, request.method, request.scope["path"],
+           request.scope["query_string"].decode("latin-1"), request.headers, settings.node)
+    return service, paths.normalize(request.path_params["path"])
+
+
+async def peer_file(request: Request) -> FileBody:
+    service, path = _called(request)
     version = request.query_params.get("version", "")
     if not version.isdigit() or len(version) > 18:
         raise BadRequest("version: the file's version, a whole number")
@@ -56,11 +61,8 @@ async def peer_file(request: Request) -> FileBody:
 
 async def replica_put(request: Request) -> JSONResponse:
     """Another node's PUT, kept here until it is uploaded."""
-    service = service_of(request.app.state)
+    service, path = _called(request)
     store = service.store
-    verify(service.settings.cluster.secret, request.method, request.scope["path"],
-           request.scope["query_string"].decode("latin-1"), request.headers, service.settings.node)
-    path = paths.normalize(request.path_params["path"])
     sha256 = request.headers.get("x-checksum-sha256", "")
     if len(sha256) != 64 or sha256.strip("0123456789abcdef"):
         raise BadRequest("x-checksum-sha256: the body's SHA-256, 64 lower-case hex digits")

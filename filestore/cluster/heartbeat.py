@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ..config import Settings
+from ..logs import Failing
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -31,16 +32,12 @@ def beat(store: Store, started: float) -> None:
 
 async def beat_every(store: Store) -> None:
     started = time.time()
-    failing = False
+    failing = Failing(log, "cluster: the heartbeat")
     while True:
         try:
             await anyio.to_thread.run_sync(beat, store, started)
         except Exception as exc:  # the registry is down: beat again next round
-            if not failing:
-                log.warning("cluster: heartbeat failed: %s: %s", type(exc).__name__, exc)
-            failing = True
+            failing.failed(exc)
         else:
-            if failing:
-                log.info("cluster: heartbeats resumed")
-            failing = False
+            failing.ok()
         await anyio.sleep(interval(store.settings))

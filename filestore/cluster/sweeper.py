@@ -20,6 +20,7 @@ import anyio
 
 from .. import logs, recovery
 from ..errors import InUse
+from ..logs import Failing
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -87,7 +88,7 @@ def sweep_replicas(store: Store, now: float) -> int:
 
 
 async def sweep_every(store: Store) -> None:
-    failing = False
+    failing = Failing(log, "cluster: dropping stale bytes")
     rounds = 0
     while True:
         try:
@@ -97,10 +98,7 @@ async def sweep_every(store: Store) -> None:
             if rounds % _REPLICA_ROUNDS == 0:
                 await anyio.to_thread.run_sync(sweep_replicas, store, time.time())
             rounds += 1
-            failing = False
+            failing.ok()
         except Exception as exc:  # the registry or the disk: next round
-            if not failing:
-                log.warning("cluster: dropping stale bytes failed: %s: %s",
-                            type(exc).__name__, exc)
-            failing = True
+            failing.failed(exc)
         await anyio.sleep(SWEEP_SECONDS)
