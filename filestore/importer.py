@@ -23,13 +23,17 @@ import dataclasses
 import os
 import stat
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from . import paths
 from .errors import FilestoreError, InsufficientStorage
 from .fsutil import hash_file
+from .local import Received
 from .store import Store
+
+# Takes a copy of a received body to another node; the node's name (`cluster.replicas`).
+Replicate = Callable[[str, Received], str]
 
 
 @dataclasses.dataclass
@@ -77,9 +81,10 @@ def candidates(root: Path, report: ImportReport) -> Iterator[Candidate]:
 
 
 def import_one(store: Store, candidate: Candidate, prefix: str, report: ImportReport,
-               move: bool = False) -> None:
+               move: bool = False, replicate: Replicate | None = None) -> None:
     """Import one file as `prefix` + its relative path (`prefix` is "" or ends with "/");
-    with `move`, delete the source once the store holds its bytes."""
+    with `move`, delete the source once the store holds its bytes; with `replicate`
+    (`cluster.replicas = 1`), recorded only once another node holds a copy, as a PUT."""
     try:
         path = paths.normalize(prefix + candidate.relative)
         existing = store.registry.read.files.get(path)
@@ -94,7 +99,12 @@ def import_one(store: Store, candidate: Candidate, prefix: str, report: ImportRe
             return
         before = candidate.source.stat()
         received = store.local.copy_in(candidate.source, store.settings.storage.max_upload_size)
-        record = store.put_received(path, received)
+        try:
+            replica = replicate(path, received) if replicate is not None else ""
+        except BaseException:
+            store.local.discard(received)
+            raise
+        record = store.put_received(path, received, replica)
         if move:
             after = candidate.source.stat()
             unchanged = (before.st_size, before.st_mtime_ns, before.st_ino) == \

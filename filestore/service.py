@@ -45,9 +45,10 @@ from .accounts import Accounts, Principal
 from .cache import pins, warm
 from .cache.gc import CacheGC
 from .cache.readthrough import ReadThrough
+from .cluster.peers import Peers
 from .config import Settings
 from .errors import BadRequest, Conflict, FilestoreError, NotFound
-from .importer import Candidate, ImportReport, import_one
+from .importer import Candidate, ImportReport, Replicate, import_one
 from .local import Received
 from .probe import ProbeResult
 from .queue import moves, purge
@@ -426,9 +427,28 @@ class Service:
         return Verifier(self.store, repair=repair, remote=remote, progress=progress).run()
 
     def import_file(self, candidate: Candidate, prefix: str, report: ImportReport,
-                    move: bool = False) -> None:
+                    move: bool = False, replicate: Replicate | None = None) -> None:
         """Store one file of a tree being imported, as a PUT would (importer.py)."""
-        import_one(self.store, candidate, prefix, report, move)
+        import_one(self.store, candidate, prefix, report, move, replicate)
+
+    def replicating(self) -> bool:
+        """Whether a write is acknowledged only once another node holds a copy."""
+        return self.store.shared and bool(self.settings.cluster.replicas)
+
+    @contextlib.asynccontextmanager
+    async def replicator(self) -> AsyncIterator[Replicate]:
+        """For a command that writes from a worker thread (the import): what takes a copy of
+        a received body to another node from that thread, through a node-to-node session of
+        this event loop's, as a PUT's `replicate`."""
+        peers = Peers(self.store)
+
+        def replicate(path: str, received: Received) -> str:
+            return anyio.from_thread.run(cluster.replicas.push, self.store, peers, path,
+                                         received)
+        try:
+            yield replicate
+        finally:
+            await peers.close()
 
     def backup(self, target: Path) -> None:
         """A consistent copy of the registry at `target`, safe while servers write to it."""

@@ -319,11 +319,13 @@ class Store:
         self.events.changed()
         return record, created
 
-    def put_received(self, path: str, received: Received) -> FileRecord:
-        """Store an already received body at `path`, in the calling thread (the CLI's import);
-        the temp file is consumed or discarded."""
+    def put_received(self, path: str, received: Received, replica: str = "") -> FileRecord:
+        """Store an already received body at `path`, in the calling thread (the CLI's import;
+        `replica`: the node that took a copy of it first, with `cluster.replicas`); the temp
+        file is consumed or discarded."""
         try:
-            record, _ = self._commit_put(path, received, guess_content_type(path), None)
+            record, _ = self._commit_put(path, received, guess_content_type(path), None,
+                                         replica)
         except BaseException:
             self.local.discard(received)
             raise
@@ -334,7 +336,7 @@ class Store:
         replica: str = "",
     ) -> tuple[FileRecord, bool]:
         """Install and record the body: (what was recorded, whether the path is new)."""
-        with self.registry.transaction() as tx:
+        with self.registry.single_write() as tx:
             intent_id = tx.intents.add("put", path, str(received.tmp), received.size,
                                        received.sha256, ctype)
         try:

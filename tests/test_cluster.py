@@ -336,11 +336,25 @@ def replicated(serve_process: Any, tmp_path: Path, pg_registry_url: str, moto: M
     made.close()
 
 
-def test_with_a_replica_losing_the_holder_loses_nothing(replicated: Cluster) -> None:
+def test_with_a_replica_losing_the_holder_loses_nothing(replicated: Cluster,
+                                                        tmp_path: Path) -> None:
+    import sys
+
     cluster = replicated
     files = {f"rep/{i}.bin": body(f"r{i}", 1000 * i + 3) for i in range(6)}
     for path, data in files.items():
         cluster.put(0, path, data)
+    # `filestore import` on the holder: each file recorded once another node has its copy.
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(2):
+        data = body(f"imported{i}", 700 + i)
+        (tree / f"{i}.bin").write_bytes(data)
+        files[f"imp/{i}.bin"] = data
+    done = subprocess.run([sys.executable, "-m", "filestore", "import", str(tree), "--prefix",
+                           "imp"], env=cluster.nodes[0].env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
     replicas = {path: cluster.state(0, path)["replica"] for path in files}
     assert set(replicas.values()) <= {"n2", "n3"} and all(replicas.values()), replicas
     for path, node in replicas.items():  # the copy is on the replica's disk, fsync'd

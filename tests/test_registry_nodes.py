@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import psycopg
@@ -195,3 +197,46 @@ def test_a_put_whose_commit_was_lost_is_recorded_while_the_node_runs(tmp_path,
 
 async def _chunks(data: bytes) -> Any:
     yield data
+
+
+def test_heartbeats_are_judged_by_the_servers_clock(nodes, pg_registry_url, monkeypatch):
+    """A node whose clock is far behind still beats "now": the beat and the age of every row
+    come from PostgreSQL's clock, so no node looks dead (or alive) for its clock alone."""
+    from filestore.cluster import heartbeat
+
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 1000)  # this node's clock: 1000 s late
+    store = SimpleNamespace(registry=nodes["a"],
+                            settings=SimpleNamespace(node="a", advertise="http://a"))
+    heartbeat.beat(store, started=real())  # type: ignore[arg-type]
+    (server_now,) = sql(pg_registry_url, "SELECT extract(epoch FROM clock_timestamp())")[0]
+    row = nodes["b"].read.nodes.get("a")
+    assert row is not None
+    assert abs(row.heartbeat - float(server_now)) < 5
+    assert row.alive(30) and row.age < 5
+    with nodes["b"].transaction() as tx:
+        tx.nodes.beat("old", "http://old", 0, float(server_now) - 100)
+    old = nodes["c"].read.nodes.get("old")
+    assert old is not None and 95 < old.age < 110 and not old.alive(30)
+
+
+def test_forgetting_a_node_drops_its_cache_index_and_keeps_what_its_disk_needs(nodes):
+    a, b = nodes["a"], nodes["b"]
+    held = put(a, "held/x", size=7)  # a local-only file node a holds
+    version = put(b, "cached/y", size=30)
+    with a.transaction() as tx:
+        tx.nodes.beat("a", "http://a", 0)
+        tx.cache.add("cached/y", version, 30, SHA, 1.0, inode=5)
+        tx.intents.add("put", "held/z", "/tmp/t", 1, SHA, "text/plain")
+    assert a.read.counters.get("cache.bytes") == 30
+    with b.transaction() as tx:
+        assert tx.nodes.forget("a")
+        assert not tx.nodes.forget("a")
+    assert b.read.nodes.get("a") is None
+    assert a.read.cache.get("cached/y") is None
+    assert a.read.counters.get("cache.entries") == 0 and a.read.counters.get("cache.bytes") == 0
+    # Still a's: its file (the bytes are only on its disk), its local counters, its intent.
+    record = b.read.files.get("held/x")
+    assert record is not None and record.holder == "a" and record.version == held
+    assert a.read.counters.get("local.files") == 1
+    assert [i.path for i in a.read.intents.all()] == ["held/z"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import click
 
@@ -56,8 +55,8 @@ def cluster_forget(settings: Settings, name: str) -> None:
             node = tx.nodes.get(name)
             if node is None:
                 raise NotFound(f"no node named {name!r}")
-            if node.alive(time.time(), settings.cluster.dead_after):
-                raise Conflict(f"node {name!r} is alive (heartbeat "
-                               f"{time.time() - node.heartbeat:.0f} s ago): stop it first")
+            if node.alive(settings.cluster.dead_after):
+                raise Conflict(f"node {name!r} is alive (heartbeat {node.age:.0f} s ago): "
+                               "stop it first")
             tx.nodes.forget(name)
     click.echo(f"forgot node {name!r}")

@@ -7,12 +7,13 @@ import json
 import sys
 from pathlib import Path
 
+import anyio
 import click
 
 from .. import paths
 from ..config import Settings
 from ..errors import ConfigError
-from ..importer import ImportReport, candidates, prune_empty
+from ..importer import ImportReport, Replicate, candidates, prune_empty
 from ..restore import restore_registry
 from ..service import Service
 from ..stats import size_text
@@ -76,11 +77,23 @@ def import_tree(settings: Settings, directory: str, prefix: str, move: bool) -> 
     report = ImportReport()
     with Service.opened(settings) as service:
         found = list(candidates(root, report))
-        with click.progressbar(length=sum(c.size for c in found), label="importing",
-                               file=sys.stderr, show_eta=True) as bar:
-            for candidate in found:
-                service.import_file(candidate, f"{prefix}/" if prefix else "", report, move)
-                bar.update(candidate.size)
+
+        def import_all(replicate: Replicate | None = None) -> None:
+            with click.progressbar(length=sum(c.size for c in found), label="importing",
+                                   file=sys.stderr, show_eta=True) as bar:
+                for candidate in found:
+                    service.import_file(candidate, f"{prefix}/" if prefix else "", report,
+                                        move, replicate)
+                    bar.update(candidate.size)
+
+        async def replicated() -> None:
+            async with service.replicator() as replicate:
+                await anyio.to_thread.run_sync(import_all, replicate)
+
+        if service.replicating():  # each file recorded once another node holds a copy
+            anyio.run(replicated)
+        else:
+            import_all()
         if move:
             prune_empty(root)
     click.echo(f"import: {report.imported:,} files ({size_text(report.bytes)}) imported, "

@@ -27,7 +27,7 @@ def interval(settings: Settings) -> float:
 def beat(store: Store, started: float) -> None:
     settings = store.settings
     with store.registry.transaction() as tx:
-        tx.nodes.beat(settings.node, settings.advertise, started, time.time())
+        tx.nodes.beat(settings.node, settings.advertise, started)
 
 
 async def beat_every(store: Store) -> None:

@@ -8,7 +8,6 @@ a start is refused while a node of that name beats at another URL."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 from ..config import Settings
@@ -30,11 +29,10 @@ def claim(root: Path, read: Tables, settings: Settings) -> None:
                           f"its files as that node's), but this node is {name!r}: set "
                           f"cluster.node = {recorded!r}")
     live = read.nodes.get(name)
-    now = time.time()
     if live is not None and live.url != settings.advertise and live.alive(
-            now, settings.cluster.dead_after):
+            settings.cluster.dead_after):
         raise ConfigError(f"a node named {name!r} is alive at {live.url} (heartbeat "
-                          f"{now - live.heartbeat:.0f} s ago): every node needs its own "
+                          f"{live.age:.0f} s ago): every node needs its own "
                           "cluster.node (or, if it moved here, wait cluster.dead_after)")
     if not recorded:
         tmp = path.with_name("node.tmp")

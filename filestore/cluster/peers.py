@@ -11,7 +11,6 @@ heartbeat for `cluster.dead_after`), unreachable, or that no longer holds this v
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -49,15 +48,14 @@ class Peers:
             raise RemoteUnavailable(f"{record.path!r} is on node {holder!r} only (not uploaded "
                                     "yet), and without cluster.secret this node cannot read it "
                                     "from there")
-        now = time.time()
         rows = self.store.registry.read.nodes
         node = rows.get(holder)
         # The holder, then the other node keeping a copy (cluster.replicas), if alive.
         copy = rows.get(record.replica) if record.replica else None
         alive = [n for n in (node, copy)
-                 if n is not None and n.alive(now, settings.cluster.dead_after)]
+                 if n is not None and n.alive(settings.cluster.dead_after)]
         if not alive:
-            since = f"{now - node.heartbeat:.0f} s ago" if node is not None else "never"
+            since = f"{node.age:.0f} s ago" if node is not None else "never"
             raise RemoteUnavailable(f"{record.path!r} is on node {holder!r} only (not uploaded "
                                     f"yet), which is down (last heartbeat: {since})")
         return PeerBytes(self, alive, record.version)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -50,9 +49,9 @@ def _timeout(settings: Settings) -> aiohttp.ClientTimeout:
 
 def ranked(store: Store, path: str) -> list[tuple[str, str]]:
     """The other live nodes (name, URL), in this path's rendezvous order."""
-    now, settings = time.time(), store.settings
+    settings = store.settings
     nodes = [(n.name, n.url) for n in store.registry.read.nodes.all()
-             if n.name != settings.node and n.alive(now, settings.cluster.dead_after)]
+             if n.name != settings.node and n.alive(settings.cluster.dead_after)]
     return sorted(nodes, key=lambda node: hashlib.sha256(
         f"{node[0]}\n{path}".encode()).digest(), reverse=True)
 

@@ -21,8 +21,8 @@ def nodes(tables: Tables, settings: Settings, now: float | None = None) -> list[
         figures = tables.nodes.figures(node.name, now)
         shown.append({
             "name": node.name, "url": node.url, "started": node.started,
-            "heartbeat": node.heartbeat, "seconds_since_heartbeat": round(now - node.heartbeat, 1),
-            "alive": node.alive(now, settings.cluster.dead_after),
+            "heartbeat": node.heartbeat, "seconds_since_heartbeat": round(node.age, 1),
+            "alive": node.alive(settings.cluster.dead_after),
             "this": node.name == settings.node, **dataclasses.asdict(figures),
         })
     return shown

@@ -226,7 +226,8 @@ class SampleRows(Protocol):
 
 
 class NodeRows(Protocol):
-    def beat(self, name: str, url: str, started: float, now: float) -> None: ...
+    def beat(self, name: str, url: str, started: float, now: float | None = None) -> None:
+        """`now`: None for the registry's own clock (every node judged by one clock)."""
     def get(self, name: str) -> Node | None: ...
     def all(self) -> list[Node]: ...
     def forget(self, name: str) -> bool: ...
@@ -338,6 +339,11 @@ class Registry(Protocol):
 
     def transaction(self) -> AbstractContextManager[Tables]:
         """One write transaction, all or nothing; `InsufficientStorage` on a full disk."""
+
+    def single_write(self) -> AbstractContextManager[Tables]:
+        """For a write of one statement that no read decides (a PUT's intent): the statement
+        commits on its own, ordered with no other writer (PostgreSQL: autocommit, without the
+        registry lock; SQLite: a transaction, its writes are one at a time anyway)."""
 
     def schema_version(self) -> int: ...
 

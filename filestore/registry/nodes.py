@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+import time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,10 +17,13 @@ class Node:
     name: str
     url: str  # where its peers reach it
     started: float
-    heartbeat: float  # seconds since the epoch
+    heartbeat: float  # seconds since the epoch, by the registry's clock
+    # Seconds since that heartbeat, by the same clock as it was written by (PostgreSQL's):
+    # every node judges the others alike, whatever its own clock says.
+    age: float
 
-    def alive(self, now: float, dead_after: float) -> bool:
-        return now - self.heartbeat < dead_after
+    def alive(self, dead_after: float) -> bool:
+        return self.age < dead_after
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,26 +40,34 @@ class NodeFigures:
 _NODE = "name, url, started, heartbeat"
 
 
+def _node(row: tuple[str, str, float, float]) -> Node:
+    return Node(*row, age=time.time() - row[3])
+
+
 class NodeRows:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
-    def beat(self, name: str, url: str, started: float, now: float) -> None:
-        """Record that `name` is alive at `now` (its row is created on its first beat)."""
+    def beat(self, name: str, url: str, started: float, now: float | None = None) -> None:
+        """Record that `name` is alive at `now` (None: the registry's clock, here this
+        machine's); its row is created on its first beat."""
         self._conn.execute(
             "INSERT INTO nodes (name, url, started, heartbeat) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (name) DO UPDATE SET url = excluded.url, started = excluded.started, "
-            "heartbeat = max(heartbeat, excluded.heartbeat)", (name, url, started, now))
+            "heartbeat = max(heartbeat, excluded.heartbeat)",
+            (name, url, started, time.time() if now is None else now))
 
     def get(self, name: str) -> Node | None:
         row = self._conn.execute(f"SELECT {_NODE} FROM nodes WHERE name = ?", (name,)).fetchone()
-        return Node(*row) if row else None
+        return _node(row) if row else None
 
     def all(self) -> list[Node]:
-        return [Node(*row) for row in self._conn.execute(
+        return [_node(row) for row in self._conn.execute(
             f"SELECT {_NODE} FROM nodes ORDER BY name").fetchall()]
 
     def forget(self, name: str) -> bool:
+        """Take the node off the list; its per-node rows go with it where there are any
+        (PostgreSQL's)."""
         return self._conn.execute("DELETE FROM nodes WHERE name = ?", (name,)).rowcount > 0
 
     def figures(self, name: str, now: float) -> NodeFigures:

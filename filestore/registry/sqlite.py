@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import sqlite_utils
@@ -179,6 +179,9 @@ class SqliteRegistry:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+
+    def single_write(self) -> AbstractContextManager[Tables]:
+        return self.transaction()
 
     # -- copies ---------------------------------------------------------------------------------
 

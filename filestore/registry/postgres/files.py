@@ -68,43 +68,41 @@ class FileRows:
     def namespace_conflict(self, path: str) -> str | None:
         parts = path.split("/")
         parents = ["/".join(parts[:i]) for i in range(1, len(parts))]
-        if parents:
-            row = self._link.one("SELECT path FROM files WHERE path = ANY(%s) LIMIT 1",
-                                 (parents,))
-            if row:
-                return f"{row[0]!r} is a file, so it cannot be a directory of {path!r}"
-        # '0' follows '/' in byte order: the range is "path/..." exactly.
-        row = self._link.one("SELECT path FROM files WHERE path >= %s AND path < %s LIMIT 1",
-                             (path + "/", path + "0"))
-        if row:
-            return f"{path!r} is a directory of other files (such as {row[0]!r})"
+        # One round trip: a file among the parents (kind 0), a file under the path (kind 1;
+        # '0' follows '/' in byte order, so the range is "path/..." exactly), each one seek.
+        rows = self._link.rows(
+            "(SELECT 0, path FROM files WHERE path = ANY(%s) LIMIT 1) UNION ALL "
+            "(SELECT 1, path FROM files WHERE path >= %s AND path < %s LIMIT 1)",
+            (parents, path + "/", path + "0"))
+        for kind, found in sorted(rows):
+            if kind == 0:
+                return f"{found!r} is a file, so it cannot be a directory of {path!r}"
+            return f"{path!r} is a directory of other files (such as {found!r})"
         return None
 
     # -- writes (in a transaction) --------------------------------------------------------------
 
     def upsert(self, path: str, size: int, sha256: str, content_type: str, inode: int,
                now: float, md5: str | None = None, replica: str = "") -> tuple[bool, int]:
-        """Record new content for `path`: (whether the path is new, its new version). The
-        `seq.version` row and the file's row are locked until the commit (the registry lock
-        makes that so already; `FOR UPDATE` says what this read-then-write relies on)."""
-        version = int(self._link.value(
-            "UPDATE counters SET value = value + 1 WHERE name = 'seq.version' RETURNING value"))
-        row = self._link.one("SELECT created FROM files WHERE path = %s FOR UPDATE", (path,))
-        if row is None:
-            self._link.execute(
-                "INSERT INTO files (path, size, sha256, content_type, created, modified, "
-                "location, version, inode, md5, holder, replica) VALUES (%s, %s, %s, %s, %s, "
-                "%s, 'local', %s, %s, %s, %s, %s)",
-                (path, size, sha256, content_type, now, now, version, inode, md5, self._node,
-                 replica))
-            return True, version
-        self._link.execute(
-            "UPDATE files SET size = %s, sha256 = %s, content_type = %s, modified = %s, "
-            "inode = %s, location = 'local', version = %s, remote_etag = NULL, "
-            "uploaded_at = NULL, last_error = NULL, md5 = %s, holder = %s, replica = %s "
-            "WHERE path = %s",
-            (size, sha256, content_type, now, inode, version, md5, self._node, replica, path))
-        return False, version
+        """Record new content for `path`: (whether the path is new, its new version), in one
+        statement (one round trip): `seq.version` moved, the row inserted or, when the path
+        has one, rewritten keeping its `created` (`xmax = 0` tells an inserted row). The
+        registry lock orders it with every other writer; the statement locks both rows."""
+        row = self._link.one(
+            "WITH seq AS (UPDATE counters SET value = value + 1 WHERE name = 'seq.version' "
+            "RETURNING value) "
+            "INSERT INTO files (path, size, sha256, content_type, created, modified, location, "
+            "version, inode, md5, holder, replica) SELECT %s, %s, %s, %s, %s, %s, 'local', "
+            "seq.value, %s, %s, %s, %s FROM seq ON CONFLICT (path) DO UPDATE SET "
+            "size = excluded.size, sha256 = excluded.sha256, "
+            "content_type = excluded.content_type, modified = excluded.modified, "
+            "inode = excluded.inode, location = 'local', version = excluded.version, "
+            "remote_etag = NULL, uploaded_at = NULL, last_error = NULL, md5 = excluded.md5, "
+            "holder = excluded.holder, replica = excluded.replica "
+            "RETURNING xmax = 0, version",
+            (path, size, sha256, content_type, now, now, inode, md5, self._node, replica))
+        assert row is not None  # migration 1 creates the seq.version row
+        return bool(row[0]), int(row[1])
 
     def mark_uploaded(self, path: str, remote: str, key: str, etag: str, size: int,
                       now: float) -> None:

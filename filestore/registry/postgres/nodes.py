@@ -7,16 +7,20 @@ from __future__ import annotations
 from ..nodes import Node, NodeFigures
 from .link import Link
 
-_NODE = "name, url, started, heartbeat"
+# The age by the server's clock, as the beat (see `Node.age`).
+_NODE = "name, url, started, heartbeat, extract(epoch FROM clock_timestamp()) - heartbeat"
+_NOW = "extract(epoch FROM clock_timestamp())"
 
 
 class NodeRows:
     def __init__(self, link: Link) -> None:
         self._link = link
 
-    def beat(self, name: str, url: str, started: float, now: float) -> None:
+    def beat(self, name: str, url: str, started: float, now: float | None = None) -> None:
+        """`now`: None for the server's clock, the one every node's beat is written by."""
         self._link.execute(
-            "INSERT INTO nodes (name, url, started, heartbeat) VALUES (%s, %s, %s, %s) "
+            "INSERT INTO nodes (name, url, started, heartbeat) VALUES "
+            f"(%s, %s, %s, coalesce(%s, {_NOW})) "
             "ON CONFLICT (name) DO UPDATE SET url = excluded.url, started = excluded.started, "
             "heartbeat = greatest(nodes.heartbeat, excluded.heartbeat)",
             (name, url, started, now))
@@ -29,6 +33,11 @@ class NodeRows:
         return [Node(*row) for row in self._link.rows(f"SELECT {_NODE} FROM nodes ORDER BY name")]
 
     def forget(self, name: str) -> bool:
+        """The node's row and its cache index (its `cache.*` counters go to 0 with it; its
+        cached copies are dropped by its own start if it ever comes back, `reconcile`
+        without adopting). Its stale rows, intents and held files stay: they say what to
+        drop, to recover and to serve on its disk then."""
+        self._link.execute("DELETE FROM cache_entries WHERE node = %s", (name,))
         return self._link.count("DELETE FROM nodes WHERE name = %s", (name,)) > 0
 
     def figures(self, name: str, now: float) -> NodeFigures:

@@ -146,13 +146,14 @@ class QueueRows:
                            "starts_with(lease_owner, %s))", (self._node, self._node + ":"))
 
     def next_due(self, now: float) -> float | None:
-        free = self._link.value(
-            "SELECT not_before FROM queue q WHERE state = 'pending' "
+        # Both index walks in one statement: one round trip.
+        row = self._link.one(
+            "SELECT (SELECT not_before FROM queue q WHERE state = 'pending' "
             f"AND (leased_until IS NULL OR leased_until <= %(now)s) AND {_WORKABLE} "
-            "ORDER BY not_before LIMIT 1", {"now": now, "node": self._node})
-        lease = self._link.value("SELECT MIN(leased_until) FROM queue WHERE leased_until > %s",
-                                 (now,))
-        times = [float(t) for t in (free, lease) if t is not None]
+            "ORDER BY not_before LIMIT 1), "
+            "(SELECT MIN(leased_until) FROM queue WHERE leased_until > %(now)s)",
+            {"now": now, "node": self._node})
+        times = [float(t) for t in (row or ()) if t is not None]
         return min(times) if times else None
 
     def listing(self, failed_only: bool = False) -> Iterator[Entry]:

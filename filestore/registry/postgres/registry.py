@@ -49,8 +49,9 @@ SQLite-only: `backup` (`VACUUM INTO`) is refused here in one line naming `pg_dum
 
 from __future__ import annotations
 
+import select
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -79,6 +80,19 @@ _CONNECT_TIMEOUT = 10  # seconds, unless the URL says otherwise
 _POOL_TIMEOUT = 30.0  # seconds a transaction waits for a free pooled connection
 # After this long without one, the reader asks whether the server is there at all.
 _FIRST_WAIT = 1.0
+_BEGIN_LOCKED = f"BEGIN; SELECT pg_advisory_xact_lock({REGISTRY_LOCK})"
+_IDLE = psycopg.pq.TransactionStatus.IDLE
+
+
+def _check_if_spoken(conn: Connection) -> None:
+    """psycopg-pool's check of a connection it hands out, without a round trip for a sound
+    one: an idle connection's server speaks only to end it (a restart, a terminated backend,
+    an idle timeout: its FATAL message or the socket's end make the socket readable), so a
+    readable socket, or a closed connection, gets the real check (an empty query), which
+    raises and makes the pool replace it. A server cut off without a word (a network black
+    hole) is met by the statement itself, as by the real check."""
+    if conn.closed or select.select([conn.fileno()], [], [], 0)[0]:
+        psycopg_pool.ConnectionPool.check_connection(conn)
 
 
 def redacted(url: str) -> str:
@@ -166,7 +180,7 @@ class PostgresRegistry:
             self._pool = psycopg_pool.ConnectionPool(
                 url, min_size=1, max_size=pool_size, open=True, timeout=_POOL_TIMEOUT,
                 kwargs={"autocommit": True, **self._connect_options()},
-                check=psycopg_pool.ConnectionPool.check_connection,
+                check=_check_if_spoken,
                 # After an outage of this long the pool stops trying to reconnect, and starts
                 # again at the next transaction (its 300 s default backs off to minutes).
                 reconnect_timeout=30,
@@ -261,9 +275,33 @@ class PostgresRegistry:
     @contextmanager
     def transaction(self) -> Iterator[Tables]:
         """One write transaction, all or nothing, under the registry lock (see the module
-        docstring): PostgreSQL's `BEGIN IMMEDIATE`. A server that cannot be talked to (gone
-        before, during or at the COMMIT) is `RegistryUnavailable`, within about `_FIRST_WAIT`
-        when it is away before the transaction begins."""
+        docstring): PostgreSQL's `BEGIN IMMEDIATE`. `BEGIN` and the lock go as one simple
+        query (one round trip). A server that cannot be talked to (gone before, during or at
+        the COMMIT) is `RegistryUnavailable`, within about `_FIRST_WAIT` when it is away
+        before the transaction begins."""
+        with self._pooled() as conn:
+            conn.execute(_BEGIN_LOCKED)
+            try:
+                yield Tables(Link(conn, where=self.where), self.node)
+            except BaseException:
+                if not conn.closed and conn.info.transaction_status != _IDLE:
+                    with suppress(psycopg.Error):  # a broken connection: the pool drops it
+                        conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def single_write(self) -> Iterator[Tables]:
+        """Tables whose every statement commits on its own, without the registry lock: for a
+        write of one statement that no read decides (a PUT's intent). One round trip where a
+        transaction takes three."""
+        with self._pooled() as conn:
+            yield Tables(Link(conn, where=self.where), self.node)
+
+    @contextmanager
+    def _pooled(self) -> Iterator[Connection]:
+        """A pooled connection (autocommit), its errors translated: a lost server is
+        `RegistryUnavailable`, a full disk `InsufficientStorage`."""
         pool = self._writable()
         conn: Connection | None = None
         try:
@@ -277,9 +315,7 @@ class PostgresRegistry:
                     self.read.ping()
                     conn = held.enter_context(
                         pool.connection(timeout=_POOL_TIMEOUT - _FIRST_WAIT))
-                with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (REGISTRY_LOCK,))
-                    yield Tables(Link(conn, where=self.where), self.node)
+                yield conn
         except psycopg.errors.DiskFull:
             raise InsufficientStorage("the PostgreSQL registry's disk is full") from None
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
