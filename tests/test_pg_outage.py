@@ -177,6 +177,25 @@ def test_a_statement_of_its_own_error_is_not_an_outage(pg_registry_url: str) -> 
         registry.close()
 
 
+def test_a_pooled_connection_the_server_ended_is_replaced_before_a_transaction_gets_it(
+        pg_registry_url: str) -> None:
+    """The pool checks a connection with a round trip only when its socket has something to
+    say; a backend the server terminated while the connection idled has (its FATAL message,
+    then the end): the next transaction runs on a new connection, not into an outage."""
+    registry = PostgresRegistry(pg_registry_url, pool_size=1)
+    try:
+        with registry.transaction() as tx:
+            first = tx._link.value("SELECT pg_backend_pid()")
+        with psycopg.connect(pg_registry_url, autocommit=True) as admin:
+            assert admin.execute("SELECT pg_terminate_backend(%s)", (first,)).fetchone()
+            wait_for(lambda: admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                                           (first,)).fetchone() == (0,), timeout=10)
+        with registry.transaction() as tx:
+            assert tx._link.value("SELECT pg_backend_pid()") != first
+    finally:
+        registry.close()
+
+
 # -- the background work, below a server: fakes of the registry whose server is away -------------
 
 def outage() -> RegistryUnavailable:
