@@ -2,9 +2,9 @@
 
 Logging and the error type, size and count arguments and the --quick profiles, ports, tools
 and child processes in their own sessions, /proc readings (memory, how busy the CPUs are),
-stdlib HTTP requests, random payloads, the filestore command, environment and PUT, table and
-problem printing, version lookup, the JSON file, and `run_main`: the temp directory, SIGTERM
-and error handling around a benchmark's run.
+stdlib HTTP requests and the timed raw-socket GET, random payloads, the filestore command,
+environment and PUT, table and problem printing, version lookup, the JSON file, and
+`run_main`: the temp directory, SIGTERM and error handling around a benchmark's run.
 
 The scripts are run as `python bench/<name>.py`, which puts `bench/` first on `sys.path`, so
 they import this module as plain `benchlib`. Stdlib only: nothing here may need extra packages.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import http.client
 import importlib.metadata
 import json
@@ -410,6 +411,94 @@ def http_request(
         raise BenchError(f"{method} http://{HOST}:{port}{path} failed: {exc!r}") from None
     finally:
         conn.close()
+
+
+@dataclasses.dataclass
+class Timing:
+    """One GET as the client saw it, in ms from the request (for `raw_get`: from the TCP
+    connect)."""
+
+    ttfb_ms: float
+    total_ms: float
+    last_gap_ms: float | None  # arrival of byte n-1 to byte n (None: not measured)
+    sha256: str
+
+
+def get_request(port: int, path: str) -> bytes:
+    """The bytes of `GET /files/<path>` to HOST:`port` with `Connection: close`."""
+    return (f"GET /files/{urllib.parse.quote(path)} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+            "Connection: close\r\n\r\n").encode()
+
+
+def parse_head(head: bytes, what: str) -> tuple[int, dict[str, str]]:
+    """The status and the (lower-cased) headers of a response head, without its blank line."""
+    lines = head.decode("latin-1").split("\r\n")
+    try:
+        status = int(lines[0].split()[1])
+    except (IndexError, ValueError):
+        raise BenchError(f"{what}: not an HTTP response: {lines[0][:100]!r}") from None
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers
+
+
+def raw_get(port: int, path: str, size: int, timeout: float = 60.0,
+            what: str | None = None) -> Timing:
+    """GET /files/<path> on a fresh socket (TCP_NODELAY, `Connection: close`); the body of
+    `size` bytes (its content-length must say so) lands in a preallocated buffer in reads of
+    up to 1 MiB and is hashed only after the last byte arrived. `what` names the GET in errors
+    (default `GET <path>`)."""
+    what = what or f"GET {path}"
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    request = get_request(port, path)
+    first = penultimate = None
+    got = 0
+    started = time.perf_counter()
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(request)
+            head = bytearray()
+            while (end := head.find(b"\r\n\r\n")) < 0:
+                chunk = sock.recv(64 * KIB)
+                now = time.perf_counter()
+                if not chunk:
+                    raise BenchError(f"{what}: connection closed before the headers")
+                head += chunk
+            status, headers = parse_head(bytes(head[:end]), what)
+            if status != 200:
+                raise BenchError(f"{what} -> {status}: {bytes(head[end + 4:])[:300]!r}")
+            if headers.get("content-length") != str(size):
+                raise BenchError(f"{what}: content-length {headers.get('content-length')}, "
+                                 f"expected {size}")
+            extra = head[end + 4:]
+            if len(extra) > size:
+                raise BenchError(f"{what}: more than content-length bytes")
+            if extra:
+                view[:len(extra)] = extra
+                got = len(extra)
+                first = now
+                if got >= size - 1:
+                    penultimate = now
+            while got < size:
+                count = sock.recv_into(view[got:got + min(MIB, size - got)])
+                now = time.perf_counter()
+                if count == 0:
+                    raise BenchError(f"{what}: connection closed after {got} of {size} bytes")
+                if first is None:
+                    first = now
+                got += count
+                if penultimate is None and got >= size - 1:
+                    penultimate = now
+            last = now
+    except OSError as exc:
+        raise BenchError(f"{what} failed after {got} of {size} body bytes: {exc!r}") from None
+    assert first is not None and penultimate is not None
+    return Timing((first - started) * 1000, (last - started) * 1000,
+                  (last - penultimate) * 1000, hashlib.sha256(buffer).hexdigest())
 
 
 def random_blocks(total: int) -> Iterator[bytes]:

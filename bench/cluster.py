@@ -1,5 +1,6 @@
-"""Cluster benchmark: what a shared PostgreSQL registry and reads from other nodes cost, each
-beside its single-node reference measured in the same run.
+"""Cluster benchmark: what a shared PostgreSQL registry, a second node's copy of each PUT
+(`cluster.replicas = 1`) and reads from other nodes cost, each beside its single-node reference
+measured in the same run.
 
 What is measured
     The bench starts its own PostgreSQL (Debian's `postgresql` package, `initdb` and `pg_ctl`
@@ -11,20 +12,32 @@ What is measured
     bearer token (`auth.token`: a PUT through the router may land on any node) and
     `upload.delay = 1h` (nothing uploads while measuring); the cluster's nodes share that
     database (`registry.url`), a `cluster.secret` and one `file://` remote folder, each with a
-    data directory of its own. Data directories and PostgreSQL's are on the same disk (the temp
-    directory, not /dev/shm), so a commit's fsync costs what the disk makes it cost on both
-    sides.
+    data directory of its own and its `cluster.advertise` URL (http://127.0.0.1:PORT). Data
+    directories and PostgreSQL's are on the same disk (the temp directory, not /dev/shm), so a
+    commit's fsync costs what the disk makes it cost on every side.
 
     1. PUT latency: --puts sequential PUTs of 1 KiB (new paths, one keep-alive connection, the
-       time from the request to the whole answer) to one node with the PostgreSQL registry
-       ("postgres") and as many to a node with the default SQLite registry ("sqlite", its own
-       data directory), in --rounds rounds, the sides' order alternating from round to round.
-       Median and p95 of each side; target: postgres within 1.5x of sqlite (median). From
-       pg_stat_statements (top-level statements, utility ones included), the statements each
-       PUT sends, by statement; psycopg-pool also checks each pooled connection before handing
-       it out (an empty query, which pg_stat_statements does not see), one more round trip per
-       transaction. For context, measured from this process with psycopg: a round trip
-       (`SELECT 1`) and an fsynced one-row commit.
+       time from the request to the whole answer) to each of three sides, in --rounds rounds,
+       the sides' order reversed from round to round:
+       - "sqlite": a node with the default SQLite registry (its own data directory);
+       - "postgres": node n1 of the cluster (PostgreSQL registry, `cluster.replicas = 0`);
+       - "replicas": node r1 of a two-node cluster of its own, r1 and r2, both with
+         `cluster.replicas = 1` (its own database on the same PostgreSQL, its own remote
+         folder, the same secret and token), so each PUT is answered only once r2 holds the
+         bytes fsync'd (filestore/cluster/replicas.py). A cluster apart, so that n1's PUTs are
+         not replicated and B below never reads its own copy instead of A's bytes. It runs for
+         this part only; before the rounds r1 must see both nodes alive.
+       Median and p95 of each side; targets (median): postgres within 1.5x of sqlite, replicas
+       within 2.5x of sqlite (replicas / postgres beside them: what the copy adds). After the
+       rounds every measured replicas path must be recorded on r1 (`/admin/api/files/PATH`)
+       with holder r1 and replica r2, and r2's data directory must hold the very bytes at
+       `replicas/<sha256 of the path>-<sha256 of the bytes>`; a postgres path must name no
+       replica. From pg_stat_statements (top-level statements, utility ones included; each
+       side's database apart), the statements each PUT sends, by statement; psycopg-pool also
+       checks each pooled connection before handing it out (an empty query, which
+       pg_stat_statements does not see), one more round trip per transaction. For context,
+       measured from this process with psycopg: a round trip (`SELECT 1`) and an fsynced
+       one-row commit.
     2. Peer reads: nodes A and B (PostgreSQL registry). For each sample a fresh path is PUT to
        A (so only A holds it, not uploaded), then, over fresh sockets (`Connection: close`, the
        time from the connect to the first and to the last body byte):
@@ -51,19 +64,20 @@ What is measured
 
 Why
     A cluster should cost little per request over one node: the registry round trips are what
-    a PUT pays for sharing it, and a read of a file another node holds should start about as
-    soon as a local one. The SQLite node and node A's own local read are the yardsticks,
-    measured minutes apart on the same machine.
+    a PUT pays for sharing it, a PUT with `replicas = 1` adds one node-to-node copy (a local
+    HTTP exchange and the other node's fsyncs) on top, and a read of a file another node holds
+    should start about as soon as a local one. The SQLite node and node A's own local read are
+    the yardsticks, measured minutes apart on the same machine.
 
 Usage
     python bench/cluster.py [--quick] [--puts 200] [--rounds 10] [--small-reads 30]
                             [--large-reads 5] [--files 300] [--duration 5s] [--warmup 2s]
                             [--runs 2] [--json PATH] [--keep]
 
-    --quick: 100 PUTs in 5 rounds, 10 + 3 peer samples, 150 files, wrk 2 s x 1 after 1 s.
-    Needs PostgreSQL 15+ (Debian: apt-get install postgresql), nginx and wrk; exits 2 without
-    them. Everything binds 127.0.0.1. The default run takes about a minute on 2 cores,
-    --quick about 20 s.
+    --quick: 100 PUTs per side in 5 rounds, 10 + 3 peer samples, 150 files, wrk 2 s x 1 after
+    1 s. Needs PostgreSQL 15+ (Debian: apt-get install postgresql), nginx and wrk; exits 2
+    without them. Everything binds 127.0.0.1. The default run takes about 65 s on 2 cores,
+    --quick about 30 s (the replicas pair's start and its third of the PUTs add some 5 s).
 """
 
 from __future__ import annotations
@@ -77,7 +91,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -94,6 +107,7 @@ from benchlib import (
     KIB,
     MIB,
     BenchError,
+    Timing,
     add_output_options,
     apply_profile,
     args_json,
@@ -114,20 +128,31 @@ from benchlib import (
     package_versions,
     print_problems,
     print_rows,
+    raw_get,
     run_main,
     size_text,
     verdict,
     versions_text,
     write_json,
 )
-from serve import LOG_MARKS, WRK_REPORT_LUA, Server, WrkRun, parse_duration, run_wrk
+from serve import (
+    LOG_MARKS,
+    WRK_REPORT_LUA,
+    Server,
+    WrkRun,
+    parse_duration,
+    run_wrk,
+    tool_versions,
+)
 
 TOKEN = "bench-cluster-token-0123456789abcdef"
 SECRET = "bench-cluster-secret-0123456789abcdef"
 PG_USER = "postgres"  # the system user Debian's package creates (PostgreSQL refuses root)
 DATABASE = "filestore"
+REPLICA_DATABASE = "filestore_replicas"  # the registry of the replicas = 1 pair
 SMALL, LARGE = KIB, 32 * MIB
 PUT_TARGET = 1.5  # postgres / sqlite, median PUT latency
+REPLICA_PUT_TARGET = 2.5  # replicas (cluster.replicas = 1) / sqlite, median PUT latency
 TTFB_TARGET = 1.5  # peer cold / local, median TTFB
 CONTEXT_PROBES = 200  # SELECT 1 round trips and fsynced commits measured from here
 COUNTED_READS = 50  # GETs of each kind whose registry statements are counted
@@ -172,8 +197,9 @@ FULL = {"puts": 200, "rounds": 10, "small_reads": 30, "large_reads": 5, "files":
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench/cluster.py",
-        description="PUT latency with the PostgreSQL registry vs SQLite, peer vs local read "
-                    "TTFB, and 1 KiB GET throughput of three nodes behind nginx vs one node.")
+        description="PUT latency with the PostgreSQL registry and with cluster.replicas = 1 "
+                    "vs SQLite, peer vs local read TTFB, and 1 KiB GET throughput of three "
+                    "nodes behind nginx vs one node.")
     parser.add_argument("--quick", action="store_true",
                         help="a short pass: 100 PUTs, 10 + 3 peer samples, 150 files, wrk 2 s")
     parser.add_argument("--puts", type=int, default=None,
@@ -259,7 +285,9 @@ class Postgres:
                   "-w", "-t", "60", "start")
         self.running = True
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{DATABASE}"')
+            for database in (DATABASE, REPLICA_DATABASE):
+                conn.execute(f'CREATE DATABASE "{database}"')
+        # The view reads every database's statements (its rows name their database).
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute("CREATE EXTENSION pg_stat_statements")
         return time.monotonic() - began
@@ -307,14 +335,14 @@ def postgres_server(keep: bool) -> Iterator[Postgres]:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def statement_counts(pg: Postgres) -> dict[str, tuple[int, float]]:
+def statement_counts(pg: Postgres, database: str = DATABASE) -> dict[str, tuple[int, float]]:
     """Top-level statement -> (calls, ms the server spent executing them) since the last reset,
-    in the filestore database (pg_stat_statements; this script's own queries left out)."""
+    in `database` (pg_stat_statements; this script's own queries left out)."""
     with psycopg.connect(pg.url(), autocommit=True) as conn:
         rows = conn.execute(
             "SELECT query, sum(calls)::bigint, sum(total_exec_time) FROM pg_stat_statements s "
             "JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s AND query NOT LIKE "
-            "'%%pg_stat_statements%%' GROUP BY query", (DATABASE,)).fetchall()
+            "'%%pg_stat_statements%%' GROUP BY query", (database,)).fetchall()
     return {" ".join(str(query).split()): (int(calls), float(ms)) for query, calls, ms in rows}
 
 
@@ -411,7 +439,12 @@ class Node:
     log_path: Path
     registry_url: str = ""  # "": SQLite in the data directory
     remote_url: str = ""  # "": the embedded default (a folder in the data directory)
+    replicas: int = 0  # cluster.replicas: 1, a PUT waits for another node's fsync'd copy
     port: int = dataclasses.field(default_factory=free_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
 
     def settings(self) -> dict[str, str]:
         found = {
@@ -426,6 +459,8 @@ class Node:
                 "FILESTORE_REGISTRY__URL": self.registry_url,
                 "FILESTORE_CLUSTER__NODE": self.name,
                 "FILESTORE_CLUSTER__SECRET": SECRET,
+                "FILESTORE_CLUSTER__ADVERTISE": self.url,
+                "FILESTORE_CLUSTER__REPLICAS": str(self.replicas),
             })
         if self.remote_url:
             found["FILESTORE_REMOTE__URL"] = self.remote_url
@@ -516,8 +551,11 @@ def latency(values: Sequence[float]) -> dict[str, Any]:
             "samples_ms": list(values)}
 
 
-def measure_puts(args: argparse.Namespace, ports: dict[str, int], pg: Postgres) -> dict[str, Any]:
-    """The PUT rounds of both sides, taken in turns; the statements the postgres side sent."""
+def measure_puts(args: argparse.Namespace, ports: dict[str, int], pg: Postgres,
+                 databases: dict[str, str]) -> dict[str, Any]:
+    """The PUT rounds of every side (side -> port), taken in turns, the order reversed from
+    round to round; the statements each PostgreSQL side (side -> its database) sent, every
+    measured path of each side, and the body they all carry."""
     data = os.urandom(SMALL)
     putters = {side: Putter(port) for side, port in ports.items()}
     try:
@@ -527,6 +565,7 @@ def measure_puts(args: argparse.Namespace, ports: dict[str, int], pg: Postgres) 
         reset_statements(pg)
         began = time.monotonic()
         samples: dict[str, list[float]] = {side: [] for side in putters}
+        paths: dict[str, list[str]] = {side: [] for side in putters}
         rounds: list[dict[str, float]] = []
         per_round = [args.puts // args.rounds + (1 if r < args.puts % args.rounds else 0)
                      for r in range(args.rounds)]
@@ -535,80 +574,92 @@ def measure_puts(args: argparse.Namespace, ports: dict[str, int], pg: Postgres) 
             order = list(putters) if r % 2 == 0 else list(reversed(putters))
             medians = {}
             for side in order:
-                got = [putters[side].put(f"put/{side}/{done + i:05d}.bin", data)
-                       for i in range(count)]
+                names = [f"put/{side}/{done + i:05d}.bin" for i in range(count)]
+                got = [putters[side].put(path, data) for path in names]
                 samples[side] += got
+                paths[side] += names
                 medians[side] = statistics.median(got)
             done += count
             rounds.append(medians)
             log(f"PUT round {r + 1}/{args.rounds} ({count} each): "
-                + ", ".join(f"{side} median {ms:.2f} ms" for side, ms in medians.items()))
+                + ", ".join(f"{side} median {medians[side]:.2f} ms" for side in putters))
         seconds = time.monotonic() - began
     finally:
         for putter in putters.values():
             putter.close()
-    statements = Statements.of(statement_counts(pg), args.puts, seconds)
-    return {"samples": samples, "rounds": rounds, "statements": statements}
+    statements = {side: Statements.of(statement_counts(pg, database), args.puts, seconds)
+                  for side, database in databases.items()}
+    return {"samples": samples, "rounds": rounds, "statements": statements, "paths": paths,
+            "data": data}
+
+
+def file_state(node: Node, path: str) -> dict[str, Any]:
+    """`GET /admin/api/files/PATH` on `node`: the file's record as that node reads it."""
+    status, reply = http_request(node.port, "GET", f"/admin/api/files/{urllib.parse.quote(path)}",
+                                 headers={"authorization": f"Bearer {TOKEN}"})
+    if status != 200:
+        raise BenchError(f"GET /admin/api/files/{path} on {node.name} -> {status}: "
+                         f"{reply[:300]!r}")
+    answer: dict[str, Any] = json.loads(reply)
+    return answer
+
+
+def wait_alive(node: Node, nodes: int) -> float:
+    """Until `node` sees `nodes` live nodes (`/admin/api/cluster`): a replicated PUT needs the
+    other one's heartbeat. Seconds it took."""
+    began = time.monotonic()
+    while True:
+        status, reply = http_request(node.port, "GET", "/admin/api/cluster",
+                                     headers={"authorization": f"Bearer {TOKEN}"})
+        if status == 200 and json.loads(reply).get("alive", 0) >= nodes:
+            return time.monotonic() - began
+        if time.monotonic() - began > 30:
+            raise BenchError(f"{node.name} does not see {nodes} live nodes after 30 s: "
+                             f"{status} {reply[:300]!r}")
+        time.sleep(0.1)
+
+
+def check_replicas(holder: Node, replica: Node, paths: Sequence[str], data: bytes,
+                   plain: Node, plain_path: str) -> dict[str, Any]:
+    """That every measured replicated PUT really left a copy, so the side cannot silently time
+    unreplicated PUTs: the holder's record of each path (`/admin/api/files/PATH`) names it the
+    holder and `replica` the replica, and the replica's data directory holds the very bytes at
+    `replicas/<sha256 of the path>-<sha256 of the bytes>`. And that `plain` (the postgres
+    side's node) recorded `plain_path` with no replica."""
+    digest = hashlib.sha256(data).hexdigest()
+    copy = None
+    for path in paths:
+        state = file_state(holder, path)
+        seen = (state.get("holder"), state.get("replica"), state.get("sha256"),
+                state.get("location"))
+        if seen != (holder.name, replica.name, digest, "local"):
+            raise BenchError(f"{path} on {holder.name}: holder, replica, sha256, location "
+                             f"{seen}, expected {(holder.name, replica.name, digest, 'local')}")
+        copy = (replica.data_dir / "replicas"
+                / f"{hashlib.sha256(path.encode()).hexdigest()}-{digest}")
+        if not copy.is_file() or copy.read_bytes() != data:
+            raise BenchError(f"{replica.name} holds no copy of {path} at {copy}")
+    assert copy is not None
+    state = file_state(plain, plain_path)
+    if state.get("replica") or state.get("holder") != plain.name:
+        raise BenchError(f"{plain_path} on {plain.name}: holder {state.get('holder')!r}, "
+                         f"replica {state.get('replica')!r} (the postgres side must not "
+                         "replicate)")
+    copies = sum(1 for _ in (replica.data_dir / "replicas").iterdir())
+    log(f"replicas: all {len(paths)} measured paths recorded on {holder.name} with replica "
+        f"{replica.name}, whose data directory holds each copy ({copies} copies in all)")
+    return {"checked_paths": len(paths), "holder": holder.name, "replica": replica.name,
+            "copies_on_replica": copies, "example_path": paths[-1],
+            "example_copy": str(copy.relative_to(replica.data_dir))}
 
 
 # -- 2. peer reads --------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class Timing:
-    """One GET as the client saw it, in ms from the connect."""
-
-    ttfb_ms: float
-    total_ms: float
-    sha256: str
-
-
-def raw_get(port: int, path: str, size: int, timeout: float = 60.0) -> Timing:
-    """GET /files/<path> on a fresh socket (as bench/miss.py reads): the body lands in a
-    preallocated buffer in reads of up to 1 MiB and is hashed after the last byte arrived."""
-    what = f"GET {path} on port {port}"
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    request = (f"GET {file_url(path)} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
-               "Connection: close\r\n\r\n").encode()
-    first = None
-    got = 0
-    began = time.perf_counter()
-    try:
-        with socket.create_connection((HOST, port), timeout=timeout) as sock:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.sendall(request)
-            head = bytearray()
-            while (end := head.find(b"\r\n\r\n")) < 0:
-                chunk = sock.recv(64 * KIB)
-                now = time.perf_counter()
-                if not chunk:
-                    raise BenchError(f"{what}: connection closed before the headers")
-                head += chunk
-            status_line = bytes(head[:head.find(b"\r\n")]).decode("latin-1")
-            if " 200 " not in f"{status_line} ":
-                raise BenchError(f"{what} -> {status_line!r}: {bytes(head[end + 4:])[:300]!r}")
-            extra = head[end + 4:]
-            if len(extra) > size:
-                raise BenchError(f"{what}: more than {size} bytes")
-            if extra:
-                view[:len(extra)] = extra
-                got = len(extra)
-                first = now
-            while got < size:
-                count = sock.recv_into(view[got:got + min(MIB, size - got)])
-                now = time.perf_counter()
-                if count == 0:
-                    raise BenchError(f"{what}: connection closed after {got} of {size} bytes")
-                if first is None:
-                    first = now
-                got += count
-            last = now
-    except OSError as exc:
-        raise BenchError(f"{what} failed after {got} of {size} body bytes: {exc!r}") from None
-    assert first is not None
-    return Timing((first - began) * 1000, (last - began) * 1000,
-                  hashlib.sha256(buffer).hexdigest())
+def timed_get(port: int, path: str, size: int) -> Timing:
+    """`benchlib.raw_get` (as bench/miss.py reads: a fresh socket, the body hashed after its last
+    byte) of a node's file, its errors naming the node's port."""
+    return raw_get(port, path, size, what=f"GET {path} on port {port}")
 
 
 def checked(timing: Timing, sha256: str, what: str) -> Timing:
@@ -628,7 +679,7 @@ def measure_peer(a: Node, b: Node, solo: Node, size: int, samples: int, label: s
 
     def timed_cpu(kind: str, port: int, path: str, measured: bool) -> Timing:
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        timing = raw_get(port, path, size)
+        timing = timed_get(port, path, size)
         if measured:
             for name, pid in pids.items():
                 cpu[kind][name] += cpu_seconds(pid) - before[name]
@@ -656,8 +707,8 @@ def measure_peer(a: Node, b: Node, solo: Node, size: int, samples: int, label: s
             if time.monotonic() > deadline:
                 raise BenchError(f"B has no cached copy of {path} 10 s after its peer read")
             time.sleep(0.005)
-        warm = checked(raw_get(b.port, path, size), sha256, f"warm GET {path} on B")
-        alone = checked(raw_get(solo.port, path, size), sha256, f"GET {path} on sqlite")
+        warm = checked(timed_get(b.port, path, size), sha256, f"warm GET {path} on B")
+        alone = checked(timed_get(solo.port, path, size), sha256, f"GET {path} on sqlite")
         if i == 0:
             continue
         assert local is not None and cold is not None
@@ -805,28 +856,53 @@ def measure_throughput(args: argparse.Namespace, targets: dict[str, tuple[int, P
 
 def report_puts(args: argparse.Namespace, puts: dict[str, Any], context: dict[str, float],
                 ) -> dict[str, Any]:
-    sqlite, pg = latency(puts["samples"]["sqlite"]), latency(puts["samples"]["postgres"])
+    samples = puts["samples"]
+    sqlite, pg, rep = (latency(samples[side]) for side in ("sqlite", "postgres", "replicas"))
     ratio, ratio_p95 = pg["median_ms"] / sqlite["median_ms"], pg["p95_ms"] / sqlite["p95_ms"]
-    met = ratio <= PUT_TARGET
+    rep_ratio = rep["median_ms"] / sqlite["median_ms"]
+    rep_ratio_p95 = rep["p95_ms"] / sqlite["p95_ms"]
+    met, rep_met = ratio <= PUT_TARGET, rep_ratio <= REPLICA_PUT_TARGET
     per_round = [r["postgres"] / r["sqlite"] for r in puts["rounds"]]
+    rep_per_round = [r["replicas"] / r["sqlite"] for r in puts["rounds"]]
     print(f"1. PUT latency: {args.puts} sequential PUTs of 1 KiB per side (new paths, one "
           f"keep-alive connection), {args.rounds} round(s), sides alternating")
     rows = [["registry", "median ms", "p95 ms", "mean ms", "max ms"]]
-    for name, figures in (("sqlite (default)", sqlite), ("postgres", pg)):
+    for name, figures in (("sqlite (default)", sqlite), ("postgres", pg),
+                          ("postgres, replicas = 1", rep)):
         rows.append([name, f"{figures['median_ms']:.2f}", f"{figures['p95_ms']:.2f}",
                      f"{figures['mean_ms']:.2f}", f"{figures['max_ms']:.2f}"])
     rows.append(["postgres / sqlite", f"{ratio:.2f}x", f"{ratio_p95:.2f}x", "", ""])
+    rows.append(["replicas / sqlite", f"{rep_ratio:.2f}x", f"{rep_ratio_p95:.2f}x", "", ""])
+    rows.append(["replicas / postgres", f"{rep['median_ms'] / pg['median_ms']:.2f}x",
+                 f"{rep['p95_ms'] / pg['p95_ms']:.2f}x", "", ""])
     print_rows(rows, right_align=True)
-    print(f"median ratio {ratio:.2f}x {verdict(met)} the target <= {PUT_TARGET}x; each round's: "
-          f"{fmt_runs(per_round, 2)}")
+    print(f"postgres: median ratio {ratio:.2f}x {verdict(met)} the target <= {PUT_TARGET}x; "
+          f"each round's: {fmt_runs(per_round, 2)}")
+    print(f"replicas = 1: median ratio {rep_ratio:.2f}x {verdict(rep_met)} the target <= "
+          f"{REPLICA_PUT_TARGET}x; each round's: {fmt_runs(rep_per_round, 2)}")
+    statements: dict[str, Statements] = puts["statements"]
+    check = puts["replica_check"]
+    print(f"replicas = 1: a two-node cluster of its own (nodes {check['holder']} and "
+          f"{check['replica']}, database {REPLICA_DATABASE}), PUTs to {check['holder']}; all "
+          f"{check['checked_paths']} measured paths recorded with replica {check['replica']}, "
+          f"whose data directory holds each copy (e.g. {check['example_copy']})")
+    print("registry statements per PUT (round trips, with psycopg-pool's checks): postgres "
+          + ", replicas = 1 ".join(f"{statements[side].count:.1f} "
+                                   f"({statements[side].round_trips:.1f})"
+                                   for side in ("postgres", "replicas")))
     print(f"measured from this process: a PostgreSQL round trip (SELECT 1) "
           f"{context['round_trip_us']:.0f} us, an fsynced one-row commit "
           f"{context['commit_ms']:.2f} ms (medians of {CONTEXT_PROBES} and "
           f"{CONTEXT_PROBES // 2})")
-    statements: Statements = puts["statements"]
     return {"sqlite": sqlite, "postgres": pg, "ratio": ratio, "ratio_p95": ratio_p95,
             "ratio_per_round": per_round, "target": PUT_TARGET, "met": met,
-            "statements": statements.as_dict(),
+            "statements": statements["postgres"].as_dict(),
+            "replicas": rep, "replicas_ratio": rep_ratio, "replicas_ratio_p95": rep_ratio_p95,
+            "replicas_ratio_per_round": rep_per_round,
+            "replicas_vs_postgres": rep["median_ms"] / pg["median_ms"],
+            "replicas_target": REPLICA_PUT_TARGET, "replicas_met": rep_met,
+            "replicas_statements": statements["replicas"].as_dict(),
+            "replicas_check": check,
             "pg_round_trip_us": context["round_trip_us"],
             "pg_commit_ms": context["commit_ms"]}
 
@@ -917,12 +993,8 @@ def report_throughput(args: argparse.Namespace, runs: dict[str, list[WrkRun]],
 
 
 def versions(nginx: str, wrk: str, pg_settings: dict[str, str]) -> dict[str, str]:
-    found = {"python": sys.version.split()[0], "postgresql": pg_settings.get("server_version",
-                                                                             "?")}
-    out = subprocess.run([nginx, "-v"], capture_output=True, text=True, check=False)
-    found["nginx"] = (out.stderr or out.stdout).strip().removeprefix("nginx version: ")
-    out = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
-    found["wrk"] = (out.stdout.splitlines() or ["?"])[0].split(" [")[0].removeprefix("wrk ")
+    found = {"python": sys.version.split()[0],
+             "postgresql": pg_settings.get("server_version", "?"), **tool_versions(nginx, wrk)}
     found.update(package_versions("filestore", "uvicorn", "psycopg", "psycopg-pool", "aiohttp"))
     revision = git_revision()
     if revision is not None:
@@ -944,6 +1016,8 @@ def run(args: argparse.Namespace, work: Path) -> int:
     logs.mkdir()
     shared_remote = work / "shared-remote"
     shared_remote.mkdir()
+    pair_remote = work / "replicas-remote"  # the replicas = 1 pair's bucket
+    pair_remote.mkdir()
     problems: list[str] = []
     results: dict[str, Any] = {}
     nodes: list[Node] = []
@@ -952,24 +1026,40 @@ def run(args: argparse.Namespace, work: Path) -> int:
         found_versions = versions(args.nginx, args.wrk, pg_settings)
         log("versions: " + versions_text(found_versions))
 
-        def cluster_node(name: str) -> Node:
-            node = Node(name, work / name, logs / f"{name}.log", pg.url(),
-                        shared_remote.as_uri())
+        def cluster_node(name: str, database: str = DATABASE, remote: Path = shared_remote,
+                         replicas: int = 0) -> Node:
+            node = Node(name, work / name, logs / f"{name}.log", pg.url(database),
+                        remote.as_uri(), replicas)
             nodes.append(node)
             return node
 
         solo = Node("sqlite", work / "sqlite", logs / "sqlite.log")
         nodes.append(solo)
         n1, n2, n3 = (cluster_node(name) for name in ("n1", "n2", "n3"))
+        # The replicas = 1 pair: a cluster of its own (its own database and bucket), so that
+        # n1's PUTs stay unreplicated and n1 and n2 read each other as before.
+        r1, r2 = (cluster_node(name, REPLICA_DATABASE, pair_remote, replicas=1)
+                  for name in ("r1", "r2"))
         with running_nodes(solo, n1, n2) as servers:
             # 1. PUT latency.
             context = pg_context(pg, CONTEXT_PROBES)
-            puts = measure_puts(args, {"sqlite": solo.port, "postgres": n1.port}, pg)
+            with running_nodes(r1, r2) as pair:
+                log(f"replicas: {r1.name} sees both nodes alive after "
+                    f"{wait_alive(r1, 2):.1f} s")
+                puts = measure_puts(args, {"sqlite": solo.port, "postgres": n1.port,
+                                           "replicas": r1.port}, pg,
+                                    {"postgres": DATABASE, "replicas": REPLICA_DATABASE})
+                puts["replica_check"] = check_replicas(r1, r2, puts["paths"]["replicas"],
+                                                       puts["data"], n1,
+                                                       puts["paths"]["postgres"][0])
+                for server in pair:
+                    server.check_alive()
             # 2. Peer reads: A = n1, B = n2.
             pids = {"A": servers[1].pid, "B": servers[2].pid}
             peers = [measure_peer(n1, n2, solo, SMALL, args.small_reads, "1k", pids),
                      measure_peer(n1, n2, solo, LARGE, args.large_reads, "32m", pids)]
-            statements = {"PUT 1 KiB": puts["statements"],
+            statements = {"PUT 1 KiB": puts["statements"]["postgres"],
+                          "PUT 1 KiB, replicas = 1": puts["statements"]["replicas"],
                           **count_reads(pg, n1, n2, COUNTED_READS)}
             # 3. Throughput: n3 joins; nginx in front of the three.
             with running_nodes(n3) as more:
@@ -1023,14 +1113,16 @@ def run(args: argparse.Namespace, work: Path) -> int:
           f", full_page_writes={pg_settings.get('full_page_writes')}, wal_sync_method="
           f"{pg_settings.get('wal_sync_method')}; SQLite synchronous=FULL; every data "
           f"directory and PostgreSQL's on {disk}")
-    print(f"{versions_text(found_versions)}; {nproc()} CPUs")
+    print(f"{versions_text(found_versions)}; {nproc()} CPUs, busy with other work (incl. "
+          f"hypervisor steal) {busy_before:.0%} before the run and {busy_after:.0%} after it")
     print()
     results["put"] = report_puts(args, puts, context)
     print()
     report_peers(peers)
     results["peer"] = peers
     print()
-    report_statements(statements, ["PUT 1 KiB", "GET local (A)", "GET peer cold (B and A)"])
+    report_statements(statements, ["PUT 1 KiB", "PUT 1 KiB, replicas = 1", "GET local (A)",
+                                   "GET peer cold (B and A)"])
     results["statements"] = {kind: st.as_dict() for kind, st in statements.items()}
     print()
     results["throughput"] = report_throughput(args, tp_runs, spread, args.files)

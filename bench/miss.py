@@ -68,7 +68,6 @@ import sqlite3
 import statistics
 import sys
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -81,6 +80,7 @@ from benchlib import (
     WARNING_MARKS,
     BenchError,
     Process,
+    Timing,
     add_output_options,
     args_json,
     cpu_seconds,
@@ -90,15 +90,18 @@ from benchlib import (
     filestore_token,
     fmt_runs,
     free_port,
+    get_request,
     log,
     log_problems,
     nproc,
     package_versions,
+    parse_head,
     parse_size,
     print_problems,
     print_rows,
     put_file,
     random_blocks,
+    raw_get,
     run_main,
     size_text,
     started,
@@ -243,88 +246,6 @@ def evict(fs: Filestore, path: str) -> None:
 
 
 @dataclasses.dataclass
-class Timing:
-    """One GET as the client saw it, in ms from the request."""
-
-    ttfb_ms: float
-    total_ms: float
-    last_gap_ms: float | None  # arrival of byte n-1 to byte n (None: not measured)
-    sha256: str
-
-
-def _request(port: int, path: str) -> bytes:
-    return (f"GET /files/{urllib.parse.quote(path)} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
-            "Connection: close\r\n\r\n").encode()
-
-
-def _parse_head(head: bytes, what: str) -> tuple[int, dict[str, str]]:
-    lines = head.decode("latin-1").split("\r\n")
-    try:
-        status = int(lines[0].split()[1])
-    except (IndexError, ValueError):
-        raise BenchError(f"{what}: not an HTTP response: {lines[0][:100]!r}") from None
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return status, headers
-
-
-def raw_get(port: int, path: str, size: int, timeout: float) -> Timing:
-    """GET /files/<path> on a fresh socket; the body lands in a preallocated buffer in reads of
-    up to 1 MiB and is hashed only after the last byte arrived."""
-    what = f"GET {path}"
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    request = _request(port, path)
-    first = penultimate = None
-    got = 0
-    started = time.perf_counter()
-    try:
-        with socket.create_connection((HOST, port), timeout=timeout) as sock:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.sendall(request)
-            head = bytearray()
-            while (end := head.find(b"\r\n\r\n")) < 0:
-                chunk = sock.recv(64 * KIB)
-                now = time.perf_counter()
-                if not chunk:
-                    raise BenchError(f"{what}: connection closed before the headers")
-                head += chunk
-            status, headers = _parse_head(bytes(head[:end]), what)
-            if status != 200:
-                raise BenchError(f"{what} -> {status}: {bytes(head[end + 4:])[:300]!r}")
-            if headers.get("content-length") != str(size):
-                raise BenchError(f"{what}: content-length {headers.get('content-length')}, "
-                                 f"expected {size}")
-            extra = head[end + 4:]
-            if len(extra) > size:
-                raise BenchError(f"{what}: more than content-length bytes")
-            if extra:
-                view[:len(extra)] = extra
-                got = len(extra)
-                first = now
-                if got >= size - 1:
-                    penultimate = now
-            while got < size:
-                count = sock.recv_into(view[got:got + min(MIB, size - got)])
-                now = time.perf_counter()
-                if count == 0:
-                    raise BenchError(f"{what}: connection closed after {got} of {size} bytes")
-                if first is None:
-                    first = now
-                got += count
-                if penultimate is None and got >= size - 1:
-                    penultimate = now
-            last = now
-    except OSError as exc:
-        raise BenchError(f"{what} failed after {got} of {size} body bytes: {exc!r}") from None
-    assert first is not None and penultimate is not None
-    return Timing((first - started) * 1000, (last - started) * 1000,
-                  (last - penultimate) * 1000, hashlib.sha256(buffer).hexdigest())
-
-
-@dataclasses.dataclass
 class Reader:
     """One client of the concurrent GET."""
 
@@ -354,7 +275,7 @@ def concurrent_get(port: int, path: str, size: int, clients: int,
     what = f"concurrent GET {path}"
     readers: list[Reader] = []
     selector = selectors.DefaultSelector()
-    request = _request(port, path)
+    request = get_request(port, path)
     buffer = bytearray(MIB)
     view = memoryview(buffer)
 
@@ -408,7 +329,7 @@ def concurrent_get(port: int, path: str, size: int, clients: int,
                 end = reader.head.find(b"\r\n\r\n")
                 if end < 0:
                     continue
-                status, headers = _parse_head(bytes(reader.head[:end]), what)
+                status, headers = parse_head(bytes(reader.head[:end]), what)
                 if status != 200 or headers.get("content-length") != str(size):
                     raise BenchError(f"{what} -> {status}, content-length "
                                      f"{headers.get('content-length')}: "

@@ -362,6 +362,14 @@ def cluster_rows(data: dict[str, Any]) -> list[Row]:
             Row("PUT 1 KiB p95 ms, PostgreSQL registry vs SQLite",
                 f"{put['postgres']['p95_ms']:.2f}", f"{put['sqlite']['p95_ms']:.2f}",
                 x(put["ratio_p95"]), "- (context)", None)]
+    if "replicas" in put:  # cluster.replicas = 1 (a two-node cluster of its own)
+        rows += [Row("PUT 1 KiB median ms, cluster.replicas = 1 vs SQLite",
+                     f"{put['replicas']['median_ms']:.2f}", f"{put['sqlite']['median_ms']:.2f}",
+                     x(put["replicas_ratio"]), f"<= {put['replicas_target']}x",
+                     put["replicas_met"]),
+                 Row("PUT 1 KiB p95 ms, cluster.replicas = 1 vs SQLite",
+                     f"{put['replicas']['p95_ms']:.2f}", f"{put['sqlite']['p95_ms']:.2f}",
+                     x(put["replicas_ratio_p95"]), "- (context)", None)]
     for peer in data["peer"]:
         size = f"{peer['size'] // 2**20} MiB" if peer["size"] >= 2**20 else \
             f"{peer['size'] // 2**10} KiB"

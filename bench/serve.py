@@ -651,12 +651,17 @@ def print_table(results: dict[tuple[str, str], Measurement], sizes: list[tuple[s
             print(f"  {note}")
 
 
-def versions(nginx_path: str, wrk_path: str) -> dict[str, str]:
-    found = {"python": sys.version.split()[0], "cpus": str(nproc())}
+def tool_versions(nginx_path: str, wrk_path: str) -> dict[str, str]:
+    """nginx's and wrk's versions, as their `-v` prints them (bench/cluster.py's too)."""
     nginx = subprocess.run([nginx_path, "-v"], capture_output=True, text=True, check=False)
-    found["nginx"] = (nginx.stderr or nginx.stdout).strip().removeprefix("nginx version: ")
     wrk = subprocess.run([wrk_path, "-v"], capture_output=True, text=True, check=False)
-    found["wrk"] = (wrk.stdout.splitlines() or ["?"])[0].split(" [")[0].removeprefix("wrk ")
+    return {"nginx": (nginx.stderr or nginx.stdout).strip().removeprefix("nginx version: "),
+            "wrk": (wrk.stdout.splitlines() or ["?"])[0].split(" [")[0].removeprefix("wrk ")}
+
+
+def versions(nginx_path: str, wrk_path: str) -> dict[str, str]:
+    found = {"python": sys.version.split()[0], "cpus": str(nproc()),
+             **tool_versions(nginx_path, wrk_path)}
     found.update(package_versions("filestore", "starlette", "uvicorn", "uvloop", "httptools"))
     revision = git_revision()
     if revision is not None:

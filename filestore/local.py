@@ -41,6 +41,7 @@ ROOM_AHEAD = 64 * CHUNK_SIZE
 MakeRoom = Callable[[int], object]
 TEMP_PREFIX = "put-"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_REPLICA_NAME = re.compile(r"([0-9a-f]{64})-([0-9a-f]{64})")
 
 
 def mark_in_use(fd: int) -> bool:
@@ -145,34 +146,42 @@ class LocalStore:
 
     def replica_path_of(self, path: str, sha256: str) -> Path:
         """Where this node keeps its copy of another node's `path` with these bytes:
-        `replicas/<sha256 of the path>/<sha256 of the bytes>`. Fixed-length names (a path's
+        `replicas/<sha256 of the path>-<sha256 of the bytes>`. Fixed-length names (a path's
         segment may be as long as a name can be), and named by the bytes (checked when they
         arrived), so the name alone says which bytes they are and a newer version's copy
-        never replaces an older one still in use."""
-        return self.replica_root / hashlib.sha256(path.encode()).hexdigest() / sha256
+        never replaces an older one still in use. One directory for all: a new copy costs
+        one directory fsync, not a directory of its own and two."""
+        return self.replica_root / f"{hashlib.sha256(path.encode()).hexdigest()}-{sha256}"
+
+    def _replica_paths(self, path: str, sha256: str) -> tuple[Path, Path]:
+        """The copy's name, then the one earlier versions gave it
+        (`replicas/<path hash>/<bytes hash>`), which is still read and swept."""
+        final = self.replica_path_of(path, sha256)
+        return final, self.replica_root / hashlib.sha256(path.encode()).hexdigest() / sha256
 
     def open_replica(self, path: str, sha256: str) -> int | None:
-        try:
-            return os.open(self.replica_path_of(path, sha256), os.O_RDONLY | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+        for where in self._replica_paths(path, sha256):
+            try:
+                return os.open(where, os.O_RDONLY | os.O_CLOEXEC)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+        return None
 
     def install_replica(self, tmp: Path, path: str, sha256: str) -> None:
         """Rename a received, fsync'd and checked copy into place, durably."""
-        final = self.replica_path_of(path, sha256)
-        if not final.parent.exists():
-            final.parent.mkdir(exist_ok=True)
-            fsync_dir(self.replica_root)
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
+        os.replace(tmp, self.replica_path_of(path, sha256))
+        fsync_dir(self.replica_root)
 
     def replica_copies(self) -> Iterator[tuple[str, str, Path]]:
         """Every copy kept here: (sha256 of its path, sha256 of its bytes, where)."""
-        for directory in os.scandir(self.replica_root):
-            if directory.is_dir(follow_symlinks=False) and _HEX64.fullmatch(directory.name):
-                for copy in os.scandir(directory.path):
+        for entry in os.scandir(self.replica_root):
+            named = _REPLICA_NAME.fullmatch(entry.name)
+            if named and entry.is_file(follow_symlinks=False):
+                yield named[1], named[2], Path(entry.path)
+            elif entry.is_dir(follow_symlinks=False) and _HEX64.fullmatch(entry.name):
+                for copy in os.scandir(entry.path):  # the earlier layout
                     if _HEX64.fullmatch(copy.name):
-                        yield directory.name, copy.name, Path(copy.path)
+                        yield entry.name, copy.name, Path(copy.path)
 
     def drop_replica(self, copy: Path, written_before: float) -> bool:
         """Unlink a copy nobody wrote since `written_before`; whether it went. A copy of the
@@ -187,9 +196,9 @@ class LocalStore:
             with contextlib.suppress(FileExistsError):
                 os.link(trash, copy)
         trash.unlink()
-        if not fresh:
+        if not fresh and copy.parent != self.replica_root:
             with contextlib.suppress(OSError):
-                copy.parent.rmdir()  # the path's last copy
+                copy.parent.rmdir()  # the path's last copy in the earlier layout
         return not fresh
 
     def candidates(self, path: str) -> tuple[Path, Path]:
@@ -233,8 +242,7 @@ class LocalStore:
         only: files/ and cache/ here may hold an older version's bytes on their way out."""
         if record is None or record.version != version:
             return None
-        where = ((self.replica_path_of(path, record.sha256),) if replica
-                 else self.candidates(path))
+        where = self._replica_paths(path, record.sha256) if replica else self.candidates(path)
         for candidate in where:
             try:
                 return open(candidate, "rb")  # the caller closes it

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -361,7 +362,7 @@ def test_with_a_replica_losing_the_holder_loses_nothing(replicated: Cluster,
         data_dir = cluster.nodes[int(node[1]) - 1].data_dir
         digest = hashlib.sha256(files[path]).hexdigest()
         named = hashlib.sha256(path.encode()).hexdigest()
-        assert (data_dir / "replicas" / named / digest).read_bytes() == files[path]
+        assert (data_dir / "replicas" / f"{named}-{digest}").read_bytes() == files[path]
 
     cluster.nodes[0].kill()  # the holder, before any upload
     for i in (1, 2):
@@ -396,3 +397,29 @@ def test_with_a_replica_a_put_no_other_node_can_copy_is_refused(replicated: Clus
     wait_for(lambda: cluster.clients[0].put("/files/lonely.bin", content=b"y").status_code
              == 201, timeout=20)
     assert cluster.state(0, "lonely.bin")["replica"] == "n2"
+
+
+def test_copies_in_the_earlier_replica_layout_are_still_read_and_swept(tmp_path: Path) -> None:
+    """Earlier versions kept a copy as `replicas/<path hash>/<bytes hash>`: still found, read
+    and swept (with its directory) after an upgrade to the flat layout."""
+    from filestore.local import LocalStore
+
+    local = LocalStore(tmp_path)
+    data = b"kept for another node"
+    digest = hashlib.sha256(data).hexdigest()
+    named = hashlib.sha256(b"old/x.bin").hexdigest()
+    (local.replica_root / named).mkdir()
+    (local.replica_root / named / digest).write_bytes(data)
+    fd = local.open_replica("old/x.bin", digest)
+    assert fd is not None
+    with os.fdopen(fd, "rb") as copy:
+        assert copy.read() == data
+    new = tmp_path / "tmp" / "new"
+    new.write_bytes(b"new")
+    local.install_replica(new, "new/y.bin", hashlib.sha256(b"new").hexdigest())
+    found = sorted((h, d) for h, d, _ in local.replica_copies())
+    assert found == sorted([(named, digest), (hashlib.sha256(b"new/y.bin").hexdigest(),
+                                              hashlib.sha256(b"new").hexdigest())])
+    for _, _, where in list(local.replica_copies()):
+        assert local.drop_replica(where, written_before=time.time() + 60)
+    assert list(local.replica_root.iterdir()) == []

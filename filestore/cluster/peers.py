@@ -11,6 +11,7 @@ heartbeat for `cluster.dead_after`), unreachable, or that no longer holds this v
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -31,6 +32,7 @@ _CHUNK = 1024 * 1024
 # A node that does not answer a connection this fast is taken for down (the fill's own stall
 # timer, cache.fill_timeout, watches the bytes after that).
 _CONNECT_TIMEOUT = 3.0
+_NODES_FOR = 1.0  # seconds a read of the nodes table is used for
 
 
 class Peers:
@@ -39,6 +41,18 @@ class Peers:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._session: aiohttp.ClientSession | None = None
+        self._nodes: dict[str, Node] = {}
+        self._nodes_read = -_NODES_FOR  # monotonic
+
+    def nodes(self, *, wanted: str = "") -> dict[str, Node]:
+        """Every node by name, as the registry said at most `_NODES_FOR` seconds ago (read
+        again at once when `wanted` is not among them: a node that just started): a peer read
+        or a replicated PUT need not read the table each time, heartbeats are seconds apart."""
+        now = time.monotonic()
+        if now - self._nodes_read >= _NODES_FOR or (wanted and wanted not in self._nodes):
+            self._nodes = {n.name: n for n in self.store.registry.read.nodes.all()}
+            self._nodes_read = now
+        return self._nodes
 
     def source(self, record: FileRecord) -> PeerBytes:
         """Where `record`'s bytes are read from: its holder, if it can be asked."""
@@ -48,10 +62,10 @@ class Peers:
             raise RemoteUnavailable(f"{record.path!r} is on node {holder!r} only (not uploaded "
                                     "yet), and without cluster.secret this node cannot read it "
                                     "from there")
-        rows = self.store.registry.read.nodes
-        node = rows.get(holder)
+        known = self.nodes(wanted=holder)
+        node = known.get(holder)
         # The holder, then the other node keeping a copy (cluster.replicas), if alive.
-        copy = rows.get(record.replica) if record.replica else None
+        copy = known.get(record.replica) if record.replica else None
         alive = [n for n in (node, copy)
                  if n is not None and n.alive(settings.cluster.dead_after)]
         if not alive:

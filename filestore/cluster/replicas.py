@@ -47,10 +47,10 @@ def _timeout(settings: Settings) -> aiohttp.ClientTimeout:
                                  sock_read=settings.cache.fill_timeout)
 
 
-def ranked(store: Store, path: str) -> list[tuple[str, str]]:
+def ranked(store: Store, peers: Peers, path: str) -> list[tuple[str, str]]:
     """The other live nodes (name, URL), in this path's rendezvous order."""
     settings = store.settings
-    nodes = [(n.name, n.url) for n in store.registry.read.nodes.all()
+    nodes = [(n.name, n.url) for n in peers.nodes().values()
              if n.name != settings.node and n.alive(settings.cluster.dead_after)]
     return sorted(nodes, key=lambda node: hashlib.sha256(
         f"{node[0]}\n{path}".encode()).digest(), reverse=True)
@@ -60,7 +60,7 @@ async def push(store: Store, peers: Peers, path: str, received: Received) -> str
     """Have another live node keep `received` for `path`; its name."""
     settings = store.settings
     failures: list[str] = []
-    for name, url in ranked(store, path):
+    for name, url in ranked(store, peers, path):
         headers = sign({"x-checksum-sha256": received.sha256}, settings.cluster.secret,
                        "PUT", ENDPOINT + path, "", settings.node, name)
         try:
