@@ -33,9 +33,9 @@ What is measured
        with holder r1 and replica r2, and r2's data directory must hold the very bytes at
        `replicas/<sha256 of the path>-<sha256 of the bytes>`; a postgres path must name no
        replica. From pg_stat_statements (top-level statements, utility ones included; each
-       side's database apart), the statements each PUT sends, by statement; psycopg-pool also
-       checks each pooled connection before handing it out (an empty query, which
-       pg_stat_statements does not see), one more round trip per transaction. For context,
+       side's database apart), the statements each PUT sends, by statement; a transaction's
+       `BEGIN` and its registry lock go as one simple query, so they are one round trip
+       (pg_stat_statements counts two statements). For context,
        measured from this process with psycopg: a round trip (`SELECT 1`) and an fsynced
        one-row commit.
     2. Peer reads: nodes A and B (PostgreSQL registry). For each sample a fresh path is PUT to
@@ -379,9 +379,10 @@ class Statements:
 
     @property
     def round_trips(self) -> float:
-        """The statements, and psycopg-pool's check of the connection each transaction takes
-        from the pool (an empty query: pg_stat_statements does not see it)."""
-        return self.count + self.transactions
+        """The statements, less one per transaction: its `BEGIN` goes with the registry
+        lock in one simple query (filestore's `PostgresRegistry.transaction`). psycopg-pool's
+        check of a pooled connection sends nothing unless its socket is readable."""
+        return self.count - self.transactions
 
     def as_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "statements": self.count,
@@ -886,7 +887,7 @@ def report_puts(args: argparse.Namespace, puts: dict[str, Any], context: dict[st
           f"{check['replica']}, database {REPLICA_DATABASE}), PUTs to {check['holder']}; all "
           f"{check['checked_paths']} measured paths recorded with replica {check['replica']}, "
           f"whose data directory holds each copy (e.g. {check['example_copy']})")
-    print("registry statements per PUT (round trips, with psycopg-pool's checks): postgres "
+    print("registry statements per PUT (round trips: BEGIN goes with the lock): postgres "
           + ", replicas = 1 ".join(f"{statements[side].count:.1f} "
                                    f"({statements[side].round_trips:.1f})"
                                    for side in ("postgres", "replicas")))
@@ -910,8 +911,7 @@ def report_puts(args: argparse.Namespace, puts: dict[str, Any], context: dict[st
 def report_statements(counts: dict[str, Statements], listed: Sequence[str]) -> None:
     print("Registry statements per request (pg_stat_statements: top-level statements of every "
           "node, utility ones included, sent at least once every two requests; round trips "
-          "add psycopg-pool's check of each pooled connection, an empty query per "
-          "transaction that it does not see)")
+          "count a transaction's BEGIN and registry lock as one: they go as one query)")
     rows = [["request", "requests", "statements", "transactions", "round trips",
              "server exec ms"]]
     for kind, st in counts.items():

@@ -109,9 +109,10 @@ class _TempWriter:
         disk = os.fstatvfs(self.fd)
         return disk.f_bavail * disk.f_frsize
 
-    def finish(self) -> None:
+    def finish(self, sync: bool = True) -> None:
         try:
-            os.fsync(self.fd)
+            if sync:
+                os.fsync(self.fd)
         finally:
             os.close(self.fd)
 
@@ -276,10 +277,12 @@ class LocalStore:
             )
 
     async def receive(self, chunks: AsyncIterator[bytes], max_size: int,
-                      make_room: MakeRoom | None = None, expected: int = 0) -> Received:
+                      make_room: MakeRoom | None = None, expected: int = 0, *,
+                      sync: bool = True) -> Received:
         """Stream `chunks` into a new temp file, hashing; delete it again on any failure.
         `make_room` is asked for room when a block would cross `min_free` (`expected`: the
-        declared length, if any).
+        declared length, if any). `sync=False`: not fsync'd yet, the caller does
+        (`sync_received`) before it installs the file.
 
         Network chunks are gathered into 1 MiB blocks so the thread hop is paid per MiB.
         """
@@ -297,7 +300,7 @@ class LocalStore:
                     await anyio.to_thread.run_sync(writer.write, block)
             if buffer:
                 await anyio.to_thread.run_sync(writer.write, bytes(buffer))
-            await anyio.to_thread.run_sync(writer.finish)
+            await anyio.to_thread.run_sync(writer.finish, sync)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(writer.abort)
@@ -320,6 +323,15 @@ class LocalStore:
             writer.abort()
             raise
         return Received(tmp, writer.size, writer.sha256.hexdigest(), writer.md5.hexdigest())
+
+    @staticmethod
+    def sync_received(received: Received) -> None:
+        """fsync a body `receive` left unsynced."""
+        fd = os.open(received.tmp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def discard(self, received: Received) -> None:
         received.tmp.unlink(missing_ok=True)

@@ -178,8 +178,10 @@ class Service:
     def make_room(self, free: int) -> object:
         return self.cache.gc.make_free(free) if self.cache is not None else None
 
-    async def replicate(self, path: str, received: Received) -> str:
-        return await cluster.replicas.push(self.store, self.read_through.peers, path, received)
+    async def replicate(self, path: str, received: Received,
+                        meanwhile: Callable[[Received], None] | None = None) -> str:
+        return await cluster.replicas.push(self.store, self.read_through.peers, path, received,
+                                           meanwhile)
 
     # -- files -----------------------------------------------------------------------------------
 

@@ -76,9 +76,11 @@ class StoreEvents(Protocol):
     def make_room(self, free: int) -> object:
         """Evict cached bytes until `free` bytes are free on the disk, if it can. In a thread."""
 
-    async def replicate(self, path: str, received: Received) -> str:
+    async def replicate(self, path: str, received: Received,
+                        meanwhile: Callable[[Received], None] | None = None) -> str:
         """Have another node keep a copy of a received body before it is recorded
-        (`cluster.replicas`); that node's name."""
+        (`cluster.replicas`); that node's name. `meanwhile`: what this node does to the body
+        while the copy goes (its fsync), in a thread; done whatever the push's outcome."""
 
 
 class NoEvents:
@@ -93,7 +95,10 @@ class NoEvents:
     def make_room(self, free: int) -> object:
         return None
 
-    async def replicate(self, path: str, received: Received) -> str:
+    async def replicate(self, path: str, received: Received,
+                        meanwhile: Callable[[Received], None] | None = None) -> str:
+        if meanwhile is not None:
+            meanwhile(received)
         return ""  # nobody to copy to: recorded without a replica
 
 
@@ -290,9 +295,13 @@ class Store:
         if room is not None and declared > room:
             raise QuotaExceeded(quota_text(path, declared, room))
         limit = self.settings.storage.max_upload_size
+        # A copy goes to another node first (cluster.replicas): this node's fsync of the body
+        # waits alongside that push, not before it.
+        replicating = self.shared and bool(self.settings.cluster.replicas)
         try:
             received = await self.local.receive(body, limit if room is None else min(limit, room),
-                                                self.events.make_room, declared)
+                                                self.events.make_room, declared,
+                                                sync=not replicating)
         except TooLarge:
             if room is not None and room < limit:
                 raise QuotaExceeded(quota_text(path, None, room)) from None
@@ -308,8 +317,8 @@ class Store:
                 )
             ctype = content_type or guess_content_type(path)
             replica = ""
-            if self.shared and self.settings.cluster.replicas:
-                replica = await self.events.replicate(path, received)
+            if replicating:
+                replica = await self.events.replicate(path, received, self.local.sync_received)
             record, created = await anyio.to_thread.run_sync(
                 self._commit_put, path, received, ctype, precondition, replica
             )

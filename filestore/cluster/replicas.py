@@ -1,11 +1,11 @@
 """`cluster.replicas = 1`: a PUT is acknowledged only once another live node holds its bytes.
 
-The receiving node (the holder) takes the body into its temp file as always (hashed, fsync'd),
-then, before it records anything, sends that file to another live node over
-`PUT /_cluster/replicas/{path}` (signed, as every node-to-node call). That node receives it into
-a temp file of its own, checks the SHA-256 the holder names, fsyncs it and renames it into
-`replicas/` (`LocalStore.install_replica`) before it answers 201
-(`endpoint.replica_put`). Only then does
+The receiving node (the holder) takes the body into its temp file as always (hashed), then,
+before it records anything, sends that file to another live node over
+`PUT /_cluster/replicas/{path}` (signed, as every node-to-node call) while it fsyncs its own.
+That node receives it into a temp file of its own, checks the SHA-256 the holder names, fsyncs
+it and renames it into `replicas/` (`LocalStore.install_replica`) before it answers 201
+(`endpoint.replica_put`). Only then, its own fsync done too, does
 the holder record the file, naming the other node as its `replica` in the same transaction as
 the bytes, and acknowledge the PUT. From then on either node may upload it (the queue's lease
 makes it one), and either serves it to the others (`peers.py` asks the replica when the holder
@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import aiohttp
+import anyio
 
 from ..config import Settings
 from ..errors import RemoteUnavailable
@@ -56,8 +58,36 @@ def ranked(store: Store, peers: Peers, path: str) -> list[tuple[str, str]]:
         f"{node[0]}\n{path}".encode()).digest(), reverse=True)
 
 
-async def push(store: Store, peers: Peers, path: str, received: Received) -> str:
-    """Have another live node keep `received` for `path`; its name."""
+async def push(store: Store, peers: Peers, path: str, received: Received,
+               meanwhile: Callable[[Received], None] | None = None) -> str:
+    """Have another live node keep `received` for `path`; its name. `meanwhile` (this
+    node's own fsync of the body) runs in a thread alongside: each waits on its own disk."""
+    if meanwhile is None:
+        return await _push(store, peers, path, received)
+    taken: list[str] = []
+    failed: list[Exception] = []
+
+    async def copy() -> None:
+        try:
+            taken.append(await _push(store, peers, path, received))
+        except Exception as exc:  # raised once both are done (a task group would wrap it)
+            failed.append(exc)
+
+    async def own() -> None:
+        try:
+            await anyio.to_thread.run_sync(meanwhile, received)
+        except Exception as exc:
+            failed.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(copy)
+        tg.start_soon(own)
+    if failed:
+        raise failed[0]
+    return taken[0]
+
+
+async def _push(store: Store, peers: Peers, path: str, received: Received) -> str:
     settings = store.settings
     failures: list[str] = []
     for name, url in ranked(store, peers, path):
