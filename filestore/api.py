@@ -4,15 +4,18 @@ Handlers translate HTTP into `Store` calls and domain errors into JSON `{"error"
 responses (see `app.py`). The GET path of a small local file does no thread hop at all: the
 registry lookup, `open` and `fstat` are each a few microseconds on the event loop, and a small
 file read recently is still open (`kept.KeptFiles`), so its next GET costs one `stat` instead,
-answered with the headers made for its version once (`_whole_headers`).
+answered with the headers made for its version once (`_whole_headers`). The S3 endpoint's
+GETs are read here too (`serve_read`), with S3's own answers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import mimetypes
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -46,11 +49,11 @@ log = logging.getLogger("filestore")
 MAX_LIST_LIMIT = 1000
 _SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 _DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() also takes "²"
-# On every answer with a file's bytes or headers. Bytes a client may name the wrong type for:
-# never let a browser sniff them into HTML; and whatever they are, a browser renders them
-# sandboxed, in an origin of their own, with no script (docs/http.md "Served inert").
-_SAFE_HEADERS = {"x-content-type-options": "nosniff", "accept-ranges": "bytes",
-                 "content-security-policy": SANDBOX}
+# On every answer with a file's bytes or headers, S3's too. Bytes a client may name the wrong
+# type for: never let a browser sniff them into HTML; and whatever they are, a browser renders
+# them sandboxed, in an origin of their own, with no script (docs/http.md "Served inert").
+SAFE_HEADERS = {"x-content-type-options": "nosniff", "accept-ranges": "bytes",
+                "content-security-policy": SANDBOX}
 # The Cache-Control of a read that needed a credential (the token where reads are not public,
 # or a signed URL), whatever the plan says: no shared cache keeps it (a CDN would hand a
 # private file to anyone, or a signed URL's answer after its expiry, a single-use URL's twice),
@@ -127,12 +130,8 @@ def _file_headers(settings: Settings, record: FileRecord, private: bool) -> dict
     """The headers of every answer with the file's bytes or headers (200, 206, HEAD, 304);
     `private`: the read needed a credential."""
     validators = _validators(record)
-    headers = {
-        "etag": validators.etag,
-        "last-modified": validators.http_date,
-        "content-type": record.content_type,
-        **_SAFE_HEADERS,
-    }
+    headers = {"etag": validators.etag, "last-modified": validators.http_date,
+               "content-type": record.content_type, **SAFE_HEADERS}
     # A dict lookup (the plan's answers for this content type, precomputed) and a startswith
     # per rule of the type that sets cache_control or inline.
     cache_control, attach = plan.served(settings, record.path, record.content_type)
@@ -161,7 +160,7 @@ def _whole_headers(settings: Settings, record: FileRecord, private: bool
         return found[3]
     headers = _file_headers(settings, record, private)
     headers["content-length"] = str(record.size)
-    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    raw = encoded(headers)
     if record.size <= KEEP_MAX_SIZE:  # larger files are not kept: their records never repeat
         if len(_whole) >= _WHOLE_MAX:
             _whole.clear()
@@ -169,11 +168,14 @@ def _whole_headers(settings: Settings, record: FileRecord, private: bool
     return raw
 
 
+def encoded(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    """Headers as an ASGI answer sends them (`FileBody.whole`)."""
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
 # Request headers that make a GET conditional or partial; most GETs carry none of them.
-_CONDITIONAL = frozenset(
-    (b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since", b"range",
-     b"if-range")
-)
+_CONDITIONAL = frozenset((b"if-match", b"if-none-match", b"if-modified-since",
+                          b"if-unmodified-since", b"range", b"if-range"))
 
 
 def _conditional_headers(request: Request) -> dict[str, str]:
@@ -265,13 +267,41 @@ async def _read_file(request: Request, service: Service, path: str, private: boo
     # Not with a shared registry: a fill of a newer version may rename over cache/PATH, and a
     # replica's copy is not in files/, between this answer and nginx's open (docs/cluster.md).
     accel_prefix = "" if service.store.shared else settings.server.accel_redirect
+    return await serve_read(request, service, path,
+                            lambda record: _FileAnswers(settings, record, private), accel_prefix)
+
+
+class Answers(Protocol):
+    """A read's answers in its protocol's own terms, for the version found: `/files/`'s
+    (`_FileAnswers`) or the S3 endpoint's (s3api/objects.py); the read is `serve_read`'s."""
+
+    @property
+    def validators(self) -> Validators: ...
+    # The headers of a 200, 206 or HEAD but content-length (a new dict: the answer adds to it).
+    def headers(self) -> dict[str, str]: ...
+    # The headers of a 200 or HEAD of the whole file, encoded, content-length included.
+    def whole(self) -> list[tuple[bytes, bytes]]: ...
+    def not_modified(self) -> Response: ...  # a 304
+    # The answer (416) to a Range that asks for nothing the file has; or raise it.
+    def not_satisfiable(self, exc: RangeNotSatisfiable) -> Response: ...
+
+
+async def serve_read(request: Request, service: Service, path: str,
+                     answers_for: Callable[[FileRecord], Answers], accel_prefix: str = ""
+                     ) -> Response | FileBody:
+    """A GET or HEAD of the current version of the file at `path` (normalized, authorized)
+    for either protocol: the bytes from local disk (a small file kept open: `_open`) or read
+    through the cache from the cloud, RFC 9110's conditions and Range, the cache's hits
+    counted. `answers_for`: the protocol's own answers for the version found (NotFound and
+    PreconditionFailed are raised for it to answer); `accel_prefix`: nginx sends the bytes."""
     record, local, cached = await _open(service, path)
     headers: dict[str, str] | None = None
     ranges: list[tuple[int, int]] | None = None
     try:
+        answers = answers_for(record)
         conditions = _conditional_headers(request)
         if conditions or accel_prefix:
-            answer = _answer_conditions(request, settings, record, private, conditions)
+            answer = _answer_conditions(request.method, answers, record.size, conditions)
             if isinstance(answer, Response):  # 304 or 416: no bytes needed
                 if local is not None:
                     local.close()
@@ -292,17 +322,10 @@ async def _read_file(request: Request, service: Service, path: str, private: boo
             if cached:
                 cache.usage.hit(path, handed.length)
             return handed
-    source: ByteSource
-    if local is not None:
-        source = local
-    elif not send_body or record.size == 0:
-        source = NoBytes()
-    else:  # only the cloud has the bytes: read them through the cache
-        source = await cache.open(record, ranges)
+    source = await byte_source(service, record, local, ranges, send_body)
     response: FileBody
     if headers is None:  # most GETs: no conditions, the whole file
-        response = FileBody.whole(source, record.size,
-                                  _whole_headers(settings, record, private), send_body)
+        response = FileBody.whole(source, record.size, answers.whole(), send_body)
     else:
         response = FileBody(source, record.size, headers, ranges=ranges, send_body=send_body)
     if cached and send_body:
@@ -310,33 +333,60 @@ async def _read_file(request: Request, service: Service, path: str, private: boo
     return response
 
 
+async def byte_source(service: Service, record: FileRecord, local: ByteSource | None,
+                      ranges: list[tuple[int, int]] | None, send_body: bool = True
+                      ) -> ByteSource:
+    """An answer's bytes: `local`, none (a HEAD, an empty file), or the cloud's, read through
+    the cache (only the cloud has them)."""
+    if local is not None:
+        return local
+    if not send_body or record.size == 0:
+        return NoBytes()
+    return await service.read_through.open(record, ranges)
+
+
 def _answer_conditions(
-    request: Request, settings: Settings, record: FileRecord, private: bool,
-    conditions: dict[str, str],
+    method: str, answers: Answers, size: int, conditions: dict[str, str],
 ) -> Response | tuple[dict[str, str], list[tuple[int, int]] | None]:
     """The response headers and the ranges to send, or a finished answer (304, 416)."""
-    headers = _file_headers(settings, record, private)
-    if not conditions:
-        return headers, None
-    validators = _validators(record)
-    if check_preconditions(request.method, conditions, validators) == 304:
+    if conditions:
+        if check_preconditions(method, conditions, answers.validators) == 304:
+            return answers.not_modified()
+        range_header = conditions.get("range")
+        if range_header is not None and if_range_allows(conditions, answers.validators):
+            try:
+                return answers.headers(), parse_range(range_header, size)
+            except RangeNotSatisfiable as exc:
+                return answers.not_satisfiable(exc)
+    return answers.headers(), None
+
+
+@dataclasses.dataclass(slots=True)  # one per read: as cheap as can be (not frozen: half)
+class _FileAnswers:
+    """`/files/`'s answers to a read of `record`; `private`: the read needed a credential."""
+
+    settings: Settings
+    record: FileRecord
+    private: bool
+
+    @property
+    def validators(self) -> Validators:  # only a conditional read asks
+        return _validators(self.record)
+
+    def headers(self) -> dict[str, str]:
+        return _file_headers(self.settings, self.record, self.private)
+
+    def whole(self) -> list[tuple[bytes, bytes]]:
+        return _whole_headers(self.settings, self.record, self.private)
+
+    def not_modified(self) -> Response:
+        headers = self.headers()
         headers.pop("content-type")  # the rest, Cache-Control too, as the 200 (RFC 9111 4.3.4)
         return Response(status_code=304, headers=headers)
-    range_header = conditions.get("range")
-    if range_header is None or not if_range_allows(conditions, validators):
-        return headers, None
-    try:
-        return headers, parse_range(range_header, record.size)
-    except RangeNotSatisfiable as exc:
-        return _not_satisfiable(record, exc)
 
-
-def _not_satisfiable(record: FileRecord, exc: RangeNotSatisfiable) -> Response:
-    return JSONResponse(
-        {"error": "range_not_satisfiable", "detail": str(exc)},
-        status_code=416,
-        headers={"content-range": f"bytes */{record.size}", **_SAFE_HEADERS},
-    )
+    def not_satisfiable(self, exc: RangeNotSatisfiable) -> Response:
+        return JSONResponse({"error": "range_not_satisfiable", "detail": str(exc)}, 416,
+                            {"content-range": f"bytes */{self.record.size}", **SAFE_HEADERS})
 
 
 def _form_type(content_type: str) -> bool:

@@ -132,6 +132,11 @@ def remote_attempt(op: str, remote: str, ok: bool) -> None:
             failures.inc()
 
 
+# Where an app names its requests' route itself (a scope key), for paths that do not say it:
+# the S3 endpoint's (s3api/app.py) are buckets and keys, `/files/x` there the bucket "files".
+ROUTE = "filestore.route"
+
+
 def route_of(path: str) -> str:
     """A bounded label for a URL path (never the path itself: that would be one series each)."""
     if path.startswith("/files/"):
@@ -200,7 +205,8 @@ class RequestMetrics:
             await self.app(scope, receive if method in ("GET", "HEAD") else counted_receive,
                            counted_send)
         finally:
-            self.count(scope, route_of(scope["path"]), status, received, sent, started)
+            self.count(scope, scope.get(ROUTE) or route_of(scope["path"]), status, received,
+                       sent, started)
 
     def count(self, scope: Scope, route: str, status: int, received: int, sent: int,
               started: float) -> None:

@@ -3,7 +3,7 @@ path of the account's, read in the transaction that records them."""
 
 from __future__ import annotations
 
-from .registry import Tables, usage_counter
+from .registry import Tables, Upload, usage_counter
 
 
 def quota_room(tables: Tables, path: str) -> int | None:
@@ -17,6 +17,18 @@ def quota_room(tables: Tables, path: str) -> int | None:
     used = tables.counters.get(usage_counter(account.id, "bytes"))
     existing = tables.files.get(path)
     return account.quota - used + (existing.size if existing is not None else 0)
+
+
+def part_room(tables: Tables, upload: Upload, number: int) -> tuple[int, int | None]:
+    """For part `number` of an S3 multipart `upload`: the bytes of the upload's other parts,
+    and how large the part may be within the account's quota (None: no quota). The parts of
+    every open upload of the account count against it, not the upload's own alone: they hold
+    the account's bytes until completed or aborted, and two uploads at once must not pass the
+    quota together. A part of `number` sent before is replaced, so its bytes are not counted."""
+    account_id = upload.path.partition("/")[0]  # the account `quota_room` finds, if any
+    held = tables.uploads.part_bytes(account_id + "/", upload.upload_id, number)
+    room = quota_room(tables, upload.path)
+    return held.get(upload.upload_id, 0), None if room is None else room - sum(held.values())
 
 
 def quota_text(path: str, size: int | None, room: int) -> str:

@@ -92,6 +92,44 @@ def test_route_labels_are_bounded() -> None:
     assert metrics.route_of("/wp-login.php") == "other"
 
 
+def test_s3_requests_are_a_route_of_their_own(make_server: Any) -> None:
+    """Whatever their paths look like: bucket "files" is `/files/...` on the S3 endpoint."""
+    from test_s3 import admin_client
+
+    server = make_server(s3=True)
+    before = scrape(server)
+    s3 = admin_client(server)
+    s3.create_bucket(Bucket="files")
+    s3.put_object(Bucket="files", Key="a.txt", Body=b"abc")
+    assert s3.get_object(Bucket="files", Key="a.txt")["Body"].read() == b"abc"
+    assert httpx.get(f"{server.s3_url}/files/a.txt").status_code == 403  # unsigned
+    with server.client() as files:
+        assert files.get("/files/files/a.txt").content == b"abc"
+
+    def delta(samples: dict[Any, float], name: str, **labels: str) -> float:
+        return value(samples, name, **labels) - value(before, name, **labels)
+
+    def counted() -> dict[Any, float] | None:
+        after = scrape(server)
+        return after if delta(after, "filestore_http_requests_total", route="files",
+                              method="GET", status="200") == 1 else None
+
+    after = wait_for(counted)
+    assert delta(after, "filestore_http_requests_total", route="s3", method="PUT",
+                 status="200") == 2
+    assert delta(after, "filestore_http_requests_total", route="s3", method="GET",
+                 status="200") == 1
+    assert delta(after, "filestore_http_requests_total", route="s3", method="GET",
+                 status="403") == 1
+    assert delta(after, "filestore_http_received_bytes_total", route="s3") == 3
+    assert delta(after, "filestore_http_sent_bytes_total", route="s3") >= 3
+    assert delta(after, "filestore_http_request_duration_seconds_count", route="s3",
+                 method="GET") == 2
+    assert delta(after, "filestore_http_sent_bytes_total", route="files") == 3  # /files/'s own
+    assert delta(after, "filestore_http_requests_total", route="other", method="GET",
+                 status="403") == 0
+
+
 def test_readyz_reports_each_check(server: LiveServer) -> None:
     with server.client(auth=False) as anon:
         assert anon.get("/healthz").json() == {"status": "ok"}

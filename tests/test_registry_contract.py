@@ -671,6 +671,27 @@ def test_s3_keys_buckets_uploads_and_objects(registry):
     assert registry.read.s3_keys.listing("") == [("AK2", 2.0)]
 
 
+def test_part_bytes_add_up_every_open_upload_under_a_prefix(registry):
+    """One query for the parts of all of an account's open uploads (its quota's), the part a
+    new one replaces left out."""
+    with registry.transaction() as tx:
+        for upload_id, path in (("u1", "acme/b/x"), ("u2", "acme/c/y"), ("u3", "acmeco/b/z"),
+                                ("u4", "acme/b/none")):
+            tx.uploads.create(Upload(upload_id, "acme", "b", path, path, None, None, 1.0))
+        for upload_id, number, size in (("u1", 1, 5), ("u1", 2, 7), ("u2", 1, 11),
+                                        ("u3", 1, 13)):
+            tx.uploads.put_part(upload_id, Part(number, size, "m", f"f{number}", 1.0))
+    uploads = registry.read.uploads
+    assert uploads.part_bytes("acme/", "u1", 3) == {"u1": 12, "u2": 11}  # not acmeco's
+    assert uploads.part_bytes("acme/", "u1", 2) == {"u1": 5, "u2": 11}  # part 2 replaced
+    assert uploads.part_bytes("acme/", "u2", 1) == {"u1": 12}
+    assert uploads.part_bytes("acme/b/", "u9", 1) == {"u1": 12}
+    assert uploads.part_bytes("bob/", "u1", 1) == {}
+    with registry.transaction() as tx:
+        tx.uploads.delete("u1")
+        assert tx.uploads.part_bytes("acme/", "u2", 9) == {"u2": 11}  # gone with its upload
+
+
 # -- counters kept by the triggers, against a recount, and both backends alike --------------------
 
 PATHS = ["a", "b/c", "acme/x", "acme/y/z", "m/p", "m/q/r", "free/k"]

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from conftest import LiveServer, Moto, s3_overrides, uploaded, wait_for
+from conftest import LiveServer, Moto, counters, s3_overrides, uploaded, wait_for
 from test_accounts import create
 
 pytestmark = pytest.mark.timeout(120)
@@ -211,16 +211,18 @@ def test_an_accounts_keys_see_its_own_namespace(s3_server: LiveServer) -> None:
 
 
 def signed_headers(server: LiveServer, method: str, path: str, body: bytes,
-                   **headers: str) -> dict[str, str]:
-    """The headers botocore's SigV4 signer gives a request for `body`."""
+                   key: tuple[str, str] | None = None, **headers: str) -> dict[str, str]:
+    """The headers botocore's SigV4 signer gives a request for `body`, signed with `key`
+    (access key id, secret; the administrator's by default)."""
     from botocore.auth import S3SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
-    pair, _ = server.service.s3_keys.admin_pair()
+    if key is None:
+        pair, _ = server.service.s3_keys.admin_pair()
+        key = (pair.access_key_id, pair.secret_access_key)
     request = AWSRequest(method=method, url=server.s3_url + path, data=body, headers=headers)
-    S3SigV4Auth(Credentials(pair.access_key_id, pair.secret_access_key), "s3",
-                "us-east-1").add_auth(request)
+    S3SigV4Auth(Credentials(*key), "s3", "us-east-1").add_auth(request)
     return {name: value.decode() if isinstance(value, bytes) else value
             for name, value in request.headers.items()}
 
@@ -464,3 +466,148 @@ def test_a_large_copy_goes_part_by_part_within_filestore(s3_server: LiveServer) 
     assert code_of(s3.upload_part_copy, Bucket="src", Key="x", UploadId=upload, PartNumber=1,
                    CopySource={"Bucket": "src", "Key": "big.bin"},
                    CopySourceRange=f"bytes=0-{len(data)}") == ("InvalidRange", 416)
+
+
+# -- reads: /files/'s own, answered as S3 ------------------------------------------------------
+
+
+def test_a_get_is_read_as_files_reads_it(s3_server: LiveServer) -> None:
+    """GetObject and HeadObject go through `/files/`'s read (`api.serve_read`): a cloud-only
+    object is read through the cache, a cached one counts its hit; Range and the conditions on
+    S3's ETag; S3's headers (metadata, `response-*`), but none of them on a 304."""
+    s3 = admin_client(s3_server)
+    s3.create_bucket(Bucket="read")
+    data = os.urandom(200_000)
+    put = s3.put_object(Bucket="read", Key="r.bin", Body=data, Metadata={"k": "v"})
+    wait_for(lambda: uploaded(s3_server, "read/r.bin"))
+    with s3_server.client() as files:  # only the cloud has it now
+        assert files.post("/admin/api/files/read/r.bin/evict").status_code == 200
+    misses = counters(s3_server).get("cache.misses", 0)
+    got = s3.get_object(Bucket="read", Key="r.bin")
+    assert got["Body"].read() == data and got["ETag"] == put["ETag"]
+    assert got["Metadata"] == {"k": "v"} and got["ContentLength"] == len(data)
+    wait_for(lambda: counters(s3_server).get("cache.misses", 0) == misses + 1)
+    wait_for(lambda: counters(s3_server).get("cache.entries") == 1)  # filled as it was read
+    hits = counters(s3_server).get("cache.hits", 0)
+    part = s3.get_object(Bucket="read", Key="r.bin", Range="bytes=1000-1999",
+                         ResponseContentType="application/x-test")
+    assert part["Body"].read() == data[1000:2000]
+    assert part["ContentRange"] == "bytes 1000-1999/200000"
+    assert part["ContentType"] == "application/x-test" and part["Metadata"] == {"k": "v"}
+    wait_for(lambda: counters(s3_server).get("cache.hits", 0) == hits + 1)
+    head = s3.head_object(Bucket="read", Key="r.bin")
+    assert head["ContentLength"] == len(data) and head["Metadata"] == {"k": "v"}
+    headers = signed_headers(s3_server, "GET", "/read/r.bin", b"",
+                             **{"if-none-match": put["ETag"]})
+    answer = httpx.get(f"{s3_server.s3_url}/read/r.bin", headers=headers)
+    assert answer.status_code == 304 and answer.headers["etag"] == put["ETag"]
+    assert "content-type" not in answer.headers and "x-amz-meta-k" not in answer.headers
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert code_of(s3.get_object, Bucket="read", Key="r.bin", Range="bytes=300000-") == (
+        "InvalidRange", 416)
+    with s3_server.client() as files:  # the same file, /files/'s answers
+        assert files.get("/files/read/r.bin", headers={"range": "bytes=0-1"}).content == data[:2]
+        missed = files.get("/files/read/r.bin", headers={"range": "bytes=300000-"})
+        assert missed.status_code == 416 and missed.json()["error"] == "range_not_satisfiable"
+
+
+# -- whole numbers: one parser --------------------------------------------------------------
+
+
+def test_whole_numbers_are_ascii_digits_only() -> None:
+    from filestore.s3api.errors import S3Error
+    from filestore.s3api.whole import count, whole_number
+
+    assert whole_number("0") == 0 and whole_number("0042") == 42
+    assert whole_number("9" * 18) == int("9" * 18) and whole_number("9" * 19) is None
+    for bad in (None, "", "-1", "+1", " 1", "1.0", "1e3", "²", "٣", "0x10"):
+        assert whole_number(bad) is None, bad
+    assert whole_number("12345", 4) is None and whole_number("1234", 4) == 1234
+    assert count(None, "max-keys", 1000) == 1000 and count("5000", "max-keys", 1000) == 1000
+    assert count("0", "max-keys", 1000, low=0) == 0
+    for bad in ("0", "abc", "²", "1" * 10):
+        with pytest.raises(S3Error) as caught:
+            count(bad, "max-parts", 1000)
+        assert caught.value.code == "InvalidArgument", bad
+
+
+def test_numbers_in_requests_are_checked_alike(s3_server: LiveServer) -> None:
+    s3 = admin_client(s3_server)
+    s3.create_bucket(Bucket="nums")
+    upload = s3.create_multipart_upload(Bucket="nums", Key="x")["UploadId"]
+    refused = ["/nums?list-type=2&max-keys=%C2%B2", "/nums?max-keys=-1",
+               f"/nums/x?uploadId={upload}&max-parts=1.5", "/nums?uploads&max-uploads=0"]
+    for path in refused:
+        answer = httpx.get(s3_server.s3_url + path,
+                           headers=signed_headers(s3_server, "GET", path, b""))
+        assert answer.status_code == 400 and b"<Code>InvalidArgument</Code>" in answer.content, (
+            path, answer.text)
+    for number in ("0", "10001", "%D9%A3", ""):
+        path = f"/nums/x?partNumber={number}&uploadId={upload}"
+        answer = httpx.put(s3_server.s3_url + path, content=b"p",
+                           headers=signed_headers(s3_server, "PUT", path, b"p"))
+        assert answer.status_code == 400 and b"Part number must be" in answer.content, number
+    empty = s3.list_objects_v2(Bucket="nums", MaxKeys=0)
+    assert empty["KeyCount"] == 0 and empty["MaxKeys"] == 0
+
+
+# -- an account's quota over all its open uploads ------------------------------------------------
+
+
+def test_concurrent_uploads_cannot_together_pass_the_quota(make_server: Any) -> None:
+    """The parts of every open upload of an account count against its quota: each of two
+    uploads fits alone, not both; and a part still arriving when another upload's part is
+    recorded is refused where it is recorded (nothing of it kept)."""
+    import socket
+
+    server: LiveServer = make_server(s3=True)
+    with server.client() as owner:
+        token = create(owner, "acme", quota="10KiB")  # 10240 bytes
+    with httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {token}"}) as acme:
+        pair = acme.post("/admin/api/accounts/acme/s3-keys").json()
+    key = (pair["access_key_id"], pair["secret_access_key"])
+    s3 = s3_client(server, *key)
+    s3.create_bucket(Bucket="box")
+    first, second, third = (s3.create_multipart_upload(Bucket="box", Key=name)["UploadId"]
+                            for name in ("a.bin", "b.bin", "c.bin"))
+
+    def part(upload: str, name: str, number: int, size: int) -> Any:
+        return s3.upload_part(Bucket="box", Key=name, UploadId=upload, PartNumber=number,
+                              Body=b"p" * size)
+
+    part(first, "a.bin", 1, 6000)
+    assert code_of(part, second, "b.bin", 1, 6000) == ("QuotaExceeded", 403)  # fits alone
+    part(first, "a.bin", 1, 6000)  # sent again: it replaces its bytes, not adds to them
+    part(second, "b.bin", 1, 4000)  # 10000 of 10240
+    assert code_of(part, third, "c.bin", 1, 300) == ("QuotaExceeded", 403)
+    s3.abort_multipart_upload(Bucket="box", Key="b.bin", UploadId=second)  # its room is back
+
+    # Two parts at once: the first passes the check made before its bytes, then, while it is
+    # still arriving, another upload's part takes the room; the first is refused at recording.
+    body = b"q" * 4000
+    path = f"/box/a.bin?partNumber=2&uploadId={first}"
+    headers = signed_headers(server, "PUT", path, body, key)
+    host, port = server.s3_url.removeprefix("http://").split(":")
+    temp = server.settings.data_dir / "tmp"
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        conn.sendall(f"PUT {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{head}"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:1000])
+        wait_for(lambda: list(temp.iterdir()), timeout=10)  # being received
+        part(third, "c.bin", 1, 4000)  # 6000 + 4000 of 10240: fits
+        conn.sendall(body[1000:])
+        answer = b""
+        while b"</Error>" not in answer and (chunk := conn.recv(65536)):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 403") and b"<Code>QuotaExceeded</Code>" in answer
+    assert [p["PartNumber"] for p in s3.list_parts(Bucket="box", Key="a.bin",
+                                                   UploadId=first)["Parts"]] == [1]
+    assert len(list((server.settings.data_dir / "s3-uploads" / first).iterdir())) == 1
+    wait_for(lambda: not list(temp.iterdir()), timeout=10)
+    assert code_of(part, first, "a.bin", 2, 300) == ("QuotaExceeded", 403)  # 10300 of 10240
+    path = f"/box/a.bin?partNumber=2&uploadId={first}"  # no length said: cut off at the room
+    cut = httpx.put(server.s3_url + path, content=iter([b"r" * 300]),
+                    headers=signed_headers(server, "PUT", path, b"r" * 300, key))
+    assert cut.status_code == 403 and b"<Code>QuotaExceeded</Code>" in cut.content, cut.text
+    s3.abort_multipart_upload(Bucket="box", Key="c.bin", UploadId=third)
+    part(first, "a.bin", 2, 4000)  # the aborted upload's room is the account's again

@@ -121,6 +121,18 @@ class UploadRows:
             "AND number > ? ORDER BY number LIMIT ?", (upload_id, after, limit)).fetchall()
         return [Part(*row) for row in rows]
 
+    def part_bytes(self, prefix: str, upload_id: str, number: int) -> dict[str, int]:
+        """{upload id: the bytes of its parts} of every open upload to a path under `prefix`
+        that has any, part `number` of upload `upload_id` left out (the one a part of that
+        number replaces). One query for all of them: an account's open uploads share its quota.
+        The uploads are few (they expire), so a scan of them needs no index on their paths."""
+        rows = self._conn.execute(
+            "SELECT p.upload_id, SUM(p.size) FROM s3_uploads AS u JOIN s3_parts AS p "
+            "ON p.upload_id = u.upload_id WHERE u.path >= ? AND u.path < ? "
+            "AND NOT (p.upload_id = ? AND p.number = ?) GROUP BY p.upload_id",
+            (prefix, prefix + MAX_CHAR, upload_id, number)).fetchall()
+        return {upload: int(size) for upload, size in rows}
+
     def put_part(self, upload_id: str, part: Part) -> str | None:
         """Record a part (replacing one of its number); the replaced part's file, if any."""
         old = self._conn.execute("SELECT file FROM s3_parts WHERE upload_id = ? AND number = ?",

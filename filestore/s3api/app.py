@@ -21,12 +21,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from .. import metrics
 from ..errors import FilestoreError
 from ..service import Service, service_of
 from . import buckets, listing, multipart, objects
 from .auth import Signed, authenticate, body_of
 from .buckets import Caller
 from .errors import S3Error, response, translated
+from .whole import count
 from .xml import MAX_BODY, element, group, s3_document, timestamp
 
 log = logging.getLogger("filestore.s3")
@@ -44,6 +46,7 @@ class S3App:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        scope[metrics.ROUTE] = "s3"  # its paths are buckets': counted as one route of its own
         body = _Body(receive)
         request = Request(scope, body.receive)
         request_id = uuid.uuid4().hex[:16].upper()
@@ -158,7 +161,7 @@ async def _bucket(request: Request, service: Service, signed: Signed, bucket: st
         return _xml(multipart.list_uploads(
             service, caller, bucket, params.get("prefix", ""),
             (params.get("key-marker", ""), params.get("upload-id-marker", "")),
-            _count(params.get("max-uploads"), "max-uploads", 1000)))
+            count(params.get("max-uploads"), "max-uploads", 1000)))
     if "location" in params:
         region = service.settings.s3.region
         return _xml(s3_document("LocationConstraint", [region if region != "us-east-1"
@@ -225,18 +228,9 @@ async def _multipart(request: Request, service: Service, signed: Signed, bucket:
         after = params.get("part-number-marker", "0")
         return _xml(multipart.list_parts(
             service, caller, bucket, key, upload_id,
-            _count(after, "part-number-marker", multipart.MAX_PARTS, low=0),
-            _count(params.get("max-parts"), "max-parts", 1000)))
+            count(after, "part-number-marker", multipart.MAX_PARTS, low=0),
+            count(params.get("max-parts"), "max-parts", 1000)))
     raise _not_allowed(method)
-
-
-def _count(raw: str | None, name: str, high: int, *, low: int = 1) -> int:
-    """A whole-number query parameter (`high` when absent; capped at `high`)."""
-    if raw is None:
-        return high
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 9 or int(raw) < low:
-        raise S3Error("InvalidArgument", f"{name} must be a whole number", 400)
-    return min(int(raw), high)
 
 
 def _copy_source(request: Request, service: Service, signed: Signed) -> tuple[str, str]:

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from . import chunked, sigv4
 from .buckets import Caller
 from .errors import S3Error
+from .whole import whole_number
 
 if TYPE_CHECKING:
     from ..service import Service
@@ -106,8 +107,7 @@ async def _translated(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 
 def _length(raw: str | None) -> int | None:
-    if raw is None:
-        return None
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+    length = whole_number(raw)
+    if length is None and raw is not None:
         raise S3Error("InvalidArgument", "a length header is not a whole number", 400)
-    return int(raw)
+    return length

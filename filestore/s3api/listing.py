@@ -19,6 +19,7 @@ from ..registry import FileRecord, Tables
 from ..registry.counters import MAX_CHAR
 from .errors import S3Error
 from .objects import etags
+from .whole import count
 from .xml import element, group, s3_document, timestamp
 
 MAX_KEYS = 1000
@@ -66,10 +67,7 @@ def scan(tx: Tables, base: str, prefix: str, delimiter: str, after: str, limit: 
 
 
 def _max_keys(params: Mapping[str, str]) -> int:
-    raw = params.get("max-keys", str(MAX_KEYS))
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
-        raise S3Error("InvalidArgument", "max-keys must be a whole number", 400)
-    return min(int(raw), MAX_KEYS)
+    return count(params.get("max-keys"), "max-keys", MAX_KEYS, low=0)
 
 
 def _token(last: str) -> str:

@@ -7,7 +7,9 @@ Complete checks the list the client sends (ascending part numbers: `InvalidPartO
 there with that ETag: `InvalidPart`; every part but the last at least 5 MiB: `EntityTooSmall`),
 then streams the parts in order into one ordinary PUT of the object, so it is installed
 atomically as one file with the same checks, queue and quota as any other; no part is ever held
-in memory. Its ETag is S3's: the MD5 of the parts' MD5s, "-" and their count.
+in memory. Its ETag is S3's: the MD5 of the parts' MD5s, "-" and their count. An account's
+quota caps the parts of all its open uploads together (`quota.part_room`), before a part's bytes
+arrive and again in the transaction that records it (so two parts at once cannot both fit).
 
 Unfinished uploads are kept across restarts and expire after `s3.multipart_expiry`; a sweep
 (each hour, and at start when the server is alone) removes them, and what a crash left in the
@@ -32,12 +34,13 @@ import anyio
 from starlette.responses import Response
 
 from .. import logs
-from ..errors import ChecksumMismatch, QuotaExceeded, RegistryUnavailable
+from ..errors import ChecksumMismatch, QuotaExceeded, RegistryUnavailable, TooLarge
 from ..fsutil import fsync_dir
-from ..quota import quota_room, quota_text
+from ..quota import part_room, quota_text
 from ..registry import Part, Upload
 from .buckets import Caller
 from .errors import S3Error
+from .whole import whole_number
 from .xml import BadXML, element, group, parse, s3_document, timestamp
 
 if TYPE_CHECKING:
@@ -71,11 +74,11 @@ def _upload(service: Service, caller: Caller, bucket: str, key: str, upload_id: 
 
 
 def part_number(raw: str | None) -> int:
-    if raw is None or not raw.isascii() or not raw.isdigit() or len(raw) > 5 \
-            or not 1 <= int(raw) <= MAX_PARTS:
+    number = whole_number(raw, 5)
+    if number is None or not 1 <= number <= MAX_PARTS:
         raise S3Error("InvalidArgument", f"Part number must be an integer between 1 and "
                       f"{MAX_PARTS}, inclusive", 400)
-    return int(raw)
+    return number
 
 
 # -- the operations ------------------------------------------------------------------------------
@@ -96,19 +99,24 @@ async def upload_part(service: Service, caller: Caller, bucket: str, key: str, u
                       expect_sha256: str | None, expect_md5: str | None) -> Response:
     upload = _upload(service, caller, bucket, key, upload_id)
     store = service.store
-    others = sum(p.size for p in store.registry.read.uploads.parts(upload_id)
-                 if p.number != number)
-    room = quota_room(store.registry.read, upload.path)
-    limit = min(MAX_PART, store.settings.storage.max_upload_size - others)
-    if room is not None:
-        if length is not None and others + length > room:
-            raise QuotaExceeded(quota_text(upload.path, others + length, room))
-        limit = min(limit, room - others)
+    # Within the object's size limit and the quota (every open upload of the account's counted):
+    # refused before a byte when the declared length says so, cut off as soon as the stream
+    # passes it; the quota checked again where the part is recorded.
+    others, room = part_room(store.registry.read, upload, number)
+    size_limit = min(MAX_PART, store.settings.storage.max_upload_size - others)
+    if room is not None and length is not None and length > room:
+        raise QuotaExceeded(quota_text(upload.path, length, room))
+    limit = size_limit if room is None else min(size_limit, room)
     if length is not None and length > limit:
         raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed "
                       "size", 400)
-    received = await store.local.receive(body, max(limit, 0), store.events.make_room,
-                                         length or 0)
+    try:
+        received = await store.local.receive(body, max(limit, 0), store.events.make_room,
+                                             length or 0)
+    except TooLarge:
+        if room is not None and room < size_limit:
+            raise QuotaExceeded(quota_text(upload.path, None, room)) from None
+        raise
     try:
         if expect_sha256 is not None and expect_sha256 != received.sha256:
             raise S3Error("XAmzContentSHA256Mismatch", "The provided 'x-amz-content-sha256' "
@@ -126,6 +134,9 @@ async def upload_part(service: Service, caller: Caller, bucket: str, key: str, u
         with store.registry.transaction() as tx:
             if tx.uploads.get(upload_id) is None:  # aborted or completed meanwhile
                 raise _no_such_upload(upload_id)
+            _, room = part_room(tx, upload, number)  # other parts may have used it meanwhile
+            if room is not None and part.size > room:
+                raise QuotaExceeded(quota_text(upload.path, part.size, room))
             return tx.uploads.put_part(upload_id, part)
 
     try:

@@ -5,9 +5,10 @@ plan, cache, quota and metrics as through `/files/`; only the dialect differs:
 
 - The ETag is what S3 clients compare: the MD5 hex of the bytes (filestore records it at PUT);
   a file without one (imported before MD5s were recorded) shows its `/files/` ETag instead.
-- A GET is answered exactly as `/files/` answers it (local bytes, the cache, or the cloud read
-  through the cache), with Range and the conditional headers of RFC 9110 on that ETag, and the
-  same sandboxing headers (the bytes never run as a page of any origin).
+- A GET is read by the very code `/files/` reads with (`api.serve_read`: local bytes, the
+  cache, or the cloud read through the cache), with Range and the conditional headers of RFC
+  9110 on that ETag, and the same sandboxing headers (the bytes never run as a page of any
+  origin); only its answers are S3's (`_Answers`: its headers, its XML errors).
 - A PUT's body is checked against every digest the request names (the signed
   `x-amz-content-sha256`, `Content-MD5`, an `x-amz-checksum-*` header or trailer) before the
   file is recorded: a mismatch keeps nothing.
@@ -16,21 +17,23 @@ plan, cache, quota and metrics as through `/files/`; only the dialect differs:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import paths
-from ..conditional import Validators, check_preconditions, etag_for, if_range_allows
+from ..api import SAFE_HEADERS, byte_source, encoded, serve_read
+from ..conditional import Validators, etag_for
 from ..errors import BadPath, ChecksumMismatch, FilestoreError, NotFound, PreconditionFailed
-from ..ranges import RangeNotSatisfiable, parse_range
+from ..ranges import RangeNotSatisfiable
 from ..registry import FileRecord, Tables
-from ..responses import SANDBOX, ByteSource, FileBody, LocalBytes, NoBytes
+from ..responses import FileBody, LocalBytes
 from ..values import parse_content_md5
 from .errors import S3Error, no_such_key, translated
 from .xml import BadXML, element, group, parse, s3_document, timestamp
@@ -38,8 +41,6 @@ from .xml import BadXML, element, group, parse, s3_document, timestamp
 if TYPE_CHECKING:
     from ..service import Service
 
-_SAFE = {"x-content-type-options": "nosniff", "accept-ranges": "bytes",
-         "content-security-policy": SANDBOX}
 # What a presigned GET may override in the answer (S3's `response-*` parameters).
 _OVERRIDES = {"response-content-type": "content-type",
               "response-content-disposition": "content-disposition",
@@ -47,8 +48,6 @@ _OVERRIDES = {"response-content-type": "content-type",
               "response-content-language": "content-language",
               "response-content-encoding": "content-encoding",
               "response-expires": "expires"}
-_CONDITIONAL = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since",
-                "range", "if-range")
 MAX_DELETE = 1000
 
 
@@ -124,64 +123,51 @@ def path_of(prefix: str, key: str) -> str:
 
 
 async def get(request: Request, service: Service, path: str, key: str) -> Response | FileBody:
+    """GetObject and HeadObject: read as `/files/` reads (`api.serve_read`), answered as S3."""
     try:
-        record, fd, cached = await service.open_current(path)
+        return await serve_read(request, service, path,
+                                lambda record: _Answers.of(request, service, record))
     except NotFound:
         raise no_such_key(key) from None
-    etag, meta = _kept(service.store.registry.read, [record]).get(path, (None, None))
-    try:
-        answer = _answer(request, record, etag or etag_of(record))
-        if not isinstance(answer, Response) and meta:
-            answer[0].update(json.loads(meta))
-    except BaseException:
-        if fd is not None:
-            os.close(fd)
-        raise
-    if isinstance(answer, Response):
-        if fd is not None:
-            os.close(fd)
-        return answer
-    headers, ranges = answer
-    send_body = request.method != "HEAD"
-    cache = service.read_through
-    source: ByteSource
-    if fd is not None:
-        source = LocalBytes(fd)
-    elif not send_body or record.size == 0:
-        source = NoBytes()
-    else:
-        source = await cache.open(record, ranges)
-    response = FileBody(source, record.size, headers, ranges=ranges, send_body=send_body)
-    if cached and send_body:
-        cache.usage.hit(path, response.length)
-    return response
-
-
-def _answer(request: Request, record: FileRecord, etag: str
-            ) -> Response | tuple[dict[str, str], list[tuple[int, int]] | None]:
-    validators = Validators(etag, int(record.modified))
-    headers = {"etag": validators.etag, "last-modified": validators.http_date,
-               "content-type": record.content_type, **_SAFE}
-    for name, header in _OVERRIDES.items():
-        value = request.query_params.get(name)
-        if value is not None and "\n" not in value and "\r" not in value:
-            headers[header] = value
-    conditions = {name: request.headers[name] for name in _CONDITIONAL if name in request.headers}
-    if not conditions:
-        return headers, None
-    try:
-        if check_preconditions(request.method, conditions, validators) == 304:
-            headers.pop("content-type")
-            return Response(status_code=304, headers=headers)
     except PreconditionFailed:
         raise S3Error("PreconditionFailed", "At least one of the preconditions you specified "
                       "did not hold", 412) from None
-    range_header = conditions.get("range")
-    if range_header is None or not if_range_allows(conditions, validators):
-        return headers, None
-    try:
-        return headers, parse_range(range_header, record.size)
-    except RangeNotSatisfiable:
+
+
+@dataclasses.dataclass(frozen=True)
+class _Answers:
+    """S3's answers to a GET or HEAD of one version of an object: its S3 ETag, the
+    `response-*` overrides of a presigned GET, its `x-amz-meta-*` (not on a 304, as S3)."""
+
+    validators: Validators
+    size: int
+    common: dict[str, str]  # on every answer but a 304's content-type
+    meta: dict[str, str]
+
+    @classmethod
+    def of(cls, request: Request, service: Service, record: FileRecord) -> _Answers:
+        etag, meta = _kept(service.store.registry.read, [record]).get(record.path, (None, None))
+        validators = Validators(etag or etag_of(record), int(record.modified))
+        common = {"etag": validators.etag, "last-modified": validators.http_date,
+                  "content-type": record.content_type, **SAFE_HEADERS}
+        for name, header in _OVERRIDES.items():
+            value = request.query_params.get(name)
+            if value is not None and "\n" not in value and "\r" not in value:
+                common[header] = value
+        return cls(validators, record.size, common, json.loads(meta) if meta else {})
+
+    def headers(self) -> dict[str, str]:
+        return {**self.common, **self.meta}
+
+    def whole(self) -> list[tuple[bytes, bytes]]:
+        return encoded({**self.headers(), "content-length": str(self.size)})
+
+    def not_modified(self) -> Response:
+        headers = dict(self.common)
+        headers.pop("content-type")
+        return Response(status_code=304, headers=headers)
+
+    def not_satisfiable(self, exc: RangeNotSatisfiable) -> NoReturn:
         raise S3Error("InvalidRange", "The requested range is not satisfiable", 416) from None
 
 
@@ -239,13 +225,8 @@ async def source_bytes(service: Service, source_path: str, source_key: str,
         if fd is not None:
             os.close(fd)
         raise S3Error("InvalidRange", "The requested range is not satisfiable", 416)
-    source: ByteSource
-    if fd is not None:
-        source = LocalBytes(fd)
-    elif record.size == 0:
-        source = NoBytes()
-    else:
-        source = await service.read_through.open(record, [(first, end)])
+    source = await byte_source(service, record, LocalBytes(fd) if fd is not None else None,
+                               [(first, end)])
 
     async def body() -> AsyncIterator[bytes]:
         offset = first

@@ -33,6 +33,8 @@ from email.utils import parsedate_to_datetime
 from typing import Literal
 from urllib.parse import quote, unquote_to_bytes
 
+from .whole import whole_number
+
 PayloadMode = Literal["unsigned", "sha256", "streaming-signed", "streaming-unsigned-trailer",
                       "streaming-signed-trailer"]
 AuthKind = Literal["v4-header", "v4-query", "v2-header", "v2-query"]
@@ -42,8 +44,7 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MAX_SKEW = 15 * 60  # seconds either way, as S3 allows a signed request's time
 MAX_EXPIRES = 7 * 24 * 3600  # a SigV4 presigned URL lives a week at most
 _PAYLOADS: dict[str, PayloadMode] = {
-    "UNSIGNED-PAYLOAD": "unsigned",
-    "STREAMING-AWS4-HMAC-SHA256-PAYLOAD": "streaming-signed",
+    "UNSIGNED-PAYLOAD": "unsigned", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD": "streaming-signed",
     "STREAMING-UNSIGNED-PAYLOAD-TRAILER": "streaming-unsigned-trailer",
     "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER": "streaming-signed-trailer",
 }
@@ -62,7 +63,6 @@ _V4_QUERY = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires
 _AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
-_DIGITS = re.compile(r"[0-9]{1,12}")
 
 
 class S3AuthError(Exception):
@@ -260,16 +260,16 @@ def _parse_v4_query(request: _Request, region: str, now: float) -> Auth:
     if when is None:
         raise _query_error("X-Amz-Date must be in the ISO8601 Long Format "
                            "\"yyyyMMdd'T'HHmmss'Z'\"")
-    if not _DIGITS.fullmatch(raw_expires):
+    if (seconds := whole_number(raw_expires, 12)) is None:
         raise _query_error("X-Amz-Expires should be a number")
     # Too long a life is a malformed URL to S3 (400), not a refused one.
-    if int(raw_expires) > MAX_EXPIRES:
+    if seconds > MAX_EXPIRES:
         raise _query_error("X-Amz-Expires must be less than a week (in seconds); that is, the "
                            f"given X-Amz-Expires must be less than {MAX_EXPIRES} seconds")
     key_id, scope, signed, signature = _v4_parts(
         given["X-Amz-Credential"], given["X-Amz-SignedHeaders"], given["X-Amz-Signature"],
         amz_date, region, query=True)
-    expires = when + int(raw_expires)
+    expires = when + seconds
     if now > expires:
         raise S3AuthError("AccessDenied", "Request has expired", 403, details={
             "X-Amz-Expires": raw_expires, "Expires": _amz_format(expires),
@@ -297,12 +297,12 @@ def _parse_v2_query(request: _Request, now: float) -> Auth:
     if not key_id or not signature or expires is None:
         raise S3AuthError("AccessDenied", "Query-string authentication requires the Signature, "
                           "Expires and AWSAccessKeyId parameters", 403)
-    if not _DIGITS.fullmatch(expires):
+    if (until := whole_number(expires, 12)) is None:
         raise _query_error("Expires must be a number of seconds since the epoch")
-    if now > int(expires):
+    if now > until:
         raise S3AuthError("AccessDenied", "Request has expired", 403, details={
-            "Expires": _amz_format(int(expires)), "ServerTime": _amz_format(now)})
-    return Auth("v2-query", key_id, signature, "UNSIGNED-PAYLOAD", expires=int(expires),
+            "Expires": _amz_format(until), "ServerTime": _amz_format(now)})
+    return Auth("v2-query", key_id, signature, "UNSIGNED-PAYLOAD", expires=until,
                 security_token=request.param("x-amz-security-token"),
                 signed_texts=_v2_strings(request, expires, from_query=True))
 

@@ -88,6 +88,13 @@ class UploadRows:
             "SELECT number, size, md5, file, created FROM s3_parts WHERE upload_id = %s "
             "AND number > %s ORDER BY number LIMIT %s", (upload_id, after, limit))]
 
+    def part_bytes(self, prefix: str, upload_id: str, number: int) -> dict[str, int]:
+        return {upload: int(size) for upload, size in self._link.rows(  # SUM: a numeric
+            "SELECT p.upload_id, SUM(p.size) FROM s3_uploads AS u JOIN s3_parts AS p "
+            "ON p.upload_id = u.upload_id WHERE u.path >= %s AND u.path < %s "
+            "AND NOT (p.upload_id = %s AND p.number = %s) GROUP BY p.upload_id",
+            (prefix, prefix + MAX_CHAR, upload_id, number))}
+
     def put_part(self, upload_id: str, part: Part) -> str | None:
         old = self._link.value("SELECT file FROM s3_parts WHERE upload_id = %s AND number = %s",
                                (upload_id, part.number))
