@@ -5,7 +5,7 @@ plan, cache, quota and metrics as through `/files/`; only the dialect differs:
 
 - The ETag is what S3 clients compare: the MD5 hex of the bytes (filestore records it at PUT);
   a file without one (imported before MD5s were recorded) shows its `/files/` ETag instead.
-- A GET is read by the very code `/files/` reads with (`api.serve_read`: local bytes, the
+- A GET is read by the very code `/files/` reads with (`reads.serve_read`: local bytes, the
   cache, or the cloud read through the cache), with Range and the conditional headers of RFC
   9110 on that ETag, and the same sandboxing headers (the bytes never run as a page of any
   origin); only its answers are S3's (`_Answers`: its headers, its XML errors).
@@ -28,10 +28,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import paths
-from ..api import SAFE_HEADERS, byte_source, encoded, serve_read
 from ..conditional import Validators, etag_for
 from ..errors import BadPath, ChecksumMismatch, FilestoreError, NotFound, PreconditionFailed
 from ..ranges import RangeNotSatisfiable
+from ..reads import SAFE_HEADERS, byte_source, encoded, serve_read
 from ..registry import FileRecord, Tables
 from ..responses import FileBody, LocalBytes
 from ..values import parse_content_md5
@@ -123,7 +123,7 @@ def path_of(prefix: str, key: str) -> str:
 
 
 async def get(request: Request, service: Service, path: str, key: str) -> Response | FileBody:
-    """GetObject and HeadObject: read as `/files/` reads (`api.serve_read`), answered as S3."""
+    """GetObject and HeadObject: read as `/files/` reads (`reads.serve_read`), answered as S3."""
     try:
         return await serve_read(request, service, path,
                                 lambda record: _Answers.of(request, service, record))
