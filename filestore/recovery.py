@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import logs
+from .fsutil import hash_file
 from .registry import Intent, Tables
 
 if TYPE_CHECKING:
@@ -38,13 +39,15 @@ def at_start(store: Store) -> None:
 
 
 def interrupted(store: Store) -> int:
-    """Record the PUTs whose bytes were renamed into place but whose commit failed (the
-    registry went away at COMMIT) and that nobody records now: what start-up recovery would
-    do, while the node runs. The bytes on disk are the intent's already; until then reads
-    of the path wait on the intent and then find no matching row. How many."""
+    """What start-up recovery would do, while the node runs, for the writes an outage of the
+    registry cut (until then reads of the path wait on the intent): the PUTs whose temp
+    file is gone (renamed into place but not recorded, or removed with the PUT's failure),
+    and the DELETEs whose row went but whose second transaction did not come. Finishing a
+    DELETE another process is finishing right now is harmless: both steps are idempotent.
+    How many."""
     done = 0
     for intent in store.registry.read.intents.all():
-        if intent.op == "put" and not Path(intent.tmp).exists():
+        if intent.op == "delete" or not Path(intent.tmp).exists():
             done += finish(store, intent)
     return done
 
@@ -53,6 +56,10 @@ def finish(store: Store, intent: Intent) -> bool:
     """Finish `intent`, if it is still there once this holds the registry's write lock (a
     PUT of another process renames and commits under that lock, so none is half done
     then); whether it was."""
+    final = store.local.path_of(intent.path)
+    # Hashed before the lock (a large file is not read under it), its inode checked again
+    # under it: nothing else renames over the path while the lock is held.
+    proven = _installed(final, intent) if intent.op == "put" else None
     with store.registry.transaction() as tx:
         if not any(i.id == intent.id for i in tx.intents.for_path(intent.path)):
             return False  # finished meanwhile, by its PUT or another recovery
@@ -62,15 +69,21 @@ def finish(store: Store, intent: Intent) -> bool:
                 store.local.remove(intent.path)
             tx.intents.remove(intent.id)
             logs.event(log, "recovery.delete_finished", "recovery: finished the DELETE of "
-                       "{path!r} a crash interrupted", path=intent.path)
+                       "{path!r} a crash or an outage of the registry interrupted",
+                       path=intent.path)
             return True
         tmp = Path(intent.tmp)
-        final = store.local.path_of(intent.path)
         if tmp.exists():
             tmp.unlink()  # never renamed: the PUT was not acknowledged
             logs.event(log, "recovery.temp_removed", "recovery: removed the body of an "
                        "unacknowledged PUT of {path!r} ({file})", path=intent.path,
                        file=tmp.name)
+        elif final.exists() and (proven is None or _inode(final) != proven):
+            # The temp file went with its PUT's failure before any rename (an outage cut the
+            # transaction and the intent's removal too): the bytes there are older, whatever
+            # row names them, and stay as they are.
+            logs.event(log, "recovery.not_installed", "recovery: dropped the intent of an "
+                       "unacknowledged PUT of {path!r}, never installed", path=intent.path)
         elif final.exists() and store.shared and not _still_ours(store, tx, intent.path):
             # Renamed, not recorded, and since then another node's change of the path was
             # acknowledged (a PUT there, a DELETE): it wins; this PUT never was acknowledged.
@@ -80,13 +93,28 @@ def finish(store: Store, intent: Intent) -> bool:
         elif final.exists():
             # Renamed, not recorded: the bytes on disk are the intent's; record them.
             store.record_put(tx, intent.path, intent.size, intent.sha256,
-                             intent.content_type, final.stat().st_ino)
+                             intent.content_type, _inode(final))
             logs.event(log, "recovery.recorded", "recovery: recorded {path!r} ({size:,} "
                        "bytes), installed just before a crash", level=logging.WARNING,
                        path=intent.path, size=intent.size)
         tx.intents.remove(intent.id)
         return True
 
+
+def _installed(final: Path, intent: Intent) -> int | None:
+    """The inode of `final` if it holds the intent's very bytes (its size, then its
+    SHA-256), else None: a rename of the intent's temp file put them there."""
+    try:
+        before = _inode(final)
+        if final.stat().st_size != intent.size or hash_file(final)[1] != intent.sha256:
+            return None
+        return before if _inode(final) == before else None
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+
+
+def _inode(path: Path) -> int:
+    return path.stat().st_ino
 
 
 def _still_ours(store: Store, tx: Tables, path: str) -> bool:

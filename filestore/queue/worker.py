@@ -61,6 +61,9 @@ class QueueWorkers:
         # flight then only goes again.)
         self.remote_generation = store.settings_generation[1]
         self._in_flight: dict[str, Entry] = {}
+        # Leases an outage of the registry kept this process from releasing: released at the
+        # first round it answers again, so their work goes again then, not when they run out.
+        self._unreleased: dict[str, Entry] = {}
         self._wakeup = anyio.Event()
         # The node's upload cap, at the rate the settings in force name (read at every step).
         self.bandwidth = node_bucket(store.datadir.root, UPLOAD, lambda: self.settings.bandwidth)
@@ -89,6 +92,8 @@ class QueueWorkers:
     async def _dispatch(self, tg: TaskGroup) -> None:
         while True:
             self._wakeup = anyio.Event()
+            if self._unreleased:
+                await self._release_unreleased()
             opens = self._window_opens()
             working = self.settings.enabled and opens is None
             free = self.settings.concurrency - len(self._in_flight)
@@ -221,7 +226,8 @@ class QueueWorkers:
                 with anyio.CancelScope(shield=True):
                     retry_at = await anyio.to_thread.run_sync(self._fail, entry, error,
                                                               retryable)
-            except RegistryUnavailable as again:  # the lease runs out, as below
+            except RegistryUnavailable as again:  # released once the registry is back
+                self._unreleased[entry.path] = entry
                 log.warning("could not record the failure of %s of %r (%s): %s", entry.op,
                             entry.path, error, again.detail)
             except Exception:
@@ -243,15 +249,32 @@ class QueueWorkers:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._release, entry)
         except Exception as again:
-            log.warning("%s of %r waits for the registry: %s; it goes again when its lease "
-                        "runs out (%.0f s at most)", entry.op, entry.path,
+            self._unreleased[entry.path] = entry
+            log.warning("%s of %r waits for the registry: %s; it goes again once the registry "
+                        "answers (its lease runs out in %.0f s at most)", entry.op, entry.path,
                         getattr(again, "detail", "") or again, LEASE_SECONDS)
         else:
             log.info("%s of %r goes again: %s", entry.op, entry.path, exc.detail)
 
-    def _release(self, entry: Entry) -> None:
+    def _release(self, *entries: Entry) -> None:
         with self.registry.transaction() as tx:
-            tx.queue.release(entry)
+            for entry in entries:
+                tx.queue.release(entry)
+
+    async def _release_unreleased(self) -> None:
+        """Release what `_put_back` could not, once the registry answers (else next round).
+        Only this dispatcher leases, and not meanwhile: a path leased again since is in
+        flight, and its new lease (the same owner's) is left alone."""
+        left = [e for path, e in self._unreleased.items() if path not in self._in_flight]
+        try:
+            if left:
+                await anyio.to_thread.run_sync(self._release, *left)
+        except RegistryUnavailable:
+            return
+        self._unreleased.clear()
+        if left:
+            log.info("queue: released %d lease(s) the registry's outage had kept; their work "
+                     "goes again", len(left))
 
     async def _upload(self, entry: Entry, remote: Remote) -> None:
         record = self.registry.read.files.get(entry.path)
