@@ -1,37 +1,39 @@
 """One download of one remote object into a file that readers follow while it grows.
 
-The process that holds the object's fill lock (`lock.py`) runs a `Fill`: it writes the download to
-`tmp/fill-<key>` in 1 MiB blocks, announcing progress after every block, and hashes the same
-blocks alongside (writing and hashing are two stages, one thread call per block each, so they
-run at once and neither holds the download back by the other's time). Other processes serving
-the same object follow that file with a `ForeignFill`, which watches its size grow instead of
-being told. Readers (`FillBytes`) read what is written and wait for the rest. A reader right
-behind the download takes its bytes from the last blocks, which the fill keeps in memory for it
-(reading them back would cost a zeroed buffer and a copy of every byte); one further behind
-reads the file. A response that ends with the object's last byte gets it only once the whole
-body's SHA-256 matched the registry, so a corrupt download never ends cleanly: its readers fail
-mid-body instead. A verified fill is installed into the cache area by its `install` callback
-(another name for the same inode); the temp name is removed either way. A fill downloads at the
-node's `cache.download_bandwidth`: its `pace` callback waits after each chunk arrives, before
-the next is asked for (see bandwidth.py). A download that gets nothing from the store for
+The process that holds the object's fill lock (`lock.py`) runs a `Fill`: it hands the download in
+1 MiB blocks to a worker thread it keeps for the whole download (`_Storer`), which writes each
+block to `tmp/fill-<key>` and hashes it, and announces every block to the readers as it is
+handed over. Other processes serving the same object follow that file with a `ForeignFill`,
+which watches its size grow instead of being told. Readers (`FillBytes`) read what has arrived
+and wait for the rest. A reader right behind the download takes its bytes from memory: the fill
+keeps every block until it is written, and the last `_KEPT_BLOCKS` written ones (reading them
+back would cost a zeroed buffer and a copy of every byte, and waiting for the write a thread
+round trip); one further behind reads the file. A response that ends with the object's last
+byte gets it only once the whole body is in the file and its SHA-256 matched the registry, so a
+corrupt download never ends cleanly: its readers fail mid-body instead. A verified fill is
+installed into the cache area by its `install` callback (another name for the same inode, once
+the file is fsynced); the temp name is removed either way. A fill downloads at the node's
+`cache.download_bandwidth`: its `pace` callback waits after each chunk arrives, before the next
+is asked for (see bandwidth.py). A download that gets nothing from the store for
 `cache.fill_timeout` fails (one watchdog timer per fill).
 
-Everything here runs on the event loop's thread, except the blocks handed to a worker thread;
+Everything here runs on the event loop's thread, except the storer's writing and hashing;
 `written`, `verified` and `error` change only on the loop, so readers check them without locks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import hashlib
 import logging
 import os
+import queue
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .. import logs
 from ..errors import FilestoreError, RemoteError, RemoteIntegrityError, RemoteUnavailable
@@ -43,9 +45,9 @@ from .lock import FillLock, held_elsewhere
 
 log = logging.getLogger("filestore.cache")
 
-# Blocks the download may run ahead of the writer or the hasher: overlap, with memory bounded to
-# a few MiB. (4 or 8 measured no faster with bench/miss.py: the hasher then only falls further
-# behind while the download takes the cores, and the last byte waits for it.)
+# Blocks the download may run ahead of the storer: overlap, with memory bounded to a few MiB.
+# (More measured no faster with bench/miss.py: the storer then only falls further behind while
+# the download takes the cores, and the last byte waits for it.)
 _BLOCKS_AHEAD = 2
 # Blocks a fill keeps in memory after writing them, for the readers right behind it.
 _KEPT_BLOCKS = 2
@@ -61,11 +63,12 @@ Pace = Callable[[int], Awaitable[None]]
 
 
 class Filling:
-    """What readers see of a fill, wherever it runs: bytes written so far, and the outcome."""
+    """What readers see of a fill, wherever it runs: the bytes so far, and the outcome."""
 
     def __init__(self, record: FileRecord, tmp: Path) -> None:
         self.record = record
         self.tmp = tmp
+        # Bytes readers may have: in the file, or (a `Fill` here) still in memory.
         self.written = 0
         self.verified = False
         self.error: FilestoreError | None = None
@@ -88,8 +91,8 @@ class Filling:
         raise NotImplementedError
 
     def recent(self, offset: int, length: int) -> memoryview | None:
-        """Up to `length` bytes at `offset` from the blocks just written, still in memory (no
-        read of the file); None when they are not."""
+        """Up to `length` bytes at `offset` from the blocks still in memory (no read of the
+        file); None when they are not."""
         return None
 
 
@@ -100,11 +103,15 @@ class Fill(Filling):
         super().__init__(record, tmp)
         self.lock = lock
         self._fd = fd  # the fill's own write fd
-        # The chunks of the last `_KEPT_BLOCKS` blocks written and the offset of each: readers
-        # that keep up with the download take their bytes from here, not from the file.
+        # The chunks handed to the storer and not yet written, those of the last `_KEPT_BLOCKS`
+        # blocks written, and the offset of each: readers that keep up with the download take
+        # their bytes from here, not from the file. (`written` counts the bytes handed over:
+        # what is not in memory any more is in the file.)
         self._kept: list[bytes] = []
         self._kept_at: list[int] = []
         self._kept_blocks: list[int] = []  # chunks per kept block, oldest first
+        self._kept_stored = 0  # how many of the kept blocks are written
+        self.stored = 0  # bytes written to the file
         # Since when the download waits for the remote's next chunk (None: it does not now,
         # it is handing a block on or pacing), for the stall watchdog.
         self._waiting_since: float | None = None
@@ -121,43 +128,60 @@ class Fill(Filling):
         start = offset - at[index]
         chunk = self._kept[index]
         if start >= len(chunk):
-            return None  # beyond what is written
+            return None  # beyond what has arrived
         return memoryview(chunk)[start:start + length]
 
-    def _keep(self, block: list[bytes], offset: int) -> None:
-        """Remember a block just written (on the loop's thread), forgetting the oldest. The
-        chunks are the remote's `bytes`, never changed after: holding on to them is safe."""
+    def _arrived(self, block: list[bytes]) -> None:
+        """A block handed to the storer: the readers may have it now, from memory (on the
+        loop's thread). The chunks are the remote's `bytes`, never changed after: holding on to
+        them is safe."""
+        offset = self.written
         for chunk in block:
             self._kept.append(chunk)
             self._kept_at.append(offset)
             offset += len(chunk)
         self._kept_blocks.append(len(block))
-        if len(self._kept_blocks) > _KEPT_BLOCKS:
+        self.written = offset
+        self._announce()
+
+    def _stored_block(self, size: int) -> None:
+        """The storer wrote the oldest block not yet written (on the loop's thread): forget
+        the oldest kept block once more than `_KEPT_BLOCKS` are in the file."""
+        self.stored += size
+        self._kept_stored += 1
+        if self._kept_stored > _KEPT_BLOCKS:
             drop = self._kept_blocks.pop(0)
             del self._kept[:drop], self._kept_at[:drop]
+            self._kept_stored -= 1
 
     async def run(self, remote: Readable, install: Callable[[Fill], None], stall: float,
                   pace: Pace | None = None) -> None:
         """Download, verify, install. Never raises: the outcome is in `verified` / `error`.
 
         Downloading, writing and hashing overlap: the download hands blocks of about 1 MiB (the
-        store's chunks as they came, never joined: no copy) to a writer task and a hasher task,
-        each through a channel of `_BLOCKS_AHEAD` blocks (so memory stays bounded), and each
-        works on a block in one thread call while the next block arrives. One stage doing both
-        made every block wait for the two in turn (about 0.9 ms a MiB here), which held the
-        download of a 32 MiB miss to about twice the store's own pace (bench/miss.py)."""
+        store's chunks as they came, never joined: no copy) to the storer, at most
+        `_BLOCKS_AHEAD` ahead of it (so memory stays bounded), and the readers take them from
+        memory meanwhile: they never wait for the disk or the hash, except for the last byte.
+        The storer writes and hashes in one worker thread for the whole download, so a block
+        costs the loop a queue put and one call back, not a worker-thread round trip per stage
+        (about 50 µs of the loop's CPU each with anyio's `to_thread`)."""
         digest = hashlib.sha256()
         try:
-            to_write, writes = anyio.create_memory_object_stream[list[bytes]](_BLOCKS_AHEAD)
-            to_hash, hashes = anyio.create_memory_object_stream[list[bytes]](_BLOCKS_AHEAD)
+            storer = _Storer(self._fd, digest, self._stored_block)
+            # The task group ends only once the storer's thread is done with the fd (closed
+            # below), even when cancelled; a storer that fails (a full disk) cancels the rest.
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._writer, writes)
-                tg.start_soon(self._hasher, hashes, digest)
-                async with to_write, to_hash, anyio.create_task_group() as watched:
-                    watched.start_soon(self._watchdog, stall)
-                    await self._download(remote, (to_write, to_hash), pace)
-                    watched.cancel_scope.cancel()  # the download is done: nothing to watch
-            if self.written != self.record.size or digest.hexdigest() != self.record.sha256:
+                tg.start_soon(storer.run)
+                try:
+                    async with anyio.create_task_group() as watched:
+                        watched.start_soon(self._watchdog, stall)
+                        await self._download(remote, storer, pace)
+                        watched.cancel_scope.cancel()  # the download is done: nothing to watch
+                except BaseException:
+                    storer.close(drop=True)  # the blocks not yet written are of no use
+                    raise
+                storer.close(drop=False)
+            if self.stored != self.record.size or digest.hexdigest() != self.record.sha256:
                 raise RemoteIntegrityError(
                     f"the remote copy of {self.record.path!r} is not the recorded file "
                     f"({self.written} bytes, sha256 {digest.hexdigest()}; recorded "
@@ -172,7 +196,7 @@ class Fill(Filling):
         except Exception as exc:
             if not self.verified:
                 error: BaseException = exc
-                while isinstance(error, ExceptionGroup):  # a stage's, or the watchdog's (nested)
+                while isinstance(error, ExceptionGroup):  # the storer's, or the watchdog's
                     error = error.exceptions[0]
                 self.error = error if isinstance(error, FilestoreError) else RemoteError(
                     f"the download of {self.record.path!r} failed: "
@@ -195,12 +219,11 @@ class Fill(Filling):
             if not self.finished:  # cancelled (the server stops): its readers must not wait
                 self.error = RemoteError(f"the download of {self.record.path!r} was stopped")
             os.close(self._fd)
-            self._kept, self._kept_at, self._kept_blocks = [], [], []
+            if self.verified:  # all in the file now; readers of a failed fill fail at `written`
+                self._kept, self._kept_at, self._kept_blocks = [], [], []
             self._announce()
 
-    async def _download(self, remote: Readable,
-                        stages: tuple[MemoryObjectSendStream[list[bytes]], ...],
-                        pace: Pace | None) -> None:
+    async def _download(self, remote: Readable, storer: _Storer, pace: Pace | None) -> None:
         chunks = remote.get(self.record.path).__aiter__()
         block: list[bytes] = []
         size = 0
@@ -218,16 +241,16 @@ class Fill(Filling):
             # 1 MiB blocks, except the first: it goes at once, so the first byte reaches the
             # clients as soon as the store sends it.
             if size >= CHUNK_SIZE or first or len(block) == _MAX_PARTS:
-                for stage in stages:
-                    await stage.send(block)
+                self._arrived(block)
+                await storer.put(block)
                 block, size, first = [], 0, False
             # After the chunk is on its way to the readers, before the next is read: the cap
             # delays the download, never bytes already here. (No stall is counted meanwhile.)
             if pace is not None:  # a download cap (cache.download_bandwidth)
                 await pace(len(chunk))
         if block:
-            for stage in stages:
-                await stage.send(block)
+            self._arrived(block)
+            await storer.put(block)
 
     async def _watchdog(self, stall: float) -> None:
         """Fail the download when the remote sent nothing for `stall` seconds. One timer for
@@ -244,35 +267,67 @@ class Fill(Filling):
                     f"the download of {self.record.path!r} stalled for {stall:.0f}s")
             await anyio.sleep(left)
 
-    async def _writer(self, blocks: MemoryObjectReceiveStream[list[bytes]]) -> None:
-        async with blocks:
-            async for block in blocks:
-                size = await anyio.to_thread.run_sync(self._write_block, block)
-                self._keep(block, self.written)
-                self.written += size
-                self._announce()
 
-    async def _hasher(self, blocks: MemoryObjectReceiveStream[list[bytes]],
-                      digest: hashlib._Hash) -> None:
-        async with blocks:
-            async for block in blocks:
-                await anyio.to_thread.run_sync(_hash_block, digest, block)
+class _Storer:
+    """Writes a fill's blocks to its file and hashes them, in order, in one worker thread for
+    the whole download. The loop hands a block over with `put`, which waits while
+    `_BLOCKS_AHEAD` are pending, and hears of each written block through `stored` (called on
+    the loop). Writing and hashing a block in one go, in one thread, costs each block one
+    wake-up of the thread and one of the loop."""
 
-    def _write_block(self, block: list[bytes]) -> int:
-        """One thread call per block: write its chunks (one writev, no joining copy)."""
-        size = sum(map(len, block))
-        written = os.writev(self._fd, block)
-        if written < size:  # a short write (rare: a full disk raises): the rest, joined
-            rest = memoryview(b"".join(block))[written:]
-            while rest:
-                rest = rest[os.write(self._fd, rest):]
-        return size
+    def __init__(self, fd: int, digest: hashlib._Hash, stored: Callable[[int], None]) -> None:
+        self._fd = fd
+        self._digest = digest
+        self._stored = stored
+        self._loop = asyncio.get_running_loop()
+        self._blocks: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
+        self._pending = 0  # blocks put and not yet written (on the loop's thread)
+        self._room = anyio.Event()  # set when a block is written
+        self._drop = False  # the thread skips what is left (a failed download)
+
+    async def run(self) -> None:
+        """Until `close` and the thread is done with the fd; raises what it raised. A limiter
+        of its own: a fill keeps its thread for as long as it downloads, which must not take
+        one of the default limiter's tokens (those are for the registry, the disk)."""
+        await anyio.to_thread.run_sync(self._main, limiter=anyio.CapacityLimiter(1))
+
+    async def put(self, block: list[bytes]) -> None:
+        while self._pending >= _BLOCKS_AHEAD:
+            await self._room.wait()
+        self._pending += 1
+        self._blocks.put(block)
+
+    def close(self, drop: bool) -> None:
+        """No more blocks: the thread writes those pending, or with `drop` skips them."""
+        self._drop = drop
+        self._blocks.put(None)
+
+    def _main(self) -> None:
+        """The thread: write and hash each block and tell the loop, until `close`."""
+        while (block := self._blocks.get()) is not None:
+            if self._drop:
+                continue
+            size = _write_block(self._fd, block)
+            for chunk in block:  # hashlib lets go of the GIL while it hashes a chunk
+                self._digest.update(chunk)
+            self._loop.call_soon_threadsafe(self._block_done, size)
+
+    def _block_done(self, size: int) -> None:
+        self._pending -= 1
+        self._stored(size)
+        room, self._room = self._room, anyio.Event()
+        room.set()
 
 
-def _hash_block(digest: hashlib._Hash, block: list[bytes]) -> None:
-    """One thread call per block (hashlib lets go of the GIL while it hashes a chunk)."""
-    for chunk in block:
-        digest.update(chunk)
+def _write_block(fd: int, block: list[bytes]) -> int:
+    """Write a block's chunks at the end of `fd`: one writev, no joining copy."""
+    size = sum(map(len, block))
+    written = os.writev(fd, block)
+    if written < size:  # a short write (rare: a full disk raises): the rest, joined
+        rest = memoryview(b"".join(block))[written:]
+        while rest:
+            rest = rest[os.write(fd, rest):]
+    return size
 
 
 class ForeignFill(Filling):
