@@ -177,7 +177,7 @@ async def test_a_cancelled_fill_waits_for_its_storer_before_closing_the_file(
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             tg.start_soon(run)
-            while fill.written == 0:
+            while gate.busy == 0:  # the storer's thread holds a block (handed over is not yet)
                 await anyio.sleep(0.001)
             tg.cancel_scope.cancel()
             # The fill's task is cancelled, but it holds on until the thread lets go.

@@ -262,12 +262,12 @@ class ReadThrough:
         version and no bytes arrived meanwhile; else drop it. In a worker thread."""
         store, local = self.store, self.store.local
         record = fill.record
+        target = local.cached_path_of(record.path)
         with store.registry.transaction() as tx:
             current = tx.files.get(record.path)
             if current is None or current.version != record.version or self._has_bytes(tx,
                                                                                    current):
                 return
-            target = local.cached_path_of(record.path)
             target.parent.mkdir(parents=True, exist_ok=True)
             # A second name (the temp one stays for joining readers), put in place by rename:
             # it replaces an older version's bytes a shared registry's sweeper has yet to drop.
@@ -275,12 +275,15 @@ class ReadThrough:
             linked.unlink(missing_ok=True)
             os.link(fill.tmp, linked)
             os.replace(linked, target)
-            fsync_dir(target.parent)
             inode = os.stat(target).st_ino
             tx.files.set_inode(record.path, inode)
             tx.files.set_error(record.path, record.version, None)
             tx.cache.add(record.path, record.version, record.size, record.sha256,
                          time.time(), inode)
+        # The name made durable after the commit, not under the registry's lock (which a
+        # shared registry's every node waits on): a crash before it loses at most this cached
+        # copy, whose row start-up reconciling then drops (the cloud still has the bytes).
+        fsync_dir(target.parent)
 
     def _has_bytes(self, tx: Tables, record: FileRecord) -> bool:
         """Whether this node has `record`'s bytes already (another process installed them, or

@@ -224,9 +224,10 @@ class FileRows:
                            (remote, key, path))
 
     def set_error(self, path: str, version: int, error: str | None) -> None:
-        """Record (or clear, with None) why reading this version from the cloud failed."""
-        self._conn.execute("UPDATE files SET last_error = ? WHERE path = ? AND version = ?",
-                           (error, path, version))
+        """Record (or clear, with None) why reading this version from the cloud failed; a row
+        that says so already is not written again (a cache fill clears it every time)."""
+        self._conn.execute("UPDATE files SET last_error = ? WHERE path = ? AND version = ? "
+                           "AND last_error IS NOT ?", (error, path, version, error))
 
     def held_copies(self) -> list[tuple[str, str]]:
         """(path, sha256) of the files this node keeps a copy of for another (none here: a

@@ -162,8 +162,8 @@ class FileRows:
                            (remote, key, path))
 
     def set_error(self, path: str, version: int, error: str | None) -> None:
-        self._link.execute("UPDATE files SET last_error = %s WHERE path = %s AND version = %s",
-                           (error, path, version))
+        self._link.execute("UPDATE files SET last_error = %s WHERE path = %s AND version = %s "
+                           "AND last_error IS DISTINCT FROM %s", (error, path, version, error))
 
     def held_copies(self) -> list[tuple[str, str]]:
         """(path, sha256) of the files not uploaded yet this node keeps a copy of for their
