@@ -166,6 +166,28 @@ class Tally:
             self.failures.append(what)
             self.journal.append(f"{time.time():.3f} FAILED: {what}")
 
+    def read(self, model: Model, where: str, path: str, r: httpx.Response,
+             possible: set[str]) -> bool:
+        """Count a GET's answer and judge a 200 (one whole version the path may hold, its
+        ETag its SHA-256) or a 404 (the path may be gone) against `possible`; False for any
+        other status, which the caller judges."""
+        digest = digest_of(r.content)
+        seen = model.generation(path, digest) if r.status_code == 200 else None
+        self.count(f"get: {r.status_code}", where, f"generation {seen}" if seen is not None else "")
+        if r.status_code == 200:
+            if r.headers.get("etag") != f'"{digest}"':
+                self.fail(f"{where}: {len(r.content)} bytes whose SHA-256 is not its "
+                          f"ETag {r.headers.get('etag')}: torn or mixed")
+            if digest not in possible:
+                self.fail(f"{where}: 200 with {model.describe(path, digest)} "
+                          f"(possible: {possible})")
+        elif r.status_code == 404:
+            if GONE not in possible:
+                self.fail(f"{where}: 404, but its last acknowledged write was a PUT")
+        else:
+            return False
+        return True
+
 
 class Nodes:
     """The three nodes, which of them are up (the clients pick among these) and every output
@@ -321,20 +343,8 @@ class Client(threading.Thread):
             except httpx.TransportError as exc:  # refused, or cut mid-body: never a short 200
                 self.tally.count(f"get: {type(exc).__name__}", where)
                 return False
-            digest = digest_of(r.content)
-            seen = self.model.generation(path, digest) if r.status_code == 200 else None
-            self.tally.count(f"get: {r.status_code}", where,
-                             f"generation {seen}" if seen is not None else "")
-            if r.status_code == 200:
-                if r.headers.get("etag") != f'"{digest}"':
-                    self.tally.fail(f"{where}: {len(r.content)} bytes whose SHA-256 is not its "
-                                    f"ETag {r.headers.get('etag')}: torn or mixed")
-                if digest not in possible:
-                    self.tally.fail(f"{where}: 200 with {self.model.describe(path, digest)} "
-                                    f"(possible: {possible})")
-            elif r.status_code == 404:
-                if GONE not in possible:
-                    self.tally.fail(f"{where}: 404, but its last acknowledged write was a PUT")
+            if self.tally.read(self.model, where, path, r, possible):
+                pass
             elif r.status_code == 503:
                 if not r.headers.get("retry-after"):
                     self.tally.fail(f"{where}: 503 without Retry-After: {r.text[:300]}")

@@ -298,20 +298,8 @@ class Client(threading.Thread):
                 self.tally.fail(f"{where}: no answer ({type(exc).__name__}: {exc})")
                 return False
             self.load.count(phase, node, f"get: {r.status_code}")
-            digest = digest_of(r.content)
-            seen = self.model.generation(path, digest) if r.status_code == 200 else None
-            self.tally.count(f"get: {r.status_code}", where,
-                             f"generation {seen}" if seen is not None else "")
-            if r.status_code == 200:
-                if r.headers.get("etag") != f'"{digest}"':
-                    self.tally.fail(f"{where}: {len(r.content)} bytes whose SHA-256 is not its "
-                                    f"ETag {r.headers.get('etag')}: torn or mixed")
-                if digest not in possible:
-                    self.tally.fail(f"{where}: 200 with {self.model.describe(path, digest)} "
-                                    f"(possible: {possible})")
-            elif r.status_code == 404:
-                if GONE not in possible:
-                    self.tally.fail(f"{where}: 404, but its last acknowledged write was a PUT")
+            if self.tally.read(self.model, where, path, r, possible):
+                pass
             elif r.status_code == 503:
                 self._unavailable(where, r)
             else:

@@ -184,7 +184,8 @@ def test_a_put_whose_commit_was_lost_is_recorded_while_the_node_runs(tmp_path,
         # A cut re-PUT here, then a PUT on b acknowledged: b's wins, the cut bytes go.
         tmp.write_bytes(b"cut")
         with store.registry.transaction() as tx:
-            tx.intents.add("put", "lost.txt", str(tmp), 3, SHA, "text/plain")
+            tx.intents.add("put", "lost.txt", str(tmp), 3, hashlib.sha256(b"cut").hexdigest(),
+                           "text/plain")
         os.replace(tmp, store.local.path_of("lost.txt"))
         put(other, "lost.txt", size=5)
         assert recovery.interrupted(store) == 1

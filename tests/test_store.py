@@ -133,6 +133,29 @@ def test_recovery_records_a_rename_that_was_not_committed(tmp_path):
     store.close()
 
 
+def test_recovery_records_nothing_of_a_put_whose_body_went_before_its_rename(tmp_path):
+    """An intent whose temp file is gone, but whose rename never happened (the PUT failed,
+    its body was discarded, and removing the intent failed too): the file on disk is the old
+    version, so the old record stays, not the intent's size and hash over the old bytes."""
+    store = _store(tmp_path)
+    anyio.run(lambda: store.put("z.txt", _chunks(b"old bytes, still here"), content_type=None,
+                                content_length=None))
+    before = store.lookup("z.txt")
+    body = b"a body discarded before its rename"
+    with store.registry.transaction() as tx:
+        tx.intents.add("put", "z.txt", str(store.local.tmp_dir / "put-gone"), len(body),
+                       hashlib.sha256(body).hexdigest(), "text/plain")
+    store.close()
+
+    store = _store(tmp_path)
+    after = store.lookup("z.txt")
+    assert (after.sha256, after.size, after.version) == (before.sha256, before.size,
+                                                          before.version)
+    assert store.local.path_of("z.txt").read_bytes() == b"old bytes, still here"
+    assert store.registry.read.intents.all() == []
+    store.close()
+
+
 def test_recovery_discards_an_unrenamed_body_and_stray_temp_files(tmp_path):
     store = _store(tmp_path)
     tmp = store.local.tmp_dir / "put-unfinished"

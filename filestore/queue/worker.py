@@ -107,6 +107,9 @@ class QueueWorkers:
                 if due is not None and due <= now:
                     looked = False
                     for entry in await anyio.to_thread.run_sync(self._lease, free):
+                        # Leased again: an old lease kept by an outage ran out, this one
+                        # supersedes it (and must not be released in its stead).
+                        self._unreleased.pop(entry.path, None)
                         self._in_flight[entry.path] = entry
                         tg.start_soon(self._work, entry)
             # Other nodes' changes (a move-to-cloud job, "upload now") wake nobody here: with a
@@ -263,15 +266,18 @@ class QueueWorkers:
 
     async def _release_unreleased(self) -> None:
         """Release what `_put_back` could not, once the registry answers (else next round).
-        Only this dispatcher leases, and not meanwhile: a path leased again since is in
-        flight, and its new lease (the same owner's) is left alone."""
+        Only this dispatcher leases, and not meanwhile (a path leased again drops its entry
+        here). One still in flight is being put back right now: the next round has it. Work
+        put back while this runs stays for the next round too."""
         left = [e for path, e in self._unreleased.items() if path not in self._in_flight]
         try:
             if left:
                 await anyio.to_thread.run_sync(self._release, *left)
         except RegistryUnavailable:
             return
-        self._unreleased.clear()
+        for entry in left:
+            if self._unreleased.get(entry.path) is entry:
+                del self._unreleased[entry.path]
         if left:
             log.info("queue: released %d lease(s) the registry's outage had kept; their work "
                      "goes again", len(left))
