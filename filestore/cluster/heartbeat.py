@@ -26,20 +26,16 @@ def interval(settings: Settings) -> float:
 
 def beat(store: Store, started: float) -> None:
     settings = store.settings
-    # One statement, without the registry lock: a beat never waits behind the writers (a
-    # node whose beats queued behind a busy lock would look dead to the others).
-    with store.registry.single_write() as tx:
+    with store.registry.transaction() as tx:
         tx.nodes.beat(settings.node, settings.advertise, started)
 
 
 async def beat_every(store: Store) -> None:
     started = time.time()
     failing = Failing(log, "cluster: the heartbeat")
-    # A thread of its own: never queued behind the default limiter's transactions.
-    limiter = anyio.CapacityLimiter(1)
     while True:
         try:
-            await anyio.to_thread.run_sync(beat, store, started, limiter=limiter)
+            await anyio.to_thread.run_sync(beat, store, started)
         except Exception as exc:  # the registry is down: beat again next round
             failing.failed(exc)
         else:
