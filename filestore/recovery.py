@@ -105,10 +105,10 @@ def _installed(final: Path, intent: Intent) -> int | None:
     """The inode of `final` if it holds the intent's very bytes (its size, then its
     SHA-256), else None: a rename of the intent's temp file put them there."""
     try:
-        before = _inode(final)
-        if final.stat().st_size != intent.size or hash_file(final)[1] != intent.sha256:
+        seen = final.stat()
+        if seen.st_size != intent.size or hash_file(final)[1] != intent.sha256:
             return None
-        return before if _inode(final) == before else None
+        return seen.st_ino if _inode(final) == seen.st_ino else None  # not replaced meanwhile
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
 

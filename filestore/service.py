@@ -433,10 +433,6 @@ class Service:
         """Store one file of a tree being imported, as a PUT would (importer.py)."""
         import_one(self.store, candidate, prefix, report, move, replicate)
 
-    def replicating(self) -> bool:
-        """Whether a write is acknowledged only once another node holds a copy."""
-        return self.store.shared and bool(self.settings.cluster.replicas)
-
     @contextlib.asynccontextmanager
     async def replicator(self) -> AsyncIterator[Replicate]:
         """For a command that writes from a worker thread (the import): what takes a copy of

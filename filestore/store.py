@@ -183,6 +183,12 @@ class Store:
             raise NotFound(f"no file at {path!r}")
         return record
 
+    @property
+    def replicating(self) -> bool:
+        """Whether a write is acknowledged only once another node holds a copy (read at each
+        write: `cluster.replicas` may change at run time)."""
+        return self.shared and bool(self.settings.cluster.replicas)
+
     def holds(self, record: FileRecord) -> bool:
         """Whether this node holds the file's local bytes: a SQLite registry's rows are all
         its one node's (holder ""); a shared one names the node (migration 13 claimed the
@@ -297,7 +303,7 @@ class Store:
         limit = self.settings.storage.max_upload_size
         # A copy goes to another node first (cluster.replicas): this node's fsync of the body
         # waits alongside that push, not before it.
-        replicating = self.shared and bool(self.settings.cluster.replicas)
+        replicating = self.replicating
         try:
             received = await self.local.receive(body, limit if room is None else min(limit, room),
                                                 self.events.make_room, declared,

@@ -43,6 +43,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -365,6 +366,34 @@ class Client(threading.Thread):
         return False
 
 
+def read_everywhere(http: httpx.Client, nodes: Sequence[ServeProcess], paths: Sequence[str],
+                    model: Model) -> tuple[dict[str, str], int]:
+    """Read every path on every node, on every other node its cached copy evicted first (the
+    read comes from the bucket): each answer is one of the path's possible outcomes, the same
+    on every node. The paths present with their digests, and how many had more than one
+    possible outcome (a cut last write)."""
+    present: dict[str, str] = {}
+    ambiguous = 0
+    for k, path in enumerate(paths):
+        possible = model.possible(path)
+        ambiguous += len(possible) > 1
+        seen = set()
+        for i, node in enumerate(nodes):
+            if (k + i) % 2:
+                evicted = http.post(f"{node.url}/admin/api/files/{path}/evict")
+                assert evicted.status_code in (200, 404), (path, evicted.text)
+            r = http.get(f"{node.url}/files/{path}")
+            assert r.status_code in (200, 404), (path, f"n{i + 1}", r.status_code, r.text)
+            outcome = digest_of(r.content) if r.status_code == 200 else GONE
+            assert outcome in possible, (path, f"n{i + 1}", possible,
+                                         outcome and model.describe(path, outcome))
+            seen.add(outcome)
+        assert len(seen) == 1, (path, seen)
+        if outcome is not GONE:
+            present[path] = outcome
+    return present, ambiguous
+
+
 # -- the registry, seen by the test ---------------------------------------------------------------
 
 
@@ -508,28 +537,9 @@ def test_kill_9_across_the_nodes_loses_nothing_acknowledged(
         # Every node serves exactly what was acknowledged last (or, for a path whose last
         # write was cut, one of its possible outcomes, the same on every node): on every other
         # node, its cached copy evicted first, so the read comes from the bucket.
-        ambiguous = 0
-        present: dict[str, str] = {}
         http = httpx.Client(timeout=60, headers={"authorization": f"Bearer {TOKEN}"})
         with http:
-            for k, path in enumerate(paths):
-                possible = model.possible(path)
-                ambiguous += len(possible) > 1
-                seen = set()
-                for i, node in enumerate(nodes.nodes):
-                    if (k + i) % 2:
-                        evicted = http.post(f"{node.url}/admin/api/files/{path}/evict")
-                        assert evicted.status_code in (200, 404), (path, evicted.text)
-                    r = http.get(f"{node.url}/files/{path}")
-                    assert r.status_code in (200, 404), (path, f"n{i + 1}", r.status_code,
-                                                         r.text)
-                    outcome = digest_of(r.content) if r.status_code == 200 else GONE
-                    assert outcome in possible, (path, f"n{i + 1}", possible,
-                                                 outcome and model.describe(path, outcome))
-                    seen.add(outcome)
-                assert len(seen) == 1, (path, seen)
-                if outcome is not GONE:
-                    present[path] = outcome
+            present, ambiguous = read_everywhere(http, nodes.nodes, paths, model)
         print(f"{len(paths)} paths read on every node; {ambiguous} with a cut last write")
 
         # The bucket holds exactly the files there are, each with its bytes: every DELETE's

@@ -55,7 +55,7 @@ import httpx
 import psycopg
 import pytest
 from conftest import Moto, ServeProcess, s3_overrides, wait_for
-from test_cluster_crash import GONE, Model, Tally, body_of, digest_of, settled
+from test_cluster_crash import GONE, Model, Tally, body_of, digest_of, read_everywhere, settled
 from test_pg_outage import Lines
 
 from filestore.queue import worker
@@ -220,6 +220,13 @@ class Client(threading.Thread):
         except BaseException as exc:  # a bug of the test itself: raised at the end
             self.error = exc
 
+    def _no_answer(self, phase: str, node: int, op: str, where: str, exc: Exception,
+                   note: str = "") -> bool:
+        """No node dies here: a request with no answer at all is a failure."""
+        self.load.count(phase, node, f"{op}: no answer")
+        self.tally.fail(f"{where}: no answer ({type(exc).__name__}: {exc}){note}")
+        return False
+
     def _unavailable(self, where: str, answer: httpx.Response) -> None:
         """A 503: with a Retry-After, and an answer of filestore's, no traceback."""
         if not answer.headers.get("retry-after"):
@@ -252,9 +259,7 @@ class Client(threading.Thread):
                 r = self.http.put(url, content=body)
             except httpx.TransportError as exc:
                 self.model.maybe(path, digest)
-                self.load.count(phase, node, "put: no answer")
-                self.tally.fail(f"{where}: no answer ({type(exc).__name__}: {exc}), {note}")
-                return False
+                return self._no_answer(phase, node, "put", where, exc, f", {note}")
             self.load.count(phase, node, f"put: {r.status_code}")
             self.tally.count(f"put: {r.status_code}", where, note)
             if r.status_code in (200, 201):
@@ -274,9 +279,7 @@ class Client(threading.Thread):
                 r = self.http.delete(url)
             except httpx.TransportError as exc:
                 self.model.maybe(path, GONE)
-                self.load.count(phase, node, "delete: no answer")
-                self.tally.fail(f"{where}: no answer ({type(exc).__name__}: {exc})")
-                return False
+                return self._no_answer(phase, node, "delete", where, exc)
             self.load.count(phase, node, f"delete: {r.status_code}")
             self.tally.count(f"delete: {r.status_code}", where)
             if r.status_code in (204, 404):
@@ -294,9 +297,7 @@ class Client(threading.Thread):
             try:
                 r = self.http.get(url)
             except httpx.TransportError as exc:
-                self.load.count(phase, node, "get: no answer")
-                self.tally.fail(f"{where}: no answer ({type(exc).__name__}: {exc})")
-                return False
+                return self._no_answer(phase, node, "get", where, exc)
             self.load.count(phase, node, f"get: {r.status_code}")
             if self.tally.read(self.model, where, path, r, possible):
                 pass
@@ -572,26 +573,7 @@ def test_postgresql_restarted_under_load_is_503_then_work_resumes_on_every_node(
             # Every node serves what was acknowledged last (one outcome of a last write that
             # got a 503, the same on every node); on every other node evicted first, so the
             # read comes from the bucket.
-            present: dict[str, str] = {}
-            ambiguous = 0
-            for k, path in enumerate(paths):
-                possible = model.possible(path)
-                ambiguous += len(possible) > 1
-                seen = set()
-                for i, node in enumerate(nodes):
-                    if (k + i) % 2:
-                        evicted = http.post(f"{node.url}/admin/api/files/{path}/evict")
-                        assert evicted.status_code in (200, 404), (path, evicted.text)
-                    r = http.get(f"{node.url}/files/{path}")
-                    assert r.status_code in (200, 404), (path, f"n{i + 1}", r.status_code,
-                                                         r.text)
-                    outcome = digest_of(r.content) if r.status_code == 200 else GONE
-                    assert outcome in possible, (path, f"n{i + 1}", possible,
-                                                 outcome and model.describe(path, outcome))
-                    seen.add(outcome)
-                assert len(seen) == 1, (path, seen)
-                if outcome is not GONE:
-                    present[path] = outcome
+            present, ambiguous = read_everywhere(http, nodes, paths, model)
             print(f"{len(paths)} paths read on every node; {ambiguous} with a last write "
                   "that got a 503")
 

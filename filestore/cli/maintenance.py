@@ -90,7 +90,7 @@ def import_tree(settings: Settings, directory: str, prefix: str, move: bool) -> 
             async with service.replicator() as replicate:
                 await anyio.to_thread.run_sync(import_all, replicate)
 
-        if service.replicating():  # each file recorded once another node holds a copy
+        if service.store.replicating:  # each file recorded once another node holds a copy
             anyio.run(replicated)
         else:
             import_all()

@@ -2,8 +2,9 @@
 work of #16, several nodes) share. Chosen by `[registry] url = "postgresql://..."`.
 
 Connections. Write transactions take a connection from a pool (psycopg-pool, `registry.pool_size`
-per process, checked before each use so a connection PostgreSQL dropped is replaced, not handed
-out). `read` is one dedicated autocommit connection, read-only (`default_transaction_read_only`,
+per process); one whose socket has something to say is checked before use (`_check_if_spoken`),
+so a connection PostgreSQL dropped is replaced, not handed out, and a sound one costs no round
+trip. `read` is one dedicated autocommit connection, read-only (`default_transaction_read_only`,
 SQLite's `PRAGMA query_only`), for the event loop's cheap lookups, reconnected at the next
 statement when PostgreSQL dropped it. What that costs: in SQLite a primary-key lookup is a few
 microseconds in the process; here every statement is a round trip to the server (some 50-100 us
