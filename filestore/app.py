@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import admin, api, logs, metrics, serving
+from . import admin, api, hitlog, logs, metrics, serving
 from .cluster import endpoint as cluster_endpoint
 from .config import Settings, load_settings
 from .errors import FilestoreError, RegistryUnavailable, RemoteUnavailable
@@ -253,6 +253,8 @@ def build_app(settings: Settings) -> FastReads:
         async with Service.serving(settings) as service, anyio.create_task_group() as tg:
             app.state.service = service
             tg.start_soon(metrics.flush_every)
+            if service.store.local.static is not None:  # the hits nginx answers (hitlog.py)
+                tg.start_soon(hitlog.run, service, settings)
             yield
             tg.cancel_scope.cancel()
 

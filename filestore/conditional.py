@@ -14,13 +14,14 @@ from collections.abc import Mapping
 from email.utils import formatdate, mktime_tz, parsedate_tz
 
 from .errors import PreconditionFailed
+from .registry.files import FileRecord
 
 _ETAG_RE = re.compile(r'\s*(W/)?("[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|$)')
 
 
 @dataclasses.dataclass(frozen=True)
 class Validators:
-    etag: str  # strong, quoted: '"<sha256>"'
+    etag: str  # strong, quoted: `etag_of`
     last_modified: int  # whole seconds since the epoch
 
     @property
@@ -33,8 +34,13 @@ def _http_date(seconds: int) -> str:
     return formatdate(seconds, usegmt=True)
 
 
-def etag_for(sha256: str) -> str:
-    return f'"{sha256}"'
+def etag_of(record: FileRecord) -> str:
+    """A version's strong ETag: its SHA-256, or nginx's own for a static file (mtime and size in
+    hex, the mtime its Last-Modified) for a version given one (migration 14: no two versions of
+    a path share it), so that nginx and filestore answer its hits alike (static.py)."""
+    if record.plain_etag:
+        return f'"{int(record.modified):x}-{record.size:x}"'
+    return f'"{record.sha256}"'
 
 
 def _parse_date(value: str) -> int | None:

@@ -58,6 +58,10 @@ class ServerSettings:
     # Behind nginx: the internal location (e.g. "/_filestore/") that maps files/ and cache/ of
     # the data directory; local hits are then answered with X-Accel-Redirect. Empty: off.
     accel_redirect: str = _field("", parse_url_prefix)
+    # Behind nginx: nginx answers public hits itself, from DATA/static (a tree of hard links to
+    # the current versions whose headers nginx gives exactly as filestore would, `static.py`),
+    # and tells filestore of each over DATA/hits.sock (`hitlog.py`). Single node only.
+    static_hits: bool = _field(False, parse_bool)
     # "json": one JSON line per request on stdout (method, path, status, bytes, duration);
     # "": none. The query string is never logged: a signed URL's signature is a credential.
     access_log: str = _field("", one_of("", "json"))
@@ -386,6 +390,10 @@ def load_settings(
                    for number, rule in enumerate(rules, 1)),
     )
     check_plan(settings, origin)
+    if settings.server.static_hits and settings.registry.url:
+        raise ConfigError(f"{origin}: server.static_hits needs a single node (an empty "
+                          "registry.url): a change on another node could not unlink this "
+                          "node's links before it is answered")
     return settings
 
 

@@ -4,6 +4,8 @@
       registry.sqlite3   the registry (plus -wal and -shm)
       files/             local file bytes, one file per path
       tmp/               bodies being received; renamed into files/ when complete
+      static/files/      hard links nginx answers hits from (`server.static_hits`, static.py)
+      hits.sock          where nginx reports those hits (hitlog.py)
       token              the generated API token (mode 0600)
       start.lock         held exclusively while one process opens the directory
       live.lock          held shared by every process using the directory

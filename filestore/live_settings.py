@@ -120,6 +120,9 @@ class SettingsReloader:
                 self.workers.remote_generation = current[1]
             self.store.settings = settings
             self.seen = current
+            static = self.store.local.static
+            if static is not None:  # a file's headers may change with them (static.py)
+                await anyio.to_thread.run_sync(static.clear, self.store.registry)
         self.workers.wake()
 
 

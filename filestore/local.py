@@ -21,7 +21,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import anyio
 
@@ -30,6 +30,10 @@ from .fsutil import fsync_dir, prune_empty_dirs
 from .kept import KeptFiles
 from .paths import resolve_below
 from .registry import FileRecord
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .static import StaticTree
 
 CHUNK_SIZE = 1024 * 1024
 # When a body's next block would cross `min_free`, the cache is asked for room for the rest of
@@ -125,7 +129,8 @@ class LocalStore:
     """`files/`: bytes not yet uploaded (or kept, in backup mode). `cache/`: bytes of uploaded
     files, handed over by rename after a verified upload; the cache may evict them."""
 
-    def __init__(self, data_dir: Path, *, min_free: int = 0, keep_open: bool = True) -> None:
+    def __init__(self, data_dir: Path, *, min_free: int = 0, keep_open: bool = True,
+                 static: StaticTree | None = None) -> None:
         self.root = (data_dir / "files").resolve()
         self.cache_root = (data_dir / "cache").resolve()
         self.tmp_dir = (data_dir / "tmp").resolve()
@@ -137,6 +142,19 @@ class LocalStore:
         self._root_str = str(self.root) + os.sep
         self._cache_str = str(self.cache_root) + os.sep
         self.kept = KeptFiles(enabled=keep_open)
+        # nginx's links to current versions (`server.static_hits`, static.py): every change of
+        # a path's bytes here unlinks its link first.
+        self.static = static
+
+    def drop_static(self, path: str) -> None:
+        if self.static is not None:
+            self.static.drop(path)
+
+    def link_static(self, settings: Settings, record: FileRecord, source: Path) -> None:
+        """Let nginx answer this version's hits, if it answers them as filestore does; in the
+        write transaction that read `record` (static.py)."""
+        if self.static is not None:
+            self.static.link(settings, record, source)
 
     def path_of(self, path: str) -> Path:
         """The local file for a normalised path; symlinks may not lead outside the store."""
@@ -343,6 +361,7 @@ class LocalStore:
         # Directories created here must be durable too, not only the file's own entry.
         created = [d for d in final.parents if d != self.root and self.root in d.parents
                    and not d.exists()]
+        self.drop_static(path)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
@@ -372,6 +391,7 @@ class LocalStore:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise InUse(f"{path!r} is being read from the cache") from None
+            self.drop_static(path)
             cached.unlink()
         finally:
             os.close(fd)
@@ -382,12 +402,14 @@ class LocalStore:
         """Unlink `path`'s local bytes (files/, not the cache area's copy). Inside the write
         transaction."""
         final = self.path_of(path)
+        self.drop_static(path)
         final.unlink(missing_ok=True)
         prune_empty_dirs(final.parent, self.root)
 
     def remove(self, path: str) -> None:
         """Unlink `path`'s bytes (local and cached) and the directories that leaves empty.
         Inside the write transaction."""
+        self.drop_static(path)
         for root, final in zip((self.root, self.cache_root), self.candidates(path), strict=True):
             final.unlink(missing_ok=True)
             prune_empty_dirs(final.parent, root)

@@ -289,6 +289,28 @@ def flush() -> None:
             middleware.flush()
 
 
+# The counts of requests another server answered for filestore (`count_outside`).
+_outside: RequestMetrics | None = None
+
+
+async def _no_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """The app of `_outside`, which counts requests and never dispatches one."""
+
+
+def count_outside(method: str, status: int, sent: int, seconds: float,
+                  route: str = "files") -> None:
+    """Count one request that another server answered in filestore's name (nginx, from
+    DATA/static: hitlog.py), with `status`, `sent` body bytes and `seconds` to answer, as
+    `RequestMetrics.count` counts filestore's own. On the event loop's thread; a no-op
+    outside a server (`start` not called)."""
+    global _outside
+    if _instruments is None:
+        return
+    if _outside is None:
+        _outside = RequestMetrics(_no_app, _instruments)  # flushed with the others (`flush`)
+    _outside.count({"method": method}, route, status, 0, sent, time.perf_counter() - seconds)
+
+
 async def flush_every(interval: float = 1.0) -> None:
     """The lifespan's task: keep the metrics at most `interval` behind the requests."""
     import anyio

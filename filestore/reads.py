@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -95,6 +96,9 @@ async def serve_read(request: Request, service: Service, path: str,
     counted. `answers_for`: the protocol's own answers for the version found (NotFound and
     PreconditionFailed are raised for it to answer); `accel_prefix`: nginx sends the bytes."""
     record, local, cached = await open_for_read(service, path)
+    static = service.store.local.static
+    if static is not None and local is not None and static.wants(service.settings, record):
+        await anyio.to_thread.run_sync(static.offer, service.store, record, cached)
     headers: dict[str, str] | None = None
     ranges: list[tuple[int, int]] | None = None
     try:

@@ -27,6 +27,8 @@ def at_start(store: Store) -> None:
     are left by processes that are gone."""
     with store.registry.transaction() as tx:
         tx.queue.clear_leases()  # their holders are gone
+    if store.local.static is not None:
+        store.local.static.clear()  # a power loss may have lost an unlink (static.py)
     pending = store.registry.read.intents.all()
     for intent in pending:
         finish(store, intent)

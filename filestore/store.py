@@ -45,6 +45,7 @@ from .registry import (
     open_registry,
     registry_exists,
 )
+from .static import StaticTree
 
 log = logging.getLogger("filestore")
 
@@ -154,8 +155,9 @@ class Store:
         return True
 
     def _open_parts(self) -> None:
+        static = StaticTree(self.datadir.root) if self.settings.server.static_hits else None
         self.local = LocalStore(self.datadir.root, min_free=self.settings.storage.min_free,
-                                keep_open=not self.shared)
+                                keep_open=not self.shared, static=static)
         self.token, self.token_created = load_or_create_token(
             self.datadir.token_path, self.settings.auth.token
         )
@@ -372,6 +374,7 @@ class Store:
                 self._settle_intents(tx, path)
                 record = tx.files.get(path)
                 assert record is not None
+                self.local.link_static(self.settings, record, self.local.root / path)
                 return record, created
         except BaseException:
             if received.tmp.exists():
@@ -395,7 +398,9 @@ class Store:
         acknowledged means queued. True if the path is new."""
         now = time.time()
         previous = tx.queue.get(path)
-        created, version = tx.files.upsert(path, size, sha256, ctype, inode, now, md5, replica)
+        plain = self.local.static is not None and tx.files.claim_plain_etag(path, int(now))
+        created, version = tx.files.upsert(path, size, sha256, ctype, inode, now, md5, replica,
+                                           plain)
         route = self.route(path, ctype)
         if not route.upload and not in_flight(previous, now):
             # The plan keeps it local: no upload, and an older copy in the cloud goes (as a

@@ -3,6 +3,7 @@ tests, then the same rules end to end through the real server for GET, HEAD and 
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import hashlib
 from collections.abc import Iterator
@@ -11,8 +12,9 @@ import httpx
 import pytest
 from conftest import LiveServer
 
-from filestore.conditional import Validators, check_preconditions, etag_for, if_range_allows
+from filestore.conditional import Validators, check_preconditions, etag_of, if_range_allows
 from filestore.errors import PreconditionFailed
+from filestore.registry import FileRecord
 
 T = 784111777  # Sun, 06 Nov 1994 08:49:37 GMT
 IMF = "Sun, 06 Nov 1994 08:49:37 GMT"
@@ -45,7 +47,11 @@ def fails(method: str, headers: dict[str, str], current: Validators | None = V) 
 # --------------------------------------------------------------------------------------------
 
 def test_validators():
-    assert etag_for("ab12") == '"ab12"'
+    record = FileRecord("a.png", 1024, "ab12", "image/png", 1.0, 1_700_000_000.7)
+    assert etag_of(record) == '"ab12"'
+    # nginx's own ETag of a static file: mtime and size in hex (ngx_http_set_etag)
+    plain = dataclasses.replace(record, plain_etag=True)
+    assert etag_of(plain) == '"6553f100-400"'
     assert V.http_date == IMF
 
 

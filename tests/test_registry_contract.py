@@ -153,6 +153,23 @@ def test_files_upsert_listing_and_versions(registry):
     assert put(registry, "other") > second  # versions are unique across paths
 
 
+def test_plain_etags_are_claimed_once_per_path_and_second(registry):
+    """nginx's ETag (mtime and size) may go to one version of a path per second, and only
+    for a later second than any before, even after the path was deleted (migration 14)."""
+    with registry.transaction() as tx:
+        claims = [tx.files.claim_plain_etag("p", 100), tx.files.claim_plain_etag("p", 100),
+                  tx.files.claim_plain_etag("q", 100), tx.files.claim_plain_etag("p", 99),
+                  tx.files.claim_plain_etag("p", 101)]
+        tx.files.upsert("p", 3, SHA, "t", 1, 101.5, plain_etag=True)
+    assert claims == [True, False, True, False, True]
+    assert registry.read.files.get("p").plain_etag
+    with registry.transaction() as tx:
+        tx.files.delete("p")
+        assert not tx.files.claim_plain_etag("p", 101)  # the deleted version's second
+        tx.files.upsert("p", 3, SHA, "t", 1, 101.7)
+    assert not registry.read.files.get("p").plain_etag
+
+
 def test_files_namespace_conflicts(registry):
     put(registry, "a/b")
     tables = registry.read.files

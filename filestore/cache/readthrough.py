@@ -17,6 +17,7 @@ from the cloud (`RemoteBytes`) are not paced.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -274,12 +275,14 @@ class ReadThrough:
             linked = fill.tmp.with_name(fill.tmp.name + ".link")
             linked.unlink(missing_ok=True)
             os.link(fill.tmp, linked)
+            local.drop_static(record.path)  # an older version's link
             os.replace(linked, target)
             inode = os.stat(target).st_ino
             tx.files.set_inode(record.path, inode)
             tx.files.set_error(record.path, record.version, None)
             tx.cache.add(record.path, record.version, record.size, record.sha256,
                          time.time(), inode)
+            local.link_static(store.settings, dataclasses.replace(current, inode=inode), target)
         # The name made durable after the commit, not under the registry's lock (which a
         # shared registry's every node waits on): a crash before it loses at most this cached
         # copy, whose row start-up reconciling then drops (the cloud still has the bytes).

@@ -130,6 +130,7 @@ def _settle_files(registry: Registry, local: LocalStore,
                 # bytes. They stay, unindexed and so never evicted; the upload reads them here.
                 continue
             else:
+                local.drop_static(path)
                 cached.unlink(missing_ok=True)
                 prune_empty_dirs(cached.parent, local.cache_root)
                 removed += 1

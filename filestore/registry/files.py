@@ -37,6 +37,9 @@ class FileRecord:
     # The other node holding a copy of the local bytes until they are uploaded
     # (`cluster.replicas = 1`, cluster/replicas.py); "": none.
     replica: str = ""
+    # The ETag is nginx's for a static file, `"<hex mtime>-<hex size>"`, not the SHA-256 one
+    # (`server.static_hits`: nginx answers this version's hits itself, static.py).
+    plain_etag: bool = False
 
     @property
     def uploaded(self) -> bool:
@@ -69,7 +72,7 @@ class Intent:
 
 
 _FILE_COLUMNS = ("path, size, sha256, content_type, created, modified, location, version, inode, "
-                 "remote, md5, remote_key, uploaded_at, holder, replica")
+                 "remote, md5, remote_key, uploaded_at, holder, replica, plain_etag")
 
 
 class FileRows:
@@ -131,9 +134,11 @@ class FileRows:
     # -- writes (in a transaction) --------------------------------------------------------------
 
     def upsert(self, path: str, size: int, sha256: str, content_type: str, inode: int,
-               now: float, md5: str | None = None, replica: str = "") -> tuple[bool, int]:
+               now: float, md5: str | None = None, replica: str = "", plain_etag: bool = False
+               ) -> tuple[bool, int]:
         """Record new content for `path`: (whether the path is new, its new version).
-        `replica`: the other node holding a copy (a shared registry's; none here)."""
+        `replica`: the other node holding a copy (a shared registry's; none here);
+        `plain_etag`: its ETag is nginx's (`claim_plain_etag` said it may be)."""
         version = self._conn.execute(
             "UPDATE counters SET value = value + 1 WHERE name = 'seq.version' RETURNING value"
         ).fetchone()[0]
@@ -141,8 +146,9 @@ class FileRows:
         if row is None:
             self._conn.execute(
                 "INSERT INTO files (path, size, sha256, content_type, created, modified, "
-                "location, version, inode, md5) VALUES (?, ?, ?, ?, ?, ?, 'local', ?, ?, ?)",
-                (path, size, sha256, content_type, now, now, version, inode, md5),
+                "location, version, inode, md5, plain_etag) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'local', ?, ?, ?, ?)",
+                (path, size, sha256, content_type, now, now, version, inode, md5, plain_etag),
             )
             return True, version
         # A replaced file is local again: its new bytes have not been uploaded anywhere. `remote`
@@ -150,11 +156,20 @@ class FileRows:
         self._conn.execute(
             "UPDATE files SET size = ?, sha256 = ?, content_type = ?, modified = ?, inode = ?, "
             "location = 'local', version = ?, remote_etag = NULL, uploaded_at = NULL, "
-            "last_error = NULL, md5 = ? "
+            "last_error = NULL, md5 = ?, plain_etag = ? "
             "WHERE path = ?",
-            (size, sha256, content_type, now, inode, version, md5, path),
+            (size, sha256, content_type, now, inode, version, md5, plain_etag, path),
         )
         return False, version
+
+    def claim_plain_etag(self, path: str, second: int) -> bool:
+        """Whether a version of `path` modified in `second` may have nginx's ETag (mtime and
+        size, migration 14): only if no earlier one of the path had one for this second or
+        later, even one deleted since. Claimed if so."""
+        return self._conn.execute(
+            "INSERT INTO etag_floors (path, second) VALUES (?, ?) ON CONFLICT (path) DO UPDATE "
+            "SET second = excluded.second WHERE etag_floors.second < excluded.second "
+            "RETURNING 1", (path, second)).fetchone() is not None
 
     def mark_uploaded(self, path: str, remote: str, key: str, etag: str, size: int,
                       now: float) -> None:

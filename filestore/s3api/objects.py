@@ -28,7 +28,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import paths
-from ..conditional import Validators, etag_for
+from ..conditional import Validators
+from ..conditional import etag_of as file_etag
 from ..errors import BadPath, ChecksumMismatch, FilestoreError, NotFound, PreconditionFailed
 from ..ranges import RangeNotSatisfiable
 from ..reads import SAFE_HEADERS, byte_source, encoded, serve_read
@@ -53,7 +54,7 @@ MAX_DELETE = 1000
 
 def etag_of(record: FileRecord) -> str:
     """A single-part object's ETag: the MD5 of its bytes."""
-    return f'"{record.md5}"' if record.md5 else etag_for(record.sha256)
+    return f'"{record.md5}"' if record.md5 else file_etag(record)
 
 
 def etags(tx: Tables, records: list[FileRecord]) -> dict[str, str]:

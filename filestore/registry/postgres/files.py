@@ -83,7 +83,8 @@ class FileRows:
     # -- writes (in a transaction) --------------------------------------------------------------
 
     def upsert(self, path: str, size: int, sha256: str, content_type: str, inode: int,
-               now: float, md5: str | None = None, replica: str = "") -> tuple[bool, int]:
+               now: float, md5: str | None = None, replica: str = "", plain_etag: bool = False
+               ) -> tuple[bool, int]:
         """Record new content for `path`: (whether the path is new, its new version), in one
         statement (one round trip): `seq.version` moved, the row inserted or, when the path
         has one, rewritten keeping its `created` (`xmax = 0` tells an inserted row). The
@@ -92,17 +93,24 @@ class FileRows:
             "WITH seq AS (UPDATE counters SET value = value + 1 WHERE name = 'seq.version' "
             "RETURNING value) "
             "INSERT INTO files (path, size, sha256, content_type, created, modified, location, "
-            "version, inode, md5, holder, replica) SELECT %s, %s, %s, %s, %s, %s, 'local', "
-            "seq.value, %s, %s, %s, %s FROM seq ON CONFLICT (path) DO UPDATE SET "
+            "version, inode, md5, holder, replica, plain_etag) SELECT %s, %s, %s, %s, %s, %s, "
+            "'local', seq.value, %s, %s, %s, %s, %s FROM seq ON CONFLICT (path) DO UPDATE SET "
             "size = excluded.size, sha256 = excluded.sha256, "
             "content_type = excluded.content_type, modified = excluded.modified, "
             "inode = excluded.inode, location = 'local', version = excluded.version, "
             "remote_etag = NULL, uploaded_at = NULL, last_error = NULL, md5 = excluded.md5, "
-            "holder = excluded.holder, replica = excluded.replica "
-            "RETURNING xmax = 0, version",
-            (path, size, sha256, content_type, now, now, inode, md5, self._node, replica))
+            "holder = excluded.holder, replica = excluded.replica, "
+            "plain_etag = excluded.plain_etag RETURNING xmax = 0, version",
+            (path, size, sha256, content_type, now, now, inode, md5, self._node, replica,
+             plain_etag))
         assert row is not None  # migration 1 creates the seq.version row
         return bool(row[0]), int(row[1])
+
+    def claim_plain_etag(self, path: str, second: int) -> bool:
+        return self._link.one(
+            "INSERT INTO etag_floors (path, second) VALUES (%s, %s) ON CONFLICT (path) DO UPDATE "
+            "SET second = excluded.second WHERE etag_floors.second < excluded.second "
+            "RETURNING 1", (path, second)) is not None
 
     def mark_uploaded(self, path: str, remote: str, key: str, etag: str, size: int,
                       now: float) -> None:
