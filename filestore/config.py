@@ -60,7 +60,7 @@ class ServerSettings:
     accel_redirect: str = _field("", parse_url_prefix)
     # Behind nginx: nginx answers public hits itself, from DATA/static (a tree of hard links to
     # the current versions whose headers nginx gives exactly as filestore would, `static.py`),
-    # and tells filestore of each over DATA/hits.sock (`hitlog.py`). Single node only.
+    # and logs each to DATA/hits.log, which filestore counts (`hitlog.py`). Single node only.
     static_hits: bool = _field(False, parse_bool)
     # "json": one JSON line per request on stdout (method, path, status, bytes, duration);
     # "": none. The query string is never logged: a signed URL's signature is a credential.

@@ -5,7 +5,7 @@
       files/             local file bytes, one file per path
       tmp/               bodies being received; renamed into files/ when complete
       static/files/      hard links nginx answers hits from (`server.static_hits`, static.py)
-      hits.sock          where nginx reports those hits (hitlog.py)
+      hits.log           where nginx logs those hits, for filestore to count (hitlog.py)
       token              the generated API token (mode 0600)
       start.lock         held exclusively while one process opens the directory
       live.lock          held shared by every process using the directory

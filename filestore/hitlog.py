@@ -5,56 +5,50 @@ without asking filestore. Those answers must still be counted: in the request me
 request filestore answers is (metrics.py), and, for a cache entry, as a cache hit, whose access
 time is what lets the cache's GC evict the coldest entries first (cache/gc.py). A round trip to
 filestore per request is what `static_hits` saves, so nginx only tells: its access log for that
-location goes to a unix datagram socket, DATA/hits.sock, one datagram a request, in nginx's
-syslog framing (deploy/nginx.conf):
+location goes to DATA/hits.log, buffered (one write per 64 KiB of lines, or per second), and
+filestore reads what was appended every `BATCH_SECONDS` (deploy/nginx.conf):
 
     log_format filestore_hits '$request_method $status $body_bytes_sent $request_time $uri';
-    access_log syslog:server=unix:DATA/hits.sock,nohostname,tag=filestore filestore_hits;
+    access_log /srv/filestore/hits.log filestore_hits buffer=64k flush=1s;
 
-which arrives as `<190>Dec  7 18:03:53 filestore: GET 200 11 0.000 /files/a b \\xC3\\xA9.txt`.
-nginx writes the bytes of a variable below 0x20, `"`, `\\` and from 0x7f on as `\\xXX`; `$uri`
-is decoded and normalized, and may hold spaces (so it comes last). `parse` reads one datagram:
-the file's path is what follows `/files/`, unescaped, UTF-8, passed through `paths.normalize`;
-a datagram that is not such a line, or whose path `normalize` refuses, is dropped, never raised.
+A line reads `GET 200 11 0.000 /files/a b \\xC3\\xA9.txt`. nginx writes the bytes of a
+variable below 0x20, `"`, `\\` and from 0x7f on as `\\xXX`; `$uri` is decoded and normalized,
+and may hold spaces (so it comes last). `parse` reads one line: the file's path is what follows
+`/files/`, unescaped, UTF-8, passed through `paths.normalize`; a line that is not such a line,
+or whose path `normalize` refuses, is dropped, never raised. (A log over syslog, one datagram a
+request, was measured first: a `sendto` and a wakeup per hit cost nginx two thirds of its 1 KiB
+rate, bench/accel.py, and Linux's 10-datagram queue dropped lines.)
 
 The contract:
-- One process of the data directory receives (several may serve it, `server.workers`): the one
+- One process of the data directory reads (several may serve it, `server.workers`): the one
   holding `flock(LOCK_EX)` on DATA/hits.lock, taken without blocking and held for the process's
-  life. The winner unlinks the socket a killed receiver left (no live process can own it: it
-  would hold the lock) and binds a new one, mode 0660 (nginx's worker user is in filestore's
-  group, docs/deploy.md); the others try again every `ELECT_SECONDS`, so when the receiver
-  dies another binds within a second or so. nginx keeps its datagram socket connected: its
-  first line to a dead receiver fails (`[error] send() failed`, the line lost) and it connects
-  anew for the next one, reaching the new receiver; a line while none is bound (a takeover's
-  second, filestore stopped) is lost too, with `[alert] connect() failed` (nginx 1.22).
-- Every line is counted in this process's request metrics at once (`metrics.count_outside`:
-  route "files", its method and status, `$body_bytes_sent`, `$request_time`), whatever its
-  status: 200, 206, 304, 416, a HEAD. A line costs a few dict updates, as a request does.
+  life. It opens the log (creating it, mode 0660: nginx's master opens it as root, its workers
+  inherit the descriptor) and reads from its end on: what is before was a former reader's.
+  The others try again every `ELECT_SECONDS`, so when the reader dies another takes over within
+  a second or so, losing what its predecessor had not read (as a crash loses the last second of
+  the hits filestore serves itself).
+- Every line is counted in this process's request metrics (`metrics.count_outside`: route
+  "files", its method and status, `$body_bytes_sent`, `$request_time`), whatever its status:
+  200, 206, 304, 416, a HEAD. A line costs a few dict updates, as a request does.
 - A GET answered 200 or 206 is also a read of the path: reads are gathered in a `Batch`, a dict
-  by path (at most `MAX_PATHS` of them, however many datagrams arrive: a full batch is applied
-  before more are read, while the kernel's queue holds what it can), applied every
-  `BATCH_SECONDS`. Applying stats each path of the batch once, in a worker thread; a path whose
-  bytes are in the cache area is a cache hit, counted with `Usage.hit` as reads.py counts one
-  filestore serves (a HEAD reads no bytes and is none), and the cache writes it with its next
-  flush of usage, a second or so later. A file of files/ (local, not cached) has no access time.
+  by path (at most `MAX_PATHS` of them: a full batch is applied before more lines are read),
+  applied after each read of the log. Applying stats each path of the batch once, in a worker
+  thread; a path whose bytes are in the cache area is a cache hit, counted with `Usage.hit` as
+  reads.py counts one filestore serves (a HEAD reads no bytes and is none), and the cache writes
+  it with its next flush of usage, a second or so later. A file of files/ (local, not cached)
+  has no access time.
+- The log stays small: once all read and past `TRUNCATE_AT`, the reader empties it
+  (`ftruncate`; nginx appends, so its next write lands at the start).
 - `run` never ends but by cancellation; on its way out it applies what it gathered, so the
-  cache's last flush (`Service.serving`) writes it. A crash loses the last second, as for the
-  hits filestore serves itself.
-
-nginx drops a line when the socket's queue is full (`[warn] send() to syslog failed`), and Linux
-queues only `net.unix.max_dgram_qlen` datagrams per socket (systemd sets 512, the kernel's
-default is 10): the receiver drains the queue at each wakeup of the event loop, so a loop too
-busy to read in time loses statistics, never answers.
+  cache's last flush (`Service.serving`) writes it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
 import re
-import socket
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -72,27 +66,30 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("filestore")
 
-SOCKET_NAME = "hits.sock"
+LOG_NAME = "hits.log"
 LOCK_NAME = "hits.lock"
-SOCKET_MODE = 0o660
-# A process that is not the receiver tries to become it this often (and a receiver whose
-# socket failed binds again after as long).
+# nginx's worker user is in filestore's group (docs/deploy.md); nginx's master opens it as root.
+LOG_MODE = 0o660
+# A process that is not the reader tries to become it this often (and a reader whose log
+# failed opens it again after as long).
 ELECT_SECONDS = 1.0
-# Reads of cache entries are applied this often.
+# The log is read, and reads of cache entries applied, this often.
 BATCH_SECONDS = 0.5
-# At most this many paths wait in a batch; a full one is applied before more datagrams are read.
+# At most this many paths wait in a batch; a full one is applied before more lines are read.
 MAX_PATHS = 4096
-# A datagram longer than this is dropped: its path would be, being longer than
+# A line longer than this is dropped: its path would be, being longer than
 # `paths.MAX_PATH_BYTES` even escaped 4 to 1 (`\xXX` per byte).
-MAX_DATAGRAM = 8192
-# At most this many datagrams are read per wakeup before the event loop runs its other tasks.
-MAX_PER_WAKEUP = 256
+MAX_LINE = 8192
+# At most this much of the log is read at once, before the event loop runs its other tasks.
+READ_BUDGET = 1 << 20
+# The log is emptied once it is all read and holds this much.
+TRUNCATE_AT = 16 << 20
 
-# `<PRI>Mmm dd hh:mm:ss [hostname ]tag: METHOD STATUS BYTES SECONDS /files/...`: nginx's syslog
-# framing (a hostname only without `nohostname`; a tag is letters, digits and "_"), then the
-# log format. Everything nginx writes is printable ASCII, the bytes of `$uri` escaped.
+# `METHOD STATUS BYTES SECONDS /files/...`, the log format, as nginx writes it to a file, or
+# after its syslog framing (`<PRI>Mmm dd hh:mm:ss [hostname ]tag: `), which is accepted too.
+# Everything nginx writes is printable ASCII, the bytes of `$uri` escaped.
 _LINE = re.compile(
-    r"<\d{1,3}>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d (?:[!-~]{1,255} )?\w{1,32}: "
+    r"(?:<\d{1,3}>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d (?:[!-~]{1,255} )?\w{1,32}: )?"
     r"([A-Z_-]{1,32}) (\d{3}) (\d{1,19}) (\d{1,9}(?:\.\d{1,6})?) /files/([ -~]+)\n?")
 _HEX2 = re.compile(r"[0-9A-Fa-f]{2}")
 
@@ -113,7 +110,7 @@ class Hit(NamedTuple):
 
 
 def parse(datagram: bytes) -> Hit | None:
-    """The hit one of nginx's datagrams tells, or None for anything else (never raises)."""
+    """The hit one of nginx's log lines tells, or None for anything else (never raises)."""
     try:
         line = datagram.decode("ascii")
     except UnicodeDecodeError:
@@ -209,74 +206,70 @@ async def apply(service: Service, reads: dict[str, list[int]]) -> int:
 
 
 class Receiver:
-    """DATA/hits.sock, bound by one process of the data directory at a time: the one
-    holding DATA/hits.lock (see the module docstring)."""
+    """DATA/hits.log, read by one process of the data directory at a time: the one holding
+    DATA/hits.lock (see the module docstring)."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.socket_path = data_dir / SOCKET_NAME
+        self.log_path = data_dir / LOG_NAME
         self.lock_path = data_dir / LOCK_NAME
-        self.sock: socket.socket | None = None
+        self.fd: int | None = None
+        self.offset = 0  # how far the log is read
         self._lock: int | None = None
 
     @property
     def bound(self) -> bool:
-        return self.sock is not None
+        return self.fd is not None
 
     def elect(self) -> bool:
-        """Become the receiver if no process is (bind the socket); whether this one is.
-        Raises OSError if it won but could not bind (then it holds nothing)."""
-        if self.sock is not None:
+        """Become the reader if no process is (open the log, creating it); whether this one
+        is. Raises OSError if it won but could not open it (then it holds nothing)."""
+        if self.fd is not None:
             return True
         if self._lock is None:
             self._lock = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return False  # another process receives
+            return False  # another process reads
         try:
-            self.sock = self._bind()
+            fd = os.open(self.log_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, LOG_MODE)
         except BaseException:
-            self.close()
+            self.release()
             raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            self.release()
+            raise OSError(f"{self.log_path} is not a regular file")
+        # From its end: what is before was a former reader's, counted or lost with it.
+        self.fd, self.offset = fd, os.fstat(fd).st_size
         return True
 
-    def _bind(self) -> socket.socket:
-        path = str(self.socket_path)
-        with contextlib.suppress(FileNotFoundError):
-            # Holding the lock, no live process owns it: a killed receiver's. Anything but a
-            # socket is no socket filestore left, and stays (the bind then fails, said).
-            if stat.S_ISSOCK(os.lstat(path).st_mode):
-                os.unlink(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            sock.bind(path)
-            os.chmod(path, SOCKET_MODE)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-    def receive(self, buffer: bytearray) -> bytes | None:
-        """The next datagram (b"" for one too long to be a hit's), or None if none waits."""
-        assert self.sock is not None
-        while True:
-            try:
-                # MSG_TRUNC: the datagram's real length, larger than the buffer if cut.
-                length = self.sock.recv_into(buffer, len(buffer), socket.MSG_TRUNC)
-            except InterruptedError:
-                continue
-            except BlockingIOError:
-                return None
-            return bytes(memoryview(buffer)[:length]) if length < len(buffer) else b""
+    def lines(self, budget: int = READ_BUDGET) -> list[bytes]:
+        """The whole lines nginx appended since the last call (up to about `budget` bytes);
+        a line longer than `MAX_LINE` comes as b"" (no hit's). The log is emptied when it is
+        all read and has grown past `TRUNCATE_AT`."""
+        assert self.fd is not None
+        size = os.fstat(self.fd).st_size
+        if size < self.offset:  # emptied by someone else: read it from its start
+            self.offset = 0
+        data = os.pread(self.fd, min(budget, size - self.offset), self.offset)
+        cut = data.rfind(b"\n") + 1
+        if cut == 0 and len(data) >= MAX_LINE:  # one over-long line: skip what came of it
+            self.offset += len(data)
+            return [b""]
+        self.offset += cut
+        if self.offset >= TRUNCATE_AT and self.offset == os.fstat(self.fd).st_size:
+            # nginx appends (O_APPEND): its next write lands at the new end, 0. A buffer it
+            # writes between the fstat and this truncation is lost: counts, never answers.
+            os.ftruncate(self.fd, 0)
+            self.offset = 0
+        return [line if len(line) <= MAX_LINE else b"" for line in data[:cut].splitlines()]
 
     def release(self) -> None:
-        """Stop receiving: unlink the socket (before the lock goes, so never a successor's)."""
-        sock, self.sock = self.sock, None
-        if sock is not None:
-            sock.close()
-            with contextlib.suppress(OSError):
-                os.unlink(self.socket_path)
+        """Stop reading (the log stays: nginx keeps writing to it)."""
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
         if self._lock is not None:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
 
@@ -319,45 +312,37 @@ class Counting:
         else:
             self._failing.ok()
 
-    async def apply_every(self, interval: float = BATCH_SECONDS) -> None:
-        """Apply the batch every `interval`, for the process's life."""
+    async def follow(self, receiver: Receiver, interval: float = BATCH_SECONDS) -> None:
+        """Every `interval`, count the lines nginx appended to the log and apply the batch,
+        until cancelled or the log fails (OSError)."""
         while True:
             await anyio.sleep(interval)
-            await self.apply()
-
-    async def receive(self, receiver: Receiver) -> None:
-        """Read the bound `receiver`'s datagrams as they come, until cancelled or the socket
-        fails (OSError)."""
-        assert receiver.sock is not None
-        buffer = bytearray(MAX_DATAGRAM)
-        while True:
-            await anyio.wait_readable(receiver.sock)
-            for _ in range(MAX_PER_WAKEUP):
-                datagram = receiver.receive(buffer)
-                if datagram is None:
+            while lines := receiver.lines():
+                for line in lines:
+                    await self.take_in(line)
+                await anyio.lowlevel.checkpoint()  # a long backlog lets the loop serve
+                if len(lines) < 64:
                     break
-                await self.take_in(datagram)
+            await self.apply()
 
 
 async def run(service: Service, settings: Settings) -> None:
-    """Receive nginx's hits at DATA/hits.sock while this process is the one receiver, and
-    count them (see the module docstring); runs until cancelled."""
+    """Read nginx's hits from DATA/hits.log while this process is the one reader, and count
+    them (see the module docstring); runs until cancelled."""
     receiver = Receiver(settings.data_dir)
     counting = Counting(service)
-    binding = logs.Failing(log, f"receiving nginx's hits at {receiver.socket_path}")
+    opening = logs.Failing(log, f"reading nginx's hits from {receiver.log_path}")
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(counting.apply_every)
-            while True:
-                try:
-                    if receiver.elect():
-                        binding.ok()
-                        log.info("receiving nginx's hits at %s", receiver.socket_path)
-                        await counting.receive(receiver)
-                except OSError as exc:  # could not bind, or the socket failed: again soon
-                    receiver.release()
-                    binding.failed(exc)
-                await anyio.sleep(ELECT_SECONDS)
+        while True:
+            try:
+                if receiver.elect():
+                    opening.ok()
+                    log.info("reading nginx's hits from %s", receiver.log_path)
+                    await counting.follow(receiver)
+            except OSError as exc:  # could not open it, or it failed: again soon
+                receiver.release()
+                opening.failed(exc)
+            await anyio.sleep(ELECT_SECONDS)
     finally:
         receiver.close()
         with anyio.CancelScope(shield=True):

@@ -1,8 +1,8 @@
-"""hitlog.py: the hits nginx answers itself from the static tree, told over DATA/hits.sock, are
-counted in the request metrics and as the cache's hits, by the one process that binds the socket.
+"""hitlog.py: the hits nginx answers itself from the static tree, logged to DATA/hits.log, are
+counted in the request metrics and as the cache's hits, by the one process that reads the log.
 
 The end-to-end test runs a real nginx (found on PATH or in /usr/sbin; without it, it skips)
-whose access log for a static location goes to the socket, in front of nothing: nginx answers
+whose access log for a static location goes to that file, in front of nothing: nginx answers
 every request itself, from hard links to a real server's cache entries.
 """
 
@@ -71,6 +71,8 @@ def test_nginx_datagrams_parse(line: bytes, hit: Hit) -> None:
 
 
 def test_what_parsing_accepts() -> None:
+    # The line as nginx writes it to a file (deploy/nginx.conf), without syslog's framing.
+    assert parse(b"GET 200 11 0.000 /files/a") == Hit("GET", 200, 11, 0.0, "a")
     # A hostname (the `nohostname` forgotten), another tag, lower-case hex, a trailing newline.
     assert parse(b"<190>Dec  7 18:03:53 web-1.example filestore: GET 200 1 0.000 /files/a"
                  ) == Hit("GET", 200, 1, 0.0, "a")
@@ -97,7 +99,7 @@ def test_hostile_or_foreign_paths_are_dropped(uri: str) -> None:
 
 
 @pytest.mark.parametrize("line", [
-    b"", b"\n", b"garbage", b"\xff\xfe\x00", b"<190>", b"GET 200 11 0.000 /files/a",
+    b"", b"\n", b"garbage", b"\xff\xfe\x00", b"<190>", b"<190>GET 200 11 0.000 /files/a",
     b"<190>Dec  7 18:03:53 filestore: ",
     b"<190>Dec  7 18:03:53 filestore: GET 200 11 /files/a",  # a field missing
     b"<190>Dec  7 18:03:53 filestore: GET 200 0.000 /files/a",
@@ -162,12 +164,9 @@ def test_a_batch_is_bounded_by_its_paths() -> None:
 
 
 def send(path: Path, data: bytes) -> None:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
-        client.sendto(data, str(path))
-
-
-def received(receiver: Receiver) -> bytes | None:
-    return receiver.receive(bytearray(hitlog.MAX_DATAGRAM))
+    """Append a line, as nginx does (O_APPEND)."""
+    with open(path, "ab") as log:
+        log.write(data + b"\n")
 
 
 @pytest.fixture
@@ -183,40 +182,62 @@ def receivers(tmp_path: Path) -> Iterator[Callable[[], Receiver]]:
         receiver.close()
 
 
-def test_one_receiver_binds_and_another_takes_over_when_it_stops(
+def test_one_reader_reads_and_another_takes_over_when_it_stops(
         tmp_path: Path, receivers: Callable[[], Receiver]) -> None:
+    log = tmp_path / "hits.log"
+    send(log, b"before any reader")  # a former reader's: never read again
     first, second = receivers(), receivers()
     assert first.elect() and first.bound
     assert not second.elect() and not second.bound  # the lock is held: it waits its turn
-    assert not second.elect()
-    sock = tmp_path / "hits.sock"
-    assert stat.S_ISSOCK(sock.lstat().st_mode)
-    assert stat.S_IMODE(sock.lstat().st_mode) == 0o660
-    send(sock, b"one")
-    assert wait_for(lambda: received(first)) == b"one"
-    assert received(first) is None  # non-blocking: nothing more waits
+    assert stat.S_ISREG(log.stat().st_mode)
+    assert first.lines() == []
+    send(log, b"one")
+    with open(log, "ab") as partial:  # a line being written: read once it is whole
+        partial.write(b"tw")
+    assert first.lines() == [b"one"]
+    with open(log, "ab") as partial:
+        partial.write(b"o\n")
+    assert first.lines() == [b"two"]
+    assert first.lines() == []
     first.close()
-    assert not sock.exists()  # unlinked before the lock went
+    assert log.exists()  # nginx keeps writing to it
     assert second.elect() and second.bound
-    send(sock, b"two")
-    assert wait_for(lambda: received(second)) == b"two"
+    send(log, b"three")
+    assert second.lines() == [b"three"]
     assert not first.elect()  # and now the first waits
 
 
-def test_a_too_long_datagram_is_dropped_whole(receivers: Callable[[], Receiver],
-                                              tmp_path: Path) -> None:
+def test_a_too_long_line_is_dropped_whole(receivers: Callable[[], Receiver],
+                                          tmp_path: Path) -> None:
     receiver = receivers()
     assert receiver.elect()
-    send(tmp_path / "hits.sock", b"x" * (hitlog.MAX_DATAGRAM + 100))
-    send(tmp_path / "hits.sock", b"after")
-    # (A unix datagram is in the receiver's queue once `sendto` returns.)
-    assert received(receiver) == b""
-    assert received(receiver) == b"after"
+    send(tmp_path / "hits.log", b"x" * (hitlog.MAX_LINE + 100))
+    send(tmp_path / "hits.log", b"after")
+    assert receiver.lines() == [b"", b"after"]
+    with open(tmp_path / "hits.log", "ab") as endless:  # no newline yet, and too long already
+        endless.write(b"y" * (hitlog.MAX_LINE + 1))
+    assert receiver.lines(budget=hitlog.MAX_LINE + 1) == [b""]
 
 
-def test_a_killed_receivers_socket_is_replaced(tmp_path: Path,
-                                              receivers: Callable[[], Receiver]) -> None:
-    # A real process binds, and is killed: its socket file stays, its lock goes.
+def test_the_log_is_emptied_once_read_and_large(receivers: Callable[[], Receiver],
+                                                tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr(hitlog, "TRUNCATE_AT", 100)
+    receiver = receivers()
+    assert receiver.elect()
+    log = tmp_path / "hits.log"
+    for n in range(20):
+        send(log, b"line %d" % n)
+    assert len(receiver.lines()) == 20
+    assert log.stat().st_size == 0 and receiver.offset == 0
+    send(log, b"next")  # appended at the start again
+    assert receiver.lines() == [b"next"]
+    log.write_bytes(b"")  # emptied by someone else (and now shorter): read from the start
+    send(log, b"ab")
+    assert receiver.lines() == [b"ab"]
+
+
+def test_a_killed_readers_lock_goes_with_it(tmp_path: Path,
+                                            receivers: Callable[[], Receiver]) -> None:
     child = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
          "from filestore.hitlog import Receiver; r = Receiver(Path(sys.argv[1])); "
@@ -224,28 +245,23 @@ def test_a_killed_receivers_socket_is_replaced(tmp_path: Path,
         stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline() == "True\n"
-        sock = tmp_path / "hits.sock"
         receiver = receivers()
         assert not receiver.elect()
     finally:
         child.kill()
         child.wait(timeout=10)
-    assert stat.S_ISSOCK(sock.lstat().st_mode)  # left behind
-    with pytest.raises(ConnectionRefusedError):
-        send(sock, b"to nobody")
     assert wait_for(receiver.elect)
-    send(sock, b"hello")  # a socket bound anew (inode numbers are reused: no telling by them)
-    assert wait_for(lambda: received(receiver)) == b"hello"
+    send(tmp_path / "hits.log", b"hello")
+    assert receiver.lines() == [b"hello"]
 
 
-def test_what_is_no_socket_is_never_unlinked(tmp_path: Path,
+def test_what_is_no_regular_file_is_refused(tmp_path: Path,
                                             receivers: Callable[[], Receiver]) -> None:
-    (tmp_path / "hits.sock").write_text("not filestore's")
+    (tmp_path / "hits.log").mkdir()
     receiver = receivers()
     with pytest.raises(OSError):
         receiver.elect()
-    assert (tmp_path / "hits.sock").read_text() == "not filestore's"
-    (tmp_path / "hits.sock").unlink()
+    (tmp_path / "hits.log").rmdir()
     assert receiver.elect()
 
 
@@ -327,24 +343,28 @@ def test_a_flood_of_paths_keeps_the_batch_bounded(make_server: Any) -> None:
 
 def test_run_counts_and_another_run_takes_over_when_it_stops(make_server: Any) -> None:
     server = cached_server(make_server, {"t.bin": b"t" * 10})
-    sock = server.settings.data_dir / "hits.sock"
+    log = server.settings.data_dir / "hits.log"
     first, stopped = started_run(server)
-    wait_for(sock.exists)
+    wait_for(log.exists)
     second, _ = started_run(server)  # waits its turn
     start = counters(server).get("cache.hits", 0)
-    send(sock, datagram("/files/t.bin", sent=10))
+    send(log, datagram("/files/t.bin", sent=10))
     wait_for(lambda: counters(server).get("cache.hits", 0) == start + 1)
     first.cancel()
-    assert stopped.wait(timeout=10)  # its `finally` ran: the socket it bound is gone
-    wait_for(sock.exists)  # the second bound anew
-    send(sock, datagram("/files/t.bin", sent=10))
-    wait_for(lambda: counters(server).get("cache.hits", 0) == start + 2)
+    assert stopped.wait(timeout=10)  # its `finally` ran: its lock is gone
+    # The second opens the log within a second, from its end; a line then is its to count.
+    deadline = counters(server).get("cache.hits", 0)
+
+    def counted_again() -> bool:
+        send(log, datagram("/files/t.bin", sent=10))
+        return counters(server).get("cache.hits", 0) > deadline
+
+    wait_for(counted_again, timeout=10, interval=0.5)
     assert first.cancelled() and not second.done()
     second.cancel()
-    wait_for(lambda: not sock.exists())
 
 
-# -- end to end: a real nginx logs to the socket --------------------------------------------------
+# -- end to end: a real nginx logs to the file ----------------------------------------------------
 
 NGINX_CONF = """\
 {user}worker_processes 2;
@@ -362,7 +382,7 @@ http {{
     location /files/ {{
       root {static};
       etag on;
-      access_log syslog:server=unix:{sock},nohostname,tag=filestore filestore_hits;
+      access_log {log} filestore_hits buffer=64k flush=100ms;
     }}
   }}
 }}
@@ -370,14 +390,14 @@ http {{
 
 
 @contextlib.contextmanager
-def nginx(prefix: Path, static: Path, sock: Path) -> Iterator[int]:
-    """nginx answering `/files/` from `static`, logging each answer to `sock`; its port."""
+def nginx(prefix: Path, static: Path, log: Path) -> Iterator[int]:
+    """nginx answering `/files/` from `static`, logging each answer to `log`; its port."""
     assert NGINX is not None
     (prefix / "tmp").mkdir(parents=True)
     port = free_port()
     user = "user root;\n" if os.geteuid() == 0 else ""  # else nobody, who cannot enter tmp_path
     (prefix / "nginx.conf").write_text(NGINX_CONF.format(
-        user=user, prefix=prefix, port=port, static=static, sock=sock))
+        user=user, prefix=prefix, port=port, static=static, log=log))
     proc = subprocess.Popen([NGINX, "-p", str(prefix), "-e", str(prefix / "error.log"),
                              "-c", str(prefix / "nginx.conf")], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -421,13 +441,13 @@ def test_hits_nginx_answers_are_counted_as_filestores_own(make_server: Any,
     (static / "files" / "d\u00e9j\u00e0").mkdir(parents=True)
     os.link(data / "cache" / name, static / "files" / name)
     (static / "files" / "plain.txt").write_bytes(b"not a cache entry")
-    sock = data / "hits.sock"
+    log = data / "hits.log"
     task, _ = started_run(server)
     try:
-        wait_for(sock.exists)
+        wait_for(log.exists)
         before, hits_before = scrape(server), counters(server)
         accessed = last_access(server, name)
-        with nginx(tmp_path / "nginx", static, sock) as port:
+        with nginx(tmp_path / "nginx", static, log) as port:
             url = "/files/d%C3%A9j%C3%A0/vu%20one.bin"
             status, got, etag = fetch(port, "GET", url)
             assert (status, got) == (200, body)
@@ -471,28 +491,26 @@ def test_hits_nginx_answers_are_counted_as_filestores_own(make_server: Any,
             wait_for(lambda: last_access(server, name) > accessed)
     finally:
         task.cancel()
-    wait_for(lambda: not sock.exists())
 
 
 @needs_nginx
-def test_nginx_reaches_the_receiver_that_takes_over(make_server: Any, tmp_path: Path) -> None:
+def test_the_reader_that_takes_over_counts_nginxs_hits(make_server: Any, tmp_path: Path) -> None:
     server = cached_server(make_server, {"x.bin": b"x" * 100})
     static = tmp_path / "static"
     (static / "files").mkdir(parents=True)
     os.link(server.settings.data_dir / "cache" / "x.bin", static / "files" / "x.bin")
-    sock = server.settings.data_dir / "hits.sock"
+    log = server.settings.data_dir / "hits.log"
     first, stopped = started_run(server)
-    wait_for(sock.exists)
+    wait_for(log.exists)
     second, _ = started_run(server)
     try:
-        with nginx(tmp_path / "nginx", static, sock) as port:
+        with nginx(tmp_path / "nginx", static, log) as port:
 
             start = counters(server).get("cache.hits", 0)
             assert fetch(port, "GET", "/files/x.bin")[0] == 200
             wait_for(lambda: counters(server).get("cache.hits", 0) == start + 1)
             first.cancel()
             assert stopped.wait(timeout=10)
-            wait_for(sock.exists)
 
             def hit_counted() -> bool:
                 """One more GET through nginx; whether the GETs since the takeover made
@@ -500,8 +518,7 @@ def test_nginx_reaches_the_receiver_that_takes_over(make_server: Any, tmp_path: 
                 assert fetch(port, "GET", "/files/x.bin")[0] == 200
                 return counters(server).get("cache.hits", 0) > start + 1
 
-            # nginx's socket is connected to the receiver that stopped: its next line fails
-            # (said in its error log, lost), and it connects anew for the one after.
+            # The second opens the log from its end within a second: a GET after that counts.
             wait_for(hit_counted, interval=0.2)
     finally:
         first.cancel()
