@@ -207,9 +207,13 @@ def test_heartbeats_are_judged_by_the_servers_clock(nodes, pg_registry_url, monk
 
     real = time.time
     monkeypatch.setattr(time, "time", lambda: real() - 1000)  # this node's clock: 1000 s late
-    store = SimpleNamespace(registry=nodes["a"],
+    store = SimpleNamespace(registry=nodes["a"], shared=True,
                             settings=SimpleNamespace(node="a", advertise="http://a"))
-    heartbeat.beat(store, started=real())  # type: ignore[arg-type]
+    heart = heartbeat.Heart(store, started=real())  # type: ignore[arg-type]
+    try:
+        heart.beat()
+    finally:
+        heart.close()
     (server_now,) = sql(pg_registry_url, "SELECT extract(epoch FROM clock_timestamp())")[0]
     row = nodes["b"].read.nodes.get("a")
     assert row is not None

@@ -44,12 +44,18 @@ class Peers:
         self._nodes: dict[str, Node] = {}
         self._nodes_read = -_NODES_FOR  # monotonic
 
-    def nodes(self, *, wanted: str = "") -> dict[str, Node]:
-        """Every node by name, as the registry said at most `_NODES_FOR` seconds ago (read
-        again at once when `wanted` is not among them: a node that just started): a peer read
-        or a replicated PUT need not read the table each time, heartbeats are seconds apart."""
+    def nodes(self, *, wanted: str = "", fresh: bool = False) -> dict[str, Node]:
+        """Every node by name, as the registry said at most `_NODES_FOR` seconds ago: a peer
+        read or a replicated PUT need not read the table each time, heartbeats are seconds
+        apart. Read again at once when `wanted` is not among them (a node that just started)
+        or was dead then: a node started again beats as it starts, and a "dead" kept from
+        before would refuse the reads of what it took since, for up to `_NODES_FOR` (what
+        test_cluster_crash found). A holder that stays dead costs a read of the few rows per
+        read of its files, each a 503 anyway. `fresh`: read again in any case."""
         now = time.monotonic()
-        if now - self._nodes_read >= _NODES_FOR or (wanted and wanted not in self._nodes):
+        known = self._nodes.get(wanted) if wanted else None
+        if fresh or now - self._nodes_read >= _NODES_FOR or (wanted and (
+                known is None or not known.alive(self.store.settings.cluster.dead_after))):
             self._nodes = {n.name: n for n in self.store.registry.read.nodes.all()}
             self._nodes_read = now
         return self._nodes

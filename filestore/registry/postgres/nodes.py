@@ -53,6 +53,21 @@ class NodeRows:
                            int(values.get("cache.bytes", 0)), int(in_flight or 0))
 
 
+class Heartbeats:
+    """This node's beats on a link of their own (`PostgresRegistry.open_heartbeats`): the
+    same row as `NodeRows.beat` writes, by the server's clock."""
+
+    def __init__(self, link: Link) -> None:
+        self._link = link
+        self._rows = NodeRows(link)
+
+    def beat(self, name: str, url: str, started: float) -> None:
+        self._rows.beat(name, url, started)
+
+    def close(self) -> None:
+        self._link.close()
+
+
 class StaleRows:
     """Bytes this node (`node`) must drop."""
 

@@ -6,10 +6,11 @@ per process); one whose socket has something to say is checked before use (`_che
 so a connection PostgreSQL dropped is replaced, not handed out, and a sound one costs no round
 trip. `read` is one dedicated autocommit connection, read-only (`default_transaction_read_only`,
 SQLite's `PRAGMA query_only`), for the event loop's cheap lookups, reconnected at the next
-statement when PostgreSQL dropped it. What that costs: in SQLite a primary-key lookup is a few
-microseconds in the process; here every statement is a round trip to the server (some 50-100 us
-on the same host, a network RTT across machines), and it blocks the event loop's thread for that
-long. A view that reads several rows pays one round trip per statement.
+statement when PostgreSQL dropped it; so is a node's heartbeat connection (`open_heartbeats`),
+writable. What that costs: in SQLite a primary-key lookup is a few microseconds in the process;
+here every statement is a round trip to the server (some 50-100 us on the same host, a network
+RTT across machines), and it blocks the event loop's thread for that long. A view that reads
+several rows pays one round trip per statement.
 
 What SQLite's `BEGIN IMMEDIATE` gave, and what stands in for it here, table group by table group:
 
@@ -68,7 +69,7 @@ from .files import FileRows, IntentRows
 from .jobs import JobRows
 from .link import Connection, Link, connection_lost, unavailable
 from .migrations import CLAIMS, MIGRATIONS, SCHEMA_TABLE
-from .nodes import NodeRows, StaleRows
+from .nodes import Heartbeats, NodeRows, StaleRows
 from .queue import QueueRows
 from .s3 import BucketRows, S3KeyRows, UploadRows
 from .sessions import GrantRows, SampleRows, SessionRows
@@ -82,6 +83,10 @@ _POOL_TIMEOUT = 30.0  # seconds a transaction waits for a free pooled connection
 # After this long without one, the reader asks whether the server is there at all.
 _FIRST_WAIT = 1.0
 _BEGIN_LOCKED = f"BEGIN; SELECT pg_advisory_xact_lock({REGISTRY_LOCK})"
+_READER = "SET default_transaction_read_only = on"
+# A beat a crash of the server loses costs nothing (the next one comes within seconds): its
+# commit need not wait for the WAL's flush, behind the writers' flushes.
+_HEARTBEAT = "SET synchronous_commit = off"
 _IDLE = psycopg.pq.TransactionStatus.IDLE
 
 
@@ -194,14 +199,14 @@ class PostgresRegistry:
     def _connect_options(self) -> dict[str, Any]:
         return {} if "connect_timeout" in self._url else {"connect_timeout": _CONNECT_TIMEOUT}
 
-    def _connect(self, *, read_only: bool, first: bool = False) -> Connection:
-        """A connection of its own. A server it cannot reach is a `ConfigError` when `first`
-        (the registry opening: a wrong URL is as likely as a stopped server, and the command
-        ends in one line), later `RegistryUnavailable` (it went away: try again soon)."""
+    def _connect(self, session: str, *, first: bool = False) -> Connection:
+        """A connection of its own, `session` (SET statements) run on it. A server it cannot
+        reach is a `ConfigError` when `first` (the registry opening: a wrong URL is as likely as
+        a stopped server, and the command ends in one line), later `RegistryUnavailable` (it
+        went away: try again soon)."""
         try:
             conn = psycopg.connect(self._url, autocommit=True, **self._connect_options())
-            if read_only:
-                conn.execute("SET default_transaction_read_only = on")
+            conn.execute(session)
         except psycopg.OperationalError as exc:
             if not first:
                 raise unavailable(self.where, exc) from None
@@ -220,9 +225,18 @@ class PostgresRegistry:
         """Another read-only view on a connection of its own (the caller closes it). The first
         is the registry's `read`, opened with it (see `_connect`)."""
         first = getattr(self, "read", None) is None
-        return Tables(Link(self._connect(read_only=True, first=first),
-                           reconnect=lambda: self._connect(read_only=True), where=self.where),
+        return Tables(Link(self._connect(_READER, first=first),
+                           reconnect=lambda: self._connect(_READER), where=self.where),
                       self.node)
+
+    def open_heartbeats(self) -> Heartbeats:
+        """The node's heartbeats on a connection of their own (the caller closes it), each beat
+        one autocommitted statement without the registry lock: a beat never waits for a pooled
+        connection nor behind the writers queued on the lock (a node whose beats queued there
+        would look dead to the others). Reconnected at the next beat when PostgreSQL dropped
+        it; `RegistryUnavailable` while the server cannot be reached."""
+        return Heartbeats(Link(self._connect(_HEARTBEAT),
+                               reconnect=lambda: self._connect(_HEARTBEAT), where=self.where))
 
     # -- schema ---------------------------------------------------------------------------------
 
