@@ -147,11 +147,12 @@ class Nginx:
 
 @pytest.fixture
 def behind_nginx(make_server: Any, tmp_path: Path) -> Iterator[Callable[..., tuple[Any, Nginx]]]:
-    """Start filestore with accel_redirect (and `overrides`), and nginx in front of it."""
+    """Start filestore with accel_redirect (and `config`, `overrides`), and nginx in front of
+    it."""
     started: list[Nginx] = []
 
-    def start(**overrides: str) -> tuple[LiveServer, Nginx]:
-        server = make_server(server__accel_redirect=PREFIX, **overrides)
+    def start(config: Path | None = None, **overrides: str) -> tuple[LiveServer, Nginx]:
+        server = make_server(config=config, server__accel_redirect=PREFIX, **overrides)
         nginx = Nginx(tmp_path / f"nginx{len(started)}", server.port, server.settings.data_dir)
         started.append(nginx)
         return server, nginx

@@ -7,10 +7,11 @@ filestore's to answer.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -18,7 +19,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 from conftest import LiveServer, counters, uploaded, wait_for
-from test_accel import PREFIX, Nginx, needs_nginx
+from test_accel import PREFIX, Nginx, behind_nginx, needs_nginx  # noqa: F401 (a fixture)
 
 from filestore.config import load_settings
 from filestore.errors import ConfigError
@@ -35,21 +36,9 @@ COMPARED = ("etag", "last-modified", "content-type", "content-length", "accept-r
 
 
 @pytest.fixture
-def static_nginx(make_server: Any, tmp_path: Path
-                 ) -> Iterator[Callable[..., tuple[LiveServer, Nginx]]]:
-    started: list[Nginx] = []
-
-    def start(config: Path | None = None, **overrides: str) -> tuple[LiveServer, Nginx]:
-        server = make_server(config=config, server__accel_redirect=PREFIX,
-                             server__static_hits="true", **overrides)
-        nginx = Nginx(tmp_path / f"nginx{len(started)}", server.port, server.settings.data_dir)
-        started.append(nginx)
-        return server, nginx
-
-    yield start
-    for nginx in started:
-        nginx.stop()
-        assert "[crit]" not in nginx.error_log() and "[alert]" not in nginx.error_log()
+def static_nginx(request: pytest.FixtureRequest) -> Callable[..., tuple[LiveServer, Nginx]]:
+    """`behind_nginx` (test_accel.py), with `server.static_hits` on."""
+    return functools.partial(request.getfixturevalue("behind_nginx"), server__static_hits="true")
 
 
 def answered_by(nginx: Nginx, request_uri: str, count: int, method: str = "GET") -> str:
