@@ -45,6 +45,7 @@ The contract:
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import logging
 import os
@@ -158,17 +159,17 @@ class Batch:
     def __len__(self) -> int:
         return len(self._reads)
 
-    def add(self, hit: Hit) -> bool:
-        """Gather a read of `hit.path`; False (nothing gathered) if that needs a path more
-        than the batch may hold."""
+    def add(self, hit: Hit, times: int = 1) -> bool:
+        """Gather `times` reads like `hit` of its path; False (nothing gathered) if that needs
+        a path more than the batch may hold."""
         counts = self._reads.get(hit.path)
         if counts is None:
             if len(self._reads) >= self.max_paths:
                 return False
-            self._reads[hit.path] = [1, hit.sent]
+            self._reads[hit.path] = [times, hit.sent * times]
         else:
-            counts[0] += 1
-            counts[1] += hit.sent
+            counts[0] += times
+            counts[1] += hit.sent * times
         return True
 
     def take(self) -> dict[str, list[int]]:
@@ -290,16 +291,16 @@ class Counting:
         self.batch = batch if batch is not None else Batch()
         self._failing = logs.Failing(log, "counting nginx's hits")
 
-    async def take_in(self, datagram: bytes) -> Hit | None:
-        """Count the hit `datagram` tells, if it is one (else None)."""
+    async def take_in(self, datagram: bytes, times: int = 1) -> Hit | None:
+        """Count the hit `datagram` tells (`times` alike), if it is one (else None)."""
         hit = parse(datagram)
         if hit is None:
             return None
-        metrics.count_outside(hit.method, hit.status, hit.sent, hit.seconds)
-        if hit.reads and not self.batch.add(hit):
-            # Full: apply it now, reading no more meanwhile (the kernel's queue waits).
+        metrics.count_outside(hit.method, hit.status, hit.sent, hit.seconds, times=times)
+        if hit.reads and not self.batch.add(hit, times):
+            # Full: apply it now, reading no more meanwhile.
             await self.apply()
-            self.batch.add(hit)
+            self.batch.add(hit, times)
         return hit
 
     async def apply(self) -> None:
@@ -318,8 +319,11 @@ class Counting:
         while True:
             await anyio.sleep(interval)
             while lines := receiver.lines():
-                for line in lines:
-                    await self.take_in(line)
+                # Hot files repeat their lines (a whole-millisecond $request_time, most often
+                # 0.000): each distinct line is parsed once, in C's Counter (half a second of
+                # 1 KiB hits is some 40,000 lines, on the CPUs nginx answers them with).
+                for line, times in collections.Counter(lines).items():
+                    await self.take_in(line, times)
                 await anyio.lowlevel.checkpoint()  # a long backlog lets the loop serve
                 if len(lines) < 64:
                     break

@@ -158,6 +158,8 @@ def test_a_batch_is_bounded_by_its_paths() -> None:
     assert len(batch) == 3
     assert batch.take() == {"a": [3, 30], "b": [2, 11], "c": [1, 10]}
     assert len(batch) == 0 and batch.add(Hit("GET", 200, 10, 0.0, "d"))
+    assert batch.add(Hit("GET", 200, 10, 0.0, "d"), times=4)  # alike lines, counted at once
+    assert batch.take() == {"d": [5, 50]}
 
 
 # -- the election ---------------------------------------------------------------------------------
