@@ -24,7 +24,7 @@ from starlette.types import Scope
 
 from . import paths, plan, signing
 from .accounts import Principal
-from .conditional import Validators, check_preconditions, etag_of
+from .conditional import Validators, check_preconditions, file_etag
 from .config import Settings
 from .errors import BadRequest, TooLarge
 from .kept import KEEP_MAX_SIZE
@@ -113,7 +113,7 @@ def _authorized_path(request: Request) -> tuple[str, signing.Grant | None]:
 
 
 def _validators(record: FileRecord) -> Validators:
-    return Validators(etag_of(record), int(record.modified))
+    return Validators(file_etag(record), int(record.modified))
 
 
 def _file_headers(settings: Settings, record: FileRecord, private: bool) -> dict[str, str]:
@@ -320,7 +320,7 @@ async def put_file(request: Request) -> Response:
     return JSONResponse(
         {"path": record.path, "size": record.size, "sha256": record.sha256},
         status_code=201 if created else 200,
-        headers={"etag": etag_of(record), "location": "/files/" + quote(record.path)},
+        headers={"etag": file_etag(record), "location": "/files/" + quote(record.path)},
     )
 
 

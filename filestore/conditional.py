@@ -21,7 +21,7 @@ _ETAG_RE = re.compile(r'\s*(W/)?("[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|$)')
 
 @dataclasses.dataclass(frozen=True)
 class Validators:
-    etag: str  # strong, quoted: `etag_of`
+    etag: str  # strong, quoted: `file_etag`
     last_modified: int  # whole seconds since the epoch
 
     @property
@@ -34,7 +34,7 @@ def _http_date(seconds: int) -> str:
     return formatdate(seconds, usegmt=True)
 
 
-def etag_of(record: FileRecord) -> str:
+def file_etag(record: FileRecord) -> str:
     """A version's strong ETag: its SHA-256, or nginx's own for a static file (mtime and size in
     hex, the mtime its Last-Modified) for a version given one (migration 14: no two versions of
     a path share it), so that nginx and filestore answer its hits alike (static.py)."""

@@ -86,11 +86,9 @@ READ_BUDGET = 1 << 20
 # The log is emptied once it is all read and holds this much.
 TRUNCATE_AT = 16 << 20
 
-# `METHOD STATUS BYTES SECONDS /files/...`, the log format, as nginx writes it to a file, or
-# after its syslog framing (`<PRI>Mmm dd hh:mm:ss [hostname ]tag: `), which is accepted too.
+# `METHOD STATUS BYTES SECONDS /files/...`: the log format, as nginx writes it to the file.
 # Everything nginx writes is printable ASCII, the bytes of `$uri` escaped.
 _LINE = re.compile(
-    r"(?:<\d{1,3}>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d (?:[!-~]{1,255} )?\w{1,32}: )?"
     r"([A-Z_-]{1,32}) (\d{3}) (\d{1,19}) (\d{1,9}(?:\.\d{1,6})?) /files/([ -~]+)\n?")
 _HEX2 = re.compile(r"[0-9A-Fa-f]{2}")
 
@@ -110,10 +108,10 @@ class Hit(NamedTuple):
         return self.method == "GET" and self.status in (200, 206)
 
 
-def parse(datagram: bytes) -> Hit | None:
+def parse(raw_line: bytes) -> Hit | None:
     """The hit one of nginx's log lines tells, or None for anything else (never raises)."""
     try:
-        line = datagram.decode("ascii")
+        line = raw_line.decode("ascii")
     except UnicodeDecodeError:
         return None
     match = _LINE.fullmatch(line)
@@ -282,8 +280,8 @@ class Receiver:
 
 
 class Counting:
-    """What the receiver does with each datagram: count its hit in the request metrics at
-    once, gather its read in `batch`, and `apply` the batch every `BATCH_SECONDS` (and when
+    """What the reader does with each line: count its hit in the request metrics at once,
+    gather its read in `batch`, and `apply` the batch after each read of the log (and when
     full)."""
 
     def __init__(self, service: Service, batch: Batch | None = None) -> None:
@@ -291,9 +289,9 @@ class Counting:
         self.batch = batch if batch is not None else Batch()
         self._failing = logs.Failing(log, "counting nginx's hits")
 
-    async def take_in(self, datagram: bytes, times: int = 1) -> Hit | None:
-        """Count the hit `datagram` tells (`times` alike), if it is one (else None)."""
-        hit = parse(datagram)
+    async def take_in(self, line: bytes, times: int = 1) -> Hit | None:
+        """Count the hit `line` tells (`times` alike), if it is one (else None)."""
+        hit = parse(line)
         if hit is None:
             return None
         metrics.count_outside(hit.method, hit.status, hit.sent, hit.seconds, times=times)

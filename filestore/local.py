@@ -378,6 +378,20 @@ class LocalStore:
             cached.unlink()
             prune_empty_dirs(cached.parent, self.cache_root)
 
+    def install_cached(self, fill: Path, path: str) -> tuple[Path, int]:
+        """Put a verified cache fill in place as `path`'s cached bytes: where, and their inode.
+        A second name (the temp one stays for joining readers), put in place by rename: it
+        replaces an older version's bytes a shared registry's sweeper has yet to drop. Inside
+        the write transaction that indexes it; durable once the caller fsyncs the directory."""
+        target = self.cached_path_of(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        linked = fill.with_name(fill.name + ".link")
+        linked.unlink(missing_ok=True)
+        os.link(fill, linked)
+        self.drop_static(path)  # an older version's link
+        os.replace(linked, target)
+        return target, os.stat(target).st_ino
+
     def drop_cached(self, path: str) -> bool:
         """Unlink `path`'s bytes in the cache area, unless a reader has them open (`InUse`).
         True if there were bytes. Inside a write transaction, with the index row."""

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from conftest import LiveServer
 
-from filestore.conditional import Validators, check_preconditions, etag_of, if_range_allows
+from filestore.conditional import Validators, check_preconditions, file_etag, if_range_allows
 from filestore.errors import PreconditionFailed
 from filestore.registry import FileRecord
 
@@ -48,10 +48,10 @@ def fails(method: str, headers: dict[str, str], current: Validators | None = V) 
 
 def test_validators():
     record = FileRecord("a.png", 1024, "ab12", "image/png", 1.0, 1_700_000_000.7)
-    assert etag_of(record) == '"ab12"'
+    assert file_etag(record) == '"ab12"'
     # nginx's own ETag of a static file: mtime and size in hex (ngx_http_set_etag)
     plain = dataclasses.replace(record, plain_etag=True)
-    assert etag_of(plain) == '"6553f100-400"'
+    assert file_etag(plain) == '"6553f100-400"'
     assert V.http_date == IMF
 
 

@@ -38,51 +38,49 @@ NGINX = shutil.which("nginx", path=os.pathsep.join(
 needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed "
                                  "(CI installs it: apt-get install -y nginx)")
 
-# As nginx 1.22 sent them (`nohostname,tag=filestore`, the log format of deploy/nginx.conf).
+# As nginx 1.22 writes them (the log format of deploy/nginx.conf).
 REAL = [
-    (b"<190>Dec  7 18:03:53 filestore: GET 200 11 0.000 /files/a b \\xC3\\xA9\\x22.txt",
+    (b"GET 200 11 0.000 /files/a b \\xC3\\xA9\\x22.txt",
      Hit("GET", 200, 11, 0.0, 'a b \u00e9".txt')),
-    (b"<190>Dec  7 18:03:53 filestore: HEAD 200 0 0.000 /files/dir/x.bin",
+    (b"HEAD 200 0 0.000 /files/dir/x.bin",
      Hit("HEAD", 200, 0, 0.0, "dir/x.bin")),
-    (b"<190>Dec 17 08:00:01 filestore: GET 206 3 0.012 /files/dir/x.bin",
+    (b"GET 206 3 0.012 /files/dir/x.bin",
      Hit("GET", 206, 3, 0.012, "dir/x.bin")),
-    (b"<190>Jan  1 00:00:00 filestore: GET 304 0 0.000 /files/x",
+    (b"GET 304 0 0.000 /files/x",
      Hit("GET", 304, 0, 0.0, "x")),
-    (b"<190>Jan  1 00:00:00 filestore: GET 416 206 1.250 /files/x",
+    (b"GET 416 206 1.250 /files/x",
      Hit("GET", 416, 206, 1.25, "x")),
 ]
 
 
-def datagram(uri: str, method: str = "GET", status: int = 200, sent: int = 5,
+def log_line(uri: str, method: str = "GET", status: int = 200, sent: int = 5,
              seconds: str = "0.001") -> bytes:
     """A line as nginx writes it: `$uri`'s bytes below 0x20, `"`, `\\` and from 0x7f on as
     `\\xXX`."""
     escaped = "".join(f"\\x{b:02X}" if b < 0x20 or b >= 0x7F or b in b'"\\' else chr(b)
                       for b in uri.encode("utf-8", "surrogatepass"))
-    return f"<190>Dec  7 18:03:53 filestore: {method} {status} {sent} {seconds} {escaped}".encode()
+    return f"{method} {status} {sent} {seconds} {escaped}".encode()
 
 
 # -- parsing --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("line", "hit"), REAL)
-def test_nginx_datagrams_parse(line: bytes, hit: Hit) -> None:
+def test_nginx_lines_parse(line: bytes, hit: Hit) -> None:
     assert parse(line) == hit
 
 
 def test_what_parsing_accepts() -> None:
     # The line as nginx writes it to a file (deploy/nginx.conf), without syslog's framing.
     assert parse(b"GET 200 11 0.000 /files/a") == Hit("GET", 200, 11, 0.0, "a")
-    # A hostname (the `nohostname` forgotten), another tag, lower-case hex, a trailing newline.
-    assert parse(b"<190>Dec  7 18:03:53 web-1.example filestore: GET 200 1 0.000 /files/a"
-                 ) == Hit("GET", 200, 1, 0.0, "a")
-    assert parse(b"<14>Dec  7 18:03:53 hits: GET 200 1 0.000 /files/\\xc3\\xa9\n") == Hit(
-        "GET", 200, 1, 0.0, "\u00e9")
+    # Lower-case hex, a trailing newline; not a syslog datagram's framing (nginx writes a file).
+    assert parse(b"GET 200 1 0.000 /files/\\xc3\\xa9\n") == Hit("GET", 200, 1, 0.0, "\u00e9")
+    assert parse(b"<190>Dec  7 18:03:53 filestore: GET 200 1 0.000 /files/a") is None
     # A path in filestore's terms: NFC, as normalize stores it; a "%" is a "%" ($uri is decoded).
-    assert parse(datagram("/files/e\u0301.txt")).path == "\u00e9.txt"  # type: ignore[union-attr]
-    assert parse(datagram("/files/100%25 x")).path == "100%25 x"  # type: ignore[union-attr]
-    assert parse(datagram("/files/x", method="PROPFIND")).method == "PROPFIND"  # type: ignore[union-attr]
-    assert parse(datagram("/files/" + "a" * 255)) is not None
+    assert parse(log_line("/files/e\u0301.txt")).path == "\u00e9.txt"  # type: ignore[union-attr]
+    assert parse(log_line("/files/100%25 x")).path == "100%25 x"  # type: ignore[union-attr]
+    assert parse(log_line("/files/x", method="PROPFIND")).method == "PROPFIND"  # type: ignore[union-attr]
+    assert parse(log_line("/files/" + "a" * 255)) is not None
     assert [h.reads for h in (parse(line) for line, _ in REAL)] == [  # type: ignore[union-attr]
         True, False, True, False, False]
 
@@ -95,43 +93,44 @@ def test_what_parsing_accepts() -> None:
     "/files/" + "/".join(["abcdefghi"] * 103), "/x", "/filesx/a", "/admin/x", "/", "files/a",
 ])
 def test_hostile_or_foreign_paths_are_dropped(uri: str) -> None:
-    assert parse(datagram(uri)) is None
+    assert parse(log_line(uri)) is None
 
 
 @pytest.mark.parametrize("line", [
     b"", b"\n", b"garbage", b"\xff\xfe\x00", b"<190>", b"<190>GET 200 11 0.000 /files/a",
-    b"<190>Dec  7 18:03:53 filestore: ",
-    b"<190>Dec  7 18:03:53 filestore: GET 200 11 /files/a",  # a field missing
-    b"<190>Dec  7 18:03:53 filestore: GET 200 0.000 /files/a",
-    b"<190>Dec  7 18:03:53 filestore: GET 11 0.000 /files/a",
-    b"<190>Dec  7 18:03:53 filestore: GET 200 11 0.000",
-    b"<190>Dec  7 18:03:53 filestore: GET 2000 11 0.000 /files/a",
-    b"<190>Dec  7 18:03:53 filestore: GET abc 11 0.000 /files/a",
-    b"<190>Dec  7 18:03:53 filestore: GET 200 -1 0.000 /files/a",
-    b"<190>Dec  7 18:03:53 filestore: GET 200 - 0.000 /files/a",
-    b"<190>Dec  7 18:03:53 filestore: GET 200 11 - /files/a",
-    b"<190>Dec  7 18:03:53 filestore: get 200 11 0.000 /files/a",
-    b"<190>Dec  7 18:03:53 filestore: GET  200 11 0.000 /files/a",
+    b"GET",
+    b"GET 200 11 /files/a",  # a field missing
+    b"GET 200 0.000 /files/a",
+    b"GET 11 0.000 /files/a",
+    b"GET 200 11 0.000",
+    b"GET 2000 11 0.000 /files/a",
+    b"GET abc 11 0.000 /files/a",
+    b"GET 200 -1 0.000 /files/a",
+    b"GET 200 - 0.000 /files/a",
+    b"GET 200 11 - /files/a",
+    b"get 200 11 0.000 /files/a",
+    b"GET  200 11 0.000 /files/a",
+    # syslog's framing, not the file's lines
     b"<190>Dec  7 18:03:53 filestore:GET 200 11 0.000 /files/a",
-    b"<190>Dec  7 18:03:53: GET 200 11 0.000 /files/a",  # no tag
+    b"<190>Dec  7 18:03:53: GET 200 11 0.000 /files/a",
     b"<190>7 Dec 18:03:53 filestore: GET 200 11 0.000 /files/a",
     b"<1900>Dec  7 18:03:53 filestore: GET 200 11 0.000 /files/a",
-    b"<190>Dec  7 18:03:53 filestore: GET 200 11 0.000 /files/a\nGET 200 1 0.0 /files/b",
-    b"<190>Dec  7 18:03:53 filestore: GET 200 11 0.000 /files/a\xc3\xa9",  # unescaped bytes
-    b"<190>Dec  7 18:03:53 filestore: GET 200 11 0.000 /files/a\\q",  # no escape
-    b"<190>Dec  7 18:03:53 filestore: GET 200 11 0.000 /files/a\\x4",
-    b"<190>Dec  7 18:03:53 filestore: GET 200 11 0.000 /files/a\\xZZ",
-    b"<190>Dec  7 18:03:53 filestore: GET 200 11 0.000 /files/a\\",
-    b"<190>Dec  7 18:03:53 filestore: GET 200 11 0.000 /files/\\xC3",  # not UTF-8
-    b"<190>Dec  7 18:03:53 filestore: GET 200 11 0.000 /files/\\xED\\xA0\\x80",  # a surrogate
+    b"GET 200 11 0.000 /files/a\nGET 200 1 0.0 /files/b",
+    b"GET 200 11 0.000 /files/a\xc3\xa9",  # unescaped bytes
+    b"GET 200 11 0.000 /files/a\\q",  # no escape
+    b"GET 200 11 0.000 /files/a\\x4",
+    b"GET 200 11 0.000 /files/a\\xZZ",
+    b"GET 200 11 0.000 /files/a\\",
+    b"GET 200 11 0.000 /files/\\xC3",  # not UTF-8
+    b"GET 200 11 0.000 /files/\\xED\\xA0\\x80",  # a surrogate
 ])
-def test_malformed_datagrams_are_dropped(line: bytes) -> None:
+def test_malformed_lines_are_dropped(line: bytes) -> None:
     assert parse(line) is None
 
 
 def test_parsing_never_raises() -> None:
     rng = random.Random(20240607)
-    seeds = [line for line, _ in REAL] + [datagram("/files/d\u00e9j\u00e0/vu \u2603.txt")]
+    seeds = [line for line, _ in REAL] + [log_line("/files/d\u00e9j\u00e0/vu \u2603.txt")]
     for _ in range(20000):
         line = bytearray(rng.choice(seeds))
         for _ in range(rng.randint(1, 4)):
@@ -333,7 +332,7 @@ def test_a_flood_of_paths_keeps_the_batch_bounded(make_server: Any) -> None:
         counting = Counting(server.service, Batch(max_paths=8))
         for n in range(3000):
             path = "hot/a.bin" if n % 3 == 0 else f"cold/{n}.bin"  # one entry, many strangers
-            await counting.take_in(datagram(f"/files/{path}", sent=100))
+            await counting.take_in(log_line(f"/files/{path}", sent=100))
             seen.append(len(counting.batch))
         await counting.apply()
 
@@ -350,7 +349,7 @@ def test_run_counts_and_another_run_takes_over_when_it_stops(make_server: Any) -
     wait_for(log.exists)
     second, _ = started_run(server)  # waits its turn
     start = counters(server).get("cache.hits", 0)
-    send(log, datagram("/files/t.bin", sent=10))
+    send(log, log_line("/files/t.bin", sent=10))
     wait_for(lambda: counters(server).get("cache.hits", 0) == start + 1)
     first.cancel()
     assert stopped.wait(timeout=10)  # its `finally` ran: its lock is gone
@@ -358,7 +357,7 @@ def test_run_counts_and_another_run_takes_over_when_it_stops(make_server: Any) -
     deadline = counters(server).get("cache.hits", 0)
 
     def counted_again() -> bool:
-        send(log, datagram("/files/t.bin", sent=10))
+        send(log, log_line("/files/t.bin", sent=10))
         return counters(server).get("cache.hits", 0) > deadline
 
     wait_for(counted_again, timeout=10, interval=0.5)

@@ -263,21 +263,12 @@ class ReadThrough:
         version and no bytes arrived meanwhile; else drop it. In a worker thread."""
         store, local = self.store, self.store.local
         record = fill.record
-        target = local.cached_path_of(record.path)
         with store.registry.transaction() as tx:
             current = tx.files.get(record.path)
             if current is None or current.version != record.version or self._has_bytes(tx,
                                                                                    current):
                 return
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # A second name (the temp one stays for joining readers), put in place by rename:
-            # it replaces an older version's bytes a shared registry's sweeper has yet to drop.
-            linked = fill.tmp.with_name(fill.tmp.name + ".link")
-            linked.unlink(missing_ok=True)
-            os.link(fill.tmp, linked)
-            local.drop_static(record.path)  # an older version's link
-            os.replace(linked, target)
-            inode = os.stat(target).st_ino
+            target, inode = local.install_cached(fill.tmp, record.path)
             tx.files.set_inode(record.path, inode)
             tx.files.set_error(record.path, record.version, None)
             tx.cache.add(record.path, record.version, record.size, record.sha256,

@@ -60,6 +60,17 @@ class Peers:
             self._nodes_read = now
         return self._nodes
 
+    def others_alive(self) -> list[Node]:
+        """The other nodes alive, as `nodes` says; read again at once when none looked so
+        (one may have come back since, as `nodes` reads again for a wanted node)."""
+        settings = self.store.settings
+        for fresh in (False, True):
+            found = [n for n in self.nodes(fresh=fresh).values()
+                     if n.name != settings.node and n.alive(settings.cluster.dead_after)]
+            if found:
+                break
+        return found
+
     def source(self, record: FileRecord) -> PeerBytes:
         """Where `record`'s bytes are read from: its holder, if it can be asked."""
         settings = self.store.settings

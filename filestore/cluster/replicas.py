@@ -35,7 +35,6 @@ from ..local import Received
 from .calls import sign
 
 if TYPE_CHECKING:
-    from ..registry import Node
     from ..store import Store
     from .peers import Peers
 
@@ -52,14 +51,7 @@ def _timeout(settings: Settings) -> aiohttp.ClientTimeout:
 
 def ranked(store: Store, peers: Peers, path: str) -> list[tuple[str, str]]:
     """The other live nodes (name, URL), in this path's rendezvous order."""
-    settings = store.settings
-
-    def live(known: dict[str, Node]) -> list[tuple[str, str]]:
-        return [(n.name, n.url) for n in known.values()
-                if n.name != settings.node and n.alive(settings.cluster.dead_after)]
-
-    # None alive as last read: read again, one may have come back since (see `Peers.nodes`).
-    nodes = live(peers.nodes()) or live(peers.nodes(fresh=True))
+    nodes = [(n.name, n.url) for n in peers.others_alive()]
     return sorted(nodes, key=lambda node: hashlib.sha256(
         f"{node[0]}\n{path}".encode()).digest(), reverse=True)
 

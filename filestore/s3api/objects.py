@@ -28,8 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import paths
-from ..conditional import Validators
-from ..conditional import etag_of as file_etag
+from ..conditional import Validators, file_etag
 from ..errors import BadPath, ChecksumMismatch, FilestoreError, NotFound, PreconditionFailed
 from ..ranges import RangeNotSatisfiable
 from ..reads import SAFE_HEADERS, byte_source, encoded, serve_read
