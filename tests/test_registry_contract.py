@@ -289,6 +289,24 @@ def test_queue_schedule_lease_finish_fail_retry(registry):
         "queue.delete.failed": 0}
 
 
+def test_stray_leases_of_one_owner_are_released_but_its_work_in_flight(registry):
+    """After an outage a worker releases its leases but those of its work in flight: one it
+    could not release, one whose lease's answer it never got (`QueueWorkers._release_stray`)."""
+    with registry.transaction() as tx:
+        for path in ("a", "b", "c", "d"):
+            tx.queue.schedule(path, "delete", 1, "default", 0.0, 0.0)
+        mine = tx.queue.lease_due("w1", 1.0, 100.0, 3)
+        theirs = tx.queue.lease_due("w2", 1.0, 100.0, 10)
+    assert [e.path for e in mine] == ["a", "b", "c"] and [e.path for e in theirs] == ["d"]
+    with registry.transaction() as tx:
+        assert tx.queue.release_stray("w1", ["b"]) == 2
+        assert tx.queue.release_stray("w1", ["b"]) == 0
+    leases = {p: registry.read.queue.get(p).lease_owner for p in ("a", "b", "c", "d")}
+    assert leases == {"a": None, "b": "w1", "c": None, "d": "w2"}
+    with registry.transaction() as tx:
+        assert tx.queue.release_stray("w1", []) == 1
+
+
 def test_queue_work_replaced_in_flight_is_not_recorded(registry):
     version = put(registry, "a")
     with registry.transaction() as tx:

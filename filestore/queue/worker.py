@@ -61,9 +61,11 @@ class QueueWorkers:
         # flight then only goes again.)
         self.remote_generation = store.settings_generation[1]
         self._in_flight: dict[str, Entry] = {}
-        # Leases an outage of the registry kept this process from releasing: released at the
-        # first round it answers again, so their work goes again then, not when they run out.
-        self._unreleased: dict[str, Entry] = {}
+        # An outage of the registry may have left leases of this owner outside `_in_flight`
+        # (a release it cut, a lease whose answer it lost): all are released at the first
+        # round the registry answers again, so their work goes again then, not when they run
+        # out (`_release_stray`).
+        self._stray_leases = False
         self._wakeup = anyio.Event()
         # The node's upload cap, at the rate the settings in force name (read at every step).
         self.bandwidth = node_bucket(store.datadir.root, UPLOAD, lambda: self.settings.bandwidth)
@@ -92,8 +94,8 @@ class QueueWorkers:
     async def _dispatch(self, tg: TaskGroup) -> None:
         while True:
             self._wakeup = anyio.Event()
-            if self._unreleased:
-                await self._release_unreleased()
+            if self._stray_leases:
+                await self._release_stray()
             opens = self._window_opens()
             working = self.settings.enabled and opens is None
             free = self.settings.concurrency - len(self._in_flight)
@@ -106,10 +108,12 @@ class QueueWorkers:
                 due, looked = self.registry.read.queue.next_due(now), True
                 if due is not None and due <= now:
                     looked = False
-                    for entry in await anyio.to_thread.run_sync(self._lease, free):
-                        # Leased again: an old lease kept by an outage ran out, this one
-                        # supersedes it (and must not be released in its stead).
-                        self._unreleased.pop(entry.path, None)
+                    try:
+                        leased = await anyio.to_thread.run_sync(self._lease, free)
+                    except RegistryUnavailable:
+                        self._stray_leases = True  # its commit may have been done, unanswered
+                        raise
+                    for entry in leased:
                         self._in_flight[entry.path] = entry
                         tg.start_soon(self._work, entry)
             # Other nodes' changes (a move-to-cloud job, "upload now") wake nobody here: with a
@@ -230,12 +234,13 @@ class QueueWorkers:
                     retry_at = await anyio.to_thread.run_sync(self._fail, entry, error,
                                                               retryable)
             except RegistryUnavailable as again:  # released once the registry is back
-                self._unreleased[entry.path] = entry
+                self._stray_leases = True
                 log.warning("could not record the failure of %s of %r (%s): %s", entry.op,
                             entry.path, error, again.detail)
             except Exception:
                 # Not even the failure could be recorded (the registry is failing too): the
-                # lease runs out and the row is taken again later.
+                # lease goes at the next round that can release it, the attempt uncounted.
+                self._stray_leases = True
                 log.exception("could not record the failure of %s of %r (%s)", entry.op,
                               entry.path, error)
             else:
@@ -252,7 +257,7 @@ class QueueWorkers:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._release, entry)
         except Exception as again:
-            self._unreleased[entry.path] = entry
+            self._stray_leases = True
             log.warning("%s of %r waits for the registry: %s; it goes again once the registry "
                         "answers (its lease runs out in %.0f s at most)", entry.op, entry.path,
                         getattr(again, "detail", "") or again, LEASE_SECONDS)
@@ -264,23 +269,24 @@ class QueueWorkers:
             for entry in entries:
                 tx.queue.release(entry)
 
-    async def _release_unreleased(self) -> None:
-        """Release what `_put_back` could not, once the registry answers (else next round).
-        Only this dispatcher leases, and not meanwhile (a path leased again drops its entry
-        here). One still in flight is being put back right now: the next round has it. Work
-        put back while this runs stays for the next round too."""
-        left = [e for path, e in self._unreleased.items() if path not in self._in_flight]
+    async def _release_stray(self) -> None:
+        """Release this owner's leases but those of the work in flight, once the registry
+        answers (else next round). Only this dispatcher leases for the owner, and not
+        meanwhile; work put back (or not) while this runs marks the next round anew, as the
+        mark is taken down first."""
+        self._stray_leases = False
         try:
-            if left:
-                await anyio.to_thread.run_sync(self._release, *left)
+            released = await anyio.to_thread.run_sync(self._release_all_but, list(self._in_flight))
         except RegistryUnavailable:
+            self._stray_leases = True
             return
-        for entry in left:
-            if self._unreleased.get(entry.path) is entry:
-                del self._unreleased[entry.path]
-        if left:
+        if released:
             log.info("queue: released %d lease(s) the registry's outage had kept; their work "
-                     "goes again", len(left))
+                     "goes again", released)
+
+    def _release_all_but(self, keep: list[str]) -> int:
+        with self.registry.transaction() as tx:
+            return tx.queue.release_stray(self.owner, keep)
 
     async def _upload(self, entry: Entry, remote: Remote) -> None:
         record = self.registry.read.files.get(entry.path)

@@ -157,6 +157,14 @@ class QueueRows:
             (entry.path, entry.lease_owner),
         )
 
+    def release_stray(self, owner: str, keep: list[str]) -> int:
+        """Release `owner`'s leases but those of `keep` (its work in flight): leases an outage
+        kept it from releasing, or took for it with the answer lost. How many."""
+        marks = ", ".join("?" * len(keep))
+        return self._conn.execute(
+            "UPDATE queue SET leased_until = NULL, lease_owner = NULL WHERE lease_owner = ? "
+            f"AND path NOT IN ({marks})", (owner, *keep)).rowcount
+
     def fail(self, entry: Entry, error: str, retry_at: float | None,
              now: float) -> None:
         """Count a failed attempt: retry at `retry_at`, or (None) mark the row failed."""

@@ -128,6 +128,11 @@ class QueueRows:
                            "WHERE path = %s AND lease_owner = %s",
                            (entry.path, entry.lease_owner))
 
+    def release_stray(self, owner: str, keep: list[str]) -> int:
+        return self._link.execute(
+            "UPDATE queue SET leased_until = NULL, lease_owner = NULL WHERE lease_owner = %s "
+            "AND NOT (path = ANY(%s))", (owner, keep)).rowcount
+
     def fail(self, entry: Entry, error: str, retry_at: float | None, now: float) -> None:
         if not self.is_current(entry):
             self.release(entry)
