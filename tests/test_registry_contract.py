@@ -28,6 +28,7 @@ from filestore.registry import (
     open_registry,
     require_sqlite,
 )
+from filestore.registry.files import FLOOR_SECONDS
 from filestore.registry.postgres import PostgresRegistry
 from filestore.registry.samples import Sample
 
@@ -168,6 +169,19 @@ def test_plain_etags_are_claimed_once_per_path_and_second(registry):
         assert not tx.files.claim_plain_etag("p", 101)  # the deleted version's second
         tx.files.upsert("p", 3, SHA, "t", 1, 101.7)
     assert not registry.read.files.get("p").plain_etag
+
+
+def test_plain_etag_floors_expire(registry):
+    """A path's floor lasts `FLOOR_SECONDS` (migration 15): a claim drops the older ones,
+    so the table holds the last day's claims, not every path ever PUT."""
+    with registry.transaction() as tx:
+        assert tx.files.claim_plain_etag("old", 100)
+        assert tx.files.claim_plain_etag("recent", 100 + FLOOR_SECONDS)
+        assert not tx.files.claim_plain_etag("old", 100)  # within its day: still the floor
+        # A day and a second after "old"'s claim: gone, and with it the refusal.
+        assert tx.files.claim_plain_etag("other", 101 + FLOOR_SECONDS)
+        assert tx.files.claim_plain_etag("old", 100)
+        assert not tx.files.claim_plain_etag("recent", 100 + FLOOR_SECONDS)  # kept
 
 
 def test_files_namespace_conflicts(registry):

@@ -71,6 +71,13 @@ class Intent:
     content_type: str
 
 
+# How long a path's last plain-ETag second is kept (`claim_plain_etag`). A later version's
+# second is later anyway while the clock runs forward: the floor matters only within its own
+# second (a same-size re-PUT) or if the clock steps back, and a step back of more than a day
+# is one an operator sees. Past that, two versions of a path of the same size could share an
+# ETag only if the clock went back by more than this.
+FLOOR_SECONDS = 86_400
+
 _FILE_COLUMNS = ("path, size, sha256, content_type, created, modified, location, version, inode, "
                  "remote, md5, remote_key, uploaded_at, holder, replica, plain_etag")
 
@@ -165,7 +172,9 @@ class FileRows:
     def claim_plain_etag(self, path: str, second: int) -> bool:
         """Whether a version of `path` modified in `second` may have nginx's ETag (mtime and
         size, migration 14): only if no earlier one of the path had one for this second or
-        later, even one deleted since. Claimed if so."""
+        later, even one deleted since. Claimed if so. Floors older than `FLOOR_SECONDS` go
+        first (migration 15's index: the few that expired since the last claim)."""
+        self._conn.execute("DELETE FROM etag_floors WHERE second < ?", (second - FLOOR_SECONDS,))
         return self._conn.execute(
             "INSERT INTO etag_floors (path, second) VALUES (?, ?) ON CONFLICT (path) DO UPDATE "
             "SET second = excluded.second WHERE etag_floors.second < excluded.second "

@@ -20,12 +20,12 @@ from .cluster import migration_13
 from .s3 import migration_12
 from .samples import migration_11
 from .single_node import migration_1, migration_2, migration_3, migration_4, migration_5
-from .static_etags import migration_14
+from .static_etags import migration_14, migration_15
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     migration_1, migration_2, migration_3, migration_4, migration_5, migration_6,
     migration_7, migration_8, migration_9, migration_10, migration_11, migration_12,
-    migration_13, migration_14,
+    migration_13, migration_14, migration_15,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 SETTINGS_SCHEMA = 4  # the version that added saved settings (and move jobs)

@@ -1,4 +1,4 @@
-"""Migration 14: ETags nginx can give (`server.static_hits`, static.py)."""
+"""Migrations 14 and 15: ETags nginx can give (`server.static_hits`, static.py)."""
 
 from __future__ import annotations
 
@@ -17,3 +17,10 @@ def migration_14(db: sqlite_utils.Database) -> None:
                "second INTEGER NOT NULL) WITHOUT ROWID")
     if "plain_etag" not in db.table("files").columns_dict:
         db.execute("ALTER TABLE files ADD COLUMN plain_etag INTEGER NOT NULL DEFAULT 0")
+
+
+def migration_15(db: sqlite_utils.Database) -> None:
+    """`etag_floors` by second, so that each claim drops the floors too old to matter
+    (`FileRows.claim_plain_etag`): the table holds the last day's claims, not one row per
+    path ever PUT. Idempotent."""
+    db.execute("CREATE INDEX IF NOT EXISTS etag_floors_second ON etag_floors (second)")

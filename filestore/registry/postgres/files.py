@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from ..counters import MAX_CHAR, remote_counter_names
-from ..files import _FILE_COLUMNS, FileRecord, Intent
+from ..files import _FILE_COLUMNS, FLOOR_SECONDS, FileRecord, Intent
 from .link import Link
 
 _UPSERT_COUNTER = ("INSERT INTO counters (name, value) VALUES (%s, %s) ON CONFLICT (name) "
@@ -107,6 +107,8 @@ class FileRows:
         return bool(row[0]), int(row[1])
 
     def claim_plain_etag(self, path: str, second: int) -> bool:
+        self._link.execute("DELETE FROM etag_floors WHERE second < %s",
+                           (second - FLOOR_SECONDS,))
         return self._link.one(
             "INSERT INTO etag_floors (path, second) VALUES (%s, %s) ON CONFLICT (path) DO UPDATE "
             "SET second = excluded.second WHERE etag_floors.second < excluded.second "

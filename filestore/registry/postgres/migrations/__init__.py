@@ -1,4 +1,4 @@
-"""The PostgreSQL registry's schema: the same numbered migrations as SQLite's (1..14, one to one,
+"""The PostgreSQL registry's schema: the same numbered migrations as SQLite's (1..15, one to one,
 each creating what the same capability added), run in order by `PostgresRegistry.migrate`, each
 in one transaction with the `schema_version` row it moves (PostgreSQL's DDL is transactional:
 a migration that fails leaves nothing behind).
@@ -19,12 +19,12 @@ from .cache_pins import migration_10
 from .cluster import claim, migration_13
 from .s3 import migration_11, migration_12
 from .single_node import migration_1, migration_2, migration_3, migration_4, migration_5
-from .static_etags import migration_14
+from .static_etags import migration_14, migration_15
 
 MIGRATIONS: list[Callable[[], list[str]]] = [
     migration_1, migration_2, migration_3, migration_4, migration_5, migration_6,
     migration_7, migration_8, migration_9, migration_10, migration_11, migration_12,
-    migration_13, migration_14,
+    migration_13, migration_14, migration_15,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION, "a migration has no PostgreSQL twin"
 # Run after a migration by the node that ran it, with its name: what the registry held until
