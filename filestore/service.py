@@ -147,7 +147,7 @@ class Service:
                     if store.settings.s3.port:
                         tg.start_soon(multipart.sweep_every, service)
                     tg.start_soon(charts.sampler.run, store.registry)
-                    tg.start_soon(cluster.run, store)
+                    await tg.start(cluster.run, store)  # its first heartbeat, then serve
                     yield service
                     tg.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):

@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from test_pg_outage import Lines
 
+from filestore import cluster
 from filestore.cluster import heartbeat, replicas
 from filestore.cluster.peers import Peers
 from filestore.errors import RegistryUnavailable
@@ -129,6 +130,27 @@ def test_the_heartbeat_says_an_outage_once_and_beats_again_by_itself():
     assert all(0.1 < gap < 1.0 for gap in gaps), gaps
 
 
+@pytest.mark.parametrize("away", [0, 1])
+def test_the_node_is_started_once_its_first_beat_was_tried(away):
+    """`cluster.run` (which the server awaits before it answers) reports started only after
+    the first beat: a node restarted after `dead_after` is alive in the registry before it
+    acknowledges a PUT its peers will read from it. A registry away then is not waited out."""
+    registry = AwayRegistry(away=away)
+    store = store_of(registry, shared=False, dead_after=30.0)  # the next beat 5 s later
+    seen: list[int] = []
+
+    async def run() -> None:
+        async with anyio.create_task_group() as tg:
+            with anyio.fail_after(10):
+                await tg.start(cluster.run, store)
+            seen.append(len(registry.beats))
+            tg.cancel_scope.cancel()
+
+    anyio.run(run)
+    assert seen == [1 - away]
+    assert registry.away == 0  # the one beat it waited for was the failed one
+
+
 def test_a_holder_last_seen_dead_is_looked_at_again_at_once():
     rows = {"n1": Node("n1", "http://n1", 0.0, 0.0, 0.5),
             "n3": Node("n3", "http://n3", 0.0, 0.0, 5.0)}  # killed: its beats stopped
@@ -158,3 +180,26 @@ def test_a_copy_goes_to_a_node_last_seen_dead_that_came_back():
     assert replicas.ranked(store, peers, "x") == []
     rows["b"] = Node("b", "http://b", 1.0, 1.0, 0.1)  # started again: it beat
     assert replicas.ranked(store, peers, "x") == [("b", "http://b")]
+
+
+def test_every_registry_connection_gives_up_on_a_silent_server(registries, pg_registry_url):
+    """A statement to a server cut off without a reset fails after 10 s unacknowledged
+    (TCP_USER_TIMEOUT), on the pooled, the reader's and the heartbeat's connections alike,
+    rather than after Linux's minutes of retransmits; a URL's own value is kept."""
+    a, _ = registries
+    heart = heartbeat.Heart(store_of(a, shared=True), started=time.time())
+    try:
+        heart.beat()
+        assert heart._beats is not None
+        with a._writable().connection() as pooled:
+            conns = [a.read._link.conn, pooled, heart._beats._link.conn]
+            assert [c.info.get_parameters().get("tcp_user_timeout") for c in conns] == \
+                ["10000"] * 3
+    finally:
+        heart.close()
+    own = PostgresRegistry(pg_registry_url + "?tcp_user_timeout=2500", node="c",
+                           read_only=True)
+    try:
+        assert own.read._link.conn.info.get_parameters()["tcp_user_timeout"] == "2500"
+    finally:
+        own.close()

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import anyio
+from anyio.abc import TaskStatus
 
 from . import replicas
 from .heartbeat import beat_every
@@ -32,9 +33,12 @@ if TYPE_CHECKING:
 __all__ = ["replicas", "run"]
 
 
-async def run(store: Store) -> None:
-    """The node's part in the cluster, for the server's lifetime."""
+async def run(store: Store, *,
+              task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    """The node's part in the cluster, for the server's lifetime; started once the node's
+    first heartbeat was tried (heartbeat.py: before the server answers)."""
     async with anyio.create_task_group() as tg:
-        tg.start_soon(beat_every, store)
+        await tg.start(beat_every, store)
         if store.shared:
             tg.start_soon(sweep_every, store)
+        task_status.started()

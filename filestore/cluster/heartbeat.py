@@ -6,7 +6,12 @@ beats run on a thread of their own (not the event loop, whose lookups block it, 
 threads the registry's writers wait in), and with PostgreSQL on a connection of their own
 (`PostgresRegistry.open_heartbeats`: no pooled connection to wait for, no registry lock). A
 registry that is away costs one warning and one "resumed" line, however long it stays away; the
-connection is opened again by the first beat it answers."""
+connection is opened again by the first beat it answers.
+
+The server answers only after its first beat was tried (`beat_every` reports started then): a
+PUT it acknowledges names this node as the file's holder, and a node restarted after being
+silent for `cluster.dead_after` must not be seen dead by the peers that read that file from it
+(peers.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import time
 from typing import TYPE_CHECKING
 
 import anyio
+from anyio.abc import TaskStatus
 
 from ..config import Settings
 from ..logs import Failing
@@ -44,6 +50,7 @@ class Heart:
         self.store = store
         self.started = started
         self._stopping = threading.Event()
+        self.tried = threading.Event()  # the first beat was tried (whether it was written)
         # PostgreSQL's connection of its own, opened by the first beat the server answers.
         self._beats: Heartbeats | None = None
 
@@ -72,6 +79,7 @@ class Heart:
                     failing.failed(exc)
                 else:
                     failing.ok()
+                self.tried.set()
                 # A beat every `interval` from the start of the last one: a slow beat does not
                 # push the next one later.
                 self._stopping.wait(max(0.0, began + interval(self.store.settings)
@@ -88,12 +96,16 @@ class Heart:
             self._beats = None
 
 
-async def beat_every(store: Store) -> None:
-    """The process's heartbeats, for as long as this task runs."""
+async def beat_every(store: Store, *,
+                     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    """The process's heartbeats, for as long as this task runs; started once the first beat
+    was tried (a registry away then is the outage the beats outlast: not waited out)."""
     heart = Heart(store, time.time())
     thread = threading.Thread(target=heart.run, name="filestore-heartbeat", daemon=True)
     thread.start()
     try:
+        await anyio.to_thread.run_sync(heart.tried.wait, _STOP_WAIT)
+        task_status.started()
         await anyio.sleep_forever()
     finally:
         heart.stop()

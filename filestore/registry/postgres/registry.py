@@ -79,6 +79,12 @@ from .settings import CounterRows, SettingRows, StorageRows
 REGISTRY_LOCK = 0x66_73_72_65_67_00_00_01  # "fsreg" 1
 MIGRATE_LOCK = 0x66_73_72_65_67_00_00_02
 _CONNECT_TIMEOUT = 10  # seconds, unless the URL says otherwise
+# A statement sent to a server cut off without a word (a network black hole: no reset, no
+# reply) fails after this long unacknowledged (ms, TCP_USER_TIMEOUT), as a stopped server's
+# does at once; not after Linux's 15 minutes of retransmits. The event loop's lookups and the
+# heartbeats wait that long at most. An alive server acknowledges a statement at once,
+# however long it runs.
+_TCP_USER_TIMEOUT_MS = 10_000
 _POOL_TIMEOUT = 30.0  # seconds a transaction waits for a free pooled connection
 # After this long without one, the reader asks whether the server is there at all.
 _FIRST_WAIT = 1.0
@@ -197,7 +203,9 @@ class PostgresRegistry:
         return f"PostgresRegistry({self.where!r}, read_only={self.read_only})"
 
     def _connect_options(self) -> dict[str, Any]:
-        return {} if "connect_timeout" in self._url else {"connect_timeout": _CONNECT_TIMEOUT}
+        """libpq's timeouts, each unless the URL sets its own."""
+        options = {"connect_timeout": _CONNECT_TIMEOUT, "tcp_user_timeout": _TCP_USER_TIMEOUT_MS}
+        return {name: value for name, value in options.items() if name not in self._url}
 
     def _connect(self, session: str, *, first: bool = False) -> Connection:
         """A connection of its own, `session` (SET statements) run on it. A server it cannot
