@@ -24,6 +24,12 @@ What is measured
        block, so it cannot be included twice in one);
     4. for context, filestore alone on its own port (it sends the bytes itself).
 
+    Then what the static tree costs a write: --puts sequential PUTs of 1 KiB to new paths
+    (default 200; 0: none) on each of the two filestores directly (one keep-alive connection
+    each), in 10 rounds, the two in turns: with `static_hits` each PUT also claims nginx's ETag
+    in the registry and hard-links the file into DATA/static/files/. Reported: each one's median
+    and p95, the ratio of the medians and each round's (context, no target).
+
     Each nginx has one worker per core. Each figure comes from
     `wrk -t2 -c32 -dDURATION URL` (`-c4` for 32 MiB), after an unrecorded warm-up run, as the
     median over --runs runs (the wrk runner of bench/serve.py). The targets' runs are taken in
@@ -48,7 +54,7 @@ Why
 
 Usage
     python bench/accel.py [--duration 5s] [--runs 1] [--sizes 1k,64k,1m,32m] [--workers 2]
-                          [--warmup 2s] [--json PATH] [--keep]
+                          [--warmup 2s] [--puts 200] [--json PATH] [--keep]
 
 Needs nginx and wrk (Debian: `apt-get install nginx wrk`); exits 2 without them. Everything
 binds 127.0.0.1, each server on a free port.
@@ -57,24 +63,31 @@ binds 127.0.0.1, each server on a free port.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from benchlib import (
     HOST,
+    KIB,
     BenchError,
+    Putter,
     add_output_options,
     filestore_command,
     filestore_token,
     free_port,
     http_request,
+    latency,
     log,
     log_problems,
     nproc,
+    put_rounds,
     versions_text,
+    warm_up,
 )
 from serve import (
     LOG_MARKS,
@@ -149,10 +162,43 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     "answered by nginx) vs nginx alone.",
     )
     add_wrk_options(parser, "1k,64k,1m,32m", "each filestore")
+    parser.add_argument("--puts", type=int, default=200,
+                        help="1 KiB PUTs timed on each filestore, static_hits on and off "
+                             "(default 200; 0: none)")
     add_output_options(parser, "data, configs, server logs")
     args = parser.parse_args(argv)
     check_wrk_options(parser, args)
+    if args.puts < 0:
+        parser.error("--puts must be 0 or more")
     return args
+
+
+PUT_ROUNDS = 10
+
+
+def measure_put_cost(args: argparse.Namespace, sides: dict[str, tuple[int, str]]
+                     ) -> dict[str, Any]:
+    """--puts timed 1 KiB PUTs on each filestore (side -> port, token), in rounds: each side's
+    latency and the ratio static / plain (of the medians, and each round's)."""
+    putters = {side: Putter(port, token) for side, (port, token) in sides.items()}
+    data = os.urandom(KIB)
+    try:
+        warm_up(putters, data)
+        measured = put_rounds(putters, data, args.puts, min(PUT_ROUNDS, args.puts))
+    finally:
+        for putter in putters.values():
+            putter.close()
+    found = {side: latency(samples) for side, samples in measured.samples.items()}
+    return {**found, "ratio": found["static"]["median_ms"] / found["plain"]["median_ms"],
+            "round_ratios": [r["static"] / r["plain"] for r in measured.rounds]}
+
+
+def print_put_cost(cost: dict[str, Any]) -> None:
+    print(f"PUT 1 KiB on filestore directly, {cost['plain']['count']} each, rounds in turns: "
+          f"static_hits off median {cost['plain']['median_ms']:.2f} ms (p95 "
+          f"{cost['plain']['p95_ms']:.2f}), on {cost['static']['median_ms']:.2f} ms (p95 "
+          f"{cost['static']['p95_ms']:.2f}): {cost['ratio']:.2f}x; each round's: "
+          + ", ".join(f"{r:.2f}" for r in cost["round_ratios"]))
 
 
 def logged_lines(access_log: Path, request_uri: str) -> list[list[str]]:
@@ -318,6 +364,9 @@ def run(args: argparse.Namespace, work: Path, found_versions: dict[str, str]) ->
                 {target: (port, path.format(label)) for target, (port, path) in urls.items()},
                 label, data, args, lua)
             results.update({(target, label): m for target, m in found.items()})
+        put_cost = measure_put_cost(args, {"plain": (fs_port, token),
+                                           "static": (static_fs_port, static_token)}
+                                    ) if args.puts else None
     problems = log_summary("filestore log", filestore.log_path, LOG_MARKS)
     problems += log_summary("filestore (static_hits) log", static_fs.log_path, LOG_MARKS)
     problems += log_summary("nginx error log", prefix / "logs/error.log", NGINX_MARKS)
@@ -337,8 +386,11 @@ def run(args: argparse.Namespace, work: Path, found_versions: dict[str, str]) ->
     print_table(results, args.sizes)
     print()
     print_commands(results, args.sizes, TARGETS, "the reporter of bench/serve.py")
+    if put_cost is not None:
+        print()
+        print_put_cost(put_cost)
     return finish(args, found_versions, {"hits_log_opened": hits_log}, results,
-                  busy_before, problems)
+                  busy_before, problems, {"put_cost": put_cost})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

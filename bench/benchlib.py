@@ -24,6 +24,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -390,6 +391,86 @@ def put_file(port: int, token: str, path: str, source: Path, size: int) -> None:
         raise BenchError(f"PUT {path} -> {status}: {reply[:300]!r}")
     if json.loads(reply).get("size") != size:
         raise BenchError(f"PUT {path} stored something else: {reply[:300]!r}")
+
+
+class Putter:
+    """Sequential PUTs to filestore over one keep-alive connection; the latency of each, in
+    ms. Each must create its path (201)."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.port = port
+        self.conn = http.client.HTTPConnection(HOST, port, timeout=60)
+        self.headers = {"authorization": f"Bearer {token}",
+                        "content-type": "application/octet-stream"}
+
+    def put(self, path: str, data: bytes) -> float:
+        began = time.perf_counter()
+        try:
+            self.conn.request("PUT", f"/files/{urllib.parse.quote(path)}", body=data,
+                              headers=self.headers)
+            response = self.conn.getresponse()
+            reply = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise BenchError(f"PUT {path} on port {self.port} failed: {exc!r}") from None
+        seconds = time.perf_counter() - began
+        if response.status != 201:
+            raise BenchError(f"PUT {path} on port {self.port} -> {response.status}: "
+                             f"{reply[:300]!r}")
+        return seconds * 1000
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@dataclasses.dataclass
+class PutRounds:
+    """What `put_rounds` measured: per side, every PUT's ms and path; per round, each side's
+    median."""
+
+    samples: dict[str, list[float]]
+    paths: dict[str, list[str]]
+    rounds: list[dict[str, float]]
+
+
+def warm_up(putters: dict[str, Putter], data: bytes) -> None:
+    """Five unmeasured PUTs per side: the connections open, first-request costs paid."""
+    for side, putter in putters.items():
+        for i in range(5):
+            putter.put(f"warmup/{side}/{i}.bin", data)
+
+
+def put_rounds(putters: dict[str, Putter], data: bytes, total: int, rounds: int) -> PutRounds:
+    """`total` PUTs of `data` per side (side -> putter) to new paths `put/<side>/NNNNN.bin`, in
+    `rounds` rounds, the sides in turns and their order reversed from round to round, so that a
+    load drifting meanwhile moves every side alike (after `warm_up`)."""
+    measured = PutRounds({side: [] for side in putters}, {side: [] for side in putters}, [])
+    per_round = [total // rounds + (1 if r < total % rounds else 0) for r in range(rounds)]
+    done = 0
+    for r, count in enumerate(per_round):
+        order = list(putters) if r % 2 == 0 else list(reversed(putters))
+        medians = {}
+        for side in order:
+            names = [f"put/{side}/{done + i:05d}.bin" for i in range(count)]
+            got = [putters[side].put(path, data) for path in names]
+            measured.samples[side] += got
+            measured.paths[side] += names
+            medians[side] = statistics.median(got)
+        done += count
+        measured.rounds.append(medians)
+        log(f"PUT round {r + 1}/{rounds} ({count} each): "
+            + ", ".join(f"{side} median {medians[side]:.2f} ms" for side in putters))
+    return measured
+
+
+def p95(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def latency(values: Sequence[float]) -> dict[str, Any]:
+    return {"median_ms": statistics.median(values), "p95_ms": p95(values),
+            "mean_ms": statistics.fmean(values), "max_ms": max(values), "count": len(values),
+            "samples_ms": list(values)}
 
 
 # -- HTTP (stdlib only: nothing here may be the bottleneck or need extra packages) ---------------

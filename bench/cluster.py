@@ -107,6 +107,7 @@ from benchlib import (
     KIB,
     MIB,
     BenchError,
+    Putter,
     Timing,
     add_output_options,
     apply_profile,
@@ -122,17 +123,20 @@ from benchlib import (
     free_port,
     git_revision,
     http_request,
+    latency,
     log,
     log_problems,
     nproc,
     package_versions,
     print_problems,
     print_rows,
+    put_rounds,
     raw_get,
     run_main,
     size_text,
     verdict,
     versions_text,
+    warm_up,
     write_json,
 )
 from serve import (
@@ -513,85 +517,26 @@ def put(port: int, path: str, data: bytes) -> dict[str, Any]:
 # -- 1. PUT latency -------------------------------------------------------------------------------
 
 
-class Putter:
-    """Sequential PUTs over one keep-alive connection; the latency of each, in ms."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.conn = http.client.HTTPConnection(HOST, port, timeout=60)
-        self.headers = {"authorization": f"Bearer {TOKEN}",
-                        "content-type": "application/octet-stream",
-                        "content-length": str(SMALL)}
-
-    def put(self, path: str, data: bytes) -> float:
-        began = time.perf_counter()
-        try:
-            self.conn.request("PUT", file_url(path), body=data, headers=self.headers)
-            response = self.conn.getresponse()
-            reply = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise BenchError(f"PUT {path} on port {self.port} failed: {exc!r}") from None
-        seconds = time.perf_counter() - began
-        if response.status != 201:
-            raise BenchError(f"PUT {path} on port {self.port} -> {response.status}: "
-                             f"{reply[:300]!r}")
-        return seconds * 1000
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-def p95(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-
-
-def latency(values: Sequence[float]) -> dict[str, Any]:
-    return {"median_ms": statistics.median(values), "p95_ms": p95(values),
-            "mean_ms": statistics.fmean(values), "max_ms": max(values), "count": len(values),
-            "samples_ms": list(values)}
-
-
 def measure_puts(args: argparse.Namespace, ports: dict[str, int], pg: Postgres,
                  databases: dict[str, str]) -> dict[str, Any]:
     """The PUT rounds of every side (side -> port), taken in turns, the order reversed from
     round to round; the statements each PostgreSQL side (side -> its database) sent, every
     measured path of each side, and the body they all carry."""
     data = os.urandom(SMALL)
-    putters = {side: Putter(port) for side, port in ports.items()}
+    putters = {side: Putter(port, TOKEN) for side, port in ports.items()}
     try:
-        for side, putter in putters.items():  # connections open, first-request costs paid
-            for i in range(5):
-                putter.put(f"warmup/{side}/{i}.bin", data)
+        warm_up(putters, data)
         reset_statements(pg)
         began = time.monotonic()
-        samples: dict[str, list[float]] = {side: [] for side in putters}
-        paths: dict[str, list[str]] = {side: [] for side in putters}
-        rounds: list[dict[str, float]] = []
-        per_round = [args.puts // args.rounds + (1 if r < args.puts % args.rounds else 0)
-                     for r in range(args.rounds)]
-        done = 0
-        for r, count in enumerate(per_round):
-            order = list(putters) if r % 2 == 0 else list(reversed(putters))
-            medians = {}
-            for side in order:
-                names = [f"put/{side}/{done + i:05d}.bin" for i in range(count)]
-                got = [putters[side].put(path, data) for path in names]
-                samples[side] += got
-                paths[side] += names
-                medians[side] = statistics.median(got)
-            done += count
-            rounds.append(medians)
-            log(f"PUT round {r + 1}/{args.rounds} ({count} each): "
-                + ", ".join(f"{side} median {medians[side]:.2f} ms" for side in putters))
+        measured = put_rounds(putters, data, args.puts, args.rounds)
         seconds = time.monotonic() - began
     finally:
         for putter in putters.values():
             putter.close()
     statements = {side: Statements.of(statement_counts(pg, database), args.puts, seconds)
                   for side, database in databases.items()}
-    return {"samples": samples, "rounds": rounds, "statements": statements, "paths": paths,
-            "data": data}
+    return {"samples": measured.samples, "rounds": measured.rounds, "statements": statements,
+            "paths": measured.paths, "data": data}
 
 
 def file_state(node: Node, path: str) -> dict[str, Any]:

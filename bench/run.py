@@ -284,6 +284,11 @@ def accel_rows(data: dict[str, Any]) -> list[Row]:
             text, met = ge(ratio, goal) if goal else ("-", None)
             rows.append(Row(f"GET {size} req/s, {target} vs nginx", f"{fs['rps']:,.0f}",
                             f"{ref['rps']:,.0f}", x(ratio), text, met))
+    cost = data.get("put_cost")
+    if cost:
+        rows.append(Row("PUT 1 KiB median ms, static_hits on vs off",
+                        f"{cost['static']['median_ms']:.2f}", f"{cost['plain']['median_ms']:.2f}",
+                        x(cost["ratio"]), "- (context)", None))
     return rows
 
 
