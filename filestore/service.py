@@ -38,6 +38,7 @@ from . import (
     overrides,
     paths,
     plan,
+    serving,
     signing,
     startup,
 )
@@ -147,6 +148,7 @@ class Service:
                     if store.settings.s3.port:
                         tg.start_soon(multipart.sweep_every, service)
                     tg.start_soon(charts.sampler.run, store.registry)
+                    tg.start_soon(serving.stop_with_supervisor)
                     await tg.start(cluster.run, store)  # its first heartbeat, then serve
                     yield service
                     tg.cancel_scope.cancel()

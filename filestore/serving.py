@@ -19,11 +19,19 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import ipaddress
+import logging
+import multiprocessing
+import os
+import signal
 import socket
 import sys
 from typing import Any
 
+import anyio
+
 from .errors import ConfigError
+
+log = logging.getLogger("filestore")
 
 # What `filestore serve` has always passed to uvicorn.
 _OPTIONS: dict[str, Any] = {
@@ -92,6 +100,23 @@ def _bind(key: str, host: str, port: int) -> socket.socket:
                           f"{exc.strerror or exc}") from None
     sock.set_inheritable(True)  # handed to the worker processes
     return sock
+
+
+async def stop_with_supervisor(check_every: float = 1.0) -> None:
+    """In a worker under uvicorn's supervisor (`server.workers > 1`): once the supervisor is
+    gone, stop this worker as its SIGTERM would (requests under way finish). A supervisor
+    killed with SIGKILL stops none of its workers, which would otherwise go on serving the
+    data directory and holding its port beside the server started after it. The worker's
+    `multiprocessing` parent is the supervisor (it spawns them); a lone server has none, and
+    this returns at once."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    while parent.is_alive():  # a poll of the parent's sentinel, no system-wide scan
+        await anyio.sleep(check_every)
+    log.warning("filestore: the server's supervisor (pid %s) is gone; this worker stops",
+                parent.pid)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run(listen: str, host: str, port: int, workers: int, s3_port: int = 0) -> None:

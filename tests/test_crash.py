@@ -8,6 +8,7 @@ import random
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import free_port, s3_overrides, wait_for
@@ -102,3 +103,46 @@ def test_wrong_credentials_fail_clearly_and_others_flow(tmp_path, serve_process)
     finally:
         moto_proc.kill()
         moto_proc.wait()
+
+
+def _workers(supervisor: int) -> list[int]:
+    """The worker processes uvicorn's supervisor spawned (not its resource tracker)."""
+    try:
+        children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    except FileNotFoundError:
+        return []
+    found = []
+    for pid in map(int, children):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"spawn_main" in cmdline:
+            found.append(pid)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.timeout(60)
+def test_workers_stop_when_their_supervisor_is_killed(tmp_path, serve_process):
+    """`kill -9` of the supervisor of `server.workers = 2`: its workers stop by themselves
+    within seconds, so none goes on serving the data directory (or holding the port) beside
+    the server started after it; that server then starts on the same port and directory."""
+    server = serve_process(tmp_path / "data", server__workers="2").start()
+    workers = wait_for(lambda: len(_workers(server.proc.pid)) == 2 and _workers(server.proc.pid))
+    server.kill()
+    wait_for(lambda: not any(_running(pid) for pid in workers), timeout=20)
+    again = serve_process(tmp_path / "data", server__workers="2")
+    again.port, again.url = server.port, server.url
+    again.env["FILESTORE_SERVER__PORT"] = str(server.port)
+    again.start()
+    with again.client() as client:
+        assert client.put("/files/after.txt", content=b"x").status_code == 201
+    assert again.stop()[0] == 0
