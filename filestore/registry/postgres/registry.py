@@ -60,6 +60,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import psycopg_pool
+from psycopg.conninfo import conninfo_to_dict
 
 from ...errors import ConfigError, InsufficientStorage
 from ..migrations import SCHEMA_VERSION
@@ -203,9 +204,11 @@ class PostgresRegistry:
         return f"PostgresRegistry({self.where!r}, read_only={self.read_only})"
 
     def _connect_options(self) -> dict[str, Any]:
-        """libpq's timeouts, each unless the URL sets its own."""
+        """libpq's timeouts, each unless the URL sets its own (an unparsable URL raises
+        psycopg's ProgrammingError, as a connection to it would)."""
+        given = conninfo_to_dict(self._url)
         options = {"connect_timeout": _CONNECT_TIMEOUT, "tcp_user_timeout": _TCP_USER_TIMEOUT_MS}
-        return {name: value for name, value in options.items() if name not in self._url}
+        return {name: value for name, value in options.items() if name not in given}
 
     def _connect(self, session: str, *, first: bool = False) -> Connection:
         """A connection of its own, `session` (SET statements) run on it. A server it cannot
