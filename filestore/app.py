@@ -52,6 +52,18 @@ async def _domain_error(request: Request, exc: Exception) -> Response:
     return response
 
 
+def cut_mid_body(exc: Exception, method: str, path: str) -> bool:
+    """Whether `exc`, raised after an answer's status went out, is a known failure of its
+    bytes' source (a cache fill that failed, which said why when it did; a peer or the cloud
+    gone mid-body): then it is one line here, and the caller returns with the body unfinished,
+    which makes the server close the connection (the client never sees a clean end). Anything
+    else is a bug, and propagates with its traceback."""
+    if not isinstance(exc, FilestoreError):
+        return False
+    log.info("%s %s: cut off mid-body: %s", method, path, exc.detail)
+    return True
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
@@ -92,8 +104,10 @@ class CatchUnexpected:
 
         try:
             await self.app(scope, receive, watched_send)
-        except Exception:
+        except Exception as exc:
             if started:
+                if cut_mid_body(exc, scope["method"], scope["path"]):
+                    return
                 raise
             log.exception("unexpected error on %s %s", scope["method"], scope["path"])
             response = error_response(500, "internal_error",
@@ -215,11 +229,13 @@ class FastReads:
                 outcome.status, outcome.sent = response.sent_status, response.sent_bytes
             else:  # 304, 416, an error: few enough to watch their `send`
                 await response(scope, receive, outcome.watching(send))
-        except Exception:
+        except Exception as exc:
             if isinstance(response, FileBody):
                 outcome.status, outcome.sent = response.sent_status, response.sent_bytes
-            if outcome.status:
-                raise  # mid-body: the server cuts the connection, as CatchUnexpected does
+            if outcome.status:  # mid-body: the server cuts the connection, as CatchUnexpected
+                if cut_mid_body(exc, scope["method"], path):
+                    return
+                raise
             log.exception("unexpected error on %s %s", scope["method"], path)
             await error_response(500, "internal_error", "an unexpected error; see the server "
                                  "log")(scope, receive, outcome.watching(send))

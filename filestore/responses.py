@@ -288,6 +288,7 @@ class FileBody:
     async def _stream(self, receive: Receive, send: Send) -> None:
         # uvicorn's send() silently drops data for a client that left, so watch for the
         # disconnect ourselves and stop reading the file instead of reading it to the end.
+        failed: Exception | None = None
         async with anyio.create_task_group() as tg:
 
             async def watch_disconnect() -> None:
@@ -296,11 +297,17 @@ class FileBody:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(watch_disconnect)
-            async for block in self._blocks():
-                self.sent_bytes += len(block)
-                await send({"type": "http.response.body", "body": block, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+            try:
+                async for block in self._blocks():
+                    self.sent_bytes += len(block)
+                    await send({"type": "http.response.body", "body": block,
+                                "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
+            except Exception as exc:  # raised as itself, not inside the group's ExceptionGroup
+                failed = exc
             tg.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
 
     async def _blocks(self) -> AsyncIterator[bytes | bytearray | memoryview]:
         for first, last, head in self.parts:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import raw_request, s3_overrides, uploaded, wait_for
+from conftest import TracebackWatch, raw_request, s3_overrides, uploaded, wait_for
 from faults import FaultProxy
 
 
@@ -95,11 +96,18 @@ def test_a_corrupt_remote_copy_is_never_served_as_a_clean_200(make_server):
     flipped = bytearray(body)
     flipped[-1] ^= 0xFF  # the very last byte differs: only the hash can tell
     remote_copy.write_bytes(bytes(flipped))
-    with server.client() as client:
-        for _ in range(2):  # and the next GET tries again, with the same result
-            with pytest.raises(httpx.RemoteProtocolError):
-                client.get("/files/bad.bin")
+    watch = TracebackWatch()  # after the server started: it sets up uvicorn's loggers
+    logging.getLogger("uvicorn").addHandler(watch)
+    try:
+        with server.client() as client:
+            for _ in range(2):  # and the next GET tries again, with the same result
+                with pytest.raises(httpx.RemoteProtocolError):
+                    client.get("/files/bad.bin")
+    finally:
+        logging.getLogger("uvicorn").removeHandler(watch)
     assert not cached.exists()
+    # Cut off as a known failure (the fill said why), not as a bug: no traceback in the log.
+    assert watch.seen == 0
 
 
 def test_a_missing_remote_object_is_404(make_server):
