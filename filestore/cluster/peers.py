@@ -20,6 +20,7 @@ import aiohttp
 
 from ..errors import RemoteUnavailable
 from ..registry import FileRecord, Node
+from ..remote.base import arrived_chunks
 from .calls import sign
 
 if TYPE_CHECKING:
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("filestore.cluster")
 
 ENDPOINT = "/_cluster/files/"
-_CHUNK = 1024 * 1024
 # A node that does not answer a connection this fast is taken for down (the fill's own stall
 # timer, cache.fill_timeout, watches the bytes after that).
 _CONNECT_TIMEOUT = 3.0
@@ -152,7 +152,7 @@ class PeerBytes:
                     log.warning("cluster: reading %r from node %r (%s): HTTP %d", path,
                                 node.name, node.url, response.status)
                     raise RemoteUnavailable(unreachable)
-                async for chunk in response.content.iter_chunked(_CHUNK):
+                async for chunk in arrived_chunks(response.content):
                     yield chunk
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.warning("cluster: reading %r from node %r (%s): %s: %s", path, node.name,

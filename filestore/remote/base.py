@@ -11,6 +11,8 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import BinaryIO, Protocol
 
+import aiohttp
+
 # Whether the upload of a path is running right now (on any node): see `Remote.cleanup`.
 InFlight = Callable[[str], bool]
 
@@ -72,3 +74,19 @@ class Remote(Protocol):
     def list_objects(self, prefix: str = "") -> AsyncIterator[RemoteObject]: ...
 
     async def close(self) -> None: ...
+
+
+async def arrived_chunks(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """An HTTP response body's bytes in the pieces the connection delivered them in (a few
+    hundred KiB each from a fast peer or store), as soon as each arrives.
+
+    Joining them into fixed-size chunks (aiohttp's `iter_chunked`, botocore's `iter_chunks`)
+    costs a copy of every byte, and makes the first byte wait until a whole chunk is there: a
+    cache fill's readers get it as the connection does. `readchunk` still fails a body that
+    ends before its Content-Length (`ClientPayloadError`)."""
+    while True:
+        chunk, end_of_http_chunk = await content.readchunk()
+        if chunk:
+            yield chunk
+        elif not end_of_http_chunk:  # (b"", True) only marks a chunk boundary
+            return

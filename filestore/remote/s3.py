@@ -35,7 +35,7 @@ from botocore.config import Config
 
 from ..config import RemoteSettings
 from ..errors import RemoteError, RemoteIntegrityError, RemoteNotFound, RemoteUnavailable
-from .base import InFlight, RemoteObject
+from .base import InFlight, RemoteObject, arrived_chunks
 
 log = logging.getLogger("filestore.remote")
 
@@ -98,24 +98,16 @@ def _translated(what: str) -> Any:
 
 
 async def _body_chunks(body: Any) -> AsyncIterator[bytes]:
-    """A response body's bytes in the pieces the connection delivered (a few hundred KiB each
-    from a fast store).
-
-    botocore's `iter_chunks(n)` joins whatever aiohttp has buffered into one bytes of up to n:
-    a copy of every byte downloaded, a tenth of a cache fill's CPU (bench/miss.py). aiohttp's
-    `readchunk` hands its buffers over as they are; it still fails a body that ends before its
-    Content-Length (`ClientPayloadError`), and `get` counts the bytes too."""
+    """A response body's bytes in the pieces the connection delivered (`arrived_chunks`): no
+    joining copy (botocore's `iter_chunks` made one of every byte downloaded, a tenth of a
+    cache fill's CPU in bench/miss.py). `get` counts the bytes too."""
     content = getattr(getattr(body, "__wrapped__", None), "content", None)
     if content is None or not hasattr(content, "readchunk"):  # not aiohttp underneath
         async for chunk in body.iter_chunks(CHUNK_SIZE):
             yield chunk
         return
-    while True:
-        chunk, end_of_http_chunk = await content.readchunk()
-        if chunk:
-            yield chunk
-        elif not end_of_http_chunk:  # (b"", True) only marks a chunk boundary
-            return
+    async for chunk in arrived_chunks(content):
+        yield chunk
 
 
 class S3Remote:
