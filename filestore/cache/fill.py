@@ -17,20 +17,22 @@ the file is fsynced); the temp name is removed either way. A fill downloads at t
 is asked for (see bandwidth.py). A download that gets nothing from the store for
 `cache.fill_timeout` fails (one watchdog timer per fill).
 
-Everything here runs on the event loop's thread, except the storer's writing and hashing;
-`written`, `verified` and `error` change only on the loop, so readers check them without locks.
+Everything here runs on the event loop's thread, except the storer's writing and hashing (a
+small fill's run there too: `_InlineStorer`); `written`, `verified` and `error` change only on
+the loop, so readers check them without locks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import hashlib
 import logging
 import os
 import queue
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -49,6 +51,9 @@ log = logging.getLogger("filestore.cache")
 # (More measured no faster with bench/miss.py: the storer then only falls further behind while
 # the download takes the cores, and the last byte waits for it.)
 _BLOCKS_AHEAD = 2
+# A fill of at most this many bytes writes and hashes on the event loop's thread (see
+# `_InlineStorer`).
+_INLINE_MAX = 64 * 1024
 # Blocks a fill keeps in memory after writing them, for the readers right behind it.
 _KEPT_BLOCKS = 2
 # Chunks in one block at most: one writev takes up to IOV_MAX (1024 on Linux) buffers.
@@ -114,7 +119,7 @@ class Fill(Filling):
         self.stored = 0  # bytes written to the file
         # Since when the download waits for the remote's next chunk (None: it does not now,
         # it is handing a block on or pacing), for the stall watchdog.
-        self._waiting_since: float | None = None
+        self.waiting_since: float | None = None
 
     def open_reader(self) -> int:
         # The name exists for as long as the fill is registered as running (see readthrough).
@@ -167,20 +172,12 @@ class Fill(Filling):
         (about 50 µs of the loop's CPU each with anyio's `to_thread`)."""
         digest = hashlib.sha256()
         try:
-            storer = _Storer(self._fd, digest, self._stored_block)
-            # The task group ends only once the storer's thread is done with the fd (closed
-            # below), even when cancelled; a storer that fails (a full disk) cancels the rest.
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(storer.run)
-                try:
-                    async with anyio.create_task_group() as watched:
-                        watched.start_soon(self._watchdog, stall)
-                        await self._download(remote, storer, pace)
-                        watched.cancel_scope.cancel()  # the download is done: nothing to watch
-                except BaseException:
-                    storer.close(drop=True)  # the blocks not yet written are of no use
-                    raise
-                storer.close(drop=False)
+            storer = (_InlineStorer if self.record.size <= _INLINE_MAX else _Storer)(
+                self._fd, digest, self._stored_block)
+            # Ends only once the storer is done with the fd (closed below), even when
+            # cancelled; a storer that fails (a full disk) cancels the download.
+            async with storer.running():
+                await self._watched_download(remote, storer, pace, stall)
             if self.stored != self.record.size or digest.hexdigest() != self.record.sha256:
                 raise RemoteIntegrityError(
                     f"the remote copy of {self.record.path!r} is not the recorded file "
@@ -196,7 +193,7 @@ class Fill(Filling):
         except Exception as exc:
             if not self.verified:
                 error: BaseException = exc
-                while isinstance(error, ExceptionGroup):  # the storer's, or the watchdog's
+                while isinstance(error, ExceptionGroup):  # the storer's
                     error = error.exceptions[0]
                 self.error = error if isinstance(error, FilestoreError) else RemoteError(
                     f"the download of {self.record.path!r} failed: "
@@ -229,13 +226,13 @@ class Fill(Filling):
         size = 0
         first = True
         while True:
-            self._waiting_since = time.monotonic()
+            self.waiting_since = time.monotonic()
             try:
                 chunk = await chunks.__anext__()
             except StopAsyncIteration:
                 break
             finally:
-                self._waiting_since = None
+                self.waiting_since = None
             block.append(chunk)
             size += len(chunk)
             # 1 MiB blocks, except the first: it goes at once, so the first byte reaches the
@@ -252,20 +249,47 @@ class Fill(Filling):
             self._arrived(block)
             await storer.put(block)
 
-    async def _watchdog(self, stall: float) -> None:
-        """Fail the download when the remote sent nothing for `stall` seconds. One timer for
-        the whole download, looking again at each deadline, instead of a deadline per chunk
-        (`anyio.fail_after` around each read cost about 9 µs a chunk)."""
-        while True:
-            since = self._waiting_since
-            if since is None:  # handing a block on, or pacing: no wait for the remote to time
-                await anyio.sleep(max(stall / 4, 0.01))
-                continue
-            left = since + stall - time.monotonic()
-            if left <= 0:
-                raise RemoteUnavailable(
-                    f"the download of {self.record.path!r} stalled for {stall:.0f}s")
-            await anyio.sleep(left)
+    async def _watched_download(self, remote: Readable, storer: _Storer, pace: Pace | None,
+                                stall: float) -> None:
+        """`_download`, failed when the remote sent nothing for `stall` seconds."""
+        with anyio.CancelScope() as scope:
+            timer = _StallTimer(self, stall, scope)
+            try:
+                await self._download(remote, storer, pace)
+            finally:
+                timer.stop()
+        if scope.cancelled_caught:
+            raise RemoteUnavailable(
+                f"the download of {self.record.path!r} stalled for {stall:.0f}s")
+
+
+class _StallTimer:
+    """Cancels a download's scope once it has waited `stall` seconds for the remote's next
+    chunk. One timer on the loop for the whole download, looking again at each deadline: a
+    deadline per chunk (`anyio.fail_after` around each read) cost about 9 µs a chunk, and a
+    watchdog task about 0.2 ms per fill to end (its task group's exit after the download), a
+    twentieth of a small file's read from another node."""
+
+    def __init__(self, fill: Fill, stall: float, scope: anyio.CancelScope) -> None:
+        self._fill = fill
+        self._stall = stall
+        self._scope = scope
+        self._loop = asyncio.get_running_loop()
+        self._timer = self._loop.call_later(stall, self._check)
+
+    def _check(self) -> None:
+        since = self._fill.waiting_since
+        if since is None:  # handing a block on, or pacing: no wait for the remote to time
+            self._timer = self._loop.call_later(max(self._stall / 4, 0.01), self._check)
+            return
+        left = since + self._stall - time.monotonic()
+        if left <= 0:
+            self._scope.cancel()
+        else:
+            self._timer = self._loop.call_later(left, self._check)
+
+    def stop(self) -> None:
+        self._timer.cancel()
 
 
 class _Storer:
@@ -285,10 +309,23 @@ class _Storer:
         self._room = anyio.Event()  # set when a block is written
         self._drop = False  # the thread skips what is left (a failed download)
 
-    async def run(self) -> None:
-        """Until `close` and the thread is done with the fd; raises what it raised. A limiter
-        of its own: a fill keeps its thread for as long as it downloads, which must not take
-        one of the default limiter's tokens (those are for the registry, the disk)."""
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """The thread, writing what is put while the body runs; on the way out it writes what
+        is left, or drops it if the body failed, and the exit waits until the thread is done
+        with the fd. A failure of the thread (a full disk) cancels the body and is raised."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._run)
+            try:
+                yield
+            except BaseException:
+                self.close(drop=True)  # the blocks not yet written are of no use
+                raise
+            self.close(drop=False)
+
+    async def _run(self) -> None:
+        """A limiter of its own: a fill keeps its thread for as long as it downloads, which must
+        not take one of the default limiter's tokens (those are for the registry, the disk)."""
         await anyio.to_thread.run_sync(self._main, limiter=anyio.CapacityLimiter(1))
 
     async def put(self, block: list[bytes]) -> None:
@@ -317,6 +354,23 @@ class _Storer:
         self._stored(size)
         room, self._room = self._room, anyio.Event()
         room.set()
+
+
+class _InlineStorer(_Storer):
+    """A small fill's storer: each block is written and hashed on the loop's thread as it is
+    put. For at most `_INLINE_MAX` bytes (a write to the page cache and a hash of tens of µs)
+    that costs less than waking the storer's thread and being woken by it, which was a fifth of
+    a 1 KiB read from another node (0.7 ms of 3.5, bench/cluster.py)."""
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        yield  # no thread: each block was written as it was put
+
+    async def put(self, block: list[bytes]) -> None:
+        size = _write_block(self._fd, block)
+        for chunk in block:
+            self._digest.update(chunk)
+        self._stored(size)
 
 
 def _write_block(fd: int, block: list[bytes]) -> int:

@@ -22,6 +22,7 @@ import logging
 import random
 import shutil
 import threading
+import time
 from collections.abc import Callable
 
 from .. import logs
@@ -34,6 +35,7 @@ log = logging.getLogger("filestore.cache")
 
 _BATCH = 64  # evictions per transaction
 _FRUITLESS_DRAWS = 8  # samples in a row with nothing evictable: the rest is in use
+_SIZE_FOR = 1.0  # seconds `over_budget` uses a read of the cache's size for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,14 +58,29 @@ class CacheGC:
         self.last_read = last_read
         self._lock = threading.Lock()  # one collection at a time in this process
         self._warned = False  # that the pinned bytes alone are over cache.max_size
+        self._size = 0  # the cache's bytes, as `over_budget` last read them
+        self._size_read = -_SIZE_FOR  # monotonic: when
 
     def cached_bytes(self) -> int:
         return self.registry.read.counters.get("cache.bytes")
 
-    def over_budget(self, incoming: int = 0) -> bool:
+    def over_budget(self, incoming: int = 0, *, fresh: bool = False) -> bool:
         """Whether `incoming` more bytes would cross a limit (a cheap check, no transaction).
-        On the event loop's thread (it reads through the registry's reader)."""
-        return self._over(self.cached_bytes(), incoming)
+        On the event loop's thread. The cache's size is the registry's at most `_SIZE_FOR`
+        seconds ago (`fresh`: now) plus what this process added since (`added`): each cold read
+        asks, and with a shared registry a read is a round trip on the loop. What else entered
+        the cache since (other processes' fills, uploaded files handed to it) shows at the next
+        read; the upkeep round (readthrough.maintain) reads it fresh every second and evicts
+        what is over."""
+        now = time.monotonic()
+        if fresh or now - self._size_read >= _SIZE_FOR:
+            self._size, self._size_read = self.cached_bytes(), now
+        return self._over(self._size, incoming)
+
+    def added(self, size: int) -> None:
+        """This process put `size` more bytes into the cache (any thread: a lost update under
+        a concurrent read only makes the estimate one fill short until the next read)."""
+        self._size += size
 
     def _over(self, cached: int, incoming: int) -> bool:
         if cached + incoming > self.settings.max_size:
@@ -83,12 +100,15 @@ class CacheGC:
         if not done.fits:
             return done
         with self._lock:
-            while True:
-                evicted, freed, fits = self._evict_batch(incoming)
-                done = Collected(done.evicted + evicted, done.freed + freed, fits)
-                if fits or not evicted:
-                    _log_evicted(done.evicted, done.freed, "budget")
-                    return done
+            try:
+                while True:
+                    evicted, freed, fits = self._evict_batch(incoming)
+                    done = Collected(done.evicted + evicted, done.freed + freed, fits)
+                    if fits or not evicted:
+                        _log_evicted(done.evicted, done.freed, "budget")
+                        return done
+            finally:
+                self._size_read = -_SIZE_FOR  # the next `over_budget` reads the size again
 
     def make_free(self, wanted: int) -> bool:
         """Evict until the disk has `wanted` bytes free (a PUT needs them); False if what is

@@ -274,6 +274,7 @@ class ReadThrough:
             tx.cache.add(record.path, record.version, record.size, record.sha256,
                          time.time(), inode)
             local.link_static(store.settings, dataclasses.replace(current, inode=inode), target)
+        self.gc.added(record.size)
         # The name made durable after the commit, not under the registry's lock (which a
         # shared registry's every node waits on): a crash before it loses at most this cached
         # copy, whose row start-up reconciling then drops (the cloud still has the bytes).
@@ -308,7 +309,7 @@ class ReadThrough:
             self._wake = anyio.Event()
             try:
                 await self.usage.flush()
-                if self.gc.over_budget(self._reserved):
+                if self.gc.over_budget(self._reserved, fresh=True):
                     await anyio.to_thread.run_sync(self.gc.collect, self._reserved)
             except Exception as exc:  # the disk or the registry: try again next round
                 upkeep.failed(exc)
