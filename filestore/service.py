@@ -169,9 +169,9 @@ class Service:
 
     # -- what the store tells (store.StoreEvents) ------------------------------------------------
 
-    def changed(self) -> None:
+    def changed(self, due: float | None = None) -> None:
         if self.workers is not None:
-            self.workers.wake()
+            self.workers.wake(due)
 
     def cached(self) -> None:
         if self.cache is not None:

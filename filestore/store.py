@@ -67,9 +67,10 @@ def guess_content_type(path: str) -> str:
 class StoreEvents(Protocol):
     """What the store tells the parts around it (the application wires them, see service.py)."""
 
-    def changed(self) -> None:
-        """New remote work may be due (a PUT, a DELETE): the queue's workers look now. On the
-        event loop's thread."""
+    def changed(self, due: float | None = None) -> None:
+        """New remote work may be due (a PUT, a DELETE): the queue's workers look now, or
+        by `due` (wall clock) at the latest when that is when the work is due. On the event
+        loop's thread."""
 
     def cached(self) -> None:
         """Bytes entered the cache area, so its budget is checked now."""
@@ -87,7 +88,7 @@ class StoreEvents(Protocol):
 class NoEvents:
     """A store nobody listens to (a command with no queue workers and no cache)."""
 
-    def changed(self) -> None:
+    def changed(self, due: float | None = None) -> None:
         pass
 
     def cached(self) -> None:
@@ -333,7 +334,9 @@ class Store:
         except BaseException:
             self.local.discard(received)
             raise
-        self.events.changed()
+        # The queue looks at once only if this upload is due before it would look anyway.
+        route = self.route(path, ctype)
+        self.events.changed(record.modified + route.delay if route.upload else None)
         return record, created
 
     def put_received(self, path: str, received: Received, replica: str = "") -> FileRecord:

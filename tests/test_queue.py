@@ -347,3 +347,28 @@ def test_a_store_that_echoes_the_checksum_but_stores_less_is_not_trusted(
         assert "stored 0 bytes, sent 100000" in row["last_error"]
         assert file_row(server, "form")["location"] == "local"
         assert client.get("/files/form").content == body
+
+
+def test_a_put_due_later_than_the_queue_looks_wakes_nobody(make_server, monkeypatch):
+    """A PUT wakes the dispatcher only when its upload is due before the dispatcher looks at
+    the queue anyway: each look is a registry read on the event loop's thread. A DELETE still
+    wakes it at once (its remote work may be due now)."""
+    server = make_server(upload__delay="1h")
+    workers = server.service.workers
+    queue = server.store.registry.read.queue
+    looks: list[float] = []
+    real = queue.next_due
+
+    def counted(now: float) -> float | None:
+        looks.append(now)
+        return real(now)
+
+    monkeypatch.setattr(queue, "next_due", counted)
+    wait_for(lambda: workers._looks_at > 0)  # asleep until its next look
+    with server.client() as client:
+        for i in range(5):
+            assert client.put(f"/files/later/{i}.txt", content=b"x").status_code == 201
+        assert looks == []
+        assert queue_row(server, "later/4.txt")["op"] == "upload"
+        assert client.delete("/files/later/0.txt").status_code == 204
+        wait_for(lambda: len(looks) > 0)

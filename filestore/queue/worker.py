@@ -67,6 +67,7 @@ class QueueWorkers:
         # out (`_release_stray`).
         self._stray_leases = False
         self._wakeup = anyio.Event()
+        self._looks_at = 0.0  # when the dispatcher looks at the queue next, asleep (wall clock)
         # The node's upload cap, at the rate the settings in force name (read at every step).
         self.bandwidth = node_bucket(store.datadir.root, UPLOAD, lambda: self.settings.bandwidth)
         # What the upload window is asked about; a test sets another clock instead of waiting
@@ -78,8 +79,14 @@ class QueueWorkers:
     def settings(self) -> UploadSettings:
         return self.store.settings.upload  # changed at run time from the admin page
 
-    def wake(self) -> None:
-        """Look at the queue now (called on the event loop's thread)."""
+    def wake(self, due: float | None = None) -> None:
+        """Look at the queue now (called on the event loop's thread); `due`: the new work is
+        due no sooner than then (wall clock), so a dispatcher that looks again by then anyway
+        is left asleep. After a PUT its upload is usually minutes away, and each look is a
+        registry read on the event loop's thread (a round trip with a shared registry, which
+        the next request waited behind)."""
+        if due is not None and due >= self._looks_at:
+            return
         self._wakeup.set()
 
     @property
@@ -128,8 +135,10 @@ class QueueWorkers:
                     due = self.registry.read.queue.next_due(now)
                 if due is not None:
                     delay = min(max(due - now, 0.0), idle)
+            self._looks_at = time.time() + delay
             with anyio.move_on_after(delay):
                 await self._wakeup.wait()
+            self._looks_at = 0.0  # looking (or about to): every wake counts
 
     def _window_opens(self) -> float | None:
         """When `upload.hours` opens the queue next; None while it is open."""
