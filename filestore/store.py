@@ -38,6 +38,7 @@ from .quota import quota_room, quota_text
 from .registry import (
     SCHEMA_VERSION,
     FileRecord,
+    Intent,
     Registry,
     Tables,
     in_flight,
@@ -371,12 +372,9 @@ class Store:
                     raise Conflict(conflict)
                 inode = os.stat(received.tmp).st_ino
                 self.local.install(received.tmp, path)
-                created = self.record_put(tx, path, received.size, received.sha256, ctype,
-                                           inode, received.md5, replica)
-                tx.intents.remove(intent_id)
-                self._settle_intents(tx, path)
-                record = tx.files.get(path)
-                assert record is not None
+                created, record = self.record_put(tx, path, received.size, received.sha256,
+                                                   ctype, inode, received.md5, replica)
+                self._settle_intents(tx, tx.intents.finish(intent_id, path))
                 self.local.link_static(self.settings, record, self.local.root / path)
                 return record, created
         except BaseException:
@@ -396,33 +394,35 @@ class Store:
             raise
 
     def record_put(self, tx: Tables, path: str, size: int, sha256: str,
-                    ctype: str, inode: int, md5: str | None = None, replica: str = "") -> bool:
+                    ctype: str, inode: int, md5: str | None = None, replica: str = ""
+                    ) -> tuple[bool, FileRecord]:
         """Record new bytes for `path` and queue their upload, in the caller's transaction:
-        acknowledged means queued. True if the path is new."""
+        acknowledged means queued. Whether the path is new, and its row as recorded."""
         now = time.time()
         previous = tx.queue.get(path)
         plain = self.local.static is not None and tx.files.claim_plain_etag(path, int(now))
-        created, version = tx.files.upsert(path, size, sha256, ctype, inode, now, md5, replica,
-                                           plain)
+        created, record = tx.files.upsert(path, size, sha256, ctype, inode, now, md5, replica,
+                                          plain)
+        version = record.version
         route = self.route(path, ctype)
         if not route.upload and not in_flight(previous, now):
             # The plan keeps it local: no upload, and an older copy in the cloud goes (as a
             # deleted file's would), or else a queued upload of older bytes is dropped. (An
             # upload in flight keeps its row below, so it finishes first; the queue then drops
             # the row, see worker.py.)
-            record = tx.files.get(path)
             delay = self.settings.upload.delete_delay
-            if record is not None and record.remote is not None and delay is not None:
+            if record.remote is not None and delay is not None:
                 tx.queue.schedule(path, "delete", version, record.remote, now + delay, now)
             elif previous is not None and previous.op == "upload":
                 tx.queue.drop(path)
-            return created
+            return created, record
         if previous is not None and previous.op == "delete":
             # The upload below replaces a pending remote delete of an older copy: the row
             # must remember that copy, or a DELETE before the upload would leave it behind.
             tx.files.note_remote_copy(path, previous.remote, None)
+            record = tx.files.get(path) or record  # (it is there: written just now)
         tx.queue.schedule(path, "upload", version, route.remote, now + route.delay, now)
-        return created
+        return created, record
 
     def route(self, path: str, content_type: str) -> plan.Route:
         """Where the storage plan sends this file now (see plan.py)."""
@@ -445,7 +445,7 @@ class Store:
             if precondition is not None:
                 precondition(record)
             tx.files.delete(path)
-            self._settle_intents(tx, path)
+            self._settle_intents(tx, tx.intents.for_path(path, "put"))
             self._schedule_remote_delete(tx, record, 0.0 if purge else
                                          self.settings.upload.delete_delay)
             # Until the bytes are gone, say so: bytes with no row are a DELETE finishing (which
@@ -491,10 +491,10 @@ class Store:
         elif entry is not None:
             tx.queue.drop(record.path)
 
-    def _settle_intents(self, tx: Tables, path: str) -> None:
-        """Drop PUT intents for `path` whose process died after its rename: what this
+    def _settle_intents(self, tx: Tables, intents: list[Intent]) -> None:
+        """Drop the PUT `intents` of a path whose process died after its rename: what this
         transaction writes supersedes them. An intent whose temp file still exists may belong to
         a PUT in flight in another process; it stays."""
-        for intent in tx.intents.for_path(path, "put"):
+        for intent in intents:
             if not Path(intent.tmp).exists():
                 tx.intents.remove(intent.id)

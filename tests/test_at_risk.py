@@ -83,7 +83,8 @@ def test_the_counter_and_the_seeks_match_a_recount_through_every_write(tmp_path:
                                "upload-now", "uploaded", "lease", "finish-stale"])
             kinds.add(kind)
             if kind in ("put", "put-local"):  # as store._record_put
-                _, version = tx.files.upsert(path, rng.randrange(1, 10_000), "s", "t", 1, now)
+                version = tx.files.upsert(path, rng.randrange(1, 10_000), "s", "t", 1,
+                                          now)[1].version
                 if kind == "put":
                     tx.queue.schedule(path, "upload", version, "default", now + 600, now)
                 elif entry is not None and entry.op == "upload":
@@ -172,7 +173,7 @@ def test_the_figures_are_index_seeks_never_a_scan(tmp_path: Path) -> None:
     registry.migrate()
     with registry.transaction() as tx:
         for i in range(3000):
-            _, version = tx.files.upsert(f"f/{i}", i, "s", "t", 1, float(i))
+            version = tx.files.upsert(f"f/{i}", i, "s", "t", 1, float(i))[1].version
             tx.queue.schedule(f"f/{i}", "upload" if i % 3 else "delete", version, "default",
                               float(i), float(i))
     conn = registry.read._conn

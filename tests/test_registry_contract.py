@@ -79,7 +79,7 @@ def registry(backend: Backend) -> Any:
 
 def put(registry: Any, path: str, size: int = 1, now: float = 0.0) -> int:
     with registry.transaction() as tx:
-        return int(tx.files.upsert(path, size, SHA, "text/plain", 1, now)[1])
+        return tx.files.upsert(path, size, SHA, "text/plain", 1, now)[1].version
 
 
 # -- the registry itself --------------------------------------------------------------------------
@@ -139,9 +139,11 @@ def test_readers_read_only_see_commits_and_snapshots(backend):
 def test_files_upsert_listing_and_versions(registry):
     first = put(registry, "a/b.txt", 5, now=1.0)
     with registry.transaction() as tx:
-        new, second = tx.files.upsert("a/b.txt", 7, SHA, "text/html", 9, 2.0, md5="m")
+        new, written = tx.files.upsert("a/b.txt", 7, SHA, "text/html", 9, 2.0, md5="m")
+    second = written.version
     assert not new and second > first
     record = registry.read.files.get("a/b.txt")
+    assert written == record  # the row as written, as a read then finds it
     assert (record.size, record.content_type, record.inode, record.md5, record.created,
             record.modified, record.version) == (7, "text/html", 9, "m", 1.0, 2.0, second)
     for path in ("a/é", "a/z", "a0", "a/", "b", "a/c/d"):
@@ -251,6 +253,12 @@ def test_intents(registry):
     with registry.transaction() as tx:
         tx.intents.remove(first)
     assert [i.id for i in read.for_path("a")] == [second]
+    # An intent finished: removed, and the path's other PUT intents returned.
+    with registry.transaction() as tx:
+        third, fourth = (tx.intents.add("put", "a", f"/tmp/{n}") for n in (3, 4))
+        others = tx.intents.finish(third, "a")
+    assert [(i.id, i.tmp) for i in others] == [(fourth, "/tmp/4")]
+    assert [i.id for i in read.for_path("a")] == [second, fourth]
 
 
 # -- the queue ------------------------------------------------------------------------------------
@@ -769,7 +777,7 @@ def apply(registry: Any, op: tuple[Any, ...], now: float) -> None:
         record = tx.files.get(args[0]) if kind in ("delete", "upload", "local", "queue",
                                                    "cache") else None
         if kind == "put":
-            _, version = tx.files.upsert(args[0], args[1], SHA, "t", 1, now)
+            version = tx.files.upsert(args[0], args[1], SHA, "t", 1, now)[1].version
             tx.queue.schedule(args[0], "upload", version, "default", now + 10, now)
         elif kind == "delete" and record is not None:
             tx.files.delete(args[0])

@@ -142,8 +142,8 @@ class FileRows:
 
     def upsert(self, path: str, size: int, sha256: str, content_type: str, inode: int,
                now: float, md5: str | None = None, replica: str = "", plain_etag: bool = False
-               ) -> tuple[bool, int]:
-        """Record new content for `path`: (whether the path is new, its new version).
+               ) -> tuple[bool, FileRecord]:
+        """Record new content for `path`: (whether the path is new, its row as written).
         `replica`: the other node holding a copy (a shared registry's; none here);
         `plain_etag`: its ETag is nginx's (`claim_plain_etag` said it may be)."""
         version = self._conn.execute(
@@ -157,7 +157,7 @@ class FileRows:
                 "VALUES (?, ?, ?, ?, ?, ?, 'local', ?, ?, ?, ?)",
                 (path, size, sha256, content_type, now, now, version, inode, md5, plain_etag),
             )
-            return True, version
+            return True, self._written(path)
         # A replaced file is local again: its new bytes have not been uploaded anywhere. `remote`
         # and `remote_key` stay: the remote still holds the old copy, which a DELETE must remove.
         self._conn.execute(
@@ -167,7 +167,12 @@ class FileRows:
             "WHERE path = ?",
             (size, sha256, content_type, now, inode, version, md5, plain_etag, path),
         )
-        return False, version
+        return False, self._written(path)
+
+    def _written(self, path: str) -> FileRecord:
+        record = self.get(path)
+        assert record is not None  # written by this transaction just now
+        return record
 
     def claim_plain_etag(self, path: str, second: int) -> bool:
         """Whether a version of `path` modified in `second` may have nginx's ETag (mtime and
@@ -277,6 +282,13 @@ class IntentRows:
 
     def remove(self, intent_id: int) -> None:
         self._conn.execute("DELETE FROM intents WHERE id = ?", (intent_id,))
+
+    def finish(self, intent_id: int, path: str) -> list[Intent]:
+        """Remove the intent `intent_id` (its change is recorded in this transaction), and
+        the other PUT intents on `path`, which that change may supersede (one round trip with
+        a shared registry)."""
+        self.remove(intent_id)
+        return self.for_path(path, "put")
 
     def all(self) -> list[Intent]:
         rows = self._conn.execute(

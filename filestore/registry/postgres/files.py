@@ -84,9 +84,9 @@ class FileRows:
 
     def upsert(self, path: str, size: int, sha256: str, content_type: str, inode: int,
                now: float, md5: str | None = None, replica: str = "", plain_etag: bool = False
-               ) -> tuple[bool, int]:
-        """Record new content for `path`: (whether the path is new, its new version), in one
-        statement (one round trip): `seq.version` moved, the row inserted or, when the path
+               ) -> tuple[bool, FileRecord]:
+        """Record new content for `path`: (whether the path is new, its row as written), in
+        one statement (one round trip): `seq.version` moved, the row inserted or, when the path
         has one, rewritten keeping its `created` (`xmax = 0` tells an inserted row). The
         registry lock orders it with every other writer; the statement locks both rows."""
         row = self._link.one(
@@ -100,11 +100,12 @@ class FileRows:
             "inode = excluded.inode, location = 'local', version = excluded.version, "
             "remote_etag = NULL, uploaded_at = NULL, last_error = NULL, md5 = excluded.md5, "
             "holder = excluded.holder, replica = excluded.replica, "
-            "plain_etag = excluded.plain_etag RETURNING xmax = 0, version",
+            f"plain_etag = excluded.plain_etag RETURNING xmax = 0, {_FILE_COLUMNS}",
             (path, size, sha256, content_type, now, now, inode, md5, self._node, replica,
              plain_etag))
         assert row is not None  # migration 1 creates the seq.version row
-        return bool(row[0]), int(row[1])
+        # The row as this node sees it: its holder is this node, so the inode is its own.
+        return bool(row[0]), FileRecord(*row[1:])
 
     def claim_plain_etag(self, path: str, second: int) -> bool:
         self._link.execute("DELETE FROM etag_floors WHERE second < %s",
@@ -206,6 +207,13 @@ class IntentRows:
 
     def remove(self, intent_id: int) -> None:
         self._link.execute("DELETE FROM intents WHERE id = %s", (intent_id,))
+
+    def finish(self, intent_id: int, path: str) -> list[Intent]:
+        # One statement: the SELECT sees the table as it was before the DELETE beside it.
+        return [Intent(*row) for row in self._link.rows(
+            f"WITH gone AS (DELETE FROM intents WHERE id = %s) SELECT {_INTENT} FROM intents "
+            "WHERE path = %s AND node = %s AND op = 'put' AND id <> %s ORDER BY id",
+            (intent_id, path, self._node, intent_id))]
 
     def all(self) -> list[Intent]:
         return [Intent(*row) for row in self._link.rows(
