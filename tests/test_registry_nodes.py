@@ -35,7 +35,7 @@ def nodes(pg_registry_url: str) -> Iterator[dict[str, PostgresRegistry]]:
 def put(registry: PostgresRegistry, path: str, size: int = 10, inode: int = 1,
         replica: str = "") -> int:
     with registry.transaction() as tx:
-        return int(tx.files.upsert(path, size, SHA, "text/plain", inode, 0.0, None, replica)[1])
+        return tx.files.upsert(path, size, SHA, "text/plain", inode, 0.0, None, replica)[1].version
 
 
 def stale(registry: PostgresRegistry) -> list[str]:

@@ -69,7 +69,7 @@ def test_put_answers_with_what_it_stored(make_server, monkeypatch):
     service = server.service
     wake = service.changed
 
-    def concurrent_delete() -> None:  # runs right after the PUT's transaction committed
+    def concurrent_delete(due: float | None = None) -> None:  # right after the PUT commits
         monkeypatch.setattr(service, "changed", wake)
         store._delete("raced", None)
 
