@@ -158,6 +158,23 @@ async def test_a_corrupt_download_never_gives_its_last_byte(tmp_path: Path) -> N
     assert isinstance(fill.error, RemoteIntegrityError)
 
 
+@pytest.mark.parametrize("recorded", [1000, 2 * MiB])  # an inline fill, a threaded one
+async def test_a_remote_copy_larger_than_recorded_fails_as_soon_as_it_passes_the_size(
+        tmp_path: Path, recorded: int) -> None:
+    """A store that sends more than the recorded size (the object replaced behind filestore)
+    fails the fill once the bytes pass the size, not after writing and hashing all of them
+    (a small fill would do that on the event loop's thread)."""
+    body = os.urandom(16 * MiB)
+    fill = new_fill(tmp_path, body[:recorded])
+    remote = MemoryRemote(body)
+    with anyio.fail_after(10):
+        await fill.run(remote, lambda f: None, 30.0)
+    assert isinstance(fill.error, RemoteIntegrityError)
+    assert "larger than the recorded" in fill.error.detail
+    assert remote.sent * CHUNK <= recorded + CHUNK  # stopped at the chunk that passed it
+    assert fill.stored <= recorded
+
+
 async def test_a_cancelled_fill_waits_for_its_storer_before_closing_the_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     body = os.urandom(4 * MiB)

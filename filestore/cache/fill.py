@@ -169,7 +169,8 @@ class Fill(Filling):
         memory meanwhile: they never wait for the disk or the hash, except for the last byte.
         The storer writes and hashes in one worker thread for the whole download, so a block
         costs the loop a queue put and one call back, not a worker-thread round trip per stage
-        (about 50 µs of the loop's CPU each with anyio's `to_thread`)."""
+        (about 50 µs of the loop's CPU each with anyio's `to_thread`); a small fill's storer
+        writes and hashes on the loop (`_InlineStorer`)."""
         digest = hashlib.sha256()
         try:
             storer = (_InlineStorer if self.record.size <= _INLINE_MAX else _Storer)(
@@ -235,6 +236,10 @@ class Fill(Filling):
                 self.waiting_since = None
             block.append(chunk)
             size += len(chunk)
+            if self.written + size > self.record.size:  # fail now, not after all of it
+                raise RemoteIntegrityError(
+                    f"the remote copy of {self.record.path!r} is larger than the recorded "
+                    f"{self.record.size} bytes")
             # 1 MiB blocks, except the first: it goes at once, so the first byte reaches the
             # clients as soon as the store sends it.
             if size >= CHUNK_SIZE or first or len(block) == _MAX_PARTS:
@@ -243,8 +248,8 @@ class Fill(Filling):
                 if first:
                     # The readers send it now: while the connection has more buffered,
                     # reading it never yields to the loop, and the first byte waited 0.5-3.5 ms
-                    # for a pause in the download (32 MiB from another node). (After every
-                    # block, the same wait made such a read 5 times slower in all.)
+                    # for a pause in the download (32 MiB from another node). Later blocks
+                    # need no such turn: the clients have their first bytes.
                     await anyio.lowlevel.checkpoint()
                 block, size, first = [], 0, False
             # After the chunk is on its way to the readers, before the next is read: the cap

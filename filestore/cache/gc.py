@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 import shutil
 import threading
@@ -59,7 +60,7 @@ class CacheGC:
         self._lock = threading.Lock()  # one collection at a time in this process
         self._warned = False  # that the pinned bytes alone are over cache.max_size
         self._size = 0  # the cache's bytes, as `over_budget` last read them
-        self._size_read = -_SIZE_FOR  # monotonic: when
+        self._size_read = -math.inf  # monotonic: when
 
     def cached_bytes(self) -> int:
         return self.registry.read.counters.get("cache.bytes")
@@ -78,8 +79,11 @@ class CacheGC:
         return self._over(self._size, incoming)
 
     def added(self, size: int) -> None:
-        """This process put `size` more bytes into the cache (any thread: a lost update under
-        a concurrent read only makes the estimate one fill short until the next read)."""
+        """This process put `size` more bytes into the cache (in any thread). The estimate may
+        be one fill off until the next read: short when a read of the size overwrites this,
+        over when that read already counted it (or the fill replaced an older entry). Short
+        lets the upkeep round evict it; over costs a collection that finds nothing to do
+        (`collect` reads the size again before it evicts)."""
         self._size += size
 
     def _over(self, cached: int, incoming: int) -> bool:
@@ -108,7 +112,7 @@ class CacheGC:
                         _log_evicted(done.evicted, done.freed, "budget")
                         return done
             finally:
-                self._size_read = -_SIZE_FOR  # the next `over_budget` reads the size again
+                self._size_read = -math.inf  # the next `over_budget` reads the size again
 
     def make_free(self, wanted: int) -> bool:
         """Evict until the disk has `wanted` bytes free (a PUT needs them); False if what is

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 import uuid
@@ -67,7 +68,8 @@ class QueueWorkers:
         # out (`_release_stray`).
         self._stray_leases = False
         self._wakeup = anyio.Event()
-        self._looks_at = 0.0  # when the dispatcher looks at the queue next, asleep (wall clock)
+        # When the dispatcher next looks at the queue, asleep (wall clock); inf: it is looking
+        self._looks_at = math.inf
         # The node's upload cap, at the rate the settings in force name (read at every step).
         self.bandwidth = node_bucket(store.datadir.root, UPLOAD, lambda: self.settings.bandwidth)
         # What the upload window is asked about; a test sets another clock instead of waiting
@@ -138,7 +140,7 @@ class QueueWorkers:
             self._looks_at = time.time() + delay
             with anyio.move_on_after(delay):
                 await self._wakeup.wait()
-            self._looks_at = 0.0  # looking (or about to): every wake counts
+            self._looks_at = math.inf  # looking (or about to): no wake is skipped
 
     def _window_opens(self) -> float | None:
         """When `upload.hours` opens the queue next; None while it is open."""
