@@ -245,11 +245,12 @@ class Fill(Filling):
             if size >= CHUNK_SIZE or first or len(block) == _MAX_PARTS:
                 self._arrived(block)
                 await storer.put(block)
-                if first:
+                if first and self.written < self.record.size:
                     # The readers send it now: while the connection has more buffered,
                     # reading it never yields to the loop, and the first byte waited 0.5-3.5 ms
                     # for a pause in the download (32 MiB from another node). Later blocks
-                    # need no such turn: the clients have their first bytes.
+                    # need no such turn: the clients have their first bytes. (A body of one
+                    # block waits for its check instead: its last byte is held until then.)
                     await anyio.lowlevel.checkpoint()
                 block, size, first = [], 0, False
             # After the chunk is on its way to the readers, before the next is read: the cap
