@@ -17,6 +17,7 @@ the path in between; a crash between the two leaves an unreferenced file, never 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import mimetypes
 import os
@@ -329,15 +330,13 @@ class Store:
             replica = ""
             if replicating:
                 replica = await self.events.replicate(path, received, self.local.sync_received)
-            record, created = await anyio.to_thread.run_sync(
+            record, created, due = await anyio.to_thread.run_sync(
                 self._commit_put, path, received, ctype, precondition, replica
             )
         except BaseException:
             self.local.discard(received)
             raise
-        # The queue looks at once only if this upload is due before it would look anyway.
-        route = self.route(path, ctype)
-        self.events.changed(record.modified + route.delay if route.upload else None)
+        self.events.changed(due)
         return record, created
 
     def put_received(self, path: str, received: Received, replica: str = "") -> FileRecord:
@@ -345,7 +344,7 @@ class Store:
         `replica`: the node that took a copy of it first, with `cluster.replicas`); the temp
         file is consumed or discarded."""
         try:
-            record, _ = self._commit_put(path, received, guess_content_type(path), None,
+            record, _, _ = self._commit_put(path, received, guess_content_type(path), None,
                                          replica)
         except BaseException:
             self.local.discard(received)
@@ -355,8 +354,8 @@ class Store:
     def _commit_put(
         self, path: str, received: Received, ctype: str, precondition: Precondition | None,
         replica: str = "",
-    ) -> tuple[FileRecord, bool]:
-        """Install and record the body: (what was recorded, whether the path is new)."""
+    ) -> tuple[FileRecord, bool, float | None]:
+        """Install and record the body: `record_put`'s answer."""
         with self.registry.single_write() as tx:
             intent_id = tx.intents.add("put", path, str(received.tmp), received.size,
                                        received.sha256, ctype)
@@ -372,11 +371,11 @@ class Store:
                     raise Conflict(conflict)
                 inode = os.stat(received.tmp).st_ino
                 self.local.install(received.tmp, path)
-                created, record = self.record_put(tx, path, received.size, received.sha256,
-                                                   ctype, inode, received.md5, replica)
+                recorded = self.record_put(tx, path, received.size, received.sha256, ctype,
+                                           inode, received.md5, replica)
                 self._settle_intents(tx, tx.intents.finish(intent_id, path))
-                self.local.link_static(self.settings, record, self.local.root / path)
-                return record, created
+                self.local.link_static(self.settings, recorded[0], self.local.root / path)
+                return recorded
         except BaseException:
             if received.tmp.exists():
                 # Nothing was installed: forget the intent.
@@ -395,15 +394,15 @@ class Store:
 
     def record_put(self, tx: Tables, path: str, size: int, sha256: str,
                     ctype: str, inode: int, md5: str | None = None, replica: str = ""
-                    ) -> tuple[bool, FileRecord]:
+                    ) -> tuple[FileRecord, bool, float | None]:
         """Record new bytes for `path` and queue their upload, in the caller's transaction:
-        acknowledged means queued. Whether the path is new, and its row as recorded."""
+        acknowledged means queued. Its row as recorded, whether the path is new, and when the
+        remote work queued is due (None: none; the queue's workers need not look before)."""
         now = time.time()
         previous = tx.queue.get(path)
         plain = self.local.static is not None and tx.files.claim_plain_etag(path, int(now))
         created, record = tx.files.upsert(path, size, sha256, ctype, inode, now, md5, replica,
                                           plain)
-        version = record.version
         route = self.route(path, ctype)
         if not route.upload and not in_flight(previous, now):
             # The plan keeps it local: no upload, and an older copy in the cloud goes (as a
@@ -412,17 +411,18 @@ class Store:
             # the row, see worker.py.)
             delay = self.settings.upload.delete_delay
             if record.remote is not None and delay is not None:
-                tx.queue.schedule(path, "delete", version, record.remote, now + delay, now)
-            elif previous is not None and previous.op == "upload":
+                tx.queue.schedule(path, "delete", record.version, record.remote, now + delay, now)
+                return record, created, now + delay
+            if previous is not None and previous.op == "upload":
                 tx.queue.drop(path)
-            return created, record
+            return record, created, None
         if previous is not None and previous.op == "delete":
             # The upload below replaces a pending remote delete of an older copy: the row
             # must remember that copy, or a DELETE before the upload would leave it behind.
             tx.files.note_remote_copy(path, previous.remote, None)
-            record = tx.files.get(path) or record  # (it is there: written just now)
-        tx.queue.schedule(path, "upload", version, route.remote, now + route.delay, now)
-        return created, record
+            record = dataclasses.replace(record, remote=previous.remote, remote_key=None)
+        tx.queue.schedule(path, "upload", record.version, route.remote, now + route.delay, now)
+        return record, created, now + route.delay
 
     def route(self, path: str, content_type: str) -> plan.Route:
         """Where the storage plan sends this file now (see plan.py)."""

@@ -69,10 +69,10 @@ class CacheGC:
         """Whether `incoming` more bytes would cross a limit (a cheap check, no transaction).
         On the event loop's thread. The cache's size is the registry's at most `_SIZE_FOR`
         seconds ago (`fresh`: now) plus what this process added since (`added`): each cold read
-        asks, and with a shared registry a read is a round trip on the loop. What else entered
-        the cache since (other processes' fills, uploaded files handed to it) shows at the next
-        read; the upkeep round (readthrough.maintain) reads it fresh every second and evicts
-        what is over."""
+        asks, and with a shared registry a read is a round trip on the loop. This process's
+        other additions (uploaded files handed to the cache) make it `stale`; other processes'
+        show at the next read, and the upkeep round (readthrough.maintain) reads it fresh every
+        second and evicts what is over."""
         now = time.monotonic()
         if fresh or now - self._size_read >= _SIZE_FOR:
             self._size, self._size_read = self.cached_bytes(), now
@@ -85,6 +85,10 @@ class CacheGC:
         lets the upkeep round evict it; over costs a collection that finds nothing to do
         (`collect` reads the size again before it evicts)."""
         self._size += size
+
+    def stale(self) -> None:
+        """The cache's size changed otherwise: the next `over_budget` reads it again."""
+        self._size_read = -math.inf
 
     def _over(self, cached: int, incoming: int) -> bool:
         if cached + incoming > self.settings.max_size:
@@ -112,7 +116,7 @@ class CacheGC:
                         _log_evicted(done.evicted, done.freed, "budget")
                         return done
             finally:
-                self._size_read = -math.inf  # the next `over_budget` reads the size again
+                self.stale()
 
     def make_free(self, wanted: int) -> bool:
         """Evict until the disk has `wanted` bytes free (a PUT needs them); False if what is

@@ -233,7 +233,8 @@ class ReadThrough:
             self._forget(fill)
             self._reserved -= fill.record.size
             self.usage.count("remote_bytes", fill.written)
-            self.wake()  # the budget is checked after every fill
+            # The budget is checked after every fill (whose bytes `gc.added` counted already).
+            self._wake.set()
             try:
                 # Only now: until the fill left the dict, a new reader could still open it.
                 fill.tmp.unlink(missing_ok=True)
@@ -294,7 +295,9 @@ class ReadThrough:
     # -- upkeep ----------------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Check the budget now, not at the next round (on the event loop's thread)."""
+        """Bytes entered the cache: check the budget now, not at the next round, and before
+        the next fill (on the event loop's thread)."""
+        self.gc.stale()
         self._wake.set()
 
     async def maintain(self) -> None:
