@@ -356,10 +356,14 @@ class _Storer:
         while (block := self._blocks.get()) is not None:
             if self._drop:
                 continue
-            size = _write_block(self._fd, block)
-            for chunk in block:  # hashlib lets go of the GIL while it hashes a chunk
-                self._digest.update(chunk)
-            self._loop.call_soon_threadsafe(self._block_done, size)
+            self._loop.call_soon_threadsafe(self._block_done, self._store(block))
+
+    def _store(self, block: list[bytes]) -> int:
+        """Write and hash one block; its size."""
+        size = _write_block(self._fd, block)
+        for chunk in block:  # hashlib lets go of the GIL while it hashes a chunk
+            self._digest.update(chunk)
+        return size
 
     def _block_done(self, size: int) -> None:
         self._pending -= 1
@@ -379,10 +383,7 @@ class _InlineStorer(_Storer):
         yield  # no thread: each block was written as it was put
 
     async def put(self, block: list[bytes]) -> None:
-        size = _write_block(self._fd, block)
-        for chunk in block:
-            self._digest.update(chunk)
-        self._stored(size)
+        self._stored(self._store(block))
 
 
 def _write_block(fd: int, block: list[bytes]) -> int:
